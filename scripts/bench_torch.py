@@ -1,0 +1,152 @@
+"""PyTorch (float32, eager, CPU) training-speed baseline for an l3c config: the comparison point of `l3c bench`.
+
+    /usr/bin/python3 scripts/bench_torch.py configs/tiny/dense.json --threads 2 [--steps 10] [--warmup 2]
+                                            [--micro-batch N]
+
+Builds the dense model of scripts/llama_reference.py from the config's `model` section (random init,
+normal(0, model.init_std)), and times full optimizer steps on random tokens: forward + backward over every
+micro-batch of the step (gradient accumulation = train.batch_tokens / (micro_batch * data.seq_len)),
+global-norm clipping at train.grad_clip, AdamW (train.lr, beta1, beta2, eps, weight_decay on 2-D weights).
+Attention is the plain eager form (matmul, causal mask, softmax, matmul); torch 1.13 has no fused
+scaled_dot_product_attention. Warm-up steps are run first and not timed.
+
+Prints one human-readable line, then, as the LAST line, one JSON object:
+    {"framework": "pytorch", "torch_version", "threads", "tokens_per_step", "step_seconds",
+     "tokens_per_second", "params"}
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from llama_reference import AdamW, Llama, clip_grad_norm  # noqa: E402
+
+# Defaults of src/core/config.h for the fields read here.
+MODEL_DEFAULTS = {"n_kv_heads": 0, "rope_theta": 10000.0, "norm_eps": 1e-5, "tie_embeddings": False,
+                  "init_std": 0.02}
+TRAIN_DEFAULTS = {"micro_batch": 1, "batch_tokens": 0, "lr": 3e-4, "weight_decay": 0.1, "beta1": 0.9,
+                  "beta2": 0.95, "eps": 1e-8, "grad_clip": 1.0}
+
+
+def fail(msg):
+    print(f"bench_torch.py: error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+def merge(parent, child):
+    """Objects merge recursively; for any other value the child wins."""
+    out = dict(parent)
+    for k, v in child.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_config(path, seen=()):
+    path = os.path.abspath(path)
+    if path in seen:
+        fail(f"{path}: \"extends\" cycle")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as e:
+        fail(f"cannot read config {path}: {e.strerror}")
+    except json.JSONDecodeError as e:
+        fail(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}")
+    if not isinstance(cfg, dict):
+        fail(f"{path}: the top level must be a JSON object")
+    parents = cfg.pop("extends", None)
+    if parents is None:
+        return cfg
+    if isinstance(parents, str):
+        parents = [parents]
+    base = {}
+    for p in parents:
+        base = merge(base, load_config(os.path.join(os.path.dirname(path), p), seen + (path,)))
+    return merge(base, cfg)
+
+
+def main():
+    ap = argparse.ArgumentParser(description="PyTorch eager float32 training-speed baseline for an l3c config")
+    ap.add_argument("config", metavar="CONFIG", help="l3c JSON config (\"extends\" is followed)")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
+    ap.add_argument("--steps", type=int, default=10, help="timed optimizer steps (default 10)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
+    ap.add_argument("--micro-batch", type=int, default=None,
+                    help="sequences per forward/backward (default: the config's train.micro_batch)")
+    args = ap.parse_args()
+    if args.threads < 1 or args.steps < 1 or args.warmup < 0:
+        fail("--threads and --steps must be >= 1, --warmup >= 0")
+
+    cfg = load_config(args.config)
+    model_cfg = merge(MODEL_DEFAULTS, cfg.get("model", {}))
+    train = merge(TRAIN_DEFAULTS, cfg.get("train", {}))
+    for key in ("moe", "l3", "layers", "ffn"):
+        if model_cfg.get(key):
+            fail(f"model.{key}: this baseline covers dense models only")
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden"):
+        if not model_cfg.get(key):
+            fail(f"model.{key}: required")
+    seq_len = cfg.get("data", {}).get("seq_len", 0)
+    if not seq_len:
+        fail("data.seq_len: required")
+    micro_batch = args.micro_batch if args.micro_batch is not None else train["micro_batch"]
+    if micro_batch < 1:
+        fail(f"micro batch must be >= 1, got {micro_batch}")
+    tokens_per_micro = micro_batch * seq_len
+    batch_tokens = train["batch_tokens"] or tokens_per_micro
+    if batch_tokens % tokens_per_micro:
+        fail(f"train.batch_tokens ({batch_tokens}) must be a multiple of micro_batch * seq_len "
+             f"({micro_batch} * {seq_len})")
+    accum = batch_tokens // tokens_per_micro
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1337)
+    model = Llama(model_cfg, dtype=torch.float32)
+    model.init_weights(std=model_cfg["init_std"])
+    n_params = sum(p.numel() for p in model.parameters())
+    params = list(model.parameters())
+    opt = AdamW(params, lr=train["lr"], betas=(train["beta1"], train["beta2"]), eps=train["eps"],
+                weight_decay=train["weight_decay"])
+    V = model_cfg["vocab_size"]
+    # Random micro-batches, made once outside the timed region (their content does not change the cost).
+    batches = [torch.randint(0, V, (micro_batch, seq_len + 1)) for _ in range(accum)]
+
+    def step():
+        opt.zero_grad()
+        total = 0.0
+        for b in batches:
+            loss, _ = model.loss(b[:, :-1], b[:, 1:])
+            (loss / accum).backward()
+            total += loss.item()
+        clip_grad_norm(params, train["grad_clip"])
+        opt.step()
+        return total / accum
+
+    for _ in range(args.warmup):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    step_seconds = (time.perf_counter() - t0) / args.steps
+    tokens_per_step = accum * tokens_per_micro
+    tps = tokens_per_step / step_seconds
+
+    print(f"pytorch {torch.__version__} eager f32, {args.threads} threads: {n_params / 1e6:.2f}M params, "
+          f"{tokens_per_step} tokens/step ({accum} x {micro_batch} x {seq_len}), "
+          f"{step_seconds * 1e3:.1f} ms/step, {tps:.0f} tokens/s (last loss {loss:.4f})")
+    print(json.dumps({"framework": "pytorch", "torch_version": torch.__version__, "threads": args.threads,
+                      "tokens_per_step": tokens_per_step, "step_seconds": step_seconds,
+                      "tokens_per_second": tps, "params": n_params}))
+
+
+if __name__ == "__main__":
+    main()

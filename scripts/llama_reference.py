@@ -1,0 +1,239 @@
+"""Plain PyTorch reference of the l3c dense Llama model and its AdamW step, written from MODEL.md.
+
+No `transformers`: every op is spelled out so that it can be compared line by line with
+/work/shared/MODEL.md ("Decoder (Llama)", "Attention", "SwiGLU", "Optimizer"). Parameters are registered
+under the checkpoint names of MODEL.md (Hugging Face Llama naming), so `dict(model.named_parameters())`
+has exactly the keys a l3c checkpoint holds:
+
+    model.embed_tokens.weight                         (V, d)
+    model.layers.{i}.input_layernorm.weight           (d)
+    model.layers.{i}.self_attn.{q,k,v,o}_proj.weight  (H*hd, d) (Hkv*hd, d) (Hkv*hd, d) (d, H*hd)
+    model.layers.{i}.post_attention_layernorm.weight  (d)
+    model.layers.{i}.mlp.{gate,up,down}_proj.weight   (F, d) (F, d) (d, F)
+    model.norm.weight                                 (d)
+    lm_head.weight                                    (V, d)   absent when tie_embeddings
+
+The model runs in whatever dtype its parameters have (float64 for golden files, float32 for benchmarks).
+Used by scripts/make_golden.py and scripts/bench_torch.py.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden",
+               "rope_theta", "norm_eps", "tie_embeddings")
+
+
+def rms_norm(x, g, eps):
+    # RMSNorm(x; g) = x * rsqrt(mean(x^2) + eps) * g   (over the last dim)
+    return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps) * g
+
+
+def rope_cos_sin(seq_len, head_dim, theta, dtype, device=None):
+    """cos, sin of shape (T, hd) for rotate-half RoPE; the angles p * theta_i are computed in float64."""
+    half = head_dim // 2
+    i = torch.arange(half, dtype=torch.float64, device=device)
+    inv_freq = theta ** (-2.0 * i / head_dim)                       # theta_i = rope_theta^(-2i/hd), (hd/2)
+    pos = torch.arange(seq_len, dtype=torch.float64, device=device)
+    ang = pos[:, None] * inv_freq[None, :]                          # (T, hd/2), float64
+    ang = torch.cat([ang, ang], dim=-1)                             # (T, hd): pair (i, i+hd/2) shares an angle
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def apply_rope(x, cos, sin):
+    # x: (B, heads, T, hd); (x[i], x[i+hd/2]) rotated by angle p*theta_i:
+    #   x'[i] = x[i] cos - x[i+hd/2] sin,   x'[i+hd/2] = x[i+hd/2] cos + x[i] sin
+    return x * cos + rotate_half(x) * sin
+
+
+class Weight(nn.Module):
+    """A module holding one parameter called `weight` (gives the `...proj.weight` names)."""
+
+    def __init__(self, *shape, dtype=torch.float32):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(*shape, dtype=dtype))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, dtype):
+        super().__init__()
+        d, H, Hkv = cfg["d_model"], cfg["n_heads"], cfg["n_kv_heads"]
+        hd = d // H
+        self.H, self.Hkv, self.hd = H, Hkv, hd
+        self.q_proj = Weight(H * hd, d, dtype=dtype)
+        self.k_proj = Weight(Hkv * hd, d, dtype=dtype)
+        self.v_proj = Weight(Hkv * hd, d, dtype=dtype)
+        self.o_proj = Weight(d, H * hd, dtype=dtype)
+
+    def forward(self, x, cos, sin, mask):
+        B, T, d = x.shape
+        H, Hkv, hd = self.H, self.Hkv, self.hd
+        q = F.linear(x, self.q_proj.weight).view(B, T, H, hd).transpose(1, 2)      # (B, H, T, hd)
+        k = F.linear(x, self.k_proj.weight).view(B, T, Hkv, hd).transpose(1, 2)    # (B, Hkv, T, hd)
+        v = F.linear(x, self.v_proj.weight).view(B, T, Hkv, hd).transpose(1, 2)    # (B, Hkv, T, hd)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        group = H // Hkv
+        # head h attends with kv head h // (H / Hkv)
+        k = k.repeat_interleave(group, dim=1)                                      # (B, H, T, hd)
+        v = v.repeat_interleave(group, dim=1)                                      # (B, H, T, hd)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(hd))      # (B, H, T, T)
+        scores = scores.masked_fill(mask, float("-inf"))
+        p = torch.softmax(scores, dim=-1)
+        o = torch.matmul(p, v)                                                     # (B, H, T, hd)
+        o = o.transpose(1, 2).reshape(B, T, H * hd)                                # concat_h o_h
+        return F.linear(o, self.o_proj.weight)                                     # (B, T, d)
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg, dtype):
+        super().__init__()
+        d, Fh = cfg["d_model"], cfg["ffn_hidden"]
+        self.gate_proj = Weight(Fh, d, dtype=dtype)
+        self.up_proj = Weight(Fh, d, dtype=dtype)
+        self.down_proj = Weight(d, Fh, dtype=dtype)
+
+    def forward(self, x):
+        # FFN(x) = (silu(x Wg^T) * (x Wu^T)) Wd^T
+        return F.linear(F.silu(F.linear(x, self.gate_proj.weight)) * F.linear(x, self.up_proj.weight),
+                        self.down_proj.weight)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, dtype):
+        super().__init__()
+        d = cfg["d_model"]
+        self.eps = cfg["norm_eps"]
+        self.input_layernorm = Weight(d, dtype=dtype)
+        self.self_attn = Attention(cfg, dtype)
+        self.post_attention_layernorm = Weight(d, dtype=dtype)
+        self.mlp = SwiGLU(cfg, dtype)
+
+    def forward(self, h, cos, sin, mask):
+        h = h + self.self_attn(rms_norm(h, self.input_layernorm.weight, self.eps), cos, sin, mask)
+        h = h + self.mlp(rms_norm(h, self.post_attention_layernorm.weight, self.eps))
+        return h
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg, dtype):
+        super().__init__()
+        self.embed_tokens = Weight(cfg["vocab_size"], cfg["d_model"], dtype=dtype)
+        self.layers = nn.ModuleList([Block(cfg, dtype) for _ in range(cfg["n_layers"])])
+        self.norm = Weight(cfg["d_model"], dtype=dtype)
+
+
+class Llama(nn.Module):
+    """Dense Llama decoder of MODEL.md. cfg: dict with CONFIG_KEYS (n_kv_heads 0 means n_heads)."""
+
+    def __init__(self, config, dtype=torch.float32):
+        super().__init__()
+        cfg = {k: config[k] for k in CONFIG_KEYS if k in config}
+        cfg.setdefault("rope_theta", 10000.0)
+        cfg.setdefault("norm_eps", 1e-5)
+        cfg.setdefault("tie_embeddings", False)
+        if not cfg.get("n_kv_heads"):
+            cfg["n_kv_heads"] = cfg["n_heads"]
+        assert cfg["d_model"] % cfg["n_heads"] == 0, "d_model must be a multiple of n_heads"
+        assert cfg["n_heads"] % cfg["n_kv_heads"] == 0, "n_heads must be a multiple of n_kv_heads"
+        assert (cfg["d_model"] // cfg["n_heads"]) % 2 == 0, "head_dim must be even for RoPE"
+        self.cfg = cfg
+        self.dtype = dtype
+        self.model = Decoder(cfg, dtype)
+        if not cfg["tie_embeddings"]:
+            self.lm_head = Weight(cfg["vocab_size"], cfg["d_model"], dtype=dtype)
+        self._rope_cache = {}
+
+    def init_weights(self, std=0.02, norm_std=0.0, generator=None):
+        """Matrices ~ normal(0, std); norm gains = 1 + norm_std * randn (1 exactly when norm_std == 0).
+        Draws in named_parameters() order, in float64, then casts (so the values do not depend on dtype)."""
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() == 1:
+                    g = torch.randn(p.shape, dtype=torch.float64, generator=generator)
+                    p.copy_(1.0 + norm_std * g)
+                else:
+                    p.copy_(std * torch.randn(p.shape, dtype=torch.float64, generator=generator))
+
+    def output_weight(self):
+        return self.model.embed_tokens.weight if self.cfg["tie_embeddings"] else self.lm_head.weight
+
+    def _rope(self, T, device):
+        key = (T, str(device))
+        if key not in self._rope_cache:
+            hd = self.cfg["d_model"] // self.cfg["n_heads"]
+            self._rope_cache[key] = rope_cos_sin(T, hd, self.cfg["rope_theta"], self.dtype, device)
+        return self._rope_cache[key]
+
+    def forward(self, tokens):
+        """tokens: (B, T) int64 -> logits (B, T, V)."""
+        B, T = tokens.shape
+        cos, sin = self._rope(T, tokens.device)
+        # causal mask: True where key position > query position (masked out)
+        mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).triu(1)
+        h = self.model.embed_tokens.weight[tokens]                                   # (B, T, d)
+        for layer in self.model.layers:
+            h = layer(h, cos, sin, mask)
+        h = rms_norm(h, self.model.norm.weight, self.cfg["norm_eps"])
+        return F.linear(h, self.output_weight())                                     # (B, T, V)
+
+    def loss(self, tokens, targets):
+        """Mean cross-entropy over all B*T positions; returns (loss, logits)."""
+        logits = self(tokens)
+        V = logits.shape[-1]
+        return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1)), logits
+
+
+def clip_grad_norm(params, max_norm):
+    """Global L2 norm over all gradients; if max_norm / (norm + 1e-6) < 1, scales every gradient by it.
+    Returns the norm before clipping (as a Python float)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.sqrt(sum((g.double() * g.double()).sum() for g in grads)).item()
+    if max_norm and max_norm > 0:
+        clip = max_norm / (norm + 1e-6)
+        if clip < 1.0:
+            for g in grads:
+                g.mul_(clip)
+    return norm
+
+
+class AdamW:
+    """AdamW exactly as MODEL.md (PyTorch semantics), written out:
+
+        theta -= lr * wd * theta        (decoupled; only parameters with dim == 2)
+        m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2
+        theta -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)       t = 1 at the first step
+    """
+
+    def __init__(self, params, lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1):
+        self.params = list(params)
+        self.lr, self.b1, self.b2, self.eps, self.wd = lr, betas[0], betas[1], eps, weight_decay
+        self.t = 0
+        self.m = [torch.zeros_like(p) for p in self.params]
+        self.v = [torch.zeros_like(p) for p in self.params]
+
+    @torch.no_grad()
+    def step(self, lr=None):
+        lr = self.lr if lr is None else lr
+        self.t += 1
+        bc1 = 1.0 - self.b1 ** self.t
+        bc2 = 1.0 - self.b2 ** self.t
+        for p, m, v in zip(self.params, self.m, self.v):
+            if p.grad is None:
+                continue
+            g = p.grad
+            if p.dim() == 2 and self.wd != 0.0:
+                p.mul_(1.0 - lr * self.wd)
+            m.mul_(self.b1).add_(g, alpha=1.0 - self.b1)
+            v.mul_(self.b2).addcmul_(g, g, value=1.0 - self.b2)
+            p.sub_(lr * (m / bc1) / (torch.sqrt(v / bc2) + self.eps))
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None

@@ -1,0 +1,454 @@
+// Config: JSON <-> the typed structs of config.h through one schema table (`schema()` below).
+// Each field is declared once: its section and key (the JSON path), the struct member it fills (whose
+// C++ type is the field's JSON type), and its rule (required, bounds, allowed values). Reading, range
+// checks, "--set" overrides and config_to_json all walk that table; nothing is written per field.
+// Defaults are the member initializers in config.h, so they exist in one place only.
+// Checks run in this order, so the first error is the most useful one: unknown keys, value types,
+// required fields and per-field rules (schema order), then the rules that relate several fields.
+#include "core/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+#include "core/errors.h"
+
+namespace l3c {
+namespace {
+
+using json = nlohmann::json;
+namespace fs = std::filesystem;
+
+// Where a field's value lives inside a Config. The alternative held is the field's type:
+// int64_t: integer, uint64_t: non-negative integer, double: number, bool: true/false, string.
+using Slot = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*>;
+
+// What a field's value must satisfy beyond its type. Bounds apply to numbers; one_of and non_empty
+// to strings. `hint` is appended to a broken rule's message.
+struct Rule {
+  bool required = false;          // absent from the JSON is an error (the struct default is not valid)
+  std::optional<double> min = {};  // lower bound, inclusive unless min_open
+  bool min_open = false;
+  std::optional<double> max = {};  // upper bound, inclusive unless max_open
+  bool max_open = false;
+  std::vector<std::string> one_of = {};
+  bool non_empty = false;
+  std::string hint = {};
+};
+
+struct Field {
+  const char* section;
+  const char* key;
+  Slot (*slot)(Config&);
+  Rule rule;
+
+  std::string path() const { return fmt::format("{}.{}", section, key); }
+};
+
+// One schema row: field<&Config::train, &TrainConfig::lr>("train", "lr", {.min = 0, .min_open = true}).
+template <auto Section, auto Member>
+Field field(const char* section, const char* key, Rule rule = {}) {
+  return Field{section, key, [](Config& c) -> Slot { return &(c.*Section.*Member); }, std::move(rule)};
+}
+
+#ifdef L3C_WITH_CUDA
+const Rule kDeviceRule = {.one_of = {"cpu", "cuda"}};
+#else
+const Rule kDeviceRule = {.one_of = {"cpu"},
+                          .hint = "this build has no CUDA backend; rebuild with -DL3C_CUDA=ON for \"cuda\""};
+#endif
+
+// The schema: sections and keys in the order config_to_json writes them.
+const std::vector<Field>& schema() {
+  using C = Config;
+  static const std::vector<Field> fields = {
+      field<&C::model, &ModelConfig::vocab_size>("model", "vocab_size", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::d_model>("model", "d_model", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::n_layers>("model", "n_layers", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::n_heads>("model", "n_heads", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::n_kv_heads>("model", "n_kv_heads", {.min = 0}),  // 0: n_heads
+      field<&C::model, &ModelConfig::ffn_hidden>("model", "ffn_hidden", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::rope_theta>("model", "rope_theta", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::norm_eps>("model", "norm_eps", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::tie_embeddings>("model", "tie_embeddings"),
+      field<&C::model, &ModelConfig::init_std>("model", "init_std", {.min = 0, .min_open = true}),
+
+      field<&C::data, &DataConfig::train>("data", "train", {.required = true, .non_empty = true}),
+      field<&C::data, &DataConfig::val>("data", "val"),
+      field<&C::data, &DataConfig::seq_len>("data", "seq_len", {.required = true, .min = 1}),
+
+      field<&C::train, &TrainConfig::steps>("train", "steps", {.required = true, .min = 1}),
+      field<&C::train, &TrainConfig::batch_tokens>("train", "batch_tokens", {.min = 0}),  // 0: one micro-batch
+      field<&C::train, &TrainConfig::micro_batch>("train", "micro_batch", {.min = 1}),
+      field<&C::train, &TrainConfig::lr>("train", "lr", {.min = 0, .min_open = true}),
+      field<&C::train, &TrainConfig::min_lr>("train", "min_lr", {.min = 0}),
+      field<&C::train, &TrainConfig::warmup_steps>("train", "warmup_steps", {.min = 0}),
+      field<&C::train, &TrainConfig::schedule>("train", "schedule", {.one_of = {"cosine", "wsd", "constant"}}),
+      field<&C::train, &TrainConfig::decay_fraction>("train", "decay_fraction", {.min = 0, .max = 1}),
+      field<&C::train, &TrainConfig::weight_decay>("train", "weight_decay", {.min = 0}),
+      field<&C::train, &TrainConfig::beta1>("train", "beta1", {.min = 0, .max = 1, .max_open = true}),
+      field<&C::train, &TrainConfig::beta2>("train", "beta2", {.min = 0, .max = 1, .max_open = true}),
+      field<&C::train, &TrainConfig::eps>("train", "eps", {.min = 0, .min_open = true}),
+      field<&C::train, &TrainConfig::grad_clip>("train", "grad_clip", {.min = 0}),  // 0: no clipping
+      field<&C::train, &TrainConfig::seed>("train", "seed"),
+      field<&C::train, &TrainConfig::threads>("train", "threads", {.min = 0}),  // 0: all cores
+      field<&C::train, &TrainConfig::device>("train", "device", kDeviceRule),
+      field<&C::train, &TrainConfig::dtype>("train", "dtype", {.one_of = {"f32", "f64"}}),
+
+      field<&C::eval, &EvalConfig::every>("eval", "every", {.min = 0}),
+      field<&C::eval, &EvalConfig::batches>("eval", "batches", {.min = 1}),
+
+      field<&C::checkpoint, &CheckpointConfig::every>("checkpoint", "every", {.min = 0}),
+      field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint", "keep", {.min = 1}),
+
+      field<&C::run, &RunConfig::dir>("run", "dir", {.non_empty = true}),
+  };
+  return fields;
+}
+
+// Top-level keys that are not sections.
+constexpr const char* kExtendsKey = "extends";
+constexpr const char* kDescriptionKey = "description";
+
+std::vector<std::string> section_names() {
+  std::vector<std::string> names;
+  for (const Field& f : schema())
+    if (names.empty() || names.back() != f.section) names.push_back(f.section);
+  return names;
+}
+
+bool is_section(const std::string& name) {
+  for (const std::string& s : section_names())
+    if (s == name) return true;
+  return false;
+}
+
+std::vector<std::string> keys_of(const std::string& section) {
+  std::vector<std::string> keys;
+  for (const Field& f : schema())
+    if (f.section == section) keys.push_back(f.key);
+  return keys;
+}
+
+const Field* find_field(const std::string& section, const std::string& key) {
+  for (const Field& f : schema())
+    if (f.section == section && f.key == key) return &f;
+  return nullptr;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string out;
+  for (const std::string& item : items) out += (out.empty() ? "" : ", ") + item;
+  return out;
+}
+
+// A JSON value as an error message shows it: numbers bare, others with their type ("string \"abc\"").
+std::string describe(const json& v) {
+  if (v.is_number()) return v.dump();
+  if (v.is_null()) return "null";
+  std::string text = v.dump();
+  if (text.size() > 60) text = text.substr(0, 57) + "...";
+  return fmt::format("{} {}", v.type_name(), text);
+}
+
+// The value at section.key in j, or null when absent.
+const json* lookup(const json& j, const Field& f) {
+  auto section = j.find(f.section);
+  if (section == j.end() || !section->is_object()) return nullptr;
+  auto value = section->find(f.key);
+  return value == section->end() ? nullptr : &*value;
+}
+
+int64_t to_int64(const Field& f, const json& v) {
+  if (v.is_number_unsigned()) {
+    uint64_t u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      fail("{}: {} is too large for a 64-bit integer", f.path(), v.dump());
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float()) {  // 2.0 or 1e3 are integers written as floats: accepted
+    double d = v.get<double>();
+    if (std::trunc(d) != d) fail("{}: expected an integer, got {}", f.path(), describe(v));
+    if (std::fabs(d) >= 9.2e18) fail("{}: {} is too large for a 64-bit integer", f.path(), v.dump());
+    return static_cast<int64_t>(d);
+  }
+  fail("{}: expected an integer, got {}", f.path(), describe(v));
+}
+
+uint64_t to_uint64(const Field& f, const json& v) {
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer() || (v.is_number_float() && v.get<double>() < 0))
+    fail("{}: expected a non-negative integer, got {}", f.path(), describe(v));
+  if (v.is_number_float()) {
+    double d = v.get<double>();
+    if (std::trunc(d) != d) fail("{}: expected a non-negative integer, got {}", f.path(), describe(v));
+    if (d >= 1.8e19) fail("{}: {} is too large for a 64-bit integer", f.path(), v.dump());
+    return static_cast<uint64_t>(d);
+  }
+  fail("{}: expected a non-negative integer, got {}", f.path(), describe(v));
+}
+
+// Type-checks v against the field and stores it in c.
+void read_value(const Field& f, const json& v, Config& c) {
+  std::visit(
+      [&](auto* target) {
+        using T = std::remove_pointer_t<decltype(target)>;
+        if constexpr (std::is_same_v<T, int64_t>) {
+          *target = to_int64(f, v);
+        } else if constexpr (std::is_same_v<T, uint64_t>) {
+          *target = to_uint64(f, v);
+        } else if constexpr (std::is_same_v<T, double>) {
+          if (!v.is_number()) fail("{}: expected a number, got {}", f.path(), describe(v));
+          *target = v.get<double>();
+        } else if constexpr (std::is_same_v<T, bool>) {
+          if (!v.is_boolean()) fail("{}: expected true or false, got {}", f.path(), describe(v));
+          *target = v.get<bool>();
+        } else {
+          if (!v.is_string()) fail("{}: expected a string, got {}", f.path(), describe(v));
+          *target = v.get<std::string>();
+        }
+      },
+      f.slot(c));
+}
+
+std::string with_hint(const Rule& rule) { return rule.hint.empty() ? "" : fmt::format(" ({})", rule.hint); }
+
+// "> 0", ">= 1", "in [0, 1)".
+std::string bound_text(const Rule& rule) {
+  if (rule.min && rule.max)
+    return fmt::format("in {}{}, {}{}", rule.min_open ? "(" : "[", *rule.min, *rule.max, rule.max_open ? ")" : "]");
+  if (rule.min) return fmt::format("{} {}", rule.min_open ? ">" : ">=", *rule.min);
+  return fmt::format("{} {}", rule.max_open ? "<" : "<=", *rule.max);
+}
+
+// Checks the field's value in c against its rule (bounds, allowed values, non-empty).
+void check_rule(const Field& f, Config& c) {
+  const Rule& rule = f.rule;
+  std::visit(
+      [&](auto* value) {
+        using T = std::remove_pointer_t<decltype(value)>;
+        if constexpr (std::is_same_v<T, std::string>) {
+          if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
+          if (!rule.one_of.empty() &&
+              std::find(rule.one_of.begin(), rule.one_of.end(), *value) == rule.one_of.end())
+            fail("{}: must be one of {}; got {}{}", f.path(), join(rule.one_of), json(*value).dump(),
+                 with_hint(rule));
+        } else if constexpr (!std::is_same_v<T, bool>) {
+          double x = static_cast<double>(*value);
+          bool below = rule.min && (rule.min_open ? x <= *rule.min : x < *rule.min);
+          bool above = rule.max && (rule.max_open ? x >= *rule.max : x > *rule.max);
+          if (below || above)
+            fail("{}: must be {}, got {}{}", f.path(), bound_text(rule), *value, with_hint(rule));
+        }
+      },
+      f.slot(c));
+}
+
+// Reads every key present in j into c. Unknown keys and values of the wrong type are errors; absent
+// keys leave c as it is. Required fields and rules are not checked here (a parent file may be partial).
+void read_present_fields(const json& j, Config& c, bool allow_extends) {
+  if (!j.is_object()) fail("expected a JSON object at the top level, got {}", describe(j));
+  for (const auto& [key, value] : j.items()) {
+    if (key == kDescriptionKey || key == kExtendsKey) {
+      if (key == kExtendsKey && !allow_extends)
+        fail("extends: only allowed in config files read by load_config (a path relative to that file)");
+      if (!value.is_string()) fail("{}: expected a string, got {}", key, describe(value));
+      continue;
+    }
+    if (!is_section(key)) {
+      std::vector<std::string> known = section_names();
+      known.push_back(kExtendsKey);
+      known.push_back(kDescriptionKey);
+      fail("{}: unknown key (known keys at the top level: {})", key, join(known));
+    }
+    if (!value.is_object()) fail("{}: expected an object, got {}", key, describe(value));
+    for (const auto& item : value.items())
+      if (!find_field(key, item.key()))
+        fail("{}.{}: unknown key (known keys in {}: {})", key, item.key(), key, join(keys_of(key)));
+  }
+  for (const Field& f : schema())
+    if (const json* v = lookup(j, f)) read_value(f, *v, c);
+}
+
+int64_t checked_product(int64_t a, int64_t b, const char* what) {
+  int64_t product = 0;
+  if (__builtin_mul_overflow(a, b, &product)) fail("{} ({} * {}) is too large", what, a, b);
+  return product;
+}
+
+// Fills the fields whose 0 means "derive me", then checks the rules that relate several fields.
+void resolve_and_check_relations(Config& c) {
+  ModelConfig& m = c.model;
+  TrainConfig& t = c.train;
+  if (m.n_kv_heads == 0) m.n_kv_heads = m.n_heads;
+  int64_t micro_batch_tokens =
+      checked_product(t.micro_batch, c.data.seq_len, "train.micro_batch * data.seq_len");
+  if (t.batch_tokens == 0) t.batch_tokens = micro_batch_tokens;
+
+  if (m.d_model % m.n_heads != 0)
+    fail("model.d_model ({}) must be divisible by model.n_heads ({})", m.d_model, m.n_heads);
+  if (m.n_heads % m.n_kv_heads != 0)
+    fail("model.n_heads ({}) must be divisible by model.n_kv_heads ({})", m.n_heads, m.n_kv_heads);
+  if (m.head_dim() % 2 != 0)
+    fail("model.d_model / model.n_heads = {} (the head dimension) must be even for rotary embeddings (RoPE)",
+         m.head_dim());
+  if (t.batch_tokens % micro_batch_tokens != 0)
+    fail("train.batch_tokens ({}) must be a multiple of train.micro_batch * data.seq_len ({})", t.batch_tokens,
+         micro_batch_tokens);
+  if (t.min_lr > t.lr) fail("train.min_lr ({}) must be <= train.lr ({})", t.min_lr, t.lr);
+  if (t.warmup_steps > t.steps) fail("train.warmup_steps ({}) must be <= train.steps ({})", t.warmup_steps, t.steps);
+}
+
+// Recursively merges child into base: objects merge key by key, anything else in child replaces.
+void merge_into(json& base, const json& child) {
+  for (const auto& [key, value] : child.items()) {
+    auto existing = base.find(key);
+    if (existing != base.end() && existing->is_object() && value.is_object())
+      merge_into(*existing, value);
+    else
+      base[key] = value;
+  }
+}
+
+// Reads `path` and, recursively, the files it extends; returns the merged JSON without "extends".
+// `chain` holds the files being read (canonical path, path as shown) to detect cycles.
+json read_config_chain(const std::string& path, std::vector<std::pair<fs::path, std::string>>& chain) {
+  std::error_code error;
+  if (!fs::exists(path, error)) {
+    if (chain.empty()) fail("config file not found: {}", path);
+    fail("config file not found: {} (extended by {})", path, chain.back().second);
+  }
+  fs::path canonical = fs::weakly_canonical(path, error);
+  if (error) canonical = fs::absolute(path).lexically_normal();
+  for (size_t i = 0; i < chain.size(); ++i) {
+    if (chain[i].first != canonical) continue;
+    std::string cycle;
+    for (size_t k = i; k < chain.size(); ++k) cycle += chain[k].second + " -> ";
+    fail("extends cycle: {}{}", cycle, path);
+  }
+
+  json j = read_json_file(path);
+  try {
+    Config scratch;
+    read_present_fields(j, scratch, /*allow_extends=*/true);
+  } catch (const UserError& e) {
+    fail("{}: {}", path, e.what());
+  }
+  auto extends = j.find(kExtendsKey);
+  if (extends == j.end()) return j;
+
+  std::string relative = extends->get<std::string>();
+  if (relative.empty()) fail("{}: extends: must not be empty (a path relative to this file)", path);
+  std::string parent = (fs::path(path).parent_path() / relative).lexically_normal().string();
+  j.erase(extends);
+  chain.emplace_back(canonical, path);
+  json merged = read_config_chain(parent, chain);
+  chain.pop_back();
+  merge_into(merged, j);
+  return merged;
+}
+
+// The override's value: JSON when it parses, else the text itself. For string fields, only a JSON
+// string literal is taken as JSON, so "run.dir=2024" means the folder "2024", not a number.
+json override_value(const Field& f, const std::string& text) {
+  json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  Config scratch;
+  bool string_field = std::holds_alternative<std::string*>(f.slot(scratch));
+  if (parsed.is_discarded() || (string_field && !parsed.is_string())) return json(text);
+  return parsed;
+}
+
+// Applies one "section.key=value" override to the merged config JSON.
+void apply_override(json& merged, const std::string& text) {
+  size_t eq = text.find('=');
+  if (eq == std::string::npos) fail("--set {}: expected KEY=VALUE, e.g. --set train.lr=3e-4", text);
+  std::string key = text.substr(0, eq);
+  if (key.empty()) fail("--set {}: empty key; expected KEY=VALUE, e.g. --set train.lr=3e-4", text);
+  size_t dot = key.find('.');
+  std::string section = key.substr(0, dot);
+  std::string name = dot == std::string::npos ? "" : key.substr(dot + 1);
+  if (!is_section(section))
+    fail("--set {}: unknown key (keys are SECTION.KEY; known sections: {})", text, join(section_names()));
+  const Field* f = find_field(section, name);
+  if (!f) fail("--set {}: unknown key (known keys in {}: {})", text, section, join(keys_of(section)));
+
+  json value = override_value(*f, text.substr(eq + 1));
+  try {
+    Config scratch;
+    read_value(*f, value, scratch);
+  } catch (const UserError& e) {
+    fail("--set {}: {}", text, e.what());
+  }
+  json& target = merged[section];
+  if (!target.is_object()) target = json::object();
+  target[name] = std::move(value);
+}
+
+}  // namespace
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::error_code error;
+  if (fs::is_directory(path, error)) fail("{}: is a folder, expected a JSON file", path);
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    if (!fs::exists(path, error)) fail("file not found: {}", path);
+    fail("{}: cannot open for reading", path);
+  }
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail("{}: read error", path);
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    // e.byte is the 1-based offset of the last character read: the one the parser stopped at.
+    size_t offset = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
+    size_t line = 1, line_start = 0;
+    for (size_t i = 0; i < offset; ++i)
+      if (text[i] == '\n') ++line, line_start = i + 1;
+    size_t column = offset - line_start + 1;
+    // what(): "[json.exception.parse_error.101] parse error at line 3, column 8: <what went wrong>".
+    std::string what = e.what();
+    size_t at = what.find("parse error at line ");
+    size_t colon = at == std::string::npos ? std::string::npos : what.find(": ", at);
+    if (colon != std::string::npos) {
+      what = what.substr(colon + 2);
+    } else if (size_t bracket = what.find("] "); bracket != std::string::npos) {
+      what = what.substr(bracket + 2);
+    }
+    fail("{}:{}:{}: malformed JSON: {}", path, line, column, what);
+  }
+}
+
+Config config_from_json(const nlohmann::json& j) {
+  Config c;
+  read_present_fields(j, c, /*allow_extends=*/false);
+  for (const Field& f : schema()) {
+    if (f.rule.required && !lookup(j, f)) fail("{}: required", f.path());
+    check_rule(f, c);
+  }
+  resolve_and_check_relations(c);
+  return c;
+}
+
+nlohmann::ordered_json config_to_json(const Config& c) {
+  Config copy = c;  // slots give mutable access; read from a copy
+  nlohmann::ordered_json out = nlohmann::ordered_json::object();
+  for (const Field& f : schema()) std::visit([&](auto* value) { out[f.section][f.key] = *value; }, f.slot(copy));
+  return out;
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::vector<std::pair<fs::path, std::string>> chain;
+  json merged = read_config_chain(path, chain);
+  for (const std::string& text : overrides) apply_override(merged, text);
+  return config_from_json(merged);
+}
+
+}  // namespace l3c

@@ -1,0 +1,129 @@
+// Token shard reading (mmap) and writing.
+#include "data/shard.h"
+
+#include <fcntl.h>
+#include <glob.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+
+#include "core/errors.h"
+
+namespace l3c {
+
+TokenShard::TokenShard(const std::string& path) : path_(path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) fail("{}: cannot open shard: {}", path, std::strerror(errno));
+  struct stat st {};
+  ::fstat(fd, &st);
+  map_bytes_ = static_cast<size_t>(st.st_size);
+  const size_t header_bytes = kShardHeaderInts * sizeof(int32_t);
+  if (map_bytes_ < header_bytes) {
+    ::close(fd);
+    fail("{}: truncated shard: {} bytes, shorter than the {}-byte header", path, map_bytes_, header_bytes);
+  }
+  map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (map_ == MAP_FAILED) {
+    map_ = nullptr;
+    fail("{}: cannot map shard: {}", path, std::strerror(errno));
+  }
+  const auto* header = static_cast<const int32_t*>(map_);
+  const int32_t magic = header[0], version = header[1];
+  if (magic == kShardMagicU16 && version == kShardVersionU16) {
+    wide_ = false;
+  } else if (magic == kShardMagicU32 && version == kShardVersionU32) {
+    wide_ = true;
+  } else if (magic == kShardMagicU16 || magic == kShardMagicU32) {
+    fail("{}: unsupported shard version {} for magic {}", path, version, magic);
+  } else {
+    fail("{}: not a token shard: bad magic {} (expected {} or {})", path, magic, kShardMagicU16, kShardMagicU32);
+  }
+  num_tokens_ = header[2];
+  const size_t expected = header_bytes + static_cast<size_t>(num_tokens_) * (wide_ ? 4 : 2);
+  if (num_tokens_ < 0 || map_bytes_ < expected)
+    fail("{}: truncated shard: header says {} tokens ({} bytes) but the file has {} bytes", path, num_tokens_,
+         expected, map_bytes_);
+  const auto* body = static_cast<const char*>(map_) + header_bytes;
+  tokens16_ = reinterpret_cast<const uint16_t*>(body);
+  tokens32_ = reinterpret_cast<const uint32_t*>(body);
+}
+
+TokenShard::~TokenShard() {
+  if (map_ != nullptr) ::munmap(map_, map_bytes_);
+}
+
+TokenShard::TokenShard(TokenShard&& other) noexcept
+    : path_(std::move(other.path_)), map_(other.map_), map_bytes_(other.map_bytes_),
+      num_tokens_(other.num_tokens_), wide_(other.wide_), tokens16_(other.tokens16_), tokens32_(other.tokens32_) {
+  other.map_ = nullptr;
+}
+
+std::pair<uint32_t, int64_t> TokenShard::max_token() const {
+  uint32_t best = 0;
+  int64_t where = 0;
+  for (int64_t i = 0; i < num_tokens_; ++i) {
+    const uint32_t t = (*this)[i];
+    if (t > best) {
+      best = t;
+      where = i;
+    }
+  }
+  return {best, where};
+}
+
+void write_shard(const std::string& path, const std::vector<uint32_t>& tokens) {
+  const bool wide = std::any_of(tokens.begin(), tokens.end(), [](uint32_t t) { return t > 0xFFFF; });
+  if (tokens.size() > static_cast<size_t>(INT32_MAX)) fail("{}: {} tokens do not fit one shard", path, tokens.size());
+  std::vector<int32_t> header(kShardHeaderInts, 0);
+  header[0] = wide ? kShardMagicU32 : kShardMagicU16;
+  header[1] = wide ? kShardVersionU32 : kShardVersionU16;
+  header[2] = static_cast<int32_t>(tokens.size());
+  const std::string temp = path + ".tmp";
+  FILE* f = std::fopen(temp.c_str(), "wb");
+  if (f == nullptr) fail("{}: cannot write shard: {}", path, std::strerror(errno));
+  bool ok = std::fwrite(header.data(), sizeof(int32_t), header.size(), f) == header.size();
+  if (wide) {
+    ok = ok && std::fwrite(tokens.data(), 4, tokens.size(), f) == tokens.size();
+  } else {
+    std::vector<uint16_t> narrow(tokens.begin(), tokens.end());
+    ok = ok && std::fwrite(narrow.data(), 2, narrow.size(), f) == narrow.size();
+  }
+  ok = (std::fflush(f) == 0) && ok;
+  ok = (::fsync(::fileno(f)) == 0) && ok;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok || std::rename(temp.c_str(), path.c_str()) != 0) {
+    const std::string reason = std::strerror(errno);
+    std::remove(temp.c_str());
+    fail("{}: writing the shard failed: {}", path, reason);
+  }
+}
+
+std::vector<std::string> expand_shard_paths(const std::string& spec, const std::string& what) {
+  namespace fs = std::filesystem;
+  std::vector<std::string> paths;
+  std::error_code ec;
+  if (fs::is_directory(spec, ec)) {
+    for (const auto& entry : fs::directory_iterator(spec))
+      if (entry.is_regular_file() && entry.path().extension() == ".bin") paths.push_back(entry.path().string());
+    if (paths.empty()) fail("{}: folder {} holds no .bin shards", what, spec);
+  } else if (fs::exists(spec, ec)) {
+    paths.push_back(spec);
+  } else {
+    glob_t matches{};
+    if (::glob(spec.c_str(), 0, nullptr, &matches) == 0)
+      for (size_t i = 0; i < matches.gl_pathc; ++i) paths.emplace_back(matches.gl_pathv[i]);
+    ::globfree(&matches);
+    if (paths.empty()) fail("{}: no shard file, folder or glob match for '{}'", what, spec);
+  }
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+}  // namespace l3c

@@ -1,0 +1,73 @@
+// CPU implementations of the op contract (kernels/ops.h): Eigen for matrix products, OpenMP for
+// row-wise work. ops.cpp checks shapes and devices and then calls these; they assume valid input.
+// Every floating op runs in float or double, picked from the tensors' dtype (F32 / F64).
+// Reductions never depend on scheduling: per-row work is independent, and sums that cross rows use
+// static partitions whose partials are combined in a fixed order (or a fixed chunking independent of
+// the thread count), so a result is bit-identical from run to run at a fixed thread count.
+#pragma once
+#include <cstdint>
+#include <utility>
+
+#include "core/tensor.h"
+
+namespace l3c::ops::cpu {
+
+// Calls fn(float{}) or fn(double{}) for an F32 / F64 dtype; any other dtype is an internal error.
+[[noreturn]] void unsupported_dtype(const char* op, DType dtype);
+template <typename Fn>
+decltype(auto) dispatch_float(DType dtype, const char* op, Fn&& fn) {
+  if (dtype == DType::F32) return std::forward<Fn>(fn)(float{});
+  if (dtype == DType::F64) return std::forward<Fn>(fn)(double{});
+  unsupported_dtype(op, dtype);
+}
+
+// ---- elementwise (elementwise.cpp) ----------------------------------------------------------------
+void fill_zero(Tensor t);                 // any dtype
+void copy(Tensor dst, Tensor src);        // any dtype, same number of elements
+void add_inplace(Tensor y, Tensor x);
+void scale_inplace(Tensor y, double s);
+// Sum of squares accumulated in double over fixed chunks whose partials are added in order: the
+// result does not depend on the thread count.
+double sum_squares(Tensor x);
+
+// ---- embedding (embedding.cpp) ------------------------------------------------------------------------
+void embedding_forward(Tensor out, Tensor table, Tensor tokens);
+// Parallel over column ranges, serial over positions: every element sums in position order.
+void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens);
+
+// ---- RMSNorm (rmsnorm.cpp) ------------------------------------------------------------------------
+void rmsnorm_forward(Tensor out, Tensor rstd, Tensor x, Tensor weight, double eps);
+void rmsnorm_backward(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd);
+
+// ---- matrix products (matmul.cpp) -----------------------------------------------------------------
+void matmul_forward(Tensor out, Tensor x, Tensor w, bool accumulate);
+void matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool accumulate_dx);
+
+// ---- rotary position embedding (rope.cpp) ---------------------------------------------------------
+void rope_forward(Tensor x, double theta);
+void rope_backward(Tensor dx, double theta);
+
+// ---- causal grouped-query attention (attention.cpp) -----------------------------------------------
+// Flash-style tiling: a tile of q_block query rows of one head meets k_block keys at a time (two
+// small GEMMs per tile, an online softmax per row in between); no T x T matrix exists. 0 picks the
+// default tile sizes; tests pass small ones to exercise the tile edges and the causal mask.
+struct AttentionTiles {
+  int64_t q_block = 0;
+  int64_t k_block = 0;
+};
+void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, AttentionTiles tiles = {});
+// Parallel over (batch, kv head): each task owns its dk/dv rows and the dq rows of its query heads.
+void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                        Tensor out, Tensor lse, AttentionTiles tiles = {});
+
+// ---- SwiGLU (swiglu.cpp) --------------------------------------------------------------------------
+void swiglu_forward(Tensor out, Tensor gate, Tensor up);
+void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
+
+// ---- fused classifier (classifier.cpp) ------------------------------------------------------------
+// block_rows: rows of logits computed at a time (0: about 32 MiB of logits, between 64 and 256 rows).
+// The backward runs when dx or dW is non-empty; an empty one is skipped.
+void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, Tensor W, Tensor targets,
+                                 double grad_scale, int64_t block_rows = 0);
+
+}  // namespace l3c::ops::cpu

@@ -1,0 +1,61 @@
+// CPU matrix products in the nn.Linear layout, on Eigen maps of row-major buffers. Eigen's GEMM
+// splits the output among OpenMP threads (never the reduction dimension), so results are
+// deterministic for a fixed thread count.
+// GCC 12 reports false "may be used uninitialized" warnings inside Eigen's AVX-512 kernels.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <Eigen/Core>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace l3c::ops::cpu {
+namespace {
+
+template <typename T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <typename T>
+void matmul_forward_impl(Tensor out, Tensor x, Tensor w, bool accumulate) {
+  const int64_t m = w.dim(0), k = w.dim(1), n = x.numel() / k;
+  Eigen::Map<RowMajor<T>> O(out.ptr<T>(), n, m);          // (N, M)
+  Eigen::Map<const RowMajor<T>> X(x.ptr<T>(), n, k);      // (N, K)
+  Eigen::Map<const RowMajor<T>> W(w.ptr<T>(), m, k);      // (M, K)
+  if (accumulate)
+    O.noalias() += X * W.transpose();
+  else
+    O.noalias() = X * W.transpose();
+}
+
+template <typename T>
+void matmul_backward_impl(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool accumulate_dx) {
+  const int64_t m = w.dim(0), k = w.dim(1), n = x.numel() / k;
+  Eigen::Map<const RowMajor<T>> dO(dout.ptr<T>(), n, m);  // (N, M)
+  if (!dx.empty()) {
+    Eigen::Map<RowMajor<T>> dX(dx.ptr<T>(), n, k);        // (N, K)
+    Eigen::Map<const RowMajor<T>> W(w.ptr<T>(), m, k);    // (M, K)
+    if (accumulate_dx)
+      dX.noalias() += dO * W;
+    else
+      dX.noalias() = dO * W;
+  }
+  if (!dw.empty()) {
+    Eigen::Map<RowMajor<T>> dW(dw.ptr<T>(), m, k);        // (M, K)
+    Eigen::Map<const RowMajor<T>> X(x.ptr<T>(), n, k);    // (N, K)
+    dW.noalias() += dO.transpose() * X;
+  }
+}
+
+}  // namespace
+
+void matmul_forward(Tensor out, Tensor x, Tensor w, bool accumulate) {
+  dispatch_float(x.dtype, "matmul_forward", [&](auto tag) {
+    matmul_forward_impl<decltype(tag)>(out, x, w, accumulate);
+  });
+}
+
+void matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool accumulate_dx) {
+  dispatch_float(x.dtype, "matmul_backward", [&](auto tag) {
+    matmul_backward_impl<decltype(tag)>(dx, dw, dout, x, w, accumulate_dx);
+  });
+}
+
+}  // namespace l3c::ops::cpu

@@ -1,0 +1,308 @@
+// The op contract's entry points: check shapes, dtypes and devices (backend-neutral, so every backend
+// gets the same messages), then call the implementation for the tensors' device. Only the CPU backend
+// is part of this build; a CUDA tensor is an internal error that says so.
+//
+// Shapes: a "(N, d)" operand may be given with any leading dimensions (B, T, d), as long as the
+// product of the leading dimensions matches; the last dimension is the one the contract names.
+#include "kernels/ops.h"
+
+#include <initializer_list>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace l3c::ops {
+namespace {
+
+int64_t last_dim(const Tensor& t) { return t.ndim == 0 ? 1 : t.shape[t.ndim - 1]; }
+int64_t leading_rows(const Tensor& t) {
+  const int64_t d = last_dim(t);
+  return d == 0 ? 0 : t.numel() / d;
+}
+
+// Every non-empty tensor must live on the CPU.
+void require_cpu(const char* op, std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) {
+    if (t->empty()) continue;
+    L3C_CHECK(t->device == Device::CPU,
+              "ops::{}: a tensor {} is on the {} device, but the CUDA backend is not part of this build "
+              "yet (rebuild with -DL3C_CUDA=ON once it exists)",
+              op, t->shape_string(), device_name(t->device));
+  }
+}
+
+// All given tensors share one floating dtype the CPU supports (f32 or f64).
+void require_float(const char* op, std::initializer_list<const Tensor*> tensors) {
+  const Tensor* first = *tensors.begin();
+  L3C_CHECK(first->dtype == DType::F32 || first->dtype == DType::F64,
+            "ops::{}: floating tensors must be f32 or f64 on the CPU, got {}", op, dtype_name(first->dtype));
+  for (const Tensor* t : tensors)
+    L3C_CHECK(t->dtype == first->dtype, "ops::{}: mixed dtypes {} and {}", op, dtype_name(first->dtype),
+              dtype_name(t->dtype));
+}
+
+void require_i32(const char* op, const char* what, const Tensor& t) {
+  L3C_CHECK(t.dtype == DType::I32, "ops::{}: {} must be i32, got {}", op, what, dtype_name(t.dtype));
+}
+
+void require_data(const char* op, std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors)
+    L3C_CHECK(!t->empty() || t->numel() == 0, "ops::{}: a required tensor {} has no data", op,
+              t->shape_string());
+}
+
+}  // namespace
+
+// ---- elementwise ---------------------------------------------------------------------------------
+void fill_zero(Tensor t) {
+  if (t.numel() == 0) return;
+  require_data("fill_zero", {&t});
+  require_cpu("fill_zero", {&t});
+  cpu::fill_zero(t);
+}
+
+void copy(Tensor dst, Tensor src) {
+  L3C_CHECK(dst.numel() == src.numel() && dst.dtype == src.dtype, "ops::copy: dst {} {} vs src {} {}",
+            dst.shape_string(), dtype_name(dst.dtype), src.shape_string(), dtype_name(src.dtype));
+  if (dst.numel() == 0) return;
+  require_data("copy", {&dst, &src});
+  require_cpu("copy", {&dst, &src});
+  cpu::copy(dst, src);
+}
+
+void add_inplace(Tensor y, Tensor x) {
+  L3C_CHECK(y.numel() == x.numel(), "ops::add_inplace: y {} vs x {}", y.shape_string(), x.shape_string());
+  require_float("add_inplace", {&y, &x});
+  if (y.numel() == 0) return;
+  require_data("add_inplace", {&y, &x});
+  require_cpu("add_inplace", {&y, &x});
+  cpu::add_inplace(y, x);
+}
+
+void scale_inplace(Tensor y, double s) {
+  require_float("scale_inplace", {&y});
+  if (y.numel() == 0) return;
+  require_data("scale_inplace", {&y});
+  require_cpu("scale_inplace", {&y});
+  cpu::scale_inplace(y, s);
+}
+
+double sum_squares(Tensor x) {
+  require_float("sum_squares", {&x});
+  if (x.numel() == 0) return 0.0;
+  require_data("sum_squares", {&x});
+  require_cpu("sum_squares", {&x});
+  return cpu::sum_squares(x);
+}
+
+// ---- embedding ------------------------------------------------------------------------------------
+void embedding_forward(Tensor out, Tensor table, Tensor tokens) {
+  const char* op = "embedding_forward";
+  L3C_CHECK(table.ndim == 2 && last_dim(out) == table.shape[1] && leading_rows(out) == tokens.numel(),
+            "ops::{}: out {} must be (N, d) for table (V, d) {} and tokens (N) {}", op, out.shape_string(),
+            table.shape_string(), tokens.shape_string());
+  require_float(op, {&out, &table});
+  require_i32(op, "tokens", tokens);
+  if (out.numel() == 0) return;
+  require_data(op, {&out, &table, &tokens});
+  require_cpu(op, {&out, &table, &tokens});
+  cpu::embedding_forward(out, table, tokens);
+}
+
+void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) {
+  const char* op = "embedding_backward";
+  L3C_CHECK(dtable.ndim == 2 && last_dim(dout) == dtable.shape[1] && leading_rows(dout) == tokens.numel(),
+            "ops::{}: dout {} must be (N, d) for dtable (V, d) {} and tokens (N) {}", op,
+            dout.shape_string(), dtable.shape_string(), tokens.shape_string());
+  require_float(op, {&dtable, &dout});
+  require_i32(op, "tokens", tokens);
+  if (dout.numel() == 0) return;
+  require_data(op, {&dtable, &dout, &tokens});
+  require_cpu(op, {&dtable, &dout, &tokens});
+  cpu::embedding_backward(dtable, dout, tokens);
+}
+
+// ---- RMSNorm --------------------------------------------------------------------------------------
+void rmsnorm_forward(Tensor out, Tensor rstd, Tensor x, Tensor weight, double eps) {
+  const char* op = "rmsnorm_forward";
+  const int64_t d = last_dim(x), n = leading_rows(x);
+  L3C_CHECK(out.numel() == x.numel() && last_dim(out) == d && rstd.numel() == n && weight.numel() == d,
+            "ops::{}: x {} (N, d), out {} (N, d), rstd {} (N), weight {} (d)", op, x.shape_string(),
+            out.shape_string(), rstd.shape_string(), weight.shape_string());
+  L3C_CHECK(eps >= 0, "ops::{}: eps must be >= 0, got {}", op, eps);
+  require_float(op, {&out, &rstd, &x, &weight});
+  if (x.numel() == 0) return;
+  require_data(op, {&out, &rstd, &x, &weight});
+  require_cpu(op, {&out, &rstd, &x, &weight});
+  cpu::rmsnorm_forward(out, rstd, x, weight, eps);
+}
+
+void rmsnorm_backward(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd) {
+  const char* op = "rmsnorm_backward";
+  const int64_t d = last_dim(x), n = leading_rows(x);
+  L3C_CHECK(dx.numel() == x.numel() && last_dim(dx) == d && dout.numel() == x.numel() &&
+                last_dim(dout) == d && rstd.numel() == n && weight.numel() == d && dweight.numel() == d,
+            "ops::{}: x {} (N, d), dx {}, dout {} (N, d), rstd {} (N), weight {}, dweight {} (d)", op,
+            x.shape_string(), dx.shape_string(), dout.shape_string(), rstd.shape_string(),
+            weight.shape_string(), dweight.shape_string());
+  require_float(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
+  if (x.numel() == 0) return;
+  require_data(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
+  require_cpu(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
+  cpu::rmsnorm_backward(dx, dweight, dout, x, weight, rstd);
+}
+
+// ---- matrix products ------------------------------------------------------------------------------
+void matmul_forward(Tensor out, Tensor x, Tensor w, bool accumulate) {
+  const char* op = "matmul_forward";
+  L3C_CHECK(w.ndim == 2 && last_dim(x) == w.shape[1] && last_dim(out) == w.shape[0] &&
+                leading_rows(out) == leading_rows(x),
+            "ops::{}: out {} = x {} @ w^T {}: need x (N, K), w (M, K), out (N, M)", op, out.shape_string(),
+            x.shape_string(), w.shape_string());
+  require_float(op, {&out, &x, &w});
+  if (out.numel() == 0) return;
+  require_data(op, {&out, &x, &w});
+  require_cpu(op, {&out, &x, &w});
+  cpu::matmul_forward(out, x, w, accumulate);
+}
+
+void matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool accumulate_dx) {
+  const char* op = "matmul_backward";
+  L3C_CHECK(w.ndim == 2 && last_dim(x) == w.shape[1] && last_dim(dout) == w.shape[0] &&
+                leading_rows(dout) == leading_rows(x),
+            "ops::{}: dout {}, x {}, w {}: need dout (N, M), x (N, K), w (M, K)", op, dout.shape_string(),
+            x.shape_string(), w.shape_string());
+  L3C_CHECK(dx.empty() || (dx.numel() == x.numel() && last_dim(dx) == last_dim(x)),
+            "ops::{}: dx {} must have x's shape {}", op, dx.shape_string(), x.shape_string());
+  L3C_CHECK(dw.empty() || (dw.numel() == w.numel() && last_dim(dw) == last_dim(w)),
+            "ops::{}: dw {} must have w's shape {}", op, dw.shape_string(), w.shape_string());
+  require_float(op, {&dout, &x, &w});
+  if (!dx.empty()) require_float(op, {&dout, &dx});
+  if (!dw.empty()) require_float(op, {&dout, &dw});
+  if (dx.empty() && dw.empty()) return;
+  require_data(op, {&dout, &x, &w});
+  require_cpu(op, {&dx, &dw, &dout, &x, &w});
+  cpu::matmul_backward(dx, dw, dout, x, w, accumulate_dx);
+}
+
+// ---- rotary position embedding --------------------------------------------------------------------
+void rope_forward(Tensor x, double theta) {
+  const char* op = "rope_forward";
+  L3C_CHECK(x.ndim == 4 && x.shape[3] % 2 == 0, "ops::{}: x {} must be (B, T, nh, hd) with hd even", op,
+            x.shape_string());
+  L3C_CHECK(theta > 0, "ops::{}: theta must be > 0, got {}", op, theta);
+  require_float(op, {&x});
+  if (x.numel() == 0) return;
+  require_data(op, {&x});
+  require_cpu(op, {&x});
+  cpu::rope_forward(x, theta);
+}
+
+void rope_backward(Tensor dx, double theta) {
+  const char* op = "rope_backward";
+  L3C_CHECK(dx.ndim == 4 && dx.shape[3] % 2 == 0, "ops::{}: dx {} must be (B, T, nh, hd) with hd even", op,
+            dx.shape_string());
+  L3C_CHECK(theta > 0, "ops::{}: theta must be > 0, got {}", op, theta);
+  require_float(op, {&dx});
+  if (dx.numel() == 0) return;
+  require_data(op, {&dx});
+  require_cpu(op, {&dx});
+  cpu::rope_backward(dx, theta);
+}
+
+// ---- causal grouped-query attention --------------------------------------------------------------
+namespace {
+bool same_shape(const Tensor& a, const Tensor& b) {
+  if (a.ndim != b.ndim) return false;
+  for (int i = 0; i < a.ndim; ++i)
+    if (a.shape[i] != b.shape[i]) return false;
+  return true;
+}
+
+void check_attention_shapes(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                            const Tensor& out, const Tensor& lse) {
+  const bool ok = q.ndim == 4 && k.ndim == 4 && same_shape(k, v) && same_shape(q, out) &&
+                  k.shape[0] == q.shape[0] && k.shape[1] == q.shape[1] && k.shape[3] == q.shape[3] &&
+                  k.shape[2] > 0 && q.shape[2] % k.shape[2] == 0 && lse.ndim == 3 &&
+                  lse.shape[0] == q.shape[0] && lse.shape[1] == q.shape[2] && lse.shape[2] == q.shape[1];
+  L3C_CHECK(ok,
+            "ops::{}: q {} and out {} must be (B, T, H, hd), k {} and v {} (B, T, Hkv, hd) with H a "
+            "multiple of Hkv, lse {} (B, H, T)",
+            op, q.shape_string(), out.shape_string(), k.shape_string(), v.shape_string(), lse.shape_string());
+}
+}  // namespace
+
+void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
+  const char* op = "attention_forward";
+  check_attention_shapes(op, q, k, v, out, lse);
+  require_float(op, {&out, &lse, &q, &k, &v});
+  if (q.numel() == 0) return;
+  require_data(op, {&out, &lse, &q, &k, &v});
+  require_cpu(op, {&out, &lse, &q, &k, &v});
+  cpu::attention_forward(out, lse, q, k, v);
+}
+
+void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                        Tensor out, Tensor lse) {
+  const char* op = "attention_backward";
+  check_attention_shapes(op, q, k, v, out, lse);
+  L3C_CHECK(same_shape(dq, q) && same_shape(dout, q) && same_shape(dk, k) && same_shape(dv, k),
+            "ops::{}: dq {} and dout {} must have q's shape {}, dk {} and dv {} k's shape {}", op,
+            dq.shape_string(), dout.shape_string(), q.shape_string(), dk.shape_string(), dv.shape_string(),
+            k.shape_string());
+  require_float(op, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+  if (q.numel() == 0) return;
+  require_data(op, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+  require_cpu(op, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+  cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
+}
+
+// ---- SwiGLU --------------------------------------------------------------------------------------
+void swiglu_forward(Tensor out, Tensor gate, Tensor up) {
+  const char* op = "swiglu_forward";
+  L3C_CHECK(out.numel() == gate.numel() && up.numel() == gate.numel(),
+            "ops::{}: out {}, gate {} and up {} must have one shape (N, F)", op, out.shape_string(),
+            gate.shape_string(), up.shape_string());
+  require_float(op, {&out, &gate, &up});
+  if (out.numel() == 0) return;
+  require_data(op, {&out, &gate, &up});
+  require_cpu(op, {&out, &gate, &up});
+  cpu::swiglu_forward(out, gate, up);
+}
+
+void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up) {
+  const char* op = "swiglu_backward";
+  const int64_t n = gate.numel();
+  L3C_CHECK(dgate.numel() == n && dup.numel() == n && dout.numel() == n && up.numel() == n,
+            "ops::{}: dgate {}, dup {}, dout {}, gate {} and up {} must have one shape (N, F)", op,
+            dgate.shape_string(), dup.shape_string(), dout.shape_string(), gate.shape_string(),
+            up.shape_string());
+  require_float(op, {&dgate, &dup, &dout, &gate, &up});
+  if (n == 0) return;
+  require_data(op, {&dgate, &dup, &dout, &gate, &up});
+  require_cpu(op, {&dgate, &dup, &dout, &gate, &up});
+  cpu::swiglu_backward(dgate, dup, dout, gate, up);
+}
+
+// ---- fused classifier -----------------------------------------------------------------------------
+void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, Tensor W, Tensor targets,
+                                 double grad_scale) {
+  const char* op = "classifier_forward_backward";
+  const int64_t n = leading_rows(x);
+  L3C_CHECK(W.ndim == 2 && last_dim(x) == W.shape[1] && losses.numel() == n && targets.numel() == n,
+            "ops::{}: x {} (N, d), W {} (V, d), losses {} (N), targets {} (N)", op, x.shape_string(),
+            W.shape_string(), losses.shape_string(), targets.shape_string());
+  L3C_CHECK(dx.empty() || (dx.numel() == x.numel() && last_dim(dx) == last_dim(x)),
+            "ops::{}: dx {} must have x's shape {}", op, dx.shape_string(), x.shape_string());
+  L3C_CHECK(dW.empty() || (dW.numel() == W.numel() && last_dim(dW) == last_dim(W)),
+            "ops::{}: dW {} must have W's shape {}", op, dW.shape_string(), W.shape_string());
+  require_float(op, {&losses, &x, &W});
+  if (!dx.empty()) require_float(op, {&x, &dx});
+  if (!dW.empty()) require_float(op, {&x, &dW});
+  require_i32(op, "targets", targets);
+  if (n == 0) return;
+  require_data(op, {&losses, &x, &W, &targets});
+  require_cpu(op, {&losses, &dx, &dW, &x, &W, &targets});
+  cpu::classifier_forward_backward(losses, dx, dW, x, W, targets, grad_scale);
+}
+
+}  // namespace l3c::ops

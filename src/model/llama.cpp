@@ -1,0 +1,225 @@
+// Llama decoder: parameter registration, forward, backward, cost model.
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "kernels/ops.h"
+
+namespace l3c {
+
+namespace {
+std::string layer_name(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
+}  // namespace
+
+Llama::Llama(const ModelConfig& config) : config_(config) {
+  const int64_t d = config.d_model, V = config.vocab_size, F = config.ffn_hidden;
+  const int64_t hd = config.head_dim(), H = config.n_heads, Hkv = config.n_kv_heads;
+  const double std = config.init_std;
+  // Output projections of each block are scaled by 1/sqrt(2 * n_layers) (GPT-2 / llm.c).
+  const double out_std = std / std::sqrt(2.0 * static_cast<double>(config.n_layers));
+
+  registry_.add("model.embed_tokens.weight", {V, d}, InitKind::Normal, std, "embedding");
+  for (int64_t i = 0; i < config.n_layers; ++i) {
+    registry_.add(layer_name(i, "input_layernorm.weight"), {d}, InitKind::Ones, 0, "norm");
+    registry_.add(layer_name(i, "self_attn.q_proj.weight"), {H * hd, d}, InitKind::Normal, std, "attention");
+    registry_.add(layer_name(i, "self_attn.k_proj.weight"), {Hkv * hd, d}, InitKind::Normal, std, "attention");
+    registry_.add(layer_name(i, "self_attn.v_proj.weight"), {Hkv * hd, d}, InitKind::Normal, std, "attention");
+    registry_.add(layer_name(i, "self_attn.o_proj.weight"), {d, H * hd}, InitKind::Normal, out_std, "attention");
+    registry_.add(layer_name(i, "post_attention_layernorm.weight"), {d}, InitKind::Ones, 0, "norm");
+    registry_.add(layer_name(i, "mlp.gate_proj.weight"), {F, d}, InitKind::Normal, std, "ffn");
+    registry_.add(layer_name(i, "mlp.up_proj.weight"), {F, d}, InitKind::Normal, std, "ffn");
+    registry_.add(layer_name(i, "mlp.down_proj.weight"), {d, F}, InitKind::Normal, out_std, "ffn");
+  }
+  registry_.add("model.norm.weight", {d}, InitKind::Ones, 0, "norm");
+  if (!config.tie_embeddings) registry_.add("lm_head.weight", {V, d}, InitKind::Normal, std, "lm_head");
+}
+
+Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
+  auto get = [&](const std::string& name) { return buffer.view(registry_.find(name)); };
+  Weights w;
+  w.embed = get("model.embed_tokens.weight");
+  w.final_norm = get("model.norm.weight");
+  w.lm_head = config_.tie_embeddings ? w.embed : get("lm_head.weight");
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    w.layers.push_back({get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
+                        get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
+                        get(layer_name(i, "self_attn.o_proj.weight")),
+                        get(layer_name(i, "post_attention_layernorm.weight")), get(layer_name(i, "mlp.gate_proj.weight")),
+                        get(layer_name(i, "mlp.up_proj.weight")), get(layer_name(i, "mlp.down_proj.weight"))});
+  }
+  return w;
+}
+
+Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype) const {
+  const int64_t N = B * T, d = config_.d_model, F = config_.ffn_hidden, hd = config_.head_dim();
+  const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
+  Activations a;
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    LayerActivations l;
+    l.resid_in = arena.alloc(dtype, {N, d});
+    l.ln1 = arena.alloc(dtype, {N, d});
+    l.rstd1 = arena.alloc(dtype, {N});
+    l.q = arena.alloc(dtype, {B, T, H, hd});
+    l.k = arena.alloc(dtype, {B, T, Hkv, hd});
+    l.v = arena.alloc(dtype, {B, T, Hkv, hd});
+    l.att = arena.alloc(dtype, {B, T, H, hd});
+    l.lse = arena.alloc(dtype, {B, H, T});
+    l.resid_mid = arena.alloc(dtype, {N, d});
+    l.ln2 = arena.alloc(dtype, {N, d});
+    l.rstd2 = arena.alloc(dtype, {N});
+    l.gate = arena.alloc(dtype, {N, F});
+    l.up = arena.alloc(dtype, {N, F});
+    l.act = arena.alloc(dtype, {N, F});
+    a.layers.push_back(l);
+  }
+  a.resid_out = arena.alloc(dtype, {N, d});
+  a.lnf = arena.alloc(dtype, {N, d});
+  a.rstdf = arena.alloc(dtype, {N});
+  a.losses = arena.alloc(dtype, {N});
+  return a;
+}
+
+Llama::Scratch Llama::allocate_scratch(Arena& arena, int64_t B, int64_t T, DType dtype) const {
+  const int64_t N = B * T, d = config_.d_model, F = config_.ffn_hidden, hd = config_.head_dim();
+  const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
+  Scratch s;
+  s.dresid = arena.alloc(dtype, {N, d});
+  s.dln = arena.alloc(dtype, {N, d});
+  s.datt = arena.alloc(dtype, {B, T, H, hd});
+  s.dq = arena.alloc(dtype, {B, T, H, hd});
+  s.dk = arena.alloc(dtype, {B, T, Hkv, hd});
+  s.dv = arena.alloc(dtype, {B, T, Hkv, hd});
+  s.dact = arena.alloc(dtype, {N, F});
+  s.dgate = arena.alloc(dtype, {N, F});
+  s.dup = arena.alloc(dtype, {N, F});
+  return s;
+}
+
+size_t Llama::activation_bytes(int64_t B, int64_t T, DType dtype, bool training) const {
+  Arena measuring;
+  allocate_activations(measuring, B, T, dtype);
+  if (training) allocate_scratch(measuring, B, T, dtype);
+  return measuring.peak();
+}
+
+void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T) const {
+  const int64_t N = B * T, d = config_.d_model, hd = config_.head_dim();
+  const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
+  const double eps = config_.norm_eps, theta = config_.rope_theta;
+  Tensor flat_tokens = tokens.view({N});
+
+  ops::embedding_forward(a.layers.empty() ? a.resid_out : a.layers[0].resid_in, w.embed, flat_tokens);
+  for (int64_t i = 0; i < config_.n_layers; ++i) {
+    const LayerWeights& lw = w.layers[i];
+    LayerActivations& l = a.layers[i];
+    Tensor resid_out = (i + 1 < config_.n_layers) ? a.layers[i + 1].resid_in : a.resid_out;
+    // attention block: resid_mid = resid_in + o_proj(attention(rope(q), rope(k), v))
+    ops::rmsnorm_forward(l.ln1, l.rstd1, l.resid_in, lw.input_norm, eps);
+    ops::matmul_forward(l.q.view({N, H * hd}), l.ln1, lw.wq);
+    ops::matmul_forward(l.k.view({N, Hkv * hd}), l.ln1, lw.wk);
+    ops::matmul_forward(l.v.view({N, Hkv * hd}), l.ln1, lw.wv);
+    ops::rope_forward(l.q, theta);
+    ops::rope_forward(l.k, theta);
+    ops::attention_forward(l.att, l.lse, l.q, l.k, l.v);
+    ops::copy(l.resid_mid, l.resid_in);
+    ops::matmul_forward(l.resid_mid, l.att.view({N, H * hd}), lw.wo, /*accumulate=*/true);
+    // feed-forward block: resid_out = resid_mid + down(silu(gate(x)) * up(x))
+    ops::rmsnorm_forward(l.ln2, l.rstd2, l.resid_mid, lw.post_norm, eps);
+    ops::matmul_forward(l.gate, l.ln2, lw.w_gate);
+    ops::matmul_forward(l.up, l.ln2, lw.w_up);
+    ops::swiglu_forward(l.act, l.gate, l.up);
+    ops::copy(resid_out, l.resid_mid);
+    ops::matmul_forward(resid_out, l.act, lw.w_down, /*accumulate=*/true);
+  }
+  ops::rmsnorm_forward(a.lnf, a.rstdf, a.resid_out, w.final_norm, eps);
+  (void)d;
+}
+
+void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
+                           int64_t B, int64_t T) const {
+  const int64_t N = B * T, hd = config_.head_dim(), H = config_.n_heads, Hkv = config_.n_kv_heads;
+  const double theta = config_.rope_theta;
+  // On entry s.dln holds d(loss)/d(lnf) from the classifier.
+  ops::fill_zero(s.dresid);
+  ops::rmsnorm_backward(s.dresid, g.final_norm, s.dln, a.resid_out, w.final_norm, a.rstdf);
+  for (int64_t i = config_.n_layers - 1; i >= 0; --i) {
+    const LayerWeights& lw = w.layers[i];
+    const LayerWeights& lg = g.layers[i];
+    LayerActivations& l = a.layers[i];
+    // feed-forward block; s.dresid is d/d(resid_out) and becomes d/d(resid_mid) (the skip adds in place)
+    ops::matmul_backward(s.dact, lg.w_down, s.dresid, l.act, lw.w_down);
+    ops::swiglu_backward(s.dgate, s.dup, s.dact, l.gate, l.up);
+    ops::matmul_backward(s.dln, lg.w_gate, s.dgate, l.ln2, lw.w_gate);
+    ops::matmul_backward(s.dln, lg.w_up, s.dup, l.ln2, lw.w_up, /*accumulate_dx=*/true);
+    ops::rmsnorm_backward(s.dresid, lg.post_norm, s.dln, l.resid_mid, lw.post_norm, l.rstd2);
+    // attention block; s.dresid becomes d/d(resid_in)
+    ops::matmul_backward(s.datt.view({N, H * hd}), lg.wo, s.dresid, l.att.view({N, H * hd}), lw.wo);
+    ops::attention_backward(s.dq, s.dk, s.dv, s.datt, l.q, l.k, l.v, l.att, l.lse);
+    ops::rope_backward(s.dq, theta);
+    ops::rope_backward(s.dk, theta);
+    ops::matmul_backward(s.dln, lg.wq, s.dq.view({N, H * hd}), l.ln1, lw.wq);
+    ops::matmul_backward(s.dln, lg.wk, s.dk.view({N, Hkv * hd}), l.ln1, lw.wk, /*accumulate_dx=*/true);
+    ops::matmul_backward(s.dln, lg.wv, s.dv.view({N, Hkv * hd}), l.ln1, lw.wv, /*accumulate_dx=*/true);
+    ops::rmsnorm_backward(s.dresid, lg.input_norm, s.dln, l.resid_in, lw.input_norm, l.rstd1);
+  }
+  ops::embedding_backward(g.embed, s.dresid, tokens.view({N}));
+}
+
+double Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
+                               double grad_scale, Arena& arena) const {
+  const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T;
+  const DType dtype = params.dtype();
+  const Weights w = weights(params);
+  Activations a = allocate_activations(arena, B, T, dtype);
+  forward_trunk(w, a, tokens, B, T);
+
+  Tensor flat_targets = targets.view({N});
+  if (grads == nullptr) {
+    ops::classifier_forward_backward(a.losses, Tensor(), Tensor(), a.lnf, w.lm_head, flat_targets, 0.0);
+  } else {
+    const Weights g = weights(*grads);
+    Scratch s = allocate_scratch(arena, B, T, dtype);
+    ops::classifier_forward_backward(a.losses, s.dln, g.lm_head, a.lnf, w.lm_head, flat_targets, grad_scale);
+    backward_trunk(w, g, a, s, tokens, B, T);
+  }
+  double sum = 0.0;
+  if (dtype == DType::F32) {
+    for (int64_t n = 0; n < N; ++n) sum += a.losses.ptr<float>()[n];
+  } else {
+    for (int64_t n = 0; n < N; ++n) sum += a.losses.ptr<double>()[n];
+  }
+  return sum / static_cast<double>(N);
+}
+
+void Llama::forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const {
+  const int64_t B = tokens.dim(0), T = tokens.dim(1);
+  const Weights w = weights(params);
+  Activations a = allocate_activations(arena, B, T, params.dtype());
+  forward_trunk(w, a, tokens, B, T);
+  ops::matmul_forward(logits, a.lnf, w.lm_head);
+}
+
+ModelCost Llama::cost(int64_t seq_len) const {
+  ModelCost c;
+  c.total_params = registry_.total();
+  for (const ParamInfo& p : registry_.params()) {
+    auto it = std::find_if(c.params_by_group.begin(), c.params_by_group.end(),
+                           [&](const auto& e) { return e.first == p.group; });
+    if (it == c.params_by_group.end()) c.params_by_group.emplace_back(p.group, p.numel);
+    else it->second += p.numel;
+    // Every 2-D weight multiplies the hidden state except the embedding lookup itself; the output
+    // projection counts once, tied or not.
+    if (p.shape.size() == 2 && p.group != "embedding") c.matmul_params += p.numel;
+  }
+  if (config_.tie_embeddings) c.matmul_params += config_.vocab_size * config_.d_model;
+  // Attention scores and weighted values: 2 matmuls of (T x hd) per head and layer, 2 FLOPs per
+  // multiply-add, x3 for forward + backward; counted over the full (non-causal) square, as PaLM does.
+  const double attention = 12.0 * static_cast<double>(config_.n_layers * config_.n_heads * config_.head_dim() * seq_len);
+  c.flops_per_token = 6.0 * static_cast<double>(c.matmul_params) + attention;
+  return c;
+}
+
+}  // namespace l3c

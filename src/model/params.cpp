@@ -1,0 +1,82 @@
+// Parameter registry, flat buffers and initialisation.
+#include "model/params.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "core/rng.h"
+
+namespace l3c {
+
+void ParamRegistry::add(std::string name, std::vector<int64_t> shape, InitKind init, double init_std,
+                        std::string group) {
+  L3C_CHECK(!contains(name), "parameter {} registered twice", name);
+  L3C_CHECK(!shape.empty() && shape.size() <= Tensor::kMaxDims, "parameter {}: bad rank", name);
+  ParamInfo p;
+  p.name = std::move(name);
+  p.shape = std::move(shape);
+  p.numel = 1;
+  for (int64_t d : p.shape) p.numel *= d;
+  p.offset = total_;
+  p.init = init;
+  p.init_std = init_std;
+  p.decay = p.shape.size() >= 2;
+  p.group = std::move(group);
+  total_ += p.numel;
+  index_[p.name] = params_.size();
+  params_.push_back(std::move(p));
+}
+
+const ParamInfo& ParamRegistry::find(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) fail("unknown parameter: {}", name);
+  return params_[it->second];
+}
+
+void FlatBuffer::FreeDeleter::operator()(std::byte* p) const { std::free(p); }
+
+FlatBuffer::FlatBuffer(int64_t numel, DType dtype) : numel_(numel), dtype_(dtype) {
+  const size_t bytes = (static_cast<size_t>(numel) * dtype_size(dtype) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
+  if (p == nullptr) fail("out of memory allocating a {}-element parameter buffer", numel);
+  std::memset(p, 0, bytes == 0 ? 64 : bytes);
+  data_.reset(static_cast<std::byte*>(p));
+}
+
+Tensor FlatBuffer::view(const ParamInfo& p) const {
+  L3C_CHECK(p.offset + p.numel <= numel_, "parameter {} outside the buffer", p.name);
+  Tensor t(data_.get() + p.offset * dtype_size(dtype_), dtype_, {1}, Device::CPU);
+  t.ndim = static_cast<int>(p.shape.size());
+  for (int i = 0; i < t.ndim; ++i) t.shape[i] = p.shape[i];
+  return t;
+}
+
+namespace {
+template <typename T>
+void init_typed(const ParamRegistry& registry, T* base, uint64_t seed) {
+  const auto& params = registry.params();
+  for (size_t index = 0; index < params.size(); ++index) {
+    const ParamInfo& p = params[index];
+    T* w = base + p.offset;
+    if (p.init == InitKind::Normal) {
+      const Philox rng(seed, RngPurpose::Init, index);
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < p.numel; ++i) w[i] = static_cast<T>(p.init_std * rng.normal(static_cast<uint64_t>(i)));
+    } else {
+      const T value = p.init == InitKind::Ones ? T(1) : T(0);
+      for (int64_t i = 0; i < p.numel; ++i) w[i] = value;
+    }
+  }
+}
+}  // namespace
+
+void init_params(const ParamRegistry& registry, FlatBuffer& params, uint64_t seed) {
+  L3C_CHECK(params.numel() == registry.total(), "buffer size {} != registry {}", params.numel(), registry.total());
+  switch (params.dtype()) {
+    case DType::F32: init_typed(registry, params.ptr<float>(), seed); break;
+    case DType::F64: init_typed(registry, params.ptr<double>(), seed); break;
+    default: L3C_CHECK(false, "parameters must be f32 or f64, got {}", dtype_name(params.dtype()));
+  }
+}
+
+}  // namespace l3c

@@ -1,0 +1,47 @@
+// AdamW with PyTorch semantics over flat buffers (MODEL.md "Optimizer"), and global-norm clipping.
+// Moments are fp32 (or f64 when the parameters are f64) buffers with the parameters' layout; weight
+// decay applies to the parameters whose ParamInfo::decay is set (2-D weights by default).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/config.h"
+#include "model/params.h"
+
+namespace l3c {
+
+struct AdamWSettings {
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+  static AdamWSettings from(const TrainConfig& train) {
+    return {train.beta1, train.beta2, train.eps, train.weight_decay};
+  }
+};
+
+class AdamW {
+ public:
+  AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings);
+
+  // One update with learning rate lr; grads are used as they are (clip them first). step_ counts from 1.
+  void step(FlatBuffer& params, const FlatBuffer& grads, double lr);
+
+  int64_t steps_taken() const { return step_; }
+  FlatBuffer& first_moment() { return m_; }
+  FlatBuffer& second_moment() { return v_; }
+  void set_steps_taken(int64_t steps) { step_ = steps; }
+
+ private:
+  const ParamRegistry& registry_;
+  AdamWSettings settings_;
+  FlatBuffer m_, v_;
+  std::vector<uint8_t> decay_mask_;  // per parameter (registry order)
+  int64_t step_ = 0;
+};
+
+// The L2 norm of all gradients, accumulated in double.
+double global_grad_norm(const FlatBuffer& grads);
+
+// Scales grads so their global norm is at most max_norm (clip = max_norm / (norm + 1e-6) when below 1,
+// as PyTorch's clip_grad_norm_). Returns the factor applied (1 when not clipped or max_norm is 0).
+double clip_grad_norm(FlatBuffer& grads, double norm, double max_norm);
+
+}  // namespace l3c

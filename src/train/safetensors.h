@@ -1,0 +1,41 @@
+// The safetensors file format (read and write): an 8-byte little-endian header length, a JSON header
+// {name: {dtype, shape, data_offsets}, "__metadata__": {string: string}}, then the raw tensor bytes.
+// Files written here load with the Python `safetensors` package and with `l3c eval`.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace l3c {
+
+struct NamedTensor {
+  std::string name;
+  Tensor tensor;  // host memory; F32, F64, BF16 or I32
+};
+
+// Writes atomically (temporary file, fsync, rename). UserError naming the path on failure.
+void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
+
+// A whole file read into memory; tensors are views into it.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);  // validates header, offsets and size
+
+  bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
+  const Tensor& get(const std::string& name) const;  // UserError naming file and tensor if absent
+  const std::map<std::string, Tensor>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  std::vector<std::byte> bytes_;
+  std::map<std::string, Tensor> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+}  // namespace l3c

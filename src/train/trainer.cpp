@@ -1,0 +1,184 @@
+// The training loop.
+#include "train/trainer.h"
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "kernels/ops.h"
+#include "optim/schedule.h"
+#include "train/memory.h"
+#include "train/metrics.h"
+#include "train/model_io.h"
+#include "train/perf.h"
+
+namespace l3c {
+
+namespace {
+DType dtype_from(const Config& config) { return config.train.dtype == "f64" ? DType::F64 : DType::F32; }
+}  // namespace
+
+TrainingState::TrainingState(const Config& config)
+    : config_(config),
+      model_(config.model),
+      dtype_(dtype_from(config)),
+      params_(model_.registry().total(), dtype_),
+      grads_(model_.registry().total(), dtype_),
+      optimizer_(model_.registry(), dtype_, AdamWSettings::from(config.train)),
+      arena_(model_.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype_, true), "activation") {
+  init_params(model_.registry(), params_, config.train.seed);
+  const int64_t micro_tokens = config.train.micro_batch * config.data.seq_len;
+  tokens_.resize(static_cast<size_t>(micro_tokens));
+  targets_.resize(static_cast<size_t>(micro_tokens));
+  accum_steps_ = config.train.grad_accum_steps(config.data.seq_len);
+  tokens_per_step_ = accum_steps_ * micro_tokens;
+}
+
+StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
+  const int64_t B = config_.train.micro_batch, T = config_.data.seq_len;
+  Tensor tokens(tokens_.data(), DType::I32, {B, T});
+  Tensor targets(targets_.data(), DType::I32, {B, T});
+  // The step's loss is the mean over all its tokens, so each micro-batch's summed loss is scaled by
+  // 1 / (tokens per step).
+  const double grad_scale = 1.0 / static_cast<double>(tokens_per_step_);
+
+  StepResult result;
+  result.lr = learning_rate(config_.train, step);
+  ops::fill_zero(grads_.all());
+  for (int64_t micro = 0; micro < accum_steps_; ++micro) {
+    arena_.reset();
+    batches((step * accum_steps_ + micro) * B, tokens, targets);
+    result.loss += model_.forward_backward(params_, &grads_, tokens, targets, grad_scale, arena_);
+  }
+  result.loss /= static_cast<double>(accum_steps_);
+  result.grad_norm = global_grad_norm(grads_);
+  if (!std::isfinite(result.loss) || !std::isfinite(result.grad_norm))
+    fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps", step + 1,
+         result.loss, result.grad_norm);
+  clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
+  optimizer_.step(params_, grads_, result.lr);
+  return result;
+}
+
+double TrainingState::evaluate(const WindowLoader& loader, int64_t batches) {
+  return evaluate_loss(model_, params_, loader, config_.train.micro_batch, batches, arena_);
+}
+
+double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
+                     int64_t batches, Arena& arena) {
+  const int64_t T = loader.seq_len();
+  const int64_t windows = batches == 0 ? loader.num_windows() : std::min(batches * micro_batch, loader.num_windows());
+  std::vector<int32_t> tokens_data(static_cast<size_t>(micro_batch * T)), targets_data(tokens_data.size());
+  double loss_sum = 0.0;
+  for (int64_t first = 0; first < windows; first += micro_batch) {
+    const int64_t B = std::min(micro_batch, windows - first);
+    Tensor tokens(tokens_data.data(), DType::I32, {B, T});
+    Tensor targets(targets_data.data(), DType::I32, {B, T});
+    loader.fill(first, tokens, targets);
+    arena.reset();
+    loss_sum += model.forward_backward(params, nullptr, tokens, targets, 0.0, arena) * static_cast<double>(B);
+  }
+  return loss_sum / static_cast<double>(windows);
+}
+
+namespace {
+// The run folder must not already hold a run: nothing saved is ever overwritten.
+void prepare_run_dir(const std::string& dir) {
+  namespace fs = std::filesystem;
+  for (const char* name : {"metrics.jsonl", "model.safetensors"})
+    if (fs::exists(fs::path(dir) / name))
+      fail("run.dir {} already holds a run ({} exists); choose another folder with --set run.dir=...", dir, name);
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail("run.dir {}: cannot create the folder: {}", dir, ec.message());
+}
+}  // namespace
+
+TrainSummary run_training(const Config& config) {
+  namespace fs = std::filesystem;
+  using clock = std::chrono::steady_clock;
+  const int threads = configure_threads(config.train.threads);
+
+  // Everything that can be wrong with the input is checked before the first step.
+  WindowLoader train_data(config.data.train, "data.train", config.data.seq_len, config.model.vocab_size);
+  std::unique_ptr<WindowLoader> val_data;
+  if (!config.data.val.empty())
+    val_data = std::make_unique<WindowLoader>(config.data.val, "data.val", config.data.seq_len, config.model.vocab_size);
+  const Llama sizing_model(config.model);
+  const MemoryEstimate memory = estimate_training_memory(sizing_model, config);
+  check_fits_host_memory(memory);
+  prepare_run_dir(config.run.dir);
+
+  spdlog::info("resolved config:\n{}", config_to_json(config).dump(2));
+  write_config_json((fs::path(config.run.dir) / "config.json").string(), config);
+  MetricsWriter metrics((fs::path(config.run.dir) / "metrics.jsonl").string());
+
+  TrainingState state(config);
+  const ModelCost cost = state.model().cost(config.data.seq_len);
+  const double peak = measure_cpu_peak_flops();
+  spdlog::info("model: {:.2f}M parameters, {:.1f} MFLOP/token; data: {} train tokens in {} shards{}; memory {}",
+               cost.total_params / 1e6, cost.flops_per_token / 1e6, train_data.num_tokens(), train_data.num_shards(),
+               val_data ? fmt::format(", {} val tokens", val_data->num_tokens()) : "",
+               format_bytes(static_cast<double>(memory.total())));
+  spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation), {} threads, CPU peak {:.1f} GFLOP/s",
+               config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
+               config.train.grad_accum_steps(config.data.seq_len), threads, peak / 1e9);
+
+  const BatchSource batches = [&](int64_t first, Tensor tokens, Tensor targets) {
+    train_data.fill(first, tokens, targets);
+  };
+  auto validate = [&](int64_t step) {
+    const auto start = clock::now();
+    const double loss = state.evaluate(*val_data, config.eval.batches);
+    const double seconds = std::chrono::duration<double>(clock::now() - start).count();
+    spdlog::info("step {:>6} | val loss {:.4f} | val ppl {:.2f} | {:.1f}s", step, loss, std::exp(loss), seconds);
+    metrics.write({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
+    return loss;
+  };
+
+  TrainSummary summary;
+  const auto run_start = clock::now();
+  double timed_seconds = 0.0;
+  int64_t timed_tokens = 0;
+  for (int64_t step = 0; step < config.train.steps; ++step) {
+    const auto start = clock::now();
+    const StepResult r = state.step(step, batches);
+    const double seconds = std::chrono::duration<double>(clock::now() - start).count();
+    const double tokens_per_second = static_cast<double>(state.tokens_per_step()) / seconds;
+    const double mfu = tokens_per_second * cost.flops_per_token / peak;
+    // The first step warms caches and is left out of the throughput average.
+    if (step > 0 || config.train.steps == 1) {
+      timed_seconds += seconds;
+      timed_tokens += state.tokens_per_step();
+    }
+    const double average_step = timed_seconds > 0 ? timed_seconds / static_cast<double>(std::max<int64_t>(step, 1)) : seconds;
+    const double eta = average_step * static_cast<double>(config.train.steps - step - 1);
+    spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | ETA {}",
+                 step + 1, config.train.steps, r.loss, r.lr, r.grad_norm, tokens_per_second, 100.0 * mfu,
+                 format_duration(eta));
+    metrics.write({{"step", step + 1}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                   {"tokens", (step + 1) * state.tokens_per_step()}, {"tokens_per_second", tokens_per_second},
+                   {"mfu", mfu}, {"step_seconds", seconds}});
+    summary.final_train_loss = r.loss;
+    const bool last = step + 1 == config.train.steps;
+    if (val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0)))
+      summary.final_val_loss = validate(step + 1);
+  }
+  save_model((fs::path(config.run.dir) / "model.safetensors").string(), state.model(), state.params(), config);
+
+  summary.steps = config.train.steps;
+  summary.tokens = config.train.steps * state.tokens_per_step();
+  summary.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
+  summary.tokens_per_second = timed_seconds > 0 ? static_cast<double>(timed_tokens) / timed_seconds : 0.0;
+  summary.mfu = summary.tokens_per_second * cost.flops_per_token / peak;
+  metrics.write({{"summary", true}, {"steps", summary.steps}, {"tokens", summary.tokens},
+                 {"final_train_loss", summary.final_train_loss},
+                 {"final_val_loss", std::isnan(summary.final_val_loss) ? nlohmann::json() : nlohmann::json(summary.final_val_loss)},
+                 {"seconds", summary.seconds}, {"tokens_per_second", summary.tokens_per_second}, {"mfu", summary.mfu}});
+  return summary;
+}
+
+}  // namespace l3c

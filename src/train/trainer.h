@@ -1,0 +1,71 @@
+// Training: the optimizer step (micro-batches with gradient accumulation, clipping, AdamW), periodic
+// validation, logging, and the run folder. `bench` times the same step on synthetic tokens.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <limits>
+
+#include "core/arena.h"
+#include "core/config.h"
+#include "data/dataloader.h"
+#include "model/llama.h"
+#include "model/params.h"
+#include "optim/adamw.h"
+
+namespace l3c {
+
+// Fills tokens and targets (B, T) with the micro-batch whose first window is `first_window`.
+using BatchSource = std::function<void(int64_t first_window, Tensor tokens, Tensor targets)>;
+
+struct StepResult {
+  double loss = 0.0;       // mean cross-entropy over the step's tokens
+  double grad_norm = 0.0;  // before clipping
+  double lr = 0.0;
+};
+
+// Everything one optimizer step touches: model, weights, gradients, AdamW state, the activation arena
+// and the batch buffers, all allocated once.
+class TrainingState {
+ public:
+  explicit TrainingState(const Config& config);
+
+  StepResult step(int64_t step, const BatchSource& batches);
+  // Mean validation loss over `batches` micro-batches from the start of the loader.
+  double evaluate(const WindowLoader& loader, int64_t batches);
+
+  const Llama& model() const { return model_; }
+  FlatBuffer& params() { return params_; }
+  int64_t tokens_per_step() const { return tokens_per_step_; }
+
+ private:
+  Config config_;
+  Llama model_;
+  DType dtype_;
+  FlatBuffer params_, grads_;
+  AdamW optimizer_;
+  Arena arena_;
+  std::vector<int32_t> tokens_, targets_;
+  int64_t accum_steps_ = 1;
+  int64_t tokens_per_step_ = 0;
+};
+
+// Mean loss of `batches` micro-batches of B sequences from the start of `loader` (all windows when
+// batches is 0), without gradients.
+double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
+                     int64_t batches, Arena& arena);
+
+struct TrainSummary {
+  int64_t steps = 0;
+  int64_t tokens = 0;
+  double final_train_loss = 0.0;
+  double final_val_loss = std::numeric_limits<double>::quiet_NaN();
+  double seconds = 0.0;
+  double tokens_per_second = 0.0;
+  double mfu = 0.0;
+};
+
+// Runs a whole training job as the config says, writing config.json, metrics.jsonl and
+// model.safetensors into run.dir.
+TrainSummary run_training(const Config& config);
+
+}  // namespace l3c

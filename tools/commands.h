@@ -1,0 +1,15 @@
+// The `l3c` subcommands; each takes the arguments after its name and returns the exit code.
+#pragma once
+#include <string>
+#include <vector>
+
+namespace l3c::cmd {
+
+int train(const std::vector<std::string>& args);
+int eval(const std::vector<std::string>& args);
+int inspect(const std::vector<std::string>& args);
+int bench(const std::vector<std::string>& args);
+int prepare(const std::vector<std::string>& args);
+int generate(const std::vector<std::string>& args);
+
+}  // namespace l3c::cmd

@@ -1,0 +1,52 @@
+// The `l3c` command: dispatches to the subcommands and turns errors into exit codes
+// (bad input: 2, internal failure: 1).
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "commands.h"
+#include "core/errors.h"
+#include "core/logging.h"
+
+namespace {
+constexpr const char* kUsage = R"(usage: l3c COMMAND [ARGS]
+
+commands:
+  train CONFIG [--set key=value ...] [--json]       train a model as the config says
+  eval --checkpoint DIR --data SHARDS [--json]      validation loss and perplexity of a trained model
+  inspect CONFIG [--set key=value ...] [--json]     parameters, FLOPs per token and memory of a config
+  bench CONFIG [--steps N] [--warmup N] [--json]    steady-state training throughput and MFU
+  prepare --out DIR [--val-fraction F] INPUT...     text files -> token shards (byte-level tokens)
+  generate --checkpoint DIR [--prompt TEXT]         sample text from a trained model
+
+Every command that reads a config accepts --set key=value (e.g. --set train.lr=3e-4).
+With --json the last line of stdout is one JSON object.)";
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::puts(kUsage);
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  try {
+    l3c::init_logging();
+    if (command == "train") return l3c::cmd::train(args);
+    if (command == "eval") return l3c::cmd::eval(args);
+    if (command == "inspect") return l3c::cmd::inspect(args);
+    if (command == "bench") return l3c::cmd::bench(args);
+    if (command == "prepare") return l3c::cmd::prepare(args);
+    if (command == "generate") return l3c::cmd::generate(args);
+    throw l3c::UserError(fmt::format("unknown command '{}'\n{}", command, kUsage));
+  } catch (const l3c::UserError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "internal error: %s\n", e.what());
+    return 1;
+  }
+}
