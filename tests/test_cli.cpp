@@ -1,0 +1,239 @@
+// End-to-end tests of the `l3c` command: every kind of bad input ends with one clear message and
+// exit code 2; a short training run on Tiny Shakespeare learns; its run folder is usable by eval,
+// generate and the Python safetensors package; inspect and bench print their JSON line.
+#include <catch2/catch.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "data/shard.h"
+
+using Catch::Matchers::Contains;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Result run_l3c(const std::string& args) {
+  const std::string command = std::string(L3C_BINARY_DIR) + "/l3c " + args + " 2>&1";
+  Result r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) r.output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+nlohmann::json last_json_line(const std::string& output) {
+  const auto end = output.find_last_not_of('\n');
+  const auto start = output.rfind('\n', end);
+  return nlohmann::json::parse(output.substr(start == std::string::npos ? 0 : start + 1, end - start));
+}
+
+fs::path fresh_dir(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("l3c_test_cli_" + std::to_string(::getpid()) + "_" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+void write_text(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+
+// A small valid config whose data lives in `dir`.
+std::string small_config(const fs::path& dir) {
+  std::vector<uint32_t> tokens(5000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint32_t>((i * 7) % 31);
+  l3c::write_shard((dir / "train.bin").string(), tokens);
+  return R"({
+  "model": {"vocab_size": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64},
+  "data": {"train": ")" + (dir / "train.bin").string() + R"(", "seq_len": 16},
+  "train": {"steps": 3, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-3},
+  "run": {"dir": ")" + (dir / "run").string() + R"("}
+})";
+}
+
+void check_user_error(const Result& r, const std::string& message) {
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.output, Contains("error: ") && Contains(message));
+  CHECK_THAT(r.output, !Contains("internal error"));
+}
+
+}  // namespace
+
+TEST_CASE("bad configs and command lines exit 2 with one clear message", "[cli]") {
+  const fs::path dir = fresh_dir("bad_config");
+  const std::string good = small_config(dir);
+  const fs::path config = dir / "c.json";
+
+  SECTION("malformed JSON names file, line and column") {
+    write_text(config, "{\n  \"model\": {\n    \"vocab_size\": 32,,\n  }\n}\n");
+    check_user_error(run_l3c("train " + config.string()), "c.json:3:");
+    check_user_error(run_l3c("train " + config.string()), "malformed JSON");
+  }
+  SECTION("unknown key") {
+    std::string misspelt = good;
+    misspelt.replace(misspelt.find("\"d_model\""), 9, "\"d_modle\"");
+    write_text(config, misspelt);
+    check_user_error(run_l3c("train " + config.string()), "model.d_modle: unknown key");
+    write_text(config, good);
+    check_user_error(run_l3c("train " + config.string() + " --set model.d_modle=3"), "model.d_modle=3: unknown key");
+  }
+  SECTION("wrong type") {
+    write_text(config, good);
+    check_user_error(run_l3c("inspect " + config.string() + " --set train.lr=fast"), "train.lr: expected a number");
+  }
+  SECTION("out-of-range value") {
+    write_text(config, good);
+    check_user_error(run_l3c("train " + config.string() + " --set train.steps=0"), "train.steps: must be >= 1");
+  }
+  SECTION("d_model not divisible by n_heads") {
+    write_text(config, good);
+    check_user_error(run_l3c("inspect " + config.string() + " --set model.n_heads=3"),
+                     "model.d_model (32) must be divisible by model.n_heads (3)");
+  }
+  SECTION("missing config file") {
+    check_user_error(run_l3c("train " + (dir / "absent.json").string()), "config file not found");
+  }
+  SECTION("unknown command and unknown option") {
+    check_user_error(run_l3c("fly"), "unknown command 'fly'");
+    write_text(config, good);
+    check_user_error(run_l3c("train " + config.string() + " --speed 3"), "unknown option --speed");
+  }
+}
+
+TEST_CASE("bad data exits 2 naming the shard, before anything is written", "[cli]") {
+  const fs::path dir = fresh_dir("bad_data");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_config(dir));
+  const std::string shard = (dir / "train.bin").string();
+
+  SECTION("missing shard") {
+    check_user_error(run_l3c("train " + config.string() + " --set data.train=" + (dir / "none.bin").string()),
+                     "data.train: no shard");
+  }
+  SECTION("wrong magic") {
+    std::fstream f(shard, std::ios::in | std::ios::out | std::ios::binary);
+    const int32_t bad = 7;
+    f.write(reinterpret_cast<const char*>(&bad), 4);
+    f.close();
+    check_user_error(run_l3c("train " + config.string()), "bad magic 7");
+  }
+  SECTION("truncated shard") {
+    fs::resize_file(shard, 1024 + 100);
+    check_user_error(run_l3c("train " + config.string()), "truncated shard");
+  }
+  SECTION("token id out of range for the model") {
+    check_user_error(run_l3c("train " + config.string() + " --set model.vocab_size=16"),
+                     "out of range for model.vocab_size 16");
+  }
+  CHECK_FALSE(fs::exists(dir / "run" / "model.safetensors"));
+  CHECK_FALSE(fs::exists(dir / "run" / "metrics.jsonl"));
+}
+
+TEST_CASE("a finished run is never overwritten, and eval rejects a folder without weights", "[cli]") {
+  const fs::path dir = fresh_dir("no_overwrite");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_config(dir));
+  const Result first = run_l3c("train " + config.string());
+  INFO(first.output);
+  REQUIRE(first.exit_code == 0);
+  const auto before = fs::last_write_time(dir / "run" / "model.safetensors");
+  check_user_error(run_l3c("train " + config.string()), "already holds a run");
+  CHECK(fs::last_write_time(dir / "run" / "model.safetensors") == before);
+  fs::create_directories(dir / "empty");
+  check_user_error(run_l3c("eval --checkpoint " + (dir / "empty").string() + " --data " + (dir / "train.bin").string()),
+                   "config.json: missing");
+}
+
+TEST_CASE("inspect and bench print one JSON object as their last line", "[cli]") {
+  const fs::path dir = fresh_dir("json");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_config(dir));
+  const Result inspect = run_l3c("inspect " + config.string() + " --json");
+  INFO(inspect.output);
+  REQUIRE(inspect.exit_code == 0);
+  const auto j = last_json_line(inspect.output);
+  // 2 x (32 x 32) embeddings + 2 layers x (attention 32x32 + 2 x 16x32 + 32x32, FFN 3 x 64x32, 2 norms) + norm
+  CHECK(j["total_params"] == 2 * 32 * 32 + 2 * (2 * 1024 + 2 * 512 + 3 * 2048 + 64) + 32);
+  CHECK(j["memory_bytes"]["total"].get<int64_t>() > 0);
+  const Result bench = run_l3c("bench " + config.string() + " --steps 2 --warmup 1 --json");
+  INFO(bench.output);
+  REQUIRE(bench.exit_code == 0);
+  const auto b = last_json_line(bench.output);
+  CHECK(b["tokens_per_second"].get<double>() > 0);
+  CHECK(b["tokens_per_step"] == 64);
+  CHECK(b["mfu"].get<double>() > 0);
+}
+
+TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram entropy", "[cli][train]") {
+  const fs::path shakespeare = fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt";
+  REQUIRE(fs::exists(shakespeare));
+  const fs::path dir = fresh_dir("shakespeare");
+  const Result prepare = run_l3c("prepare --out " + (dir / "data").string() + " " + shakespeare.string());
+  INFO(prepare.output);
+  REQUIRE(prepare.exit_code == 0);
+
+  // The byte unigram entropy of Tiny Shakespeare is 3.31 nats; a model that learned nothing about
+  // context cannot go below it.
+  const double unigram_entropy = 3.31;
+  const fs::path run = dir / "run";
+  const std::string config = std::string(L3C_SOURCE_DIR) + "/configs/tiny/dense.json";
+  const Result train = run_l3c(
+      "train " + config + " --json --set train.steps=40 --set train.warmup_steps=5 --set train.batch_tokens=2048" +
+      " --set eval.batches=4 --set data.train=" + (dir / "data" / "train_000000.bin").string() +
+      " --set data.val=" + (dir / "data" / "val_000000.bin").string() + " --set run.dir=" + run.string());
+  INFO(train.output);
+  REQUIRE(train.exit_code == 0);
+  const auto summary = last_json_line(train.output);
+  const double val_loss = summary["final_val_loss"].get<double>();
+  CHECK(val_loss < 0.85 * unigram_entropy);
+
+  // The run folder: resolved config, one metrics line per step plus validation and summary, weights.
+  CHECK(fs::exists(run / "config.json"));
+  std::ifstream metrics(run / "metrics.jsonl");
+  int step_lines = 0;
+  for (std::string line; std::getline(metrics, line);)
+    if (nlohmann::json::parse(line).contains("grad_norm")) ++step_lines;
+  CHECK(step_lines == 40);
+
+  // eval over the same validation windows reproduces the training run's validation loss.
+  const Result eval = run_l3c("eval --json --batches 4 --checkpoint " + run.string() + " --data " +
+                              (dir / "data" / "val_000000.bin").string());
+  INFO(eval.output);
+  REQUIRE(eval.exit_code == 0);
+  CHECK(last_json_line(eval.output)["loss"].get<double>() == Approx(val_loss).epsilon(1e-6));
+
+  const Result sample = run_l3c("generate --json --tokens 40 --prompt ROMEO: --checkpoint " + run.string());
+  INFO(sample.output);
+  REQUIRE(sample.exit_code == 0);
+  CHECK(last_json_line(sample.output)["text"].get<std::string>().size() == 6 + 40);
+
+  // The weights load with the Python safetensors package under their Hugging Face names.
+  const std::string python =
+      "python3 -c \"from safetensors.numpy import load_file; w = load_file('" + (run / "model.safetensors").string() +
+      "'); print(len(w), w['model.layers.3.mlp.down_proj.weight'].shape, w['lm_head.weight'].dtype)\" 2>&1";
+  FILE* pipe = ::popen(python.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char buffer[512] = {0};
+  const size_t n = std::fread(buffer, 1, sizeof buffer - 1, pipe);
+  const int status = ::pclose(pipe);
+  const std::string out(buffer, n);
+  INFO(out);
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK_THAT(out, Contains("39 (256, 688) float32"));
+}
