@@ -22,7 +22,7 @@ void convert(Dst* dst, const Src* src, int64_t n) {
 }
 }  // namespace
 
-void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params) {
+void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params, ExtraTensors extra) {
   for (const ParamInfo& p : registry.params()) {
     if (!file.contains(p.name)) fail("{}: missing parameter {}", file.path(), p.name);
     const Tensor& src = file.get(p.name);
@@ -36,8 +36,9 @@ void load_params(const SafetensorsFile& file, const ParamRegistry& registry, Fla
     else if (src.dtype == DType::F64 && dst.dtype == DType::F64) convert(dst.ptr<double>(), src.ptr<double>(), p.numel);
     else fail("{}: parameter {} has dtype {}; expected f32 or f64", file.path(), p.name, dtype_name(src.dtype));
   }
-  for (const auto& [name, tensor] : file.tensors())
-    if (!registry.contains(name)) fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
+  if (extra == ExtraTensors::Reject)
+    for (const auto& [name, tensor] : file.tensors())
+      if (!registry.contains(name)) fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
 }
 
 LoadedModel load_model_dir(const std::string& dir) {

@@ -14,9 +14,13 @@ namespace l3c {
 // Writes params under their registry names (atomically), with the resolved config in the metadata.
 void save_model(const std::string& path, const Llama& model, const FlatBuffer& params, const Config& config);
 
+// What load_params does with tensors of the file that are not parameters of the model.
+enum class ExtraTensors { Reject, Ignore };
+
 // Copies every registry parameter from a safetensors file into params, converting f32/f64 as needed.
-// A missing tensor, a shape mismatch or an unexpected extra tensor is a UserError naming it.
-void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params);
+// A missing tensor, a shape mismatch or (unless ignored) an extra tensor is a UserError naming it.
+void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params,
+                 ExtraTensors extra = ExtraTensors::Reject);
 
 struct LoadedModel {
   Config config;
