@@ -10,6 +10,20 @@ global-norm clipping at train.grad_clip, AdamW (train.lr, beta1, beta2, eps, wei
 Attention is the plain eager form (matmul, causal mask, softmax, matmul); torch 1.13 has no fused
 scaled_dot_product_attention. Warm-up steps are run first and not timed.
 
+Threads: --threads sets torch.set_num_threads and, before torch is imported, OMP_NUM_THREADS and
+OPENBLAS_NUM_THREADS unless they are already set (Debian's torch calls whatever libblas.so.3 is installed
+and does not pass its thread count on to it). On 2 cores, OPENBLAS_NUM_THREADS=1 (torch's own threads for
+everything but matrix products) was measured faster than letting both thread pools use 2 threads;
+scripts/bench_cpu.sh runs both and keeps the faster.
+
+BLAS: Debian's torch is built against the generic libblas.so.3. With the reference (netlib) BLAS, the
+default when no optimised BLAS is installed, matrix products run at ~2 GFLOP/s and the baseline is
+meaningless; the script says so on stderr. Install OpenBLAS (`apt-get install libopenblas0-pthread`, which
+takes over libblas.so.3), or without installing anything:
+    apt-get download libopenblas0-pthread && dpkg -x libopenblas0-pthread_*.deb /tmp/openblas
+    LD_LIBRARY_PATH=/tmp/openblas/usr/lib/x86_64-linux-gnu/openblas-pthread /usr/bin/python3 scripts/bench_torch.py ...
+The BLAS library in use is named on the human-readable line.
+
 Prints one human-readable line, then, as the LAST line, one JSON object:
     {"framework": "pytorch", "torch_version", "threads", "tokens_per_step", "step_seconds",
      "tokens_per_second", "params"}
@@ -20,12 +34,9 @@ import os
 import sys
 import time
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-
-from llama_reference import AdamW, Llama, clip_grad_norm  # noqa: E402
+# torch and llama_reference are imported in main(), after the thread-count environment is set.
 
 # Defaults of src/core/config.h for the fields read here.
 MODEL_DEFAULTS = {"n_kv_heads": 0, "rope_theta": 10000.0, "norm_eps": 1e-5, "tie_embeddings": False,
@@ -74,6 +85,18 @@ def load_config(path, seen=()):
     return merge(base, cfg)
 
 
+def blas_library():
+    """The shared library that provides BLAS to this process (after a matrix product has run)."""
+    libs = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            path = line.split()[-1] if len(line.split()) >= 6 else ""
+            name = os.path.basename(path)
+            if any(k in name for k in ("blas", "mkl_", "blis")) and path not in libs:
+                libs.append(path)
+    return libs
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch eager float32 training-speed baseline for an l3c config")
     ap.add_argument("config", metavar="CONFIG", help="l3c JSON config (\"extends\" is followed)")
@@ -85,6 +108,12 @@ def main():
     args = ap.parse_args()
     if args.threads < 1 or args.steps < 1 or args.warmup < 0:
         fail("--threads and --steps must be >= 1, --warmup >= 0")
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(args.threads))
+    global torch, AdamW, Llama, clip_grad_norm
+    import torch
+    from llama_reference import AdamW, Llama, clip_grad_norm
 
     cfg = load_config(args.config)
     model_cfg = merge(MODEL_DEFAULTS, cfg.get("model", {}))
@@ -133,6 +162,13 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    libs = blas_library()
+    blas = ", ".join(os.path.basename(p) for p in libs) or "none found"
+    if any(os.path.realpath(p).startswith("/usr/lib/x86_64-linux-gnu/blas/") or
+           "/blas/libblas" in os.path.realpath(p) for p in libs):
+        print(f"bench_torch.py: warning: torch is using the reference (netlib) BLAS ({', '.join(libs)}): "
+              "matrix products are ~40x slower than with an optimised BLAS; see the top of this script "
+              "for how to use OpenBLAS", file=sys.stderr)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
@@ -142,7 +178,7 @@ def main():
 
     print(f"pytorch {torch.__version__} eager f32, {args.threads} threads: {n_params / 1e6:.2f}M params, "
           f"{tokens_per_step} tokens/step ({accum} x {micro_batch} x {seq_len}), "
-          f"{step_seconds * 1e3:.1f} ms/step, {tps:.0f} tokens/s (last loss {loss:.4f})")
+          f"{step_seconds * 1e3:.1f} ms/step, {tps:.0f} tokens/s (last loss {loss:.4f}; BLAS: {blas})")
     print(json.dumps({"framework": "pytorch", "torch_version": torch.__version__, "threads": args.threads,
                       "tokens_per_step": tokens_per_step, "step_seconds": step_seconds,
                       "tokens_per_second": tps, "params": n_params}))

@@ -106,6 +106,12 @@ TEST_CASE("bad configs and command lines exit 2 with one clear message", "[cli]"
     check_user_error(run_l3c("inspect " + config.string() + " --set model.n_heads=3"),
                      "model.d_model (32) must be divisible by model.n_heads (3)");
   }
+  SECTION("a model that does not fit in memory") {
+    write_text(config, good);
+    check_user_error(run_l3c("train " + config.string() +
+                             " --set model.d_model=16384 --set model.ffn_hidden=65536 --set model.n_layers=64"),
+                     "of memory");
+  }
   SECTION("missing config file") {
     check_user_error(run_l3c("train " + (dir / "absent.json").string()), "config file not found");
   }

@@ -4,7 +4,9 @@
 // in tiles of k_block: S = Q K^T (a small GEMM), then per row an online softmax update (running max m,
 // running sum l, rescaling the output accumulator when the max grows), then O += P V (a small GEMM).
 // Only a q_block x k_block tile of scores exists at a time; there is never a T x T matrix. Each row
-// keeps lse = m + log(l) for the backward.
+// keeps lse = m + log(l) for the backward. The softmax is still per query row (contiguous head_dim,
+// vectorised through Eigen); tiling rows together only lets the two products run as small GEMMs,
+// which is several times faster than one dot product per (query, key) pair.
 //
 // Backward (FlashAttention-2 order): a task is one (batch, kv head) and owns that kv head's dk and dv
 // rows and the dq rows of every query head that reads it, so no two tasks write the same memory and

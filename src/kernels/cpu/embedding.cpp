@@ -9,7 +9,10 @@
 namespace l3c::ops::cpu {
 namespace {
 
-constexpr int64_t kParallelMin = 1 << 15;  // elements; below this one thread is faster
+// Elements below which one thread is faster: the gather and the scatter are memory-bound, and the
+// scatter's threads share the rows they write (different columns).
+constexpr int64_t kParallelMin = 1 << 15;
+constexpr int64_t kScatterParallelMin = 1 << 20;
 
 template <typename T>
 void embedding_forward_impl(T* out, const T* table, const int32_t* tokens, int64_t n, int64_t d) {
@@ -23,7 +26,7 @@ template <typename T>
 void embedding_backward_impl(T* dtable, const T* dout, const int32_t* tokens, int64_t n, int64_t d) {
   // dtable (V, d) += scatter of dout (N, d). Threads own disjoint column ranges and walk all positions
   // in order, so repeated tokens add up in position order whatever the thread count.
-#pragma omp parallel if (n * d > kParallelMin)
+#pragma omp parallel if (n * d > kScatterParallelMin)
   {
     const int64_t threads = omp_get_num_threads(), thread = omp_get_thread_num();
     constexpr int64_t kAlign = 16;  // columns per vector-friendly unit

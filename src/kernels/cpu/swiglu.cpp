@@ -38,17 +38,24 @@ void swiglu_backward_impl(T* dgate, T* dup, const T* dout, const T* gate, const 
 #pragma omp parallel for schedule(static) if (n > kParallelMin)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
-    ConstVecMap<T> g(gate + begin, len), u(up + begin, len), go(dout + begin, len);
-    Eigen::Array<T, kChunk, 1> sigmoid_storage;
-    auto s = sigmoid_storage.head(len);
-    s = T(1) / (T(1) + (-g).exp());
-    // Both results are formed before either is stored, so dgate or dup may alias dout, gate or up.
-    Eigen::Array<T, kChunk, 1> dgate_storage;
-    auto dg = dgate_storage.head(len);
-    dg = go * u * s * (T(1) + g * (T(1) - s));
-    s = go * g * s;  // now d up
-    VecMap<T>(dgate + begin, len) = dg;
-    VecMap<T>(dup + begin, len) = s;
+    T sigmoid[kChunk];
+    ConstVecMap<T> g(gate + begin, len);
+    VecMap<T>(sigmoid, len) = T(1) / (T(1) + (-g).exp());
+    const T* gi = gate + begin;
+    const T* ui = up + begin;
+    const T* go = dout + begin;
+    T* dg = dgate + begin;
+    T* du = dup + begin;
+    // Each element's inputs are read before its outputs are written, so dgate or dup may alias
+    // dout, gate or up.
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const T s = sigmoid[i], go_s = go[i] * s, x = gi[i];
+      const T dgate_i = go_s * ui[i] * (T(1) + x * (T(1) - s));
+      const T dup_i = go_s * x;
+      dg[i] = dgate_i;
+      du[i] = dup_i;
+    }
   }
 }
 
