@@ -10,7 +10,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "core/rng.h"
-#include "data/byte_tokenizer.h"
+#include "data/tokenizer.h"
 #include "train/model_io.h"
 #include "train/perf.h"
 
@@ -33,7 +33,8 @@ int generate(const std::vector<std::string>& argv) {
   const Philox rng(static_cast<uint64_t>(args.get_int("seed", 1, 0)), RngPurpose::Sample);
 
   const std::string prompt = args.get("prompt", "\n");
-  std::vector<uint32_t> ids = ByteTokenizer::encode(prompt);
+  const ByteTokenizer tokenizer;
+  std::vector<uint32_t> ids = tokenizer.encode(prompt);
   if (ids.empty()) ids.push_back('\n');
   const DType dtype = loaded.params.dtype();
   Arena arena(loaded.model->activation_bytes(1, T, dtype, false), "activation");
@@ -80,7 +81,7 @@ int generate(const std::vector<std::string>& argv) {
     }
     ids.push_back(next);
   }
-  const std::string text = ByteTokenizer::decode(ids);
+  const std::string text = tokenizer.decode(ids);
   if (args.flag("json")) {
     cli::print_json_line(nlohmann::json{{"prompt", prompt}, {"text", text}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   } else {

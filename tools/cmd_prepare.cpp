@@ -13,7 +13,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "core/errors.h"
-#include "data/byte_tokenizer.h"
+#include "data/tokenizer.h"
 #include "data/shard.h"
 
 namespace l3c::cmd {
@@ -57,7 +57,7 @@ int prepare(const std::vector<std::string>& argv) {
     if (!in) fail("{}: cannot read", file);
     std::stringstream buffer;
     buffer << in.rdbuf();
-    const std::vector<uint32_t> ids = ByteTokenizer::encode(buffer.str());
+    const std::vector<uint32_t> ids = ByteTokenizer().encode(buffer.str());
     tokens.insert(tokens.end(), ids.begin(), ids.end());
   }
   if (tokens.empty()) fail("the inputs hold no text");
