@@ -266,12 +266,8 @@ TEST_CASE("an enumeration value outside its set is an error naming the allowed v
   CHECK_THAT(error_from_json(with("train", "dtype", "bf16")),
              Contains("train.dtype: must be one of f32, f64; got \"bf16\""));
   CHECK_THAT(error_from_json(with("train", "device", "tpu")), Contains("train.device: must be one of cpu"));
-#ifdef L3C_WITH_CUDA
-  CHECK(l3c::config_from_json(with("train", "device", "cuda")).train.device == "cuda");
-#else
   CHECK_THAT(error_from_json(with("train", "device", "cuda")),
-             Contains("train.device: must be one of cpu; got \"cuda\" (this build has no CUDA backend"));
-#endif
+             Contains("train.device: must be one of cpu; got \"cuda\" (the CUDA training backend is not available yet"));
   CHECK(l3c::config_from_json(with("train", "schedule", "wsd")).train.schedule == "wsd");
   CHECK(l3c::config_from_json(with("train", "dtype", "f64")).train.dtype == "f64");
 }

@@ -58,12 +58,9 @@ Field field(const char* section, const char* key, Rule rule = {}) {
   return Field{section, key, [](Config& c) -> Slot { return &(c.*Section.*Member); }, std::move(rule)};
 }
 
-#ifdef L3C_WITH_CUDA
-const Rule kDeviceRule = {.one_of = {"cpu", "cuda"}};
-#else
-const Rule kDeviceRule = {.one_of = {"cpu"},
-                          .hint = "this build has no CUDA backend; rebuild with -DL3C_CUDA=ON for \"cuda\""};
-#endif
+// Training runs on the CPU; "cuda" joins the list when the CUDA backend implements the training ops
+// (until then a CUDA build only discovers GPUs, and accepting "cuda" would silently train on the CPU).
+const Rule kDeviceRule = {.one_of = {"cpu"}, .hint = "the CUDA training backend is not available yet"};
 
 // The schema: sections and keys in the order config_to_json writes them.
 const std::vector<Field>& schema() {

@@ -127,6 +127,9 @@ TrainSummary run_training(const Config& config) {
                config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
                config.train.grad_accum_steps(config.data.seq_len), threads, peak / 1e9);
 
+  if (config.checkpoint.every > 0)
+    spdlog::warn("checkpoint.every = {}: periodic checkpoints are not written yet; the run folder receives the "
+                 "final weights only", config.checkpoint.every);
   const BatchSource batches = [&](int64_t first, Tensor tokens, Tensor targets) {
     train_data.fill(first, tokens, targets);
   };
