@@ -14,9 +14,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# The Python safetensors package, with which the tests check that our weight files load elsewhere.
-if ! python3 -c "import safetensors, numpy" 2>/dev/null; then
-  echo "installing: safetensors numpy (pip, for $(command -v python3))"
-  python3 -m pip install -q safetensors numpy 2>/dev/null \
-    || python3 -m pip install -q --break-system-packages safetensors numpy
+# The Python safetensors package, with which the tests check that our weight files load elsewhere, and the
+# reference tokenizers (tiktoken, Hugging Face tokenizers) that the tokenizer tests load our trained files with.
+if ! python3 -c "import safetensors, numpy, tiktoken, tokenizers" 2>/dev/null; then
+  echo "installing: safetensors numpy tiktoken tokenizers (pip, for $(command -v python3))"
+  python3 -m pip install -q safetensors numpy tiktoken tokenizers 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages safetensors numpy tiktoken tokenizers
 fi

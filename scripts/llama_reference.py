@@ -13,6 +13,17 @@ has exactly the keys a l3c checkpoint holds:
     model.norm.weight                                 (d)
     lm_head.weight                                    (V, d)   absent when tie_embeddings
 
+With Large Lookup Layers (config "l3", MODEL.md "Large Lookup Layer (L3)"), one per entry j of
+l3.after_layers, applied after that decoder layer and replacing h:
+
+    model.l3.{j}.norm_in.weight                       (d)
+    model.l3.{j}.w_k                                  (v, d)
+    model.l3.{j}.w_v                                  (v, d_emb)  absent when tie_kv
+    model.l3.{j}.w_up.weight                          (d_up, d_emb)
+    model.l3.{j}.norm_out.weight                      (d_up)
+    model.l3.{j}.w_mix.weight                         (d, d_up + d)
+    model.l3.{j}.alloc                                (V) int32 buffer (not a parameter): rows per token id
+
 The model runs in whatever dtype its parameters have (float64 for golden files, float32 for benchmarks).
 Used by scripts/make_golden.py and scripts/bench_torch.py.
 """
@@ -23,7 +34,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden",
-               "rope_theta", "norm_eps", "tie_embeddings")
+               "rope_theta", "norm_eps", "tie_embeddings", "l3")
+L3_KEYS = ("after_layers", "v", "k", "d_emb", "d_up", "tie_kv", "residual")
 
 
 def rms_norm(x, g, eps):
@@ -121,18 +133,73 @@ class Block(nn.Module):
         return h
 
 
+class L3Layer(nn.Module):
+    """One Large Lookup Layer, MODEL.md "Large Lookup Layer (L3)", computed position by position in a
+    padded form: every position gathers the k row slots [o_u, o_u + k) of its token u and masks the
+    slots past n_u out of the softmax (no sorting, no grouping: the opposite of the l3c kernel).
+
+        x = RMSNorm(h; g_in);  a = softmax(K_u x) (no scaling);  e = V_u^T a
+        z = RMSNorm(W_up e; g_out);  h' = W_mix [z ; h]   (h + W_mix [z ; h] when residual)
+    """
+
+    def __init__(self, cfg, counts, dtype):
+        super().__init__()
+        l3 = cfg["l3"]
+        d, v, d_emb, d_up = cfg["d_model"], l3["v"], l3["d_emb"], l3["d_up"]
+        counts = torch.as_tensor(counts, dtype=torch.int32)
+        assert counts.shape == (cfg["vocab_size"],), "one count per token id"
+        assert int(counts.sum()) == v and int(counts.min()) >= 1 and int(counts.max()) <= l3["k"], "bad allocation"
+        self.eps, self.k = cfg["norm_eps"], l3["k"]
+        self.tie_kv, self.residual = l3["tie_kv"], l3["residual"]
+        self.norm_in = Weight(d, dtype=dtype)
+        self.w_k = nn.Parameter(torch.empty(v, d, dtype=dtype))
+        if not self.tie_kv:
+            assert d_emb is not None
+            self.w_v = nn.Parameter(torch.empty(v, d_emb, dtype=dtype))
+        else:
+            assert d_emb == d, "tie_kv needs d_emb == d_model"
+        self.w_up = Weight(d_up, d_emb, dtype=dtype)
+        self.norm_out = Weight(d_up, dtype=dtype)
+        self.w_mix = Weight(d, d_up + d, dtype=dtype)
+        self.register_buffer("alloc", counts)                                     # n_u, saved as ...alloc
+
+    def forward(self, h, tokens):
+        x = rms_norm(h, self.norm_in.weight, self.eps)                            # (B, T, d)
+        counts = self.alloc.long()
+        offsets = torch.cumsum(counts, 0) - counts                                # o_u = sum_{u' < u} n_u'
+        n = counts[tokens]                                                        # (B, T)
+        slot = torch.arange(self.k, device=h.device)                              # (k)
+        valid = slot < n[..., None]                                               # (B, T, k)
+        rows = torch.where(valid, offsets[tokens][..., None] + slot, torch.zeros_like(slot))
+        w_v = self.w_k if self.tie_kv else self.w_v
+        K, V = self.w_k[rows], w_v[rows]                                          # (B, T, k, d), (B, T, k, d_emb)
+        scores = torch.einsum("btkd,btd->btk", K, x)                              # K_u x, no 1/sqrt scaling
+        a = torch.softmax(scores.masked_fill(~valid, float("-inf")), dim=-1)     # (B, T, k), 0 past n_u
+        e = torch.einsum("btk,btke->bte", a, V)                                   # V_u^T a, (B, T, d_emb)
+        z = rms_norm(F.linear(e, self.w_up.weight), self.norm_out.weight, self.eps)
+        out = F.linear(torch.cat([z, h], dim=-1), self.w_mix.weight)              # W_mix [z ; h], z first
+        return h + out if self.residual else out
+
+
 class Decoder(nn.Module):
-    def __init__(self, cfg, dtype):
+    def __init__(self, cfg, dtype, l3_allocations=None):
         super().__init__()
         self.embed_tokens = Weight(cfg["vocab_size"], cfg["d_model"], dtype=dtype)
         self.layers = nn.ModuleList([Block(cfg, dtype) for _ in range(cfg["n_layers"])])
         self.norm = Weight(cfg["d_model"], dtype=dtype)
+        if cfg.get("l3"):
+            after = cfg["l3"]["after_layers"]
+            assert list(after) == sorted(set(after)) and all(0 <= i < cfg["n_layers"] for i in after)
+            assert l3_allocations is not None and len(l3_allocations) == len(after), "one allocation per L3 layer"
+            self.l3 = nn.ModuleList([L3Layer(cfg, counts, dtype) for counts in l3_allocations])
 
 
 class Llama(nn.Module):
-    """Dense Llama decoder of MODEL.md. cfg: dict with CONFIG_KEYS (n_kv_heads 0 means n_heads)."""
+    """Llama decoder of MODEL.md. cfg: dict with CONFIG_KEYS (n_kv_heads 0 means n_heads); an optional
+    "l3" dict with L3_KEYS adds Large Lookup Layers, whose allocations (rows per token id, one list per
+    L3 layer) are given as l3_allocations."""
 
-    def __init__(self, config, dtype=torch.float32):
+    def __init__(self, config, dtype=torch.float32, l3_allocations=None):
         super().__init__()
         cfg = {k: config[k] for k in CONFIG_KEYS if k in config}
         cfg.setdefault("rope_theta", 10000.0)
@@ -143,9 +210,11 @@ class Llama(nn.Module):
         assert cfg["d_model"] % cfg["n_heads"] == 0, "d_model must be a multiple of n_heads"
         assert cfg["n_heads"] % cfg["n_kv_heads"] == 0, "n_heads must be a multiple of n_kv_heads"
         assert (cfg["d_model"] // cfg["n_heads"]) % 2 == 0, "head_dim must be even for RoPE"
+        if cfg.get("l3"):
+            cfg["l3"] = {key: cfg["l3"][key] for key in L3_KEYS}
         self.cfg = cfg
         self.dtype = dtype
-        self.model = Decoder(cfg, dtype)
+        self.model = Decoder(cfg, dtype, l3_allocations)
         if not cfg["tie_embeddings"]:
             self.lm_head = Weight(cfg["vocab_size"], cfg["d_model"], dtype=dtype)
         self._rope_cache = {}
@@ -178,8 +247,11 @@ class Llama(nn.Module):
         # causal mask: True where key position > query position (masked out)
         mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).triu(1)
         h = self.model.embed_tokens.weight[tokens]                                   # (B, T, d)
-        for layer in self.model.layers:
+        after = list(self.cfg["l3"]["after_layers"]) if self.cfg.get("l3") else []
+        for i, layer in enumerate(self.model.layers):
             h = layer(h, cos, sin, mask)
+            if i in after:                                                           # the j-th L3 layer replaces h
+                h = self.model.l3[after.index(i)](h, tokens)
         h = rms_norm(h, self.model.norm.weight, self.cfg["norm_eps"])
         return F.linear(h, self.output_weight())                                     # (B, T, V)
 

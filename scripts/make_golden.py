@@ -1,13 +1,16 @@
-"""Writes the dense-model golden files the C++ tests compare against:
+"""Writes the golden files the C++ tests compare against:
 
     tests/golden/dense_tiny.safetensors        untied embeddings
     tests/golden/dense_tiny_tied.safetensors   tie_embeddings = true
+    tests/golden/l3_tiny.safetensors           the untied model with two Large Lookup Layers (after layers
+                                               0 and 1), each with its own allocation
 
 Run from anywhere (paths are relative to the repository):  /usr/bin/python3 scripts/make_golden.py
 
 Everything is computed in float64 with scripts/llama_reference.py from float32-representable initial
 weights, then stored as F32 (token ids as I32). Each file holds:
     <param name>                 the initial weights, MODEL.md names
+    model.l3.{j}.alloc           (V,) I32: the allocation of L3 layer j (l3_tiny only)
     input.tokens, input.targets  (B, T) ids in [0, V)
     expected.logits              (B, T, V)
     expected.loss                (1,) mean cross-entropy
@@ -44,6 +47,14 @@ TRAIN = OrderedDict([
     ("lr", 1e-2), ("beta1", 0.9), ("beta2", 0.95), ("eps", 1e-8), ("weight_decay", 0.1),
     ("grad_clip", 1.0), ("steps", 10),
 ])
+# The L3 model: k = 4 rows at most; layer 0 gives token u 1 + (3u mod 4) rows (1 to k, 151 in all), layer 1
+# the same counts in reverse token order. With 22 positions over 61 ids most tokens are absent from the
+# batch, so the tables' zero-gradient rows are checked too.
+L3 = OrderedDict([
+    ("after_layers", [0, 1]), ("v", 151), ("k", 4), ("d_emb", 8), ("d_up", 16), ("tie_kv", False),
+    ("residual", False),
+])
+L3_COUNTS = [1 + (3 * u) % 4 for u in range(MODEL["vocab_size"])]
 INIT_STD = 0.1        # matrices (MODEL.md default is 0.02; larger here so gradients are not tiny)
 NORM_STD = 0.1        # norm gains = 1 + 0.1 * randn, so that they are really tested
 
@@ -52,13 +63,13 @@ def f32(t):
     return t.detach().to(torch.float32).cpu().numpy()
 
 
-def build(cfg):
+def build(cfg, allocations=None):
     """Deterministic float64 model with float32-representable weights, and its batch."""
     torch.manual_seed(SEED)
     gen = torch.Generator().manual_seed(SEED)
     tokens = torch.randint(0, cfg["vocab_size"], (B, T), generator=gen, dtype=torch.int64)
     targets = torch.randint(0, cfg["vocab_size"], (B, T), generator=gen, dtype=torch.int64)
-    model = Llama(cfg, dtype=torch.float64)
+    model = Llama(cfg, dtype=torch.float64, l3_allocations=allocations)
     model.init_weights(std=INIT_STD, norm_std=NORM_STD, generator=gen)
     with torch.no_grad():
         for p in model.parameters():           # the stored F32 values are exactly the computed-with ones
@@ -88,9 +99,9 @@ def finite_difference_check(model, tokens, targets, grads, names, h=1e-5):
     return worst
 
 
-def torch_adamw_crosscheck(cfg, tokens, targets, final_ref):
+def torch_adamw_crosscheck(cfg, allocations, tokens, targets, final_ref):
     """Same 10 steps with torch.optim.AdamW (two param groups) + clip_grad_norm_; returns max |diff|."""
-    model, _, _ = build(cfg)
+    model, _, _ = build(cfg, allocations)
     decay = [p for p in model.parameters() if p.dim() == 2]
     no_decay = [p for p in model.parameters() if p.dim() != 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": TRAIN["weight_decay"]},
@@ -104,17 +115,21 @@ def torch_adamw_crosscheck(cfg, tokens, targets, final_ref):
     return max((p.detach() - final_ref[n]).abs().max().item() for n, p in model.named_parameters())
 
 
-def make(tied, out_path, generator_cmd):
+def make(tied, out_path, generator_cmd, l3=None, allocations=None):
     cfg = OrderedDict(MODEL)
     cfg["tie_embeddings"] = tied
-    model, tokens, targets = build(cfg)
+    if l3:
+        cfg["l3"] = l3
+    model, tokens, targets = build(cfg, allocations)
     names = [n for n, _ in model.named_parameters()]
-    print(f"== {os.path.relpath(out_path, REPO)}: tie_embeddings={tied}, "
+    print(f"== {os.path.relpath(out_path, REPO)}: tie_embeddings={tied}, l3={bool(l3)}, "
           f"{sum(p.numel() for p in model.parameters())} parameters")
 
     tensors = OrderedDict()
     for n, p in model.named_parameters():
         tensors[n] = f32(p)
+    for n, b in model.named_buffers():          # the L3 allocations: model.l3.{j}.alloc
+        tensors[n] = b.to(torch.int32).numpy()
     tensors["input.tokens"] = tokens.to(torch.int32).numpy()
     tensors["input.targets"] = targets.to(torch.int32).numpy()
 
@@ -136,6 +151,12 @@ def make(tied, out_path, generator_cmd):
               ("model.embed_tokens.weight", (int(tokens[0, 0]), 4))]
     if not tied:
         checks.append(("lm_head.weight", (int(targets[1, 3]), 9)))
+    if l3:
+        counts = torch.as_tensor(allocations[1])
+        row = int((torch.cumsum(counts, 0) - counts)[tokens[0, 2]])      # a row of a token in the batch
+        checks += [("model.l3.0.norm_in.weight", (5,)), ("model.l3.1.w_k", (row, 3)),
+                   ("model.l3.1.w_v", (row, 2)), ("model.l3.0.w_up.weight", (7, 1)),
+                   ("model.l3.1.norm_out.weight", (4,)), ("model.l3.0.w_mix.weight", (9, 20))]
     worst = finite_difference_check(model, tokens, targets, grads, checks)
     assert worst < 1e-5, f"finite-difference check failed: worst error {worst:.2e}"
 
@@ -160,7 +181,7 @@ def make(tied, out_path, generator_cmd):
     for n in names:
         tensors["expected.final." + n] = f32(final[n])
 
-    diff = torch_adamw_crosscheck(cfg, tokens, targets, final)
+    diff = torch_adamw_crosscheck(cfg, allocations, tokens, targets, final)
     print(f"  torch.optim.AdamW cross-check: max |final weight diff| = {diff:.3e}")
     assert diff < 1e-12, "written-out AdamW disagrees with torch.optim.AdamW"
 
@@ -189,6 +210,8 @@ def main():
     os.makedirs(args.out_dir, exist_ok=True)
     make(False, os.path.join(args.out_dir, "dense_tiny.safetensors"), generator_cmd)
     make(True, os.path.join(args.out_dir, "dense_tiny_tied.safetensors"), generator_cmd)
+    make(False, os.path.join(args.out_dir, "l3_tiny.safetensors"), generator_cmd, l3=L3,
+         allocations=[L3_COUNTS, L3_COUNTS[::-1]])
 
 
 if __name__ == "__main__":

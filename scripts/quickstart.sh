@@ -1,40 +1,84 @@
 #!/usr/bin/env bash
-# The main job: builds l3c, turns a text corpus into token shards (cached), trains the tiny model on
-# the CPU, evaluates it and prints a text sample.
+# The main job: builds l3c, trains a small BPE tokenizer on a text corpus, turns the corpus into token
+# shards, trains the tiny dense model on the CPU, evaluates it and prints a text sample. The tokenizer
+# and the shards are cached under data/ (keyed by the input's checksum and the vocabulary size), so a
+# second run with the same input goes straight to training.
 #
 # Usage: scripts/quickstart.sh [TEXT_FILE_OR_FOLDER]     (default: Tiny Shakespeare from ../shared/data)
-# Environment: CONFIG (default configs/tiny/dense.json), STEPS (default: the config's), RUN_DIR.
+# Environment: CONFIG (default configs/tiny/dense.json), STEPS (default: the config's), RUN_DIR,
+#   VOCAB_SIZE (default 1024; "bytes" for byte-level tokens, no tokenizer training), BUILD_DIR (default build).
+#
+# Why a 1024-token vocabulary: the tiny model has ~3M parameters and Tiny Shakespeare is 1.1 MB. At 1024
+# ids the text is ~2.4 bytes per token (460K tokens), so the default 300 steps of 4096 tokens read the
+# training split about 3 times, every id is seen ~400 times, and the embedding plus output layer
+# (2 x 1024 x 256 = 0.5M parameters) stay a small part of the model. At 2048 ids the corpus shrinks only
+# to 2.9 bytes per token while those layers double to 1M parameters whose rarer rows see fewer examples;
+# at 256 (bytes) the model spends its context and capacity on spelling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 input="${1:-../shared/data/tinyshakespeare/input.txt}"
 config="${CONFIG:-configs/tiny/dense.json}"
+vocab="${VOCAB_SIZE:-1024}"
+build="${BUILD_DIR:-build}"
 [ -e "$input" ] || { echo "error: $input: no such file or folder" >&2; exit 2; }
+if [ "$vocab" != bytes ] && ! [[ "$vocab" =~ ^[0-9]+$ && "$vocab" -ge 257 ]]; then
+  echo "error: VOCAB_SIZE must be an integer >= 257 or 'bytes', got '$vocab'" >&2
+  exit 2
+fi
 
 scripts/install_deps.sh
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF > /dev/null
-cmake --build build -j "$(nproc)" --target l3c
-l3c=build/l3c
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF > /dev/null
+cmake --build "$build" -j "$(nproc)" --target l3c
+l3c="$build/l3c"
 
-# Shards are cached per input: a second run with the same input skips the work.
-key=$(printf '%s' "$(realpath "$input")" | sha256sum | cut -c1-12)
-data="data/quickstart-$key"
-if [ -f "$data/train_000000.bin" ] && [ -f "$data/val_000000.bin" ]; then
+# The input's checksum: its bytes, or for a folder every (path, contents) pair, hidden files aside.
+if [ -d "$input" ]; then
+  input_sum=$( (cd "$input" && find . -type f -not -path '*/.*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum) |
+    sha256sum | cut -c1-16)
+else
+  input_sum=$(sha256sum < "$input" | cut -c1-16)
+fi
+
+# The tokenizer: trained once per (input, vocabulary size), into a temporary folder renamed when complete.
+if [ "$vocab" = bytes ]; then
+  tokenizer=bytes
+else
+  tokenizer="data/tokenizers/quickstart-$input_sum-v$vocab"
+  if [ -f "$tokenizer/encoder.json" ] && [ -f "$tokenizer/vocab.bpe" ]; then
+    echo "== tokenizer: reusing $tokenizer"
+  else
+    echo "== tokenizer: training a $vocab-token byte-level BPE on $input -> $tokenizer"
+    rm -rf "$tokenizer.tmp"
+    $l3c tokenizer train --vocab-size "$vocab" --out "$tokenizer.tmp" "$input"
+    rm -rf "$tokenizer" && mv "$tokenizer.tmp" "$tokenizer"
+  fi
+fi
+
+# The shards: prepared once per (input, tokenizer); manifest.json marks a complete folder.
+data="data/quickstart-$input_sum-$vocab"
+if [ -f "$data/manifest.json" ]; then
   echo "== data: reusing $data (shards of $input)"
 else
   echo "== data: $input -> $data"
-  $l3c prepare --out "$data" --val-fraction 0.1 "$input"
+  rm -rf "$data"
+  $l3c prepare --tokenizer "$tokenizer" --out "$data" --val-fraction 0.1 "$input"
 fi
+vocab_size=$(grep -o '"vocab_size": *[0-9]*' "$data/manifest.json" | head -n 1 | grep -o '[0-9]*$')
 
 run_dir="${RUN_DIR:-runs/quickstart-$(date +%Y%m%d-%H%M%S)}"
-overrides=(--set "data.train=$data/train_000000.bin" --set "data.val=$data/val_000000.bin" --set "run.dir=$run_dir")
-[ -n "${STEPS:-}" ] && overrides+=(--set "train.steps=$STEPS")
+overrides=(--set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin" --set "data.tokenizer=$tokenizer"
+           --set "model.vocab_size=$vocab_size" --set "run.dir=$run_dir")
+# A shorter run keeps the config's warmup share (10% of the steps).
+[ -n "${STEPS:-}" ] && overrides+=(--set "train.steps=$STEPS" --set "train.warmup_steps=$((STEPS / 10))")
 
-echo "== train: $config -> $run_dir"
+echo "== train: $config (vocabulary $vocab_size) -> $run_dir"
 $l3c train "$config" "${overrides[@]}"
 
 echo "== eval: the whole validation split"
-$l3c eval --checkpoint "$run_dir" --data "$data/val_000000.bin"
+$l3c eval --checkpoint "$run_dir" --data "$data/val_*.bin"
 
 echo "== sample"
-$l3c generate --checkpoint "$run_dir" --prompt "ROMEO:" --tokens 400 --temperature 0.8 --top-k 40
+prompt=()
+[ "$input" = ../shared/data/tinyshakespeare/input.txt ] && prompt=(--prompt "ROMEO:")
+$l3c generate --checkpoint "$run_dir" "${prompt[@]}" --tokens 200 --temperature 0.8 --top-k 40

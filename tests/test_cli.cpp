@@ -243,3 +243,139 @@ TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram 
   CHECK(WEXITSTATUS(status) == 0);
   CHECK_THAT(out, Contains("39 (256, 688) float32"));
 }
+
+// ---- Large Lookup Layers: allocate, train, inspect, and bad allocations ------------------------------------
+
+namespace {
+// A small model (byte-level vocabulary) with one L3 layer after layer 1 whose LZW allocation comes from
+// the training shard (5000 ids below 31), written into `dir`.
+std::string small_l3_config(const fs::path& dir) {
+  std::vector<uint32_t> tokens(5000);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint32_t>((i * 7 + i / 13) % 31);
+  l3c::write_shard((dir / "train.bin").string(), tokens);
+  return R"({
+  "model": {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+            "l3": {"after_layers": [1], "v": 512, "k": 4, "d_emb": 16, "d_up": 32,
+                   "allocation": {"method": "lzw", "data": ")" + (dir / "train.bin").string() + R"("}}},
+  "data": {"train": ")" + (dir / "train.bin").string() + R"(", "seq_len": 16},
+  "train": {"steps": 3, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-3},
+  "run": {"dir": ")" + (dir / "run").string() + R"("}
+})";
+}
+
+// Overwrites the I32 tensor `name` of a safetensors file with `values`.
+void patch_i32_tensor(const fs::path& path, const std::string& name, const std::vector<int32_t>& values) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  uint64_t header_len = 0;
+  f.read(reinterpret_cast<char*>(&header_len), 8);
+  std::string header(header_len, ' ');
+  f.read(header.data(), static_cast<std::streamsize>(header_len));
+  const auto begin = nlohmann::json::parse(header)[name]["data_offsets"][0].get<uint64_t>();
+  f.seekp(static_cast<std::streamoff>(8 + header_len + begin));
+  f.write(reinterpret_cast<const char*>(values.data()), static_cast<std::streamsize>(4 * values.size()));
+}
+}  // namespace
+
+TEST_CASE("l3c allocate writes an allocation and its summary; sizes outside V <= v <= V*k exit 2", "[cli][l3]") {
+  const fs::path dir = fresh_dir("allocate");
+  small_l3_config(dir);  // writes train.bin
+  const std::string shard = (dir / "train.bin").string(), out = (dir / "alloc.safetensors").string();
+  const Result r = run_l3c("allocate --data " + shard + " --vocab-size 32 --v 100 --k 8 --out " + out + " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto j = last_json_line(r.output);
+  CHECK(j["method"] == "lzw");
+  CHECK(j["v"] == 100);
+  CHECK(j["k"] == 8);
+  CHECK(j["rows_allocated"] == 100);
+  CHECK(j["corpus"]["tokens_parsed"] == 5000);
+  CHECK(j["corpus"]["codewords"].get<int64_t>() > 32);
+  CHECK(j["histogram"].size() >= 2);
+  CHECK(fs::exists(out));
+  CHECK(nlohmann::json::parse(std::ifstream(dir / "alloc.json"))["v"] == 100);
+
+  check_user_error(run_l3c("allocate --data " + shard + " --vocab-size 32 --v 20 --k 8 --out " + out),
+                   "v = 20 is smaller than the vocabulary size 32");
+  check_user_error(run_l3c("allocate --data " + shard + " --vocab-size 32 --v 300 --k 8 --out " + out),
+                   "v = 300 is larger than vocabulary size * k = 32 * 8 = 256");
+  check_user_error(run_l3c("allocate --data " + shard + " --vocab-size 32 --v 40 --k 0 --out " + out),
+                   "--k: must be >= 1, got 0");
+  check_user_error(run_l3c("allocate --data " + shard + " --v 40 --k 2 --out " + out), "--vocab-size is required");
+  check_user_error(run_l3c("allocate --data " + shard + " --vocab-size 16 --v 40 --k 4 --out " + out),
+                   "out of range for the vocabulary size 16");
+  // The manifest beside the shards gives the vocabulary size and the end-of-text id.
+  write_text(dir / "manifest.json", R"({"tokenizer": {"vocab_size": 32, "eot_id": 30}})");
+  const Result m = run_l3c("allocate --data " + shard + " --v 64 --k 4 --method unigram --out " + out + " --json");
+  INFO(m.output);
+  REQUIRE(m.exit_code == 0);
+  CHECK(last_json_line(m.output)["eot_id"] == 30);
+  CHECK(last_json_line(m.output)["method"] == "unigram");
+}
+
+TEST_CASE("training an L3 model computes its allocation, saves it with the weights, and evaluates", "[cli][l3]") {
+  const fs::path dir = fresh_dir("l3_train");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_l3_config(dir));
+  const Result inspect = run_l3c("inspect " + config.string() + " --json");
+  INFO(inspect.output);
+  REQUIRE(inspect.exit_code == 0);
+  const auto i = last_json_line(inspect.output);
+  // the tables (512 rows of 32 + 16) count k = 4 rows as active
+  CHECK(i["total_params"].get<int64_t>() - i["active_params"].get<int64_t>() == (512 - 4) * (32 + 16));
+  CHECK(i["sparsity"].get<double>() > 1.0);
+
+  const Result train = run_l3c("train " + config.string() + " --json");
+  INFO(train.output);
+  REQUIRE(train.exit_code == 0);
+  CHECK(fs::exists(dir / "run" / "allocation.safetensors"));
+  const std::string python =
+      "python3 -c \"from safetensors.numpy import load_file; w = load_file('" + (dir / "run" / "model.safetensors").string() +
+      "'); a = w['model.l3.0.alloc']; print(a.dtype, a.shape, a.sum(), w['model.l3.0.w_k'].shape)\" 2>&1";
+  FILE* pipe = ::popen(python.c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  char buffer[512] = {0};
+  const size_t n = std::fread(buffer, 1, sizeof buffer - 1, pipe);
+  ::pclose(pipe);
+  CHECK_THAT(std::string(buffer, n), Contains("int32 (256,) 512 (512, 32)"));
+  const Result eval = run_l3c("eval --json --checkpoint " + (dir / "run").string() + " --data " + (dir / "train.bin").string());
+  INFO(eval.output);
+  CHECK(eval.exit_code == 0);
+
+  // A checkpoint whose allocation was damaged (a count of 0) is refused, naming the tensor.
+  std::vector<int32_t> counts(256, 2);
+  counts[3] = 0;
+  counts[4] = 4;
+  patch_i32_tensor(dir / "run" / "model.safetensors", "model.l3.0.alloc", counts);
+  check_user_error(run_l3c("eval --checkpoint " + (dir / "run").string() + " --data " + (dir / "train.bin").string()),
+                   "model.l3.0.alloc: token 3 owns 0 rows");
+}
+
+TEST_CASE("bad L3 configs and allocation files exit 2 before anything is written", "[cli][l3]") {
+  const fs::path dir = fresh_dir("l3_bad");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_l3_config(dir));
+  const std::string shard = (dir / "train.bin").string();
+  auto with_file = [&](const std::string& file) {
+    return " --set model.l3.allocation.data= --set model.l3.allocation.path=" + file;
+  };
+  // allocation files that do not fit the model (V = 256, v = 512, k = 4)
+  const std::string wrong_vocab = (dir / "v300.safetensors").string(), wrong_sum = (dir / "s520.safetensors").string();
+  REQUIRE(run_l3c("allocate --data " + shard + " --vocab-size 300 --v 600 --k 4 --out " + wrong_vocab).exit_code == 0);
+  REQUIRE(run_l3c("allocate --data " + shard + " --vocab-size 256 --v 520 --k 4 --out " + wrong_sum).exit_code == 0);
+  check_user_error(run_l3c("train " + config.string() + with_file(wrong_vocab)),
+                   "covers 300 token ids but the vocabulary has 256");
+  check_user_error(run_l3c("train " + config.string() + with_file(wrong_sum)),
+                   "the counts sum to 520 rows but model.l3.v is 512");
+  fs::resize_file(wrong_sum, fs::file_size(wrong_sum) - 10);
+  check_user_error(run_l3c("train " + config.string() + with_file(wrong_sum)), "truncated");
+  check_user_error(run_l3c("train " + config.string() + with_file((dir / "none.safetensors").string())),
+                   "no such allocation file");
+  // config errors
+  check_user_error(run_l3c("train " + config.string() + " --set model.l3.after_layers=[5]"),
+                   "model.l3.after_layers: layer 5 does not exist (model.n_layers = 2");
+  check_user_error(run_l3c("train " + config.string() + " --set model.l3.v=100"),
+                   "model.l3.v: must be >= model.vocab_size (256)");
+  check_user_error(run_l3c("inspect " + config.string() + " --set model.l3.k=0"), "model.l3.k: must be >= 1, got 0");
+  CHECK_FALSE(fs::exists(dir / "run" / "model.safetensors"));
+  CHECK_FALSE(fs::exists(dir / "run" / "metrics.jsonl"));
+}

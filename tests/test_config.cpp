@@ -189,7 +189,7 @@ TEST_CASE("an unknown key is an error listing the section's known keys", "[confi
   std::string message = error_from_json(with("model", "d_modle", 64));
   CHECK_THAT(message, Contains("model.d_modle: unknown key (known keys in model: vocab_size, d_model, n_layers, "
                                "n_heads, n_kv_heads, ffn_hidden, rope_theta, norm_eps, tie_embeddings, "
-                               "init_std)"));
+                               "init_std, l3)"));
   CHECK_THAT(error_from_json(with("run", "folder", "x")),
              Contains("run.folder: unknown key (known keys in run: dir)"));
 
@@ -491,10 +491,125 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
                                                "ffn_hidden", "rope_theta", "norm_eps", "tie_embeddings",
                                                "init_std"});
   CHECK(out["train"].size() == 17);
-  CHECK(out["data"].size() == 3);
+  CHECK(out["data"].size() == 5);  // train, val, seq_len, shuffle, tokenizer
 
   // A saved config reads back through load_config too.
   TempDir dir;
   std::string path = dir.write("resolved.json", out.dump(2));
   CHECK(l3c::config_to_json(l3c::load_config(path)) == out);
+}
+
+// ---- model.l3: a nested object with a list, optional as a whole ------------------------------------------
+
+namespace {
+// minimal() with a valid model.l3 (V = 256, 2 layers) plus the given keys of model.l3.
+json with_l3(const json& extra = json::object()) {
+  json j = minimal();
+  j["model"]["l3"] = {{"after_layers", {0, 1}}, {"v", 1024}, {"k", 8}, {"allocation", {{"method", "uniform"}}}};
+  for (const auto& [key, value] : extra.items()) j["model"]["l3"][key] = value;
+  return j;
+}
+}  // namespace
+
+TEST_CASE("model.l3 reads with derived sizes and defaults; absent means a dense model", "[config][l3]") {
+  l3c::Config dense = l3c::config_from_json(minimal());
+  CHECK_FALSE(dense.model.l3.enabled());
+  CHECK_FALSE(l3c::config_to_json(dense)["model"].contains("l3"));
+
+  l3c::Config c = l3c::config_from_json(with_l3());
+  const l3c::L3Config& l3 = c.model.l3;
+  CHECK(l3.enabled());
+  CHECK(l3.after_layers == std::vector<int64_t>{0, 1});
+  CHECK(l3.v == 1024);
+  CHECK(l3.k == 8);
+  CHECK(l3.d_emb == 32);  // d_model / 2
+  CHECK(l3.d_up == 256);  // 4 d_model
+  CHECK_FALSE(l3.tie_kv);
+  CHECK_FALSE(l3.residual);
+  CHECK(l3.init_std == 0.02);
+  CHECK(l3.allocation.method == "uniform");
+  CHECK(l3.allocation.eot == -1);
+  CHECK(l3c::config_from_json(with_l3({{"tie_kv", true}})).model.l3.d_emb == 64);  // tied: d_model
+
+  // The round trip keeps model.l3, nested, after the other model keys.
+  nlohmann::ordered_json out = l3c::config_to_json(c);
+  CHECK(out["model"]["l3"]["allocation"]["method"] == "uniform");
+  CHECK(out["model"]["l3"]["after_layers"] == json::array({0, 1}));
+  CHECK(l3c::config_to_json(l3c::config_from_json(out)) == out);
+  std::vector<std::string> keys;
+  for (const auto& item : out["model"]["l3"].items()) keys.push_back(item.key());
+  CHECK(keys == std::vector<std::string>{"after_layers", "v", "k", "d_emb", "d_up", "tie_kv", "residual", "init_std",
+                                         "allocation"});
+}
+
+TEST_CASE("model.l3 errors name the field", "[config][l3]") {
+  CHECK_THAT(error_from_json(with_l3({{"k", 0}})), Contains("model.l3.k: must be >= 1, got 0"));
+  CHECK_THAT(error_from_json(with_l3({{"after_layers", {0, 7}}})),
+             Contains("model.l3.after_layers: layer 7 does not exist (model.n_layers = 2"));
+  CHECK_THAT(error_from_json(with_l3({{"after_layers", {1, 1}}})),
+             Contains("model.l3.after_layers: must be strictly increasing"));
+  CHECK_THAT(error_from_json(with_l3({{"after_layers", json::array()}})),
+             Contains("model.l3.after_layers: must not be empty"));
+  CHECK_THAT(error_from_json(with_l3({{"after_layers", {-1}}})),
+             Contains("model.l3.after_layers: every entry must be >= 0, got -1"));
+  CHECK_THAT(error_from_json(with_l3({{"after_layers", 1}})),
+             Contains("model.l3.after_layers: expected a list of integers, got 1"));
+  CHECK_THAT(error_from_json(with_l3({{"after_layers", {0, "one"}}})),
+             Contains("model.l3.after_layers[1]: expected an integer, got string \"one\""));
+  CHECK_THAT(error_from_json(with_l3({{"v", 100}})),
+             Contains("model.l3.v: must be >= model.vocab_size (256) so that every token owns a row, got 100"));
+  CHECK_THAT(error_from_json(with_l3({{"v", 2049}})),
+             Contains("model.l3.v: must be <= model.vocab_size * model.l3.k = 256 * 8 = 2048"));
+  CHECK_THAT(error_from_json(with_l3({{"tie_kv", true}, {"d_emb", 32}})),
+             Contains("model.l3.tie_kv: tied keys and values need model.l3.d_emb == model.d_model (64), got d_emb 32"));
+  CHECK_THAT(error_from_json(with_l3({{"allocation", {{"method", "lzw"}}}})),
+             Contains("model.l3.allocation: method \"lzw\" needs data (token shards to compute it from) or path"));
+  CHECK_THAT(error_from_json(with_l3({{"allocation", {{"data", "a.bin"}, {"path", "b.safetensors"}}}})),
+             Contains("model.l3.allocation: give data"));
+  CHECK_THAT(error_from_json(with_l3({{"allocation", {{"method", "bpe"}}}})),
+             Contains("model.l3.allocation.method: must be one of lzw, uniform, unigram; got \"bpe\""));
+  CHECK_THAT(error_from_json(with_l3({{"vv", 3}})),
+             Contains("model.l3.vv: unknown key (known keys in model.l3: after_layers, v, k, d_emb, d_up, tie_kv, "
+                      "residual, init_std, allocation)"));
+  CHECK_THAT(error_from_json(with_l3({{"allocation", {{"file", "x"}}}})),
+             Contains("model.l3.allocation.file: unknown key (known keys in model.l3.allocation: method, data, path, "
+                      "eot)"));
+  CHECK_THAT(error_from_json(with_l3({{"allocation", 3}})), Contains("model.l3.allocation: expected an object, got 3"));
+  json j = minimal();
+  j["model"]["l3"] = {{"v", 1024}};
+  CHECK_THAT(error_from_json(j), Contains("model.l3.after_layers: required"));
+  j["model"]["l3"] = "yes";
+  CHECK_THAT(error_from_json(j), Contains("model.l3: expected an object, got string \"yes\""));
+}
+
+TEST_CASE("overrides with --set reach nested model.l3 keys, lists included", "[config][l3]") {
+  TempDir dir;
+  std::string path = dir.write("l3.json", with_l3().dump());
+  l3c::Config c = l3c::load_config(path, {"model.l3.k=16", "model.l3.after_layers=[1]", "model.l3.allocation.method=lzw",
+                                          "model.l3.allocation.data=data/train.bin"});
+  CHECK(c.model.l3.k == 16);
+  CHECK(c.model.l3.after_layers == std::vector<int64_t>{1});
+  CHECK(c.model.l3.allocation.data == "data/train.bin");
+  // On a dense config, --set creates model.l3, which then needs its required keys.
+  std::string dense = dir.write("dense.json", minimal().dump());
+  CHECK_THAT(user_error([&] { l3c::load_config(dense, {"model.l3.k=16"}); }), Contains("model.l3.after_layers: required"));
+  CHECK_THAT(user_error([&] { l3c::load_config(path, {"model.l3.kk=16"}); }),
+             Contains("--set model.l3.kk=16: unknown key (known keys in model.l3: after_layers, v, k"));
+  CHECK_THAT(user_error([&] { l3c::load_config(path, {"model.l3.allocation.x=1"}); }),
+             Contains("(known keys in model.l3.allocation: method, data, path, eot)"));
+  CHECK_THAT(user_error([&] { l3c::load_config(path, {"model.l3.k=0"}); }), Contains("model.l3.k: must be >= 1, got 0"));
+  CHECK_THAT(user_error([&] { l3c::load_config(path, {"model.l3.after_layers=[0,9]"}); }),
+             Contains("model.l3.after_layers: layer 9 does not exist"));
+}
+
+TEST_CASE("the shipped L3 configs load, and extends merges model.l3 into the dense parent", "[config][l3]") {
+  const std::string root = L3C_SOURCE_DIR;
+  l3c::Config tiny = l3c::load_config(root + "/configs/tiny/l3.json");
+  CHECK(tiny.model.l3.enabled());
+  CHECK(tiny.model.d_model == 256);  // from tiny/dense.json
+  CHECK(tiny.model.l3.v == 4096);
+  l3c::Config paper = l3c::load_config(root + "/configs/paper/l3_800m.json");
+  CHECK(paper.model.l3.after_layers == std::vector<int64_t>{3, 15});
+  CHECK(paper.model.l3.k == 512);
+  CHECK(paper.model.vocab_size == 180000);
 }

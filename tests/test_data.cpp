@@ -76,7 +76,7 @@ TEST_CASE("bad shards are rejected with the file and the reason", "[data]") {
   }
 }
 
-TEST_CASE("data paths: a file, a folder of .bin files, or a glob; nothing matching is an error", "[data]") {
+TEST_CASE("data paths are a file, a folder of .bin files or a glob, and nothing matching is an error", "[data]") {
   const fs::path dir = fresh_dir("paths");
   write_shard((dir / "train_01.bin").string(), counting(10, 5));
   write_shard((dir / "train_00.bin").string(), counting(10, 5));

@@ -1,5 +1,6 @@
-// `l3c inspect CONFIG [--set k=v ...] [--json]`: parameter counts per component, FLOPs per token and
-// the memory a training run needs.
+// `l3c inspect CONFIG [--set k=v ...] [--json]`: parameter counts per component (total, and active per
+// token: an L3 layer's tables count k rows), FLOPs per token (active parameters) and the memory a training
+// run needs.
 #include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
@@ -21,10 +22,19 @@ int inspect(const std::vector<std::string>& argv) {
   fmt::print("model: {} layers, d_model {}, {} heads ({} kv), ffn {}, vocab {}, {} embeddings\n", config.model.n_layers,
              config.model.d_model, config.model.n_heads, config.model.n_kv_heads, config.model.ffn_hidden,
              config.model.vocab_size, config.model.tie_embeddings ? "tied" : "untied");
+  const L3Config& l3 = config.model.l3;
+  if (l3.enabled())
+    fmt::print("L3: {} layer{} after decoder layer{} {}; v {} rows per layer, k {}, d_emb {}, d_up {}{}{}\n",
+               l3.num_layers(), l3.num_layers() == 1 ? "" : "s", l3.num_layers() == 1 ? "" : "s",
+               nlohmann::json(l3.after_layers).dump(), l3.v, l3.k, l3.d_emb, l3.d_up, l3.tie_kv ? ", tied K/V" : "",
+               l3.residual ? ", residual" : "");
+  const double sparsity = static_cast<double>(cost.total_params) / static_cast<double>(cost.active_params);
   fmt::print("parameters: {:>14} total ({:.2f}M)\n", cost.total_params, cost.total_params / 1e6);
+  fmt::print("            {:>14} active per token ({:.2f}M); sparsity (total / active) {:.2f}\n", cost.active_params,
+             cost.active_params / 1e6, sparsity);
   for (const auto& [group, count] : cost.params_by_group)
     fmt::print("  {:<12} {:>14} ({:.1f}%)\n", group, count, 100.0 * count / cost.total_params);
-  fmt::print("FLOPs per token (training, T={}): {:.4g} (6 x {} matmul parameters + attention)\n", config.data.seq_len,
+  fmt::print("FLOPs per token (training, T={}): {:.4g} (6 x {} active matmul parameters + attention)\n", config.data.seq_len,
              cost.flops_per_token, cost.matmul_params);
   fmt::print("training memory (micro-batch {} x {}): {}\n", config.train.micro_batch, config.data.seq_len,
              format_bytes(static_cast<double>(memory.total())));
@@ -35,6 +45,8 @@ int inspect(const std::vector<std::string>& argv) {
     nlohmann::json groups = nlohmann::json::object();
     for (const auto& [group, count] : cost.params_by_group) groups[group] = count;
     cli::print_json_line(nlohmann::json{{"total_params", cost.total_params},
+                                        {"active_params", cost.active_params},
+                                        {"sparsity", sparsity},
                                         {"params_by_group", groups},
                                         {"matmul_params", cost.matmul_params},
                                         {"flops_per_token", cost.flops_per_token},

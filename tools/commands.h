@@ -11,5 +11,7 @@ int inspect(const std::vector<std::string>& args);
 int bench(const std::vector<std::string>& args);
 int prepare(const std::vector<std::string>& args);
 int generate(const std::vector<std::string>& args);
+int allocate(const std::vector<std::string>& args);
+int tokenizer(const std::vector<std::string>& args);
 
 }  // namespace l3c::cmd

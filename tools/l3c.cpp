@@ -19,8 +19,10 @@ commands:
   eval --checkpoint DIR --data SHARDS [--json]      validation loss and perplexity of a trained model
   inspect CONFIG [--set key=value ...] [--json]     parameters, FLOPs per token and memory of a config
   bench CONFIG [--steps N] [--warmup N] [--json]    steady-state training throughput and MFU
-  prepare --out DIR [--val-fraction F] INPUT...     text files -> token shards (byte-level tokens)
-  generate --checkpoint DIR [--prompt TEXT]         sample text from a trained model
+  prepare --tokenizer DIR|bytes --out DIR INPUT...  text, JSONL files or folders -> token shards + manifest
+  generate --checkpoint DIR [--prompt TEXT]         sample text from a trained model (with the run's tokenizer)
+  allocate --data SHARDS --v N --k K --out FILE    L3 allocation (rows per token id) by LZW, unigram or uniform
+  tokenizer train|encode|decode|bench ...           byte-level BPE: train a vocabulary, encode, decode, speed
 
 Every command that reads a config accepts --set key=value (e.g. --set train.lr=3e-4).
 With --json the last line of stdout is one JSON object.)";
@@ -41,6 +43,8 @@ int main(int argc, char** argv) {
     if (command == "bench") return l3c::cmd::bench(args);
     if (command == "prepare") return l3c::cmd::prepare(args);
     if (command == "generate") return l3c::cmd::generate(args);
+    if (command == "allocate") return l3c::cmd::allocate(args);
+    if (command == "tokenizer") return l3c::cmd::tokenizer(args);
     throw l3c::UserError(fmt::format("unknown command '{}'\n{}", command, kUsage));
   } catch (const l3c::UserError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

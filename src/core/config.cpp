@@ -1,7 +1,10 @@
 // Config: JSON <-> the typed structs of config.h through one schema table (`schema()` below).
-// Each field is declared once: its section and key (the JSON path), the struct member it fills (whose
-// C++ type is the field's JSON type), and its rule (required, bounds, allowed values). Reading, range
-// checks, "--set" overrides and config_to_json all walk that table; nothing is written per field.
+// Each field is declared once: its dotted JSON path ("train.lr", "model.l3.allocation.method"), the
+// struct member it fills (whose C++ type is the field's JSON type: integer, number, bool, string or a
+// list of integers), and its rule (required, bounds, allowed values). The objects of the JSON are the
+// path prefixes of the fields; an object listed in `optional_objects()` ("model.l3") may be absent as a
+// whole, and then its fields are neither read, required, checked nor written back. Reading, unknown-key
+// and range checks, "--set" overrides and config_to_json all walk that table; nothing is written per field.
 // Defaults are the member initializers in config.h, so they exist in one place only.
 // Checks run in this order, so the first error is the most useful one: unknown keys, value types,
 // required fields and per-field rules (schema order), then the rules that relate several fields.
@@ -26,12 +29,15 @@ namespace {
 using json = nlohmann::json;
 namespace fs = std::filesystem;
 
-// Where a field's value lives inside a Config. The alternative held is the field's type:
-// int64_t: integer, uint64_t: non-negative integer, double: number, bool: true/false, string.
-using Slot = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*>;
+using IntList = std::vector<int64_t>;
 
-// What a field's value must satisfy beyond its type. Bounds apply to numbers; one_of and non_empty
-// to strings. `hint` is appended to a broken rule's message.
+// Where a field's value lives inside a Config. The alternative held is the field's type:
+// int64_t: integer, uint64_t: non-negative integer, double: number, bool: true/false, string,
+// IntList: a JSON array of integers.
+using Slot = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, IntList*>;
+
+// What a field's value must satisfy beyond its type. Bounds apply to numbers and to every entry of a
+// list; one_of to strings; non_empty to strings and lists. `hint` is appended to a broken rule's message.
 struct Rule {
   bool required = false;          // absent from the JSON is an error (the struct default is not valid)
   std::optional<double> min = {};  // lower bound, inclusive unless min_open
@@ -44,18 +50,31 @@ struct Rule {
 };
 
 struct Field {
-  const char* section;
-  const char* key;
+  const char* path_text;  // "train.lr": the JSON path, also the name in messages
   Slot (*slot)(Config&);
   Rule rule;
 
-  std::string path() const { return fmt::format("{}.{}", section, key); }
+  std::string path() const { return path_text; }
 };
 
-// One schema row: field<&Config::train, &TrainConfig::lr>("train", "lr", {.min = 0, .min_open = true}).
-template <auto Section, auto Member>
-Field field(const char* section, const char* key, Rule rule = {}) {
-  return Field{section, key, [](Config& c) -> Slot { return &(c.*Section.*Member); }, std::move(rule)};
+// One schema row: field<&Config::train, &TrainConfig::lr>("train.lr", {.min = 0, .min_open = true}); the
+// member pointers lead from Config to the value (as many as the path has levels).
+template <auto... Members>
+Field field(const char* path, Rule rule = {}) {
+  return Field{path, [](Config& c) -> Slot { return &(c .* ... .* Members); }, std::move(rule)};
+}
+
+// Objects that may be absent as a whole, and how to tell from a typed Config whether one is present.
+struct OptionalObject {
+  const char* path;
+  bool (*present)(const Config&);
+};
+
+const std::vector<OptionalObject>& optional_objects() {
+  static const std::vector<OptionalObject> objects = {
+      {"model.l3", [](const Config& c) { return c.model.l3.enabled(); }},
+  };
+  return objects;
 }
 
 // Training runs on the CPU; "cuda" joins the list when the CUDA backend implements the training ops
@@ -66,46 +85,63 @@ const Rule kDeviceRule = {.one_of = {"cpu"}, .hint = "the CUDA training backend 
 const std::vector<Field>& schema() {
   using C = Config;
   static const std::vector<Field> fields = {
-      field<&C::model, &ModelConfig::vocab_size>("model", "vocab_size", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::d_model>("model", "d_model", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::n_layers>("model", "n_layers", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::n_heads>("model", "n_heads", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::n_kv_heads>("model", "n_kv_heads", {.min = 0}),  // 0: n_heads
-      field<&C::model, &ModelConfig::ffn_hidden>("model", "ffn_hidden", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::rope_theta>("model", "rope_theta", {.min = 0, .min_open = true}),
-      field<&C::model, &ModelConfig::norm_eps>("model", "norm_eps", {.min = 0, .min_open = true}),
-      field<&C::model, &ModelConfig::tie_embeddings>("model", "tie_embeddings"),
-      field<&C::model, &ModelConfig::init_std>("model", "init_std", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::vocab_size>("model.vocab_size", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::d_model>("model.d_model", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::n_layers>("model.n_layers", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::n_heads>("model.n_heads", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::n_kv_heads>("model.n_kv_heads", {.min = 0}),  // 0: n_heads
+      field<&C::model, &ModelConfig::ffn_hidden>("model.ffn_hidden", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::rope_theta>("model.rope_theta", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::norm_eps>("model.norm_eps", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::tie_embeddings>("model.tie_embeddings"),
+      field<&C::model, &ModelConfig::init_std>("model.init_std", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::l3, &L3Config::after_layers>("model.l3.after_layers",
+                                                                  {.required = true, .min = 0, .non_empty = true}),
+      field<&C::model, &ModelConfig::l3, &L3Config::v>("model.l3.v", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::l3, &L3Config::k>("model.l3.k", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::l3, &L3Config::d_emb>("model.l3.d_emb", {.min = 0}),  // 0: derived
+      field<&C::model, &ModelConfig::l3, &L3Config::d_up>("model.l3.d_up", {.min = 0}),    // 0: derived
+      field<&C::model, &ModelConfig::l3, &L3Config::tie_kv>("model.l3.tie_kv"),
+      field<&C::model, &ModelConfig::l3, &L3Config::residual>("model.l3.residual"),
+      field<&C::model, &ModelConfig::l3, &L3Config::init_std>("model.l3.init_std", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::method>(
+          "model.l3.allocation.method", {.one_of = {"lzw", "uniform", "unigram"}}),
+      field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::data>("model.l3.allocation.data"),
+      field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::path>("model.l3.allocation.path"),
+      field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::eot>(
+          "model.l3.allocation.eot", {.min = -1, .hint = "-1: the shards' manifest.json says, else none"}),
 
-      field<&C::data, &DataConfig::train>("data", "train", {.required = true, .non_empty = true}),
-      field<&C::data, &DataConfig::val>("data", "val"),
-      field<&C::data, &DataConfig::seq_len>("data", "seq_len", {.required = true, .min = 1}),
+      field<&C::data, &DataConfig::train>("data.train", {.required = true, .non_empty = true}),
+      field<&C::data, &DataConfig::val>("data.val"),
+      field<&C::data, &DataConfig::seq_len>("data.seq_len", {.required = true, .min = 1}),
+      field<&C::data, &DataConfig::shuffle>("data.shuffle"),
+      field<&C::data, &DataConfig::tokenizer>("data.tokenizer", {.non_empty = true}),
 
-      field<&C::train, &TrainConfig::steps>("train", "steps", {.required = true, .min = 1}),
-      field<&C::train, &TrainConfig::batch_tokens>("train", "batch_tokens", {.min = 0}),  // 0: one micro-batch
-      field<&C::train, &TrainConfig::micro_batch>("train", "micro_batch", {.min = 1}),
-      field<&C::train, &TrainConfig::lr>("train", "lr", {.min = 0, .min_open = true}),
-      field<&C::train, &TrainConfig::min_lr>("train", "min_lr", {.min = 0}),
-      field<&C::train, &TrainConfig::warmup_steps>("train", "warmup_steps", {.min = 0}),
-      field<&C::train, &TrainConfig::schedule>("train", "schedule", {.one_of = {"cosine", "wsd", "constant"}}),
-      field<&C::train, &TrainConfig::decay_fraction>("train", "decay_fraction", {.min = 0, .max = 1}),
-      field<&C::train, &TrainConfig::weight_decay>("train", "weight_decay", {.min = 0}),
-      field<&C::train, &TrainConfig::beta1>("train", "beta1", {.min = 0, .max = 1, .max_open = true}),
-      field<&C::train, &TrainConfig::beta2>("train", "beta2", {.min = 0, .max = 1, .max_open = true}),
-      field<&C::train, &TrainConfig::eps>("train", "eps", {.min = 0, .min_open = true}),
-      field<&C::train, &TrainConfig::grad_clip>("train", "grad_clip", {.min = 0}),  // 0: no clipping
-      field<&C::train, &TrainConfig::seed>("train", "seed"),
-      field<&C::train, &TrainConfig::threads>("train", "threads", {.min = 0}),  // 0: all cores
-      field<&C::train, &TrainConfig::device>("train", "device", kDeviceRule),
-      field<&C::train, &TrainConfig::dtype>("train", "dtype", {.one_of = {"f32", "f64"}}),
+      field<&C::train, &TrainConfig::steps>("train.steps", {.required = true, .min = 1}),
+      field<&C::train, &TrainConfig::batch_tokens>("train.batch_tokens", {.min = 0}),  // 0: one micro-batch
+      field<&C::train, &TrainConfig::micro_batch>("train.micro_batch", {.min = 1}),
+      field<&C::train, &TrainConfig::lr>("train.lr", {.min = 0, .min_open = true}),
+      field<&C::train, &TrainConfig::min_lr>("train.min_lr", {.min = 0}),
+      field<&C::train, &TrainConfig::warmup_steps>("train.warmup_steps", {.min = 0}),
+      field<&C::train, &TrainConfig::schedule>("train.schedule", {.one_of = {"cosine", "wsd", "constant"}}),
+      field<&C::train, &TrainConfig::decay_fraction>("train.decay_fraction", {.min = 0, .max = 1}),
+      field<&C::train, &TrainConfig::weight_decay>("train.weight_decay", {.min = 0}),
+      field<&C::train, &TrainConfig::beta1>("train.beta1", {.min = 0, .max = 1, .max_open = true}),
+      field<&C::train, &TrainConfig::beta2>("train.beta2", {.min = 0, .max = 1, .max_open = true}),
+      field<&C::train, &TrainConfig::eps>("train.eps", {.min = 0, .min_open = true}),
+      field<&C::train, &TrainConfig::grad_clip>("train.grad_clip", {.min = 0}),  // 0: no clipping
+      field<&C::train, &TrainConfig::seed>("train.seed"),
+      field<&C::train, &TrainConfig::threads>("train.threads", {.min = 0}),  // 0: all cores
+      field<&C::train, &TrainConfig::device>("train.device", kDeviceRule),
+      field<&C::train, &TrainConfig::dtype>("train.dtype", {.one_of = {"f32", "f64"}}),
 
-      field<&C::eval, &EvalConfig::every>("eval", "every", {.min = 0}),
-      field<&C::eval, &EvalConfig::batches>("eval", "batches", {.min = 1}),
+      field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0}),
+      field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1}),
 
-      field<&C::checkpoint, &CheckpointConfig::every>("checkpoint", "every", {.min = 0}),
-      field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint", "keep", {.min = 1}),
+      field<&C::checkpoint, &CheckpointConfig::every>("checkpoint.every", {.min = 0}),
+      field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint.keep", {.min = 1}),
 
-      field<&C::run, &RunConfig::dir>("run", "dir", {.non_empty = true}),
+      field<&C::run, &RunConfig::dir>("run.dir", {.non_empty = true}),
   };
   return fields;
 }
@@ -114,29 +150,51 @@ const std::vector<Field>& schema() {
 constexpr const char* kExtendsKey = "extends";
 constexpr const char* kDescriptionKey = "description";
 
-std::vector<std::string> section_names() {
+// "model.l3.v" -> {"model", "l3", "v"}.
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> parts;
+  size_t begin = 0;
+  while (true) {
+    const size_t dot = path.find('.', begin);
+    parts.push_back(path.substr(begin, dot == std::string::npos ? std::string::npos : dot - begin));
+    if (dot == std::string::npos) return parts;
+    begin = dot + 1;
+  }
+}
+
+// Whether `path` lies inside the object `object` ("" is the top level).
+bool inside(const std::string& path, const std::string& object) {
+  return object.empty() || (path.size() > object.size() && path.compare(0, object.size(), object) == 0 &&
+                            path[object.size()] == '.');
+}
+
+// The names directly inside an object ("" is the top level), in schema order.
+std::vector<std::string> children(const std::string& object) {
   std::vector<std::string> names;
-  for (const Field& f : schema())
-    if (names.empty() || names.back() != f.section) names.push_back(f.section);
+  for (const Field& f : schema()) {
+    const std::string path = f.path();
+    if (!inside(path, object)) continue;
+    const std::string rest = object.empty() ? path : path.substr(object.size() + 1);
+    const std::string name = rest.substr(0, rest.find('.'));
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  }
   return names;
 }
 
-bool is_section(const std::string& name) {
-  for (const std::string& s : section_names())
-    if (s == name) return true;
+// An object is a proper prefix of some field's path.
+bool is_object(const std::string& path) {
+  for (const Field& f : schema())
+    if (inside(f.path(), path)) return true;
   return false;
 }
 
-std::vector<std::string> keys_of(const std::string& section) {
-  std::vector<std::string> keys;
-  for (const Field& f : schema())
-    if (f.section == section) keys.push_back(f.key);
-  return keys;
-}
+std::vector<std::string> section_names() { return children(""); }
 
-const Field* find_field(const std::string& section, const std::string& key) {
+bool is_section(const std::string& name) { return name.find('.') == std::string::npos && is_object(name); }
+
+const Field* find_field(const std::string& path) {
   for (const Field& f : schema())
-    if (f.section == section && f.key == key) return &f;
+    if (f.path() == path) return &f;
   return nullptr;
 }
 
@@ -155,42 +213,59 @@ std::string describe(const json& v) {
   return fmt::format("{} {}", v.type_name(), text);
 }
 
-// The value at section.key in j, or null when absent.
-const json* lookup(const json& j, const Field& f) {
-  auto section = j.find(f.section);
-  if (section == j.end() || !section->is_object()) return nullptr;
-  auto value = section->find(f.key);
-  return value == section->end() ? nullptr : &*value;
+// The value at a dotted path in j, or null when it (or an object on the way) is absent.
+const json* lookup(const json& j, const std::string& path) {
+  const json* node = &j;
+  for (const std::string& part : split_path(path)) {
+    if (!node->is_object()) return nullptr;
+    auto it = node->find(part);
+    if (it == node->end()) return nullptr;
+    node = &*it;
+  }
+  return node;
+}
+const json* lookup(const json& j, const Field& f) { return lookup(j, f.path()); }
+
+// A field counts when every optional object around it is present (in the JSON, or in a typed config).
+bool active_in_json(const json& j, const Field& f) {
+  for (const OptionalObject& o : optional_objects())
+    if (inside(f.path(), o.path) && !lookup(j, o.path)) return false;
+  return true;
+}
+bool active_in_config(const Config& c, const Field& f) {
+  for (const OptionalObject& o : optional_objects())
+    if (inside(f.path(), o.path) && !o.present(c)) return false;
+  return true;
 }
 
-int64_t to_int64(const Field& f, const json& v) {
+int64_t to_int64(const std::string& path, const json& v) {
   if (v.is_number_unsigned()) {
     uint64_t u = v.get<uint64_t>();
     if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
-      fail("{}: {} is too large for a 64-bit integer", f.path(), v.dump());
+      fail("{}: {} is too large for a 64-bit integer", path, v.dump());
     return static_cast<int64_t>(u);
   }
   if (v.is_number_integer()) return v.get<int64_t>();
   if (v.is_number_float()) {  // 2.0 or 1e3 are integers written as floats: accepted
     double d = v.get<double>();
-    if (std::trunc(d) != d) fail("{}: expected an integer, got {}", f.path(), describe(v));
-    if (std::fabs(d) >= 9.2e18) fail("{}: {} is too large for a 64-bit integer", f.path(), v.dump());
+    if (std::trunc(d) != d) fail("{}: expected an integer, got {}", path, describe(v));
+    if (std::fabs(d) >= 9.2e18) fail("{}: {} is too large for a 64-bit integer", path, v.dump());
     return static_cast<int64_t>(d);
   }
-  fail("{}: expected an integer, got {}", f.path(), describe(v));
+  fail("{}: expected an integer, got {}", path, describe(v));
 }
 
-uint64_t to_uint64(const Field& f, const json& v) {
+uint64_t to_uint64(const std::string& path, const json& v) {
   if (v.is_number_unsigned()) return v.get<uint64_t>();
   if (v.is_number_integer() || (v.is_number_float() && v.get<double>() < 0))
-    fail("{}: expected a non-negative integer, got {}", f.path(), describe(v));
+    fail("{}: expected a non-negative integer, got {}", path, describe(v));
   if (v.is_number_float()) {
     double d = v.get<double>();
-    if (std::trunc(d) != d) fail("{}: expected a non-negative integer, got {}", f.path(), describe(v));
-    if (d >= 1.8e19) fail("{}: {} is too large for a 64-bit integer", f.path(), v.dump());
+    if (std::trunc(d) != d) fail("{}: expected a non-negative integer, got {}", path, describe(v));
+    if (d >= 1.8e19) fail("{}: {} is too large for a 64-bit integer", path, v.dump());
     return static_cast<uint64_t>(d);
   }
-  fail("{}: expected a non-negative integer, got {}", f.path(), describe(v));
+  fail("{}: expected a non-negative integer, got {}", path, describe(v));
 }
 
 // Type-checks v against the field and stores it in c.
@@ -199,9 +274,14 @@ void read_value(const Field& f, const json& v, Config& c) {
       [&](auto* target) {
         using T = std::remove_pointer_t<decltype(target)>;
         if constexpr (std::is_same_v<T, int64_t>) {
-          *target = to_int64(f, v);
+          *target = to_int64(f.path(), v);
         } else if constexpr (std::is_same_v<T, uint64_t>) {
-          *target = to_uint64(f, v);
+          *target = to_uint64(f.path(), v);
+        } else if constexpr (std::is_same_v<T, IntList>) {
+          if (!v.is_array()) fail("{}: expected a list of integers, got {}", f.path(), describe(v));
+          IntList values;
+          for (size_t i = 0; i < v.size(); ++i) values.push_back(to_int64(fmt::format("{}[{}]", f.path(), i), v[i]));
+          *target = std::move(values);
         } else if constexpr (std::is_same_v<T, double>) {
           if (!v.is_number()) fail("{}: expected a number, got {}", f.path(), describe(v));
           *target = v.get<double>();
@@ -226,6 +306,12 @@ std::string bound_text(const Rule& rule) {
   return fmt::format("{} {}", rule.max_open ? "<" : "<=", *rule.max);
 }
 
+bool within_bounds(const Rule& rule, double x) {
+  const bool below = rule.min && (rule.min_open ? x <= *rule.min : x < *rule.min);
+  const bool above = rule.max && (rule.max_open ? x >= *rule.max : x > *rule.max);
+  return !below && !above;
+}
+
 // Checks the field's value in c against its rule (bounds, allowed values, non-empty).
 void check_rule(const Field& f, Config& c) {
   const Rule& rule = f.rule;
@@ -238,15 +324,30 @@ void check_rule(const Field& f, Config& c) {
               std::find(rule.one_of.begin(), rule.one_of.end(), *value) == rule.one_of.end())
             fail("{}: must be one of {}; got {}{}", f.path(), join(rule.one_of), json(*value).dump(),
                  with_hint(rule));
+        } else if constexpr (std::is_same_v<T, IntList>) {
+          if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
+          for (int64_t entry : *value)
+            if (!within_bounds(rule, static_cast<double>(entry)))
+              fail("{}: every entry must be {}, got {}{}", f.path(), bound_text(rule), entry, with_hint(rule));
         } else if constexpr (!std::is_same_v<T, bool>) {
-          double x = static_cast<double>(*value);
-          bool below = rule.min && (rule.min_open ? x <= *rule.min : x < *rule.min);
-          bool above = rule.max && (rule.max_open ? x >= *rule.max : x > *rule.max);
-          if (below || above)
+          if (!within_bounds(rule, static_cast<double>(*value)))
             fail("{}: must be {}, got {}{}", f.path(), bound_text(rule), *value, with_hint(rule));
         }
       },
       f.slot(c));
+}
+
+// Every key inside the object at `path` must be a field or an object of the schema; objects recurse.
+void check_known_keys(const json& object, const std::string& path) {
+  for (const auto& [key, value] : object.items()) {
+    const std::string child = path + "." + key;
+    if (is_object(child)) {
+      if (!value.is_object()) fail("{}: expected an object, got {}", child, describe(value));
+      check_known_keys(value, child);
+    } else if (!find_field(child)) {
+      fail("{}: unknown key (known keys in {}: {})", child, path, join(children(path)));
+    }
+  }
 }
 
 // Reads every key present in j into c. Unknown keys and values of the wrong type are errors; absent
@@ -267,9 +368,7 @@ void read_present_fields(const json& j, Config& c, bool allow_extends) {
       fail("{}: unknown key (known keys at the top level: {})", key, join(known));
     }
     if (!value.is_object()) fail("{}: expected an object, got {}", key, describe(value));
-    for (const auto& item : value.items())
-      if (!find_field(key, item.key()))
-        fail("{}.{}: unknown key (known keys in {}: {})", key, item.key(), key, join(keys_of(key)));
+    check_known_keys(value, key);
   }
   for (const Field& f : schema())
     if (const json* v = lookup(j, f)) read_value(f, *v, c);
@@ -279,6 +378,39 @@ int64_t checked_product(int64_t a, int64_t b, const char* what) {
   int64_t product = 0;
   if (__builtin_mul_overflow(a, b, &product)) fail("{} ({} * {}) is too large", what, a, b);
   return product;
+}
+
+// model.l3: derived sizes, then the rules that relate it to the rest of the model.
+void resolve_and_check_l3(ModelConfig& m) {
+  L3Config& l3 = m.l3;
+  for (size_t j = 0; j < l3.after_layers.size(); ++j) {
+    const int64_t layer = l3.after_layers[j];
+    if (layer >= m.n_layers)
+      fail("model.l3.after_layers: layer {} does not exist (model.n_layers = {}; layers are numbered from 0)", layer,
+           m.n_layers);
+    if (j > 0 && layer <= l3.after_layers[j - 1])
+      fail("model.l3.after_layers: must be strictly increasing (one L3 layer after a decoder layer at most), got {}",
+           json(l3.after_layers).dump());
+  }
+  if (l3.d_emb == 0) l3.d_emb = l3.tie_kv ? m.d_model : std::max<int64_t>(1, m.d_model / 2);
+  if (l3.d_up == 0) l3.d_up = checked_product(4, m.d_model, "4 * model.d_model (the default model.l3.d_up)");
+  if (l3.tie_kv && l3.d_emb != m.d_model)
+    fail("model.l3.tie_kv: tied keys and values need model.l3.d_emb == model.d_model ({}), got d_emb {}", m.d_model,
+         l3.d_emb);
+  if (l3.v < m.vocab_size)
+    fail("model.l3.v: must be >= model.vocab_size ({}) so that every token owns a row, got {}", m.vocab_size, l3.v);
+  const int64_t most = checked_product(m.vocab_size, l3.k, "model.vocab_size * model.l3.k");
+  if (l3.v > most)
+    fail("model.l3.v: must be <= model.vocab_size * model.l3.k = {} * {} = {} (no token owns more than k rows), "
+         "got {}", m.vocab_size, l3.k, most, l3.v);
+  if (l3.v > std::numeric_limits<int32_t>::max())
+    fail("model.l3.v: {} rows do not fit 32-bit row offsets (at most {})", l3.v, std::numeric_limits<int32_t>::max());
+  const L3AllocationConfig& a = l3.allocation;
+  if (!a.data.empty() && !a.path.empty())
+    fail("model.l3.allocation: give data (token shards to compute it from) or path (an allocation file), not both");
+  if (a.method != "uniform" && a.data.empty() && a.path.empty())
+    fail("model.l3.allocation: method \"{}\" needs data (token shards to compute it from) or path (a file written by "
+         "`l3c allocate`)", a.method);
 }
 
 // Fills the fields whose 0 means "derive me", then checks the rules that relate several fields.
@@ -302,6 +434,7 @@ void resolve_and_check_relations(Config& c) {
          micro_batch_tokens);
   if (t.min_lr > t.lr) fail("train.min_lr ({}) must be <= train.lr ({})", t.min_lr, t.lr);
   if (t.warmup_steps > t.steps) fail("train.warmup_steps ({}) must be <= train.steps ({})", t.warmup_steps, t.steps);
+  if (m.l3.enabled()) resolve_and_check_l3(m);
 }
 
 // Recursively merges child into base: objects merge key by key, anything else in child replaces.
@@ -363,19 +496,22 @@ json override_value(const Field& f, const std::string& text) {
   return parsed;
 }
 
-// Applies one "section.key=value" override to the merged config JSON.
+// Applies one "path.to.key=value" override to the merged config JSON, creating the objects on the way.
 void apply_override(json& merged, const std::string& text) {
   size_t eq = text.find('=');
   if (eq == std::string::npos) fail("--set {}: expected KEY=VALUE, e.g. --set train.lr=3e-4", text);
   std::string key = text.substr(0, eq);
   if (key.empty()) fail("--set {}: empty key; expected KEY=VALUE, e.g. --set train.lr=3e-4", text);
-  size_t dot = key.find('.');
-  std::string section = key.substr(0, dot);
-  std::string name = dot == std::string::npos ? "" : key.substr(dot + 1);
-  if (!is_section(section))
+  const std::vector<std::string> parts = split_path(key);
+  if (!is_section(parts[0]))
     fail("--set {}: unknown key (keys are SECTION.KEY; known sections: {})", text, join(section_names()));
-  const Field* f = find_field(section, name);
-  if (!f) fail("--set {}: unknown key (known keys in {}: {})", text, section, join(keys_of(section)));
+  const Field* f = find_field(key);
+  if (!f) {
+    // List the keys of the deepest object the key names or passes through.
+    std::string object = parts[0];
+    for (size_t i = 1; i < parts.size() && is_object(object + "." + parts[i]); ++i) object += "." + parts[i];
+    fail("--set {}: unknown key (known keys in {}: {})", text, object, join(children(object)));
+  }
 
   json value = override_value(*f, text.substr(eq + 1));
   try {
@@ -384,9 +520,12 @@ void apply_override(json& merged, const std::string& text) {
   } catch (const UserError& e) {
     fail("--set {}: {}", text, e.what());
   }
-  json& target = merged[section];
-  if (!target.is_object()) target = json::object();
-  target[name] = std::move(value);
+  json* target = &merged;
+  for (size_t i = 0; i + 1 < parts.size(); ++i) {
+    target = &(*target)[parts[i]];
+    if (!target->is_object()) *target = json::object();
+  }
+  (*target)[parts.back()] = std::move(value);
 }
 
 }  // namespace
@@ -427,6 +566,7 @@ Config config_from_json(const nlohmann::json& j) {
   Config c;
   read_present_fields(j, c, /*allow_extends=*/false);
   for (const Field& f : schema()) {
+    if (!active_in_json(j, f)) continue;  // inside an optional object that is absent
     if (f.rule.required && !lookup(j, f)) fail("{}: required", f.path());
     check_rule(f, c);
   }
@@ -437,7 +577,13 @@ Config config_from_json(const nlohmann::json& j) {
 nlohmann::ordered_json config_to_json(const Config& c) {
   Config copy = c;  // slots give mutable access; read from a copy
   nlohmann::ordered_json out = nlohmann::ordered_json::object();
-  for (const Field& f : schema()) std::visit([&](auto* value) { out[f.section][f.key] = *value; }, f.slot(copy));
+  for (const Field& f : schema()) {
+    if (!active_in_config(copy, f)) continue;
+    const std::vector<std::string> parts = split_path(f.path());
+    nlohmann::ordered_json* node = &out;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) node = &(*node)[parts[i]];
+    std::visit([&](auto* value) { (*node)[parts.back()] = *value; }, f.slot(copy));
+  }
   return out;
 }
 

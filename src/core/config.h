@@ -1,9 +1,11 @@
 // Config: the typed structs a run is described by, read from JSON with validation.
 // JSON -> struct: every key is known (unknown keys are errors), every value is type- and range-checked
-// with a message naming the field ("train.lr: must be > 0, got -1"); a file may "extends" another
+// with a message naming the field ("train.lr: must be > 0, got -1"); fields may sit in nested objects
+// ("model.l3.allocation.method") and hold lists ("model.l3.after_layers"); a file may "extends" another
 // (path relative to the file itself; the child's keys override the parent's, objects merge
-// recursively); command-line overrides "--set train.lr=3e-4" apply last. The resolved config (all
-// defaults filled in) converts back to JSON, is printed at start and saved in the run folder.
+// recursively); command-line overrides "--set train.lr=3e-4" (or "--set model.l3.k=32") apply last.
+// The resolved config (all defaults filled in) converts back to JSON, is printed at start and saved in
+// the run folder.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -12,6 +14,31 @@
 #include <nlohmann/json.hpp>
 
 namespace l3c {
+
+// How an L3 layer's allocation (rows per token id, MODEL.md "LZW allocation") is obtained.
+struct L3AllocationConfig {
+  std::string method = "lzw";   // "lzw" | "uniform" | "unigram"
+  std::string data;             // token shards (file, folder or glob) to compute it from at start
+  std::string path;             // or a file written by `l3c allocate` (exclusive with data)
+  int64_t eot = -1;             // end-of-text id splitting documents; -1: the shards' manifest.json, else none
+};
+
+// Large Lookup Layers (MODEL.md "Large Lookup Layer"): one layer after each listed decoder layer, all
+// with the same sizes and allocation. Absent from the JSON (after_layers empty) = a dense model.
+struct L3Config {
+  std::vector<int64_t> after_layers;  // 0-based decoder layers, strictly increasing; required when model.l3 is given
+  int64_t v = 0;                // required: table rows per layer, vocab_size <= v <= vocab_size * k
+  int64_t k = 0;                // required: the most rows one token owns
+  int64_t d_emb = 0;            // 0: d_model / 2 (d_model with tie_kv); resolved
+  int64_t d_up = 0;             // 0: 4 * d_model; resolved
+  bool tie_kv = false;          // W_V = W_K (needs d_emb = d_model; only w_k is stored)
+  bool residual = false;        // h' = h + W_mix [z; h] instead of W_mix [z; h]
+  double init_std = 0.02;       // W_K, W_V, W_up, W_mix
+  L3AllocationConfig allocation;
+
+  bool enabled() const { return !after_layers.empty(); }
+  int64_t num_layers() const { return static_cast<int64_t>(after_layers.size()); }
+};
 
 struct ModelConfig {
   int64_t vocab_size = 0;       // required
@@ -24,6 +51,7 @@ struct ModelConfig {
   double norm_eps = 1e-5;
   bool tie_embeddings = false;
   double init_std = 0.02;
+  L3Config l3;                  // optional: "model.l3"
 
   int64_t head_dim() const { return d_model / n_heads; }
 };
@@ -32,6 +60,8 @@ struct DataConfig {
   std::string train;            // file, folder or glob of token shards
   std::string val;              // may be empty: no validation
   int64_t seq_len = 0;          // required
+  bool shuffle = true;          // training windows in a shuffled order per epoch (src/data/dataloader.h)
+  std::string tokenizer = "bytes";  // "bytes" or a BPE folder: what made the shards; generate decodes with it
 };
 
 struct TrainConfig {

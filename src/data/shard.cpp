@@ -105,6 +105,60 @@ void write_shard(const std::string& path, const std::vector<uint32_t>& tokens) {
   }
 }
 
+ShardWriter::ShardWriter(std::string path, bool wide) : path_(std::move(path)), temp_(path_ + ".tmp"), wide_(wide) {
+  file_ = std::fopen(temp_.c_str(), "wb");
+  if (file_ == nullptr) fail("{}: cannot write shard: {}", path_, std::strerror(errno));
+  const std::vector<int32_t> header(kShardHeaderInts, 0);  // completed by finish()
+  write_or_fail(header.data(), header.size() * sizeof(int32_t));
+}
+
+ShardWriter::~ShardWriter() {
+  if (file_ != nullptr) std::fclose(file_);
+  if (!published_) std::remove(temp_.c_str());
+}
+
+void ShardWriter::write_or_fail(const void* data, size_t bytes) {
+  if (bytes > 0 && std::fwrite(data, 1, bytes, file_) != bytes)
+    fail("{}: writing the shard failed: {}", path_, std::strerror(errno));
+}
+
+void ShardWriter::append(std::span<const uint32_t> tokens) {
+  L3C_CHECK(!finished_, "{}: append after finish", path_);
+  if (num_tokens_ + static_cast<int64_t>(tokens.size()) > INT32_MAX)
+    fail("{}: more than {} tokens do not fit one shard", path_, INT32_MAX);
+  if (wide_) {
+    write_or_fail(tokens.data(), tokens.size() * 4);
+  } else {
+    narrow_.resize(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      L3C_CHECK(tokens[i] <= 0xFFFF, "{}: token id {} in a uint16 shard", path_, tokens[i]);
+      narrow_[i] = static_cast<uint16_t>(tokens[i]);
+    }
+    write_or_fail(narrow_.data(), narrow_.size() * 2);
+  }
+  num_tokens_ += static_cast<int64_t>(tokens.size());
+}
+
+void ShardWriter::finish() {
+  if (finished_) return;
+  const int32_t header[3] = {wide_ ? kShardMagicU32 : kShardMagicU16, wide_ ? kShardVersionU32 : kShardVersionU16,
+                             static_cast<int32_t>(num_tokens_)};
+  bool ok = std::fseek(file_, 0, SEEK_SET) == 0 && std::fwrite(header, sizeof(int32_t), 3, file_) == 3;
+  ok = (std::fflush(file_) == 0) && ok;
+  ok = (::fsync(::fileno(file_)) == 0) && ok;
+  ok = (std::fclose(file_) == 0) && ok;
+  file_ = nullptr;
+  if (!ok) fail("{}: writing the shard failed: {}", path_, std::strerror(errno));
+  finished_ = true;
+}
+
+void ShardWriter::publish() {
+  finish();
+  if (std::rename(temp_.c_str(), path_.c_str()) != 0)
+    fail("{}: cannot rename the finished shard into place: {}", path_, std::strerror(errno));
+  published_ = true;
+}
+
 std::vector<std::string> expand_shard_paths(const std::string& spec, const std::string& what) {
   namespace fs = std::filesystem;
   std::vector<std::string> paths;

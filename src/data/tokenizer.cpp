@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "core/errors.h"
+#include "data/bpe_tokenizer.h"
 
 namespace l3c {
 
@@ -21,7 +22,9 @@ std::string ByteTokenizer::decode(std::span<const uint32_t> ids) const {
 
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec) {
   if (spec == "bytes") return std::make_unique<ByteTokenizer>();
-  fail("tokenizer '{}': only 'bytes' is available in this build", spec);
+  std::error_code ec;
+  if (std::filesystem::is_directory(spec, ec)) return BpeTokenizer::load(spec);
+  fail("tokenizer '{}': neither 'bytes' nor a folder holding encoder.json and vocab.bpe", spec);
 }
 
 }  // namespace l3c

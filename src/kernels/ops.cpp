@@ -305,4 +305,128 @@ void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, 
   cpu::classifier_forward_backward(losses, dx, dW, x, W, targets, grad_scale);
 }
 
+// ---- concatenation along the last dimension -----------------------------------------------------
+void concat_last_dim(Tensor out, Tensor x_a, Tensor x_b) {
+  const char* op = "concat_last_dim";
+  const int64_t n = leading_rows(out);
+  L3C_CHECK(leading_rows(x_a) == n && leading_rows(x_b) == n && last_dim(out) == last_dim(x_a) + last_dim(x_b),
+            "ops::{}: out {} must be (N, a + b) for x_a {} (N, a) and x_b {} (N, b)", op, out.shape_string(),
+            x_a.shape_string(), x_b.shape_string());
+  require_float(op, {&out, &x_a, &x_b});
+  if (out.numel() == 0) return;
+  require_data(op, {&out, &x_a, &x_b});
+  require_cpu(op, {&out, &x_a, &x_b});
+  cpu::concat_last_dim(out, x_a, x_b);
+}
+
+void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a, bool accumulate_b) {
+  const char* op = "split_last_dim";
+  const int64_t n = leading_rows(dout);
+  L3C_CHECK(leading_rows(dx_a) == n && leading_rows(dx_b) == n && last_dim(dout) == last_dim(dx_a) + last_dim(dx_b),
+            "ops::{}: dout {} must be (N, a + b) for dx_a {} (N, a) and dx_b {} (N, b)", op, dout.shape_string(),
+            dx_a.shape_string(), dx_b.shape_string());
+  require_float(op, {&dout, &dx_a, &dx_b});
+  if (dout.numel() == 0) return;
+  require_data(op, {&dout, &dx_a, &dx_b});
+  require_cpu(op, {&dout, &dx_a, &dx_b});
+  cpu::split_last_dim(dx_a, dx_b, dout, accumulate_a, accumulate_b);
+}
+
+// ---- group by key ---------------------------------------------------------------------------------
+void group_by_key(Tensor order, Tensor offsets, Tensor keys) {
+  const char* op = "group_by_key";
+  L3C_CHECK(order.numel() == keys.numel() && offsets.numel() >= 1,
+            "ops::{}: order {} must be (N) for keys {} (N), offsets {} (K + 1)", op, order.shape_string(),
+            keys.shape_string(), offsets.shape_string());
+  require_i32(op, "order", order);
+  require_i32(op, "offsets", offsets);
+  require_i32(op, "keys", keys);
+  require_data(op, {&offsets});
+  require_cpu(op, {&order, &offsets, &keys});
+  if (keys.numel() > 0) require_data(op, {&order, &keys});
+  cpu::group_by_key(order, offsets, keys);
+}
+
+void gather_rows(Tensor out, Tensor x, Tensor index) {
+  const char* op = "gather_rows";
+  L3C_CHECK(last_dim(out) == last_dim(x) && leading_rows(out) == index.numel(),
+            "ops::{}: out {} must be (M, d) for x {} (N, d) and index {} (M)", op, out.shape_string(),
+            x.shape_string(), index.shape_string());
+  require_float(op, {&out, &x});
+  require_i32(op, "index", index);
+  if (out.numel() == 0) return;
+  require_data(op, {&out, &x, &index});
+  require_cpu(op, {&out, &x, &index});
+  cpu::gather_rows(out, x, index);
+}
+
+void scatter_rows(Tensor out, Tensor x, Tensor index, bool accumulate) {
+  const char* op = "scatter_rows";
+  L3C_CHECK(last_dim(out) == last_dim(x) && leading_rows(x) == index.numel() && index.numel() <= leading_rows(out),
+            "ops::{}: x {} must be (M, d) for out {} (N, d), index {} (M), M <= N", op, x.shape_string(),
+            out.shape_string(), index.shape_string());
+  require_float(op, {&out, &x});
+  require_i32(op, "index", index);
+  if (x.numel() == 0) return;
+  require_data(op, {&out, &x, &index});
+  require_cpu(op, {&out, &x, &index});
+  cpu::scatter_rows(out, x, index, accumulate);
+}
+
+// ---- L3 lookup attention --------------------------------------------------------------------------
+namespace {
+void check_l3_shapes(const char* op, const Tensor& out, const Tensor& probs, const Tensor& x, const Tensor& w_k,
+                     const Tensor& w_v, const Tensor& group_offsets, const Tensor& row_offsets) {
+  const int64_t n = leading_rows(x);
+  const bool ok = w_k.ndim == 2 && w_v.ndim == 2 && w_k.shape[0] == w_v.shape[0] && last_dim(x) == w_k.shape[1] &&
+                  leading_rows(out) == n && last_dim(out) == w_v.shape[1] && leading_rows(probs) == n &&
+                  group_offsets.numel() >= 1 && row_offsets.numel() == group_offsets.numel();
+  L3C_CHECK(ok,
+            "ops::{}: x {} (N, d), w_k {} (v, d), w_v {} (v, d_emb), out {} (N, d_emb), probs {} (N, k), "
+            "group_offsets {} and row_offsets {} (V + 1)",
+            op, x.shape_string(), w_k.shape_string(), w_v.shape_string(), out.shape_string(), probs.shape_string(),
+            group_offsets.shape_string(), row_offsets.shape_string());
+  require_i32(op, "group_offsets", group_offsets);
+  require_i32(op, "row_offsets", row_offsets);
+  require_data(op, {&group_offsets, &row_offsets});
+  require_cpu(op, {&group_offsets, &row_offsets});
+  const int64_t groups = group_offsets.numel() - 1;
+  L3C_CHECK(group_offsets.ptr<int32_t>()[0] == 0 && group_offsets.ptr<int32_t>()[groups] == n,
+            "ops::{}: group_offsets must run from 0 to N = {}, got {} .. {}", op, n, group_offsets.ptr<int32_t>()[0],
+            group_offsets.ptr<int32_t>()[groups]);
+  L3C_CHECK(row_offsets.ptr<int32_t>()[0] == 0 && row_offsets.ptr<int32_t>()[groups] == w_k.shape[0],
+            "ops::{}: row_offsets must run from 0 to v = {}, got {} .. {}", op, w_k.shape[0],
+            row_offsets.ptr<int32_t>()[0], row_offsets.ptr<int32_t>()[groups]);
+}
+}  // namespace
+
+void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                       Tensor row_offsets) {
+  const char* op = "l3_lookup_forward";
+  check_l3_shapes(op, out, probs, x, w_k, w_v, group_offsets, row_offsets);
+  require_float(op, {&out, &probs, &x, &w_k, &w_v});
+  if (x.numel() == 0) return;
+  require_data(op, {&out, &probs, &x, &w_k, &w_v});
+  require_cpu(op, {&out, &probs, &x, &w_k, &w_v});
+  cpu::l3_lookup_forward(out, probs, x, w_k, w_v, group_offsets, row_offsets);
+}
+
+void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
+                        Tensor probs, Tensor group_offsets, Tensor row_offsets) {
+  const char* op = "l3_lookup_backward";
+  check_l3_shapes(op, dout, probs, x, w_k, w_v, group_offsets, row_offsets);
+  L3C_CHECK(dx.numel() == x.numel() && last_dim(dx) == last_dim(x) && dw_k.numel() == w_k.numel() &&
+                last_dim(dw_k) == last_dim(w_k) && dw_v.numel() == w_v.numel() && last_dim(dw_v) == last_dim(w_v),
+            "ops::{}: dx {}, dw_k {} and dw_v {} must have the shapes of x {}, w_k {} and w_v {}", op,
+            dx.shape_string(), dw_k.shape_string(), dw_v.shape_string(), x.shape_string(), w_k.shape_string(),
+            w_v.shape_string());
+  L3C_CHECK((w_v.data == w_k.data) == (dw_v.data == dw_k.data),
+            "ops::{}: with tied tables (w_v is w_k) dw_v must be dw_k, and only then", op);
+  require_float(op, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v, &probs});
+  if (x.numel() == 0) return;
+  require_data(op, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v, &probs});
+  require_cpu(op, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v, &probs});
+  cpu::l3_lookup_backward(dx, dw_k, dw_v, dout, x, w_k, w_v, probs, group_offsets, row_offsets);
+}
+
 }  // namespace l3c::ops

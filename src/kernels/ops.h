@@ -72,4 +72,44 @@ void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor 
 void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, Tensor W,
                                  Tensor targets, double grad_scale);
 
+// ---- concatenation along the last dimension -----------------------------------------------------
+// out (N, a + b) = [x_a | x_b]: x_a (N, a) fills the first a columns, x_b (N, b) the rest. Overwrites.
+void concat_last_dim(Tensor out, Tensor x_a, Tensor x_b);
+// The backward: dx_a (N, a) and dx_b (N, b) receive the two column blocks of dout (N, a + b); each
+// overwrites, or accumulates when its flag is set.
+void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a = false, bool accumulate_b = false);
+
+// ---- group by key: the permutation behind L3 (key = token id) and MoE (key = expert id) ----------
+// A stable counting sort of positions by an i32 key. keys (N) in [0, K). Overwrites order (N) i32 with
+// the positions sorted by key (equal keys keep position order) and offsets (K + 1) i32 with the group
+// boundaries: the positions of key k are order[offsets[k] .. offsets[k + 1]). K = offsets.numel() - 1.
+// A key outside [0, K) is an internal error (keys are validated when data is loaded).
+void group_by_key(Tensor order, Tensor offsets, Tensor keys);
+// out (M, d) = x (N, d)[index (M)]: out[i] = x[index[i]]. Overwrites. With index = order this
+// permutes rows into grouped order; its backward is scatter_rows with the same index.
+void gather_rows(Tensor out, Tensor x, Tensor index);
+// out (N, d)[index[i]] = x (M, d)[i], or += when accumulate. The entries of index (M) must be distinct
+// (a permutation or an injective map), so no two rows of x meet in one row of out; rows of out that
+// index does not name are left as they are. With index = order this puts grouped rows back in position
+// order (the inverse permutation); its backward is gather_rows with the same index.
+void scatter_rows(Tensor out, Tensor x, Tensor index, bool accumulate = false);
+
+// ---- L3 lookup attention over grouped rows (MODEL.md "Large Lookup Layer") -----------------------
+// Rows are in grouped order (see group_by_key): the rows of x (N, d) that belong to token u are
+// x[group_offsets[u] .. group_offsets[u + 1]), and token u owns the table rows
+// [row_offsets[u], row_offsets[u + 1]) of w_k (v, d) and w_v (v, d_emb); group_offsets and
+// row_offsets are both (V + 1) i32, row_offsets[V] = v, and n_u = row_offsets[u + 1] - row_offsets[u]
+// is at most the width k of probs. For each row x_i of token u:
+//   probs[i, :n_u] = softmax(K_u x_i)  (no 1/sqrt scaling)       probs (N, k); entries past n_u are 0
+//   out[i] = V_u^T probs[i, :n_u]                                  out (N, d_emb)
+// Overwrites out and probs. Every group multiplies its own K_u, V_u: a grouped matrix product.
+// w_v may be the same tensor as w_k (tied keys and values, d_emb = d).
+void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                       Tensor row_offsets);
+// The backward, from dout (N, d_emb) and the forward's x, w_k, w_v, probs: overwrites dx (N, d);
+// accumulates dw_k (v, d) and dw_v (v, d_emb), touching only the rows of tokens that have rows in x.
+// When w_v is w_k, dw_v must be dw_k (both gradients add into it).
+void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
+                        Tensor probs, Tensor group_offsets, Tensor row_offsets);
+
 }  // namespace l3c::ops

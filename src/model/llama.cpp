@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "data/allocation.h"
 #include "kernels/ops.h"
 
 namespace l3c {
@@ -35,6 +36,34 @@ Llama::Llama(const ModelConfig& config) : config_(config) {
   }
   registry_.add("model.norm.weight", {d}, InitKind::Ones, 0, "norm");
   if (!config.tie_embeddings) registry_.add("lm_head.weight", {V, d}, InitKind::Normal, std, "lm_head");
+  // L3 parameters last: the dense parameters keep their indices, hence their initial values.
+  for (int64_t j = 0; j < config.l3.num_layers(); ++j) {
+    l3_layers_.emplace_back(config, j);
+    l3_layers_.back().register_params(registry_);
+  }
+  l3_rows_.resize(l3_layers_.size());
+}
+
+void Llama::set_l3_allocation(int64_t layer, std::vector<int32_t> counts, const std::string& what) {
+  L3C_CHECK(layer >= 0 && layer < static_cast<int64_t>(l3_layers_.size()), "no L3 layer {}", layer);
+  validate_allocation(counts, config_.vocab_size, config_.l3.v, config_.l3.k, what);
+  l3_rows_[layer] = L3Rows::from_counts(std::move(counts));
+}
+
+void Llama::set_l3_allocations(const std::vector<int32_t>& counts, const std::string& what) {
+  for (int64_t j = 0; j < static_cast<int64_t>(l3_layers_.size()); ++j) set_l3_allocation(j, counts, what);
+}
+
+bool Llama::l3_allocations_set() const {
+  for (const L3Rows& rows : l3_rows_)
+    if (rows.empty()) return false;
+  return true;
+}
+
+const L3Layer* Llama::l3_after(int64_t i) const {
+  for (const L3Layer& layer : l3_layers_)
+    if (layer.after_layer() == i) return &layer;
+  return nullptr;
 }
 
 Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
@@ -50,6 +79,7 @@ Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
                         get(layer_name(i, "post_attention_layernorm.weight")), get(layer_name(i, "mlp.gate_proj.weight")),
                         get(layer_name(i, "mlp.up_proj.weight")), get(layer_name(i, "mlp.down_proj.weight"))});
   }
+  for (const L3Layer& layer : l3_layers_) w.l3.push_back(layer.weights(buffer, registry_));
   return w;
 }
 
@@ -79,6 +109,11 @@ Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t 
   a.lnf = arena.alloc(dtype, {N, d});
   a.rstdf = arena.alloc(dtype, {N});
   a.losses = arena.alloc(dtype, {N});
+  if (!l3_layers_.empty()) {
+    a.routing.order = arena.alloc(DType::I32, {N});
+    a.routing.group_offsets = arena.alloc(DType::I32, {config_.vocab_size + 1});
+    for (const L3Layer& layer : l3_layers_) a.l3.push_back(layer.allocate_activations(arena, N, dtype));
+  }
   return a;
 }
 
@@ -95,6 +130,7 @@ Llama::Scratch Llama::allocate_scratch(Arena& arena, int64_t B, int64_t T, DType
   s.dact = arena.alloc(dtype, {N, F});
   s.dgate = arena.alloc(dtype, {N, F});
   s.dup = arena.alloc(dtype, {N, F});
+  if (!l3_layers_.empty()) s.l3 = l3_layers_.front().allocate_scratch(arena, N, dtype);
   return s;
 }
 
@@ -112,6 +148,10 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
   Tensor flat_tokens = tokens.view({N});
 
   ops::embedding_forward(a.layers.empty() ? a.resid_out : a.layers[0].resid_in, w.embed, flat_tokens);
+  if (!l3_layers_.empty()) {
+    L3C_CHECK(l3_allocations_set(), "the model's L3 allocations must be set before a forward pass");
+    ops::group_by_key(a.routing.order, a.routing.group_offsets, flat_tokens);  // shared by every L3 layer
+  }
   for (int64_t i = 0; i < config_.n_layers; ++i) {
     const LayerWeights& lw = w.layers[i];
     LayerActivations& l = a.layers[i];
@@ -133,6 +173,9 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
     ops::swiglu_forward(l.act, l.gate, l.up);
     ops::copy(resid_out, l.resid_mid);
     ops::matmul_forward(resid_out, l.act, lw.w_down, /*accumulate=*/true);
+    // an L3 layer after this one replaces its output in place
+    if (const L3Layer* l3 = l3_after(i))
+      l3->forward(w.l3[l3->index()], a.l3[l3->index()], resid_out, a.routing, l3_rows_[l3->index()]);
   }
   ops::rmsnorm_forward(a.lnf, a.rstdf, a.resid_out, w.final_norm, eps);
   (void)d;
@@ -149,6 +192,10 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
     const LayerWeights& lw = w.layers[i];
     const LayerWeights& lg = g.layers[i];
     LayerActivations& l = a.layers[i];
+    // an L3 layer after this one: s.dresid becomes d/d(its input), this layer's resid_out
+    if (const L3Layer* l3 = l3_after(i))
+      l3->backward(w.l3[l3->index()], g.l3[l3->index()], a.l3[l3->index()], s.l3, s.dresid, a.routing,
+                   l3_rows_[l3->index()]);
     // feed-forward block; s.dresid is d/d(resid_out) and becomes d/d(resid_mid) (the skip adds in place)
     ops::matmul_backward(s.dact, lg.w_down, s.dresid, l.act, lw.w_down);
     ops::swiglu_backward(s.dgate, s.dup, s.dact, l.gate, l.up);
@@ -205,11 +252,21 @@ void Llama::forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logit
 ModelCost Llama::cost(int64_t seq_len) const {
   ModelCost c;
   c.total_params = registry_.total();
+  const int64_t k = config_.l3.k;
   for (const ParamInfo& p : registry_.params()) {
     auto it = std::find_if(c.params_by_group.begin(), c.params_by_group.end(),
                            [&](const auto& e) { return e.first == p.group; });
     if (it == c.params_by_group.end()) c.params_by_group.emplace_back(p.group, p.numel);
     else it->second += p.numel;
+    if (p.group == "l3_table") {
+      // A token reads at most k rows of each L3 table, and multiplies all of them: the keys with x,
+      // the values with the attention weights (tied tables serve as both).
+      const int64_t rows = k * p.shape[1];
+      c.active_params += rows;
+      c.matmul_params += config_.l3.tie_kv ? 2 * rows : rows;
+      continue;
+    }
+    c.active_params += p.numel;
     // Every 2-D weight multiplies the hidden state except the embedding lookup itself; the output
     // projection counts once, tied or not.
     if (p.shape.size() == 2 && p.group != "embedding") c.matmul_params += p.numel;

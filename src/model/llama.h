@@ -1,6 +1,12 @@
 // The Llama decoder of MODEL.md: embedding, n_layers x (RMSNorm -> causal GQA attention with RoPE,
-// RMSNorm -> SwiGLU), final RMSNorm, output projection (tied to the embedding or not), cross-entropy.
+// RMSNorm -> SwiGLU), each optionally followed by a Large Lookup Layer (model.l3, src/model/l3.h),
+// final RMSNorm, output projection (tied to the embedding or not), cross-entropy.
 // Forward and backward are explicit; every activation the backward needs lives in the step's arena.
+//
+// L3 parameters are registered after all dense ones, so a dense model and the same model with L3
+// layers initialise their shared parameters identically (init is keyed by parameter index). An L3
+// layer's allocation is model state but not a parameter: it lives here, outside the flat buffers (the
+// optimizer never sees it), is set once before the first forward, and is saved with the weights.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -9,6 +15,7 @@
 
 #include "core/arena.h"
 #include "core/config.h"
+#include "model/l3.h"
 #include "model/params.h"
 
 namespace l3c {
@@ -16,8 +23,10 @@ namespace l3c {
 // Parameter and FLOP counts of a model, for `inspect`, `bench` and the MFU in the training log.
 struct ModelCost {
   int64_t total_params = 0;
+  // Parameters one token uses: everything but the L3 tables, plus at most k rows of each table.
+  int64_t active_params = 0;
   std::vector<std::pair<std::string, int64_t>> params_by_group;  // in registry order of first appearance
-  int64_t matmul_params = 0;        // parameters that take part in a matrix product per token
+  int64_t matmul_params = 0;        // parameters that take part in a matrix product per token (L3: k rows)
   double flops_per_token = 0.0;     // training (forward + backward): 6 * matmul_params + attention
 };
 
@@ -27,6 +36,14 @@ class Llama {
 
   const ModelConfig& config() const { return config_; }
   const ParamRegistry& registry() const { return registry_; }
+
+  // L3 layers (in model.l3.after_layers order) and their allocations. set_l3_allocation validates the
+  // counts against the config (UserError naming `what`: V entries, each in [1, k], summing to v).
+  const std::vector<L3Layer>& l3_layers() const { return l3_layers_; }
+  void set_l3_allocation(int64_t layer, std::vector<int32_t> counts, const std::string& what);
+  void set_l3_allocations(const std::vector<int32_t>& counts, const std::string& what);  // every layer
+  const std::vector<int32_t>& l3_allocation(int64_t layer) const { return l3_rows_.at(layer).counts; }
+  bool l3_allocations_set() const;
 
   // Bytes of activation arena one micro-batch of B x T needs (with the backward's scratch when
   // training), measured by running the same allocation sequence the step runs.
@@ -51,6 +68,7 @@ class Llama {
   struct Weights {
     Tensor embed, final_norm, lm_head;  // lm_head is the embedding when tied
     std::vector<LayerWeights> layers;
+    std::vector<L3Layer::Weights> l3;
   };
   struct LayerActivations {
     Tensor resid_in, ln1, rstd1, q, k, v, att, lse, resid_mid, ln2, rstd2, gate, up, act;
@@ -58,9 +76,12 @@ class Llama {
   struct Activations {
     std::vector<LayerActivations> layers;
     Tensor resid_out, lnf, rstdf, losses;
+    L3Routing routing;                         // when the model has L3 layers
+    std::vector<L3Layer::Activations> l3;
   };
   struct Scratch {
     Tensor dresid, dln, datt, dq, dk, dv, dact, dgate, dup;
+    L3Layer::Scratch l3;                       // shared by the L3 layers
   };
 
   Weights weights(const FlatBuffer& buffer) const;
@@ -70,8 +91,13 @@ class Llama {
   void backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
                       int64_t B, int64_t T) const;
 
+  // The L3 layer after decoder layer i, or nullptr.
+  const L3Layer* l3_after(int64_t i) const;
+
   ModelConfig config_;
   ParamRegistry registry_;
+  std::vector<L3Layer> l3_layers_;
+  std::vector<L3Rows> l3_rows_;                // per L3 layer; empty until set
 };
 
 }  // namespace l3c

@@ -12,6 +12,12 @@ namespace l3c {
 void save_model(const std::string& path, const Llama& model, const FlatBuffer& params, const Config& config) {
   std::vector<NamedTensor> tensors;
   for (const ParamInfo& p : model.registry().params()) tensors.push_back({p.name, params.view(p)});
+  for (const L3Layer& layer : model.l3_layers()) {
+    const std::vector<int32_t>& counts = model.l3_allocation(layer.index());
+    L3C_CHECK(!counts.empty(), "saving a model whose L3 layer {} has no allocation", layer.index());
+    tensors.push_back({layer.alloc_name(), Tensor(const_cast<int32_t*>(counts.data()), DType::I32,
+                                                  {static_cast<int64_t>(counts.size())})});
+  }
   write_safetensors(path, tensors, {{"format", "pt"}, {"l3c_config", config_to_json(config).dump()}});
 }
 
@@ -41,6 +47,26 @@ void load_params(const SafetensorsFile& file, const ParamRegistry& registry, Fla
       if (!registry.contains(name)) fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
 }
 
+void load_model_state(const SafetensorsFile& file, Llama& model, FlatBuffer& params, ExtraTensors extra) {
+  load_params(file, model.registry(), params, ExtraTensors::Ignore);
+  for (const L3Layer& layer : model.l3_layers()) {
+    const std::string name = layer.alloc_name();
+    if (!file.contains(name)) fail("{}: missing {} (the allocation of L3 layer {})", file.path(), name, layer.index());
+    const Tensor& t = file.get(name);
+    if (t.dtype != DType::I32 || t.ndim != 1)
+      fail("{}: {} must be a 1-D I32 tensor of rows per token id, got {} {}", file.path(), name, dtype_name(t.dtype),
+           t.shape_string());
+    model.set_l3_allocation(layer.index(), std::vector<int32_t>(t.ptr<int32_t>(), t.ptr<int32_t>() + t.numel()),
+                            fmt::format("{}: {}", file.path(), name));
+  }
+  if (extra == ExtraTensors::Reject)
+    for (const auto& [name, tensor] : file.tensors()) {
+      bool known = model.registry().contains(name);
+      for (const L3Layer& layer : model.l3_layers()) known = known || name == layer.alloc_name();
+      if (!known) fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
+    }
+}
+
 LoadedModel load_model_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) fail("--checkpoint {}: not a folder", dir);
@@ -53,7 +79,7 @@ LoadedModel load_model_dir(const std::string& dir) {
   loaded.model = std::make_unique<Llama>(loaded.config.model);
   loaded.params = FlatBuffer(loaded.model->registry().total(),
                              loaded.config.train.dtype == "f64" ? DType::F64 : DType::F32);
-  load_params(SafetensorsFile(weights_path), loaded.model->registry(), loaded.params);
+  load_model_state(SafetensorsFile(weights_path), *loaded.model, loaded.params);
   return loaded;
 }
 

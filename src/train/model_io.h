@@ -11,7 +11,8 @@
 
 namespace l3c {
 
-// Writes params under their registry names (atomically), with the resolved config in the metadata.
+// Writes params under their registry names (atomically), with the resolved config in the metadata, and
+// each L3 layer's allocation as model.l3.{j}.alloc (I32, (V): the rows per token id).
 void save_model(const std::string& path, const Llama& model, const FlatBuffer& params, const Config& config);
 
 // What load_params does with tensors of the file that are not parameters of the model.
@@ -21,6 +22,11 @@ enum class ExtraTensors { Reject, Ignore };
 // A missing tensor, a shape mismatch or (unless ignored) an extra tensor is a UserError naming it.
 void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params,
                  ExtraTensors extra = ExtraTensors::Reject);
+
+// Loads the parameters and the L3 allocations (model.l3.{j}.alloc, checked against the config) of
+// `model` from a file written by save_model. Extra tensors are rejected unless told otherwise.
+void load_model_state(const SafetensorsFile& file, Llama& model, FlatBuffer& params,
+                      ExtraTensors extra = ExtraTensors::Reject);
 
 struct LoadedModel {
   Config config;

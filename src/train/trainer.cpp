@@ -4,10 +4,13 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include "data/allocation.h"
+#include "data/prepare.h"
 #include "kernels/ops.h"
 #include "optim/schedule.h"
 #include "train/memory.h"
@@ -21,7 +24,7 @@ namespace {
 DType dtype_from(const Config& config) { return config.train.dtype == "f64" ? DType::F64 : DType::F32; }
 }  // namespace
 
-TrainingState::TrainingState(const Config& config)
+TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation)
     : config_(config),
       model_(config.model),
       dtype_(dtype_from(config)),
@@ -30,6 +33,10 @@ TrainingState::TrainingState(const Config& config)
       optimizer_(model_.registry(), dtype_, AdamWSettings::from(config.train)),
       arena_(model_.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype_, true), "activation") {
   init_params(model_.registry(), params_, config.train.seed);
+  if (config.model.l3.enabled()) {
+    if (l3_allocation) model_.set_l3_allocations(*l3_allocation, "the L3 allocation");
+    else model_.set_l3_allocations(allocation_for_model(config.model).counts, "model.l3.allocation");
+  }
   const int64_t micro_tokens = config.train.micro_batch * config.data.seq_len;
   tokens_.resize(static_cast<size_t>(micro_tokens));
   targets_.resize(static_cast<size_t>(micro_tokens));
@@ -50,7 +57,7 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   ops::fill_zero(grads_.all());
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     arena_.reset();
-    batches((step * accum_steps_ + micro) * B, tokens, targets);
+    batches(first_sequence(step * accum_steps_ + micro, B), tokens, targets);
     result.loss += model_.forward_backward(params_, &grads_, tokens, targets, grad_scale, arena_);
   }
   result.loss /= static_cast<double>(accum_steps_);
@@ -107,16 +114,36 @@ TrainSummary run_training(const Config& config) {
   std::unique_ptr<WindowLoader> val_data;
   if (!config.data.val.empty())
     val_data = std::make_unique<WindowLoader>(config.data.val, "data.val", config.data.seq_len, config.model.vocab_size);
+  {
+    const std::unique_ptr<Tokenizer> tokenizer = load_data_tokenizer(config.data.tokenizer, config.model.vocab_size);
+    check_shards_tokenizer(*tokenizer, train_data.paths(), "data.train");
+    if (val_data) check_shards_tokenizer(*tokenizer, val_data->paths(), "data.val");
+  }
   const Llama sizing_model(config.model);
   const MemoryEstimate memory = estimate_training_memory(sizing_model, config);
   check_fits_host_memory(memory);
+  // The L3 allocation: read or computed now, so that a bad allocation stops the run before it starts.
+  std::optional<Allocation> l3_allocation;
+  if (config.model.l3.enabled()) {
+    const auto start = clock::now();
+    l3_allocation = allocation_for_model(config.model);
+    const nlohmann::ordered_json summary = allocation_summary(*l3_allocation, 5);
+    spdlog::info("L3 allocation ({}): {} rows for {} token ids, at most {} per token{}; {:.1f}s", l3_allocation->method,
+                 l3_allocation->v, config.model.vocab_size, l3_allocation->k,
+                 l3_allocation->corpus ? fmt::format(", from {} tokens ({} codewords)", l3_allocation->corpus->tokens_parsed,
+                                                     l3_allocation->corpus->codewords)
+                                       : std::string(),
+                 std::chrono::duration<double>(clock::now() - start).count());
+    spdlog::info("L3 allocation: most rows {}; histogram {}", summary["most_rows"].dump(), summary["histogram"].dump());
+  }
   prepare_run_dir(config.run.dir);
 
   spdlog::info("resolved config:\n{}", config_to_json(config).dump(2));
   write_config_json((fs::path(config.run.dir) / "config.json").string(), config);
   MetricsWriter metrics((fs::path(config.run.dir) / "metrics.jsonl").string());
 
-  TrainingState state(config);
+  if (l3_allocation) write_allocation_file((fs::path(config.run.dir) / "allocation.safetensors").string(), *l3_allocation);
+  TrainingState state(config, l3_allocation ? &l3_allocation->counts : nullptr);
   const ModelCost cost = state.model().cost(config.data.seq_len);
   const double peak = measure_cpu_peak_flops();
   spdlog::info("model: {:.2f}M parameters, {:.1f} MFLOP/token; data: {} train tokens in {} shards{}; memory {}",
@@ -130,8 +157,15 @@ TrainSummary run_training(const Config& config) {
   if (config.checkpoint.every > 0)
     spdlog::warn("checkpoint.every = {}: periodic checkpoints are not written yet; the run folder receives the "
                  "final weights only", config.checkpoint.every);
+  // Training reads windows in the order of (train.seed, epoch, position); validation in file order.
+  const WindowOrder order(train_data.num_windows(), config.train.seed, config.data.shuffle);
+  const double epochs = static_cast<double>(config.train.steps * state.tokens_per_step()) /
+                        static_cast<double>(train_data.num_windows() * config.data.seq_len);
+  spdlog::info("data: {} training windows of {} + 1 tokens, {}; the run reads {:.2f} epochs", train_data.num_windows(),
+               config.data.seq_len, order.shuffled() ? fmt::format("shuffled per epoch (seed {})", config.train.seed)
+                                                     : std::string("in file order (data.shuffle is false)"), epochs);
   const BatchSource batches = [&](int64_t first, Tensor tokens, Tensor targets) {
-    train_data.fill(first, tokens, targets);
+    train_data.fill(order, first, tokens, targets);
   };
   auto validate = [&](int64_t step) {
     const auto start = clock::now();

@@ -14,8 +14,10 @@
 
 namespace l3c {
 
-// Fills tokens and targets (B, T) with the micro-batch whose first window is `first_window`.
-using BatchSource = std::function<void(int64_t first_window, Tensor tokens, Tensor targets)>;
+// Fills tokens and targets (B, T) with the micro-batch whose first sequence is at global position
+// `first_position` of the training order (first_sequence() in src/data/dataloader.h: micro-batch m of
+// step s starts at first_sequence(s * accumulation + m, B)).
+using BatchSource = std::function<void(int64_t first_position, Tensor tokens, Tensor targets)>;
 
 struct StepResult {
   double loss = 0.0;       // mean cross-entropy over the step's tokens
@@ -27,13 +29,19 @@ struct StepResult {
 // and the batch buffers, all allocated once.
 class TrainingState {
  public:
-  explicit TrainingState(const Config& config);
+  // A model with L3 layers needs an allocation: `l3_allocation` (rows per token id, used by every L3
+  // layer), or, when null, the one model.l3.allocation describes (computed or read here).
+  explicit TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation = nullptr);
 
   StepResult step(int64_t step, const BatchSource& batches);
   // Mean validation loss over `batches` micro-batches from the start of the loader.
   double evaluate(const WindowLoader& loader, int64_t batches);
 
   const Llama& model() const { return model_; }
+  // Replaces L3 layer j's allocation (validated; for reference tests with per-layer allocations).
+  void set_l3_allocation(int64_t layer, std::vector<int32_t> counts, const std::string& what) {
+    model_.set_l3_allocation(layer, std::move(counts), what);
+  }
   FlatBuffer& params() { return params_; }
   int64_t tokens_per_step() const { return tokens_per_step_; }
 

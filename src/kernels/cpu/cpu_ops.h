@@ -70,4 +70,23 @@ void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor 
 void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, Tensor W, Tensor targets,
                                  double grad_scale, int64_t block_rows = 0);
 
+// ---- concatenation along the last dimension (grouping.cpp) ----------------------------------------
+void concat_last_dim(Tensor out, Tensor x_a, Tensor x_b);
+void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a, bool accumulate_b);
+
+// ---- group by key (grouping.cpp) ------------------------------------------------------------------
+// The counting sort is serial (O(N + K)); gather and scatter are parallel over rows, which never
+// collide because scatter's index is injective.
+void group_by_key(Tensor order, Tensor offsets, Tensor keys);
+void gather_rows(Tensor out, Tensor x, Tensor index);
+void scatter_rows(Tensor out, Tensor x, Tensor index, bool accumulate);
+
+// ---- L3 lookup attention (l3.cpp) -----------------------------------------------------------------
+// Parallel over groups (tokens), largest first; every group writes its own rows of out / dx and its
+// own rows of the table gradients, so the result does not depend on scheduling.
+void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                       Tensor row_offsets);
+void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
+                        Tensor probs, Tensor group_offsets, Tensor row_offsets);
+
 }  // namespace l3c::ops::cpu
