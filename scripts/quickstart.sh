@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The main job: builds l3c, trains a small BPE tokenizer on a text corpus, turns the corpus into token
-# shards, trains the tiny dense model on the CPU, evaluates it and prints a text sample. The tokenizer
+# shards, computes the LZW allocation of the L3 tables from the training shards, trains the tiny L3
+# model on the CPU, evaluates it and prints a text sample. The tokenizer
 # and the shards are cached under data/ (keyed by the input's checksum and the vocabulary size), so a
 # second run with the same input goes straight to training.
 #
 # Usage: scripts/quickstart.sh [TEXT_FILE_OR_FOLDER]     (default: Tiny Shakespeare from ../shared/data)
-# Environment: CONFIG (default configs/tiny/dense.json), STEPS (default: the config's), RUN_DIR,
+# Environment: CONFIG (default configs/tiny/l3.json; configs/tiny/dense.json for the dense baseline), STEPS (default: the config's), RUN_DIR,
 #   VOCAB_SIZE (default 1024; "bytes" for byte-level tokens, no tokenizer training), BUILD_DIR (default build).
 #
 # Why a 1024-token vocabulary: the tiny model has ~3M parameters and Tiny Shakespeare is 1.1 MB. At 1024
@@ -18,7 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 input="${1:-../shared/data/tinyshakespeare/input.txt}"
-config="${CONFIG:-configs/tiny/dense.json}"
+config="${CONFIG:-configs/tiny/l3.json}"
 vocab="${VOCAB_SIZE:-1024}"
 build="${BUILD_DIR:-build}"
 [ -e "$input" ] || { echo "error: $input: no such file or folder" >&2; exit 2; }
@@ -69,6 +70,8 @@ vocab_size=$(grep -o '"vocab_size": *[0-9]*' "$data/manifest.json" | head -n 1 |
 run_dir="${RUN_DIR:-runs/quickstart-$(date +%Y%m%d-%H%M%S)}"
 overrides=(--set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin" --set "data.tokenizer=$tokenizer"
            --set "model.vocab_size=$vocab_size" --set "run.dir=$run_dir")
+# An L3 model computes its allocation (rows per token id) from the same training shards at start.
+grep -q '"l3"' "$config" && overrides+=(--set "model.l3.allocation.data=$data/train_*.bin")
 # A shorter run keeps the config's warmup share (10% of the steps).
 [ -n "${STEPS:-}" ] && overrides+=(--set "train.steps=$STEPS" --set "train.warmup_steps=$((STEPS / 10))")
 
