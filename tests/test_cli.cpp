@@ -276,7 +276,7 @@ void patch_i32_tensor(const fs::path& path, const std::string& name, const std::
 }
 }  // namespace
 
-TEST_CASE("l3c allocate writes an allocation and its summary; sizes outside V <= v <= V*k exit 2", "[cli][l3]") {
+TEST_CASE("l3c allocate writes an allocation and its summary, and sizes outside V <= v <= V*k exit 2", "[cli][l3]") {
   const fs::path dir = fresh_dir("allocate");
   small_l3_config(dir);  // writes train.bin
   const std::string shard = (dir / "train.bin").string(), out = (dir / "alloc.safetensors").string();

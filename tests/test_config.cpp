@@ -131,7 +131,7 @@ TEST_CASE("an absent or zero batch_tokens resolves to one micro-batch per step",
   CHECK(l3c::config_from_json(j).train.grad_accum_steps(32) == 4);
 }
 
-TEST_CASE("n_kv_heads absent or 0 resolves to n_heads; an explicit value is kept", "[config]") {
+TEST_CASE("n_kv_heads absent or 0 resolves to n_heads, and an explicit value is kept", "[config]") {
   CHECK(l3c::config_from_json(minimal()).model.n_kv_heads == 4);
   CHECK(l3c::config_from_json(with("model", "n_kv_heads", 0)).model.n_kv_heads == 4);
   CHECK(l3c::config_from_json(with("model", "n_kv_heads", 2)).model.n_kv_heads == 2);
@@ -511,7 +511,7 @@ json with_l3(const json& extra = json::object()) {
 }
 }  // namespace
 
-TEST_CASE("model.l3 reads with derived sizes and defaults; absent means a dense model", "[config][l3]") {
+TEST_CASE("model.l3 reads with derived sizes and defaults, and absent means a dense model", "[config][l3]") {
   l3c::Config dense = l3c::config_from_json(minimal());
   CHECK_FALSE(dense.model.l3.enabled());
   CHECK_FALSE(l3c::config_to_json(dense)["model"].contains("l3"));

@@ -402,7 +402,7 @@ TEST_CASE("L3 layer gradients match finite differences with the residual form (f
   check_layer_gradients({true, true});
 }
 
-TEST_CASE("L3 gradients touch only the table rows of tokens in the batch; probs are zero past n_u", "[l3][layer]") {
+TEST_CASE("L3 gradients touch only the table rows of tokens in the batch, and probs are zero past n_u", "[l3][layer]") {
   LayerFixture f({}, DType::F64);
   TestTensor h(DType::F64, {f.N, 8}), R(DType::F64, {f.N, 8});
   random_fill(h, 31);
@@ -674,7 +674,7 @@ TEST_CASE("LZW: a hand-worked example, codeword by codeword", "[l3][lzw]") {
   CHECK(lzw_allocation(d, 3, 5) == std::vector<int32_t>{1, 1, 1});
 }
 
-TEST_CASE("LZW: documents split at end-of-text share one dictionary; end-of-text is not parsed", "[l3][lzw]") {
+TEST_CASE("LZW: documents split at end-of-text share one dictionary, and end-of-text is not parsed", "[l3][lzw]") {
   // V = 4, eot = 3: documents "a b", "a b a", "a b".
   //   doc 1: "a" (j=1): D[a] = 1, insert "ab" (1), i = 2 = n
   //   doc 2: "ab" (j=2): D[ab] = 2, insert "aba" (1), i = 3 = n
@@ -821,7 +821,7 @@ TEST_CASE("an allocation from shards reads them as one stream split at end-of-te
   CHECK_THROWS_WITH(allocation_for_model(model), Contains("vocabulary of 30, but model.vocab_size is 31"));
 }
 
-TEST_CASE("allocation files round-trip; a wrong vocabulary, sum, zero count, truncation or corruption is refused",
+TEST_CASE("allocation files round-trip, and a wrong vocabulary, sum, zero count, truncation or corruption is refused",
           "[l3][lzw]") {
   const fs::path dir = fresh_dir("files");
   const std::string path = (dir / "alloc.safetensors").string();
