@@ -7,6 +7,8 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 #include "core/errors.h"
 
@@ -29,6 +31,14 @@ void write_file_atomic(const std::string& path, std::string_view contents) {
     std::remove(temp.c_str());
     fail("{}: writing failed: {}", path, std::strerror(saved_errno != 0 ? saved_errno : EIO));
   }
+}
+
+std::string read_file_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open for reading", path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) fail("{}: read error", path);
+  return text;
 }
 
 void fsync_directory(const std::string& dir) {

@@ -19,6 +19,7 @@
 
 #include "core/config.h"
 #include "core/errors.h"
+#include "core/file_io.h"
 #include "core/sha256.h"
 #include "data/unicode_tables.h"
 
@@ -376,14 +377,6 @@ constexpr size_t kCacheMaxEntries = size_t{1} << 18;  // then the cache starts a
 constexpr size_t kSmallWord = 48;                // up to this many bytes: quadratic merge on the stack
 
 std::atomic<uint64_t> g_next_serial{1};
-
-std::string read_file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open for reading", path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) fail("{}: read error", path);
-  return text;
-}
 
 // Decodes a token's spelling in GPT-2's alphabet to its bytes; false when a character is outside it.
 bool unspell(std::string_view spelled, std::string& bytes) {

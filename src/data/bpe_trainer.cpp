@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/file_io.h"
 #include "data/bpe_tokenizer.h"
 
 namespace l3c {
@@ -30,14 +31,6 @@ using WordCounts = std::unordered_map<std::string, int64_t>;
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-std::string read_file_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("{}: cannot open for reading", path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) fail("{}: read error", path);
-  return text;
 }
 
 void write_file_atomically(const std::string& path, const std::string& contents) {
