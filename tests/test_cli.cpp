@@ -3,6 +3,8 @@
 // generate and the Python safetensors package; inspect and bench print their JSON line.
 #include <catch2/catch.hpp>
 
+#include "test_util.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -20,22 +22,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int exit_code = -1;
-  std::string output;  // stdout and stderr together
-};
+using Result = l3c::test::CommandResult;
 
+// Runs the l3c binary with stdout and stderr together.
 Result run_l3c(const std::string& args) {
-  const std::string command = std::string(L3C_BINARY_DIR) + "/l3c " + args + " 2>&1";
-  Result r;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) r.output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return l3c::test::run_command(std::string(L3C_BINARY_DIR) + "/l3c " + args + " 2>&1");
 }
 
 nlohmann::json last_json_line(const std::string& output) {

@@ -3,6 +3,8 @@
 // FineWeb-Edu loader script (scripts/data/fineweb_edu.py --local) end to end.
 #include <catch2/catch.hpp>
 
+#include "test_util.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -427,22 +429,10 @@ TEST_CASE("bad input names the file and position, and leaves no shard behind", "
 }
 
 namespace {
-struct Result {
-  int exit_code = -1;
-  std::string output;
-};
+using Result = test::CommandResult;
 
-Result run_command(const std::string& command) {
-  Result r;
-  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) r.output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+// Runs a command with stdout and stderr together.
+Result run_with_stderr(const std::string& command) { return test::run_command(command + " 2>&1"); }
 
 const std::string kL3c = std::string(L3C_BINARY_DIR) + "/l3c";
 }  // namespace
@@ -450,7 +440,7 @@ const std::string kL3c = std::string(L3C_BINARY_DIR) + "/l3c";
 TEST_CASE("l3c prepare: a JSON summary on success, exit 2 and one message on bad input", "[prepare][cli]") {
   const fs::path dir = fresh_dir("cli");
   write_bytes(dir / "docs.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n");
-  const Result ok = run_command(kL3c + " prepare --json --no-progress --val-fraction 0.3 --out " + (dir / "out").string() +
+  const Result ok = run_with_stderr(kL3c + " prepare --json --no-progress --val-fraction 0.3 --out " + (dir / "out").string() +
                                 " " + (dir / "docs.jsonl").string());
   INFO(ok.output);
   REQUIRE(ok.exit_code == 0);
@@ -461,11 +451,11 @@ TEST_CASE("l3c prepare: a JSON summary on success, exit 2 and one message on bad
   CHECK(summary["tokenizer"]["spec"] == "bytes");
 
   write_bytes(dir / "bad.jsonl", "{\"text\": \"one\"}\n{\"txt\": \"two\"}\n");
-  const Result bad = run_command(kL3c + " prepare --out " + (dir / "bad_out").string() + " " + (dir / "bad.jsonl").string());
+  const Result bad = run_with_stderr(kL3c + " prepare --out " + (dir / "bad_out").string() + " " + (dir / "bad.jsonl").string());
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, Contains("error: ") && Contains("bad.jsonl:2: no \"text\" field"));
   CHECK(count_files(dir / "bad_out", ".bin") == 0);
-  const Result option = run_command(kL3c + " prepare --invalid-utf8 maybe --out " + (dir / "o").string() + " " +
+  const Result option = run_with_stderr(kL3c + " prepare --invalid-utf8 maybe --out " + (dir / "o").string() + " " +
                                     (dir / "docs.jsonl").string());
   CHECK(option.exit_code == 2);
   CHECK_THAT(option.output, Contains("--invalid-utf8: must be error or replace"));
@@ -484,13 +474,13 @@ TEST_CASE("scripts/data/fineweb_edu.py --local writes JSONL that prepare turns i
   }
   write_bytes(dir / "sample.jsonl", jsonl);
   const std::string script = std::string(L3C_SOURCE_DIR) + "/scripts/data/fineweb_edu.py";
-  const Result loader = run_command("python3 " + script + " --local " + (dir / "sample.jsonl").string() + " --out " +
+  const Result loader = run_with_stderr("python3 " + script + " --local " + (dir / "sample.jsonl").string() + " --out " +
                                     (dir / "jsonl").string() + " --docs-per-file 7 --l3c " + kL3c +
                                     " --tokenizer bytes --shards " + (dir / "shards").string() + " --val-fraction 0.2");
   INFO(loader.output);
   REQUIRE(loader.exit_code == 0);
   CHECK(count_files(dir / "jsonl", ".jsonl") == 5);  // 30 documents, 7 per file
-  const Result direct = run_command(kL3c + " prepare --no-progress --val-fraction 0.2 --field text --out " +
+  const Result direct = run_with_stderr(kL3c + " prepare --no-progress --val-fraction 0.2 --field text --out " +
                                     (dir / "direct").string() + " " + (dir / "sample.jsonl").string());
   INFO(direct.output);
   REQUIRE(direct.exit_code == 0);
@@ -499,7 +489,7 @@ TEST_CASE("scripts/data/fineweb_edu.py --local writes JSONL that prepare turns i
   const nlohmann::json m = read_json_file((dir / "shards" / "manifest.json").string());
   CHECK(m["documents"]["train"].get<int>() + m["documents"]["val"].get<int>() == 30);
   // --min-int-score filters like the dataset's own int_score field.
-  const Result filtered = run_command("python3 " + script + " --local " + (dir / "sample.jsonl").string() + " --out " +
+  const Result filtered = run_with_stderr("python3 " + script + " --local " + (dir / "sample.jsonl").string() + " --out " +
                                       (dir / "filtered").string() + " --min-int-score 3");
   INFO(filtered.output);
   REQUIRE(filtered.exit_code == 0);
@@ -515,10 +505,10 @@ TEST_CASE("a run records its tokenizer: training checks it against the shards, g
   const std::string shakespeare =
       (fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt").string();
   const std::string tokenizer = (dir / "tok").string();
-  const Result trained = run_command(kL3c + " tokenizer train --vocab-size 300 --out " + tokenizer + " " + shakespeare);
+  const Result trained = run_with_stderr(kL3c + " tokenizer train --vocab-size 300 --out " + tokenizer + " " + shakespeare);
   INFO(trained.output);
   REQUIRE(trained.exit_code == 0);
-  const Result prepared = run_command(kL3c + " prepare --no-progress --tokenizer " + tokenizer + " --out " +
+  const Result prepared = run_with_stderr(kL3c + " prepare --no-progress --tokenizer " + tokenizer + " --out " +
                                       (dir / "data").string() + " " + shakespeare);
   INFO(prepared.output);
   REQUIRE(prepared.exit_code == 0);
@@ -530,15 +520,15 @@ TEST_CASE("a run records its tokenizer: training checks it against the shards, g
   "eval": {"batches": 1}
 })");
   const std::string train = kL3c + " train " + (dir / "c.json").string() + " --set run.dir=" + (dir / "run").string();
-  const Result mismatch = run_command(train);
+  const Result mismatch = run_with_stderr(train);
   CHECK(mismatch.exit_code == 2);
   CHECK_THAT(mismatch.output, Contains("data.train: the shards in") && Contains("were made with tokenizer " + tokenizer) &&
                                   Contains("--set data.tokenizer=" + tokenizer));
   CHECK_FALSE(fs::exists(dir / "run" / "config.json"));
-  const Result ok = run_command(train + " --set data.tokenizer=" + tokenizer);
+  const Result ok = run_with_stderr(train + " --set data.tokenizer=" + tokenizer);
   INFO(ok.output);
   REQUIRE(ok.exit_code == 0);
-  const Result sample = run_command(kL3c + " generate --json --tokens 20 --prompt ROMEO: --checkpoint " + (dir / "run").string());
+  const Result sample = run_with_stderr(kL3c + " generate --json --tokens 20 --prompt ROMEO: --checkpoint " + (dir / "run").string());
   INFO(sample.output);
   REQUIRE(sample.exit_code == 0);
   const size_t end = sample.output.find_last_not_of('\n');
@@ -550,7 +540,7 @@ TEST_CASE("a run records its tokenizer: training checks it against the shards, g
   CHECK(j["prompt_tokens"].get<int>() <= 6);
   CHECK(j["generated_tokens"].get<int>() <= 20);
   // A tokenizer that does not fit the model is refused.
-  const Result wrong = run_command(kL3c + " generate --tokenizer " +
+  const Result wrong = run_with_stderr(kL3c + " generate --tokenizer " +
                                    (fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "gpt2").string() +
                                    " --checkpoint " + (dir / "run").string());
   CHECK(wrong.exit_code == 2);

@@ -6,6 +6,8 @@
 // error for each kind of bad tokenizer file.
 #include <catch2/catch.hpp>
 
+#include "test_util.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -57,22 +59,9 @@ std::string read_file(const fs::path& path) {
   return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
-struct Result {
-  int exit_code = -1;
-  std::string output;
-};
+using Result = l3c::test::CommandResult;
 
-Result run(const std::string& command) {
-  Result r;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) r.output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+Result run(const std::string& command) { return l3c::test::run_command(command); }
 
 std::vector<std::string> pretokens(std::string_view text) {
   std::vector<std::string> pieces;

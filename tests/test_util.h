@@ -4,14 +4,19 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <limits>
+#include <string>
 #include <vector>
 
+#include <sys/wait.h>
+
+#include "core/errors.h"
 #include "core/tensor.h"
 
 namespace l3c::test {
@@ -227,6 +232,25 @@ inline std::vector<double> numerical_gradient(const Tensor& param, const std::fu
     grad[i] = (plus - minus) / (2.0 * step);
   }
   return grad;
+}
+
+// ---- running commands -------------------------------------------------------------------------------
+struct CommandResult {
+  int exit_code = -1;  // -1 when the command did not exit normally
+  std::string output;  // stdout (and stderr when the command redirects it with 2>&1)
+};
+
+// Runs a shell command and captures its output and exit code.
+inline CommandResult run_command(const std::string& command) {
+  CommandResult r;
+  FILE* pipe = ::popen(command.c_str(), "r");
+  L3C_CHECK(pipe != nullptr, "cannot run {}", command);
+  char buffer[4096];
+  size_t n;
+  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) r.output.append(buffer, n);
+  const int status = ::pclose(pipe);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
 }
 
 }  // namespace l3c::test
