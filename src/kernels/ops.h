@@ -112,4 +112,44 @@ void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_
 void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
                         Tensor probs, Tensor group_offsets, Tensor row_offsets);
 
+// ---- Mixture-of-Experts (MODEL.md "Mixture-of-Experts FFN", Mixtral semantics) -------------------
+// Routing works on (token, slot) pairs: pair p = n * top_k + s is slot s of token n. The model sorts the
+// pairs by expert id with group_by_key (keys = experts viewed as (N * top_k)), so that the rows of one
+// expert are contiguous, runs each expert's SwiGLU as grouped products, and combines back in token order.
+//
+// Router, per row n of logits (N, E): probs[n] = softmax(logits[n]) and lse[n] = logsumexp(logits[n]),
+// computed in at least fp32; experts[n] (top_k) i32 = the top_k largest probabilities in descending order,
+// ties to the lower expert index; weights[n] (top_k) = those probabilities, divided by their sum when
+// normalize. Overwrites probs (N, E), lse (N), experts (N, top_k), weights (N, top_k).
+void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize);
+// The router's backward. Overwrites dlogits (N, E) with the gradient of
+//   sum_{n,s} dweights[n,s] * weights[n,s]  +  sum_{n,e} probs_bias[e] * probs[n,e]  +  z_scale * sum_n lse[n]^2
+// i.e. the chain through the (renormalised) top-k weights, a per-expert linear term on the probabilities
+// (the load-balancing loss: probs_bias[e] = alpha * E * f_e / N times the loss scale; may be empty) and the
+// router z-loss (z_scale = beta / N times the loss scale).
+void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts,
+                         Tensor weights, Tensor probs_bias, double z_scale, bool normalize);
+// out (E) = sum over the rows of x (N, E) (column sums, accumulated in double). Overwrites.
+void column_sum(Tensor out, Tensor x);
+// From the pairs sorted by expert, order (M = N * top_k) i32: token_of_row[i] = order[i] / top_k (which
+// token grouped row i reads) and row_of_pair[order[i]] = i (where pair p landed). Overwrites both (M) i32.
+void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k);
+// Grouped product: for each group e, rows [offsets[e], offsets[e+1]) of x (M, I) times w[e]^T, where
+// w (E, O, I) holds one nn.Linear weight per group: out (M, O). offsets (E + 1) i32. Overwrites out.
+// Groups may be empty.
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);
+// Its backward: dx (M, I) = per-group dout @ w[e] (overwrites, or accumulates when accumulate_dx);
+// dw (E, O, I) += per-group dout^T @ x (accumulates). dx or dw may be empty and is then skipped.
+void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
+                             bool accumulate_dx = false);
+// Combine: out[n] = sum_s weights[n, s] * rows[row_of_pair[n * top_k + s]], for out (N, d), rows (M, d),
+// weights (N, top_k) (empty: every weight is 1), row_of_pair (N * top_k) i32. Overwrites out, or
+// accumulates when accumulate. With empty weights this is also the backward of the dispatch
+// gather_rows(x_grouped, x, token_of_row): it sums each token's top_k row gradients in slot order.
+void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate = false);
+// Its backward: drows[row_of_pair[n * top_k + s]] = weights[n, s] * dout[n] (overwrites drows (M, d)) and
+// dweights[n, s] = dout[n] . rows[row_of_pair[n * top_k + s]] (overwrites dweights (N, top_k); may be empty).
+void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor rows, Tensor weights,
+                          Tensor row_of_pair);
+
 }  // namespace l3c::ops
