@@ -189,7 +189,7 @@ TEST_CASE("an unknown key is an error listing the section's known keys", "[confi
   std::string message = error_from_json(with("model", "d_modle", 64));
   CHECK_THAT(message, Contains("model.d_modle: unknown key (known keys in model: vocab_size, d_model, n_layers, "
                                "n_heads, n_kv_heads, ffn_hidden, rope_theta, norm_eps, tie_embeddings, "
-                               "init_std, l3)"));
+                               "init_std, l3, moe)"));
   CHECK_THAT(error_from_json(with("run", "folder", "x")),
              Contains("run.folder: unknown key (known keys in run: dir)"));
 

@@ -491,10 +491,10 @@ TEST_CASE("every gradient of a model with L3 layers matches finite differences (
     Arena arena(model.activation_bytes(B, T, DType::F64, true), "test");
     auto loss_sum = [&] {
       arena.reset();
-      return model.forward_backward(params, nullptr, tokens, targets, 0.0, arena) * B * T;
+      return model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy * B * T;
     };
     arena.reset();
-    REQUIRE(std::isfinite(model.forward_backward(params, &grads, tokens, targets, 1.0, arena)));
+    REQUIRE(std::isfinite(model.forward_backward(params, &grads, tokens, targets, 1.0, arena).cross_entropy));
     CHECK(arena.peak() == model.activation_bytes(B, T, DType::F64, true));
     for (const ParamInfo& p : model.registry().params()) {
       const std::vector<double> numeric = numerical_gradient(params.view(p), loss_sum, 1e-5);
@@ -536,7 +536,7 @@ TEST_CASE("a model with L3 layers refuses to run without an allocation and rejec
   FlatBuffer params(model.registry().total(), DType::F32);
   TestTensor tokens(DType::I32, {1, 4}), targets(DType::I32, {1, 4});
   Arena arena(model.activation_bytes(1, 4, DType::F32, false), "test");
-  CHECK_THROWS_WITH(model.forward_backward(params, nullptr, tokens, targets, 0.0, arena),
+  CHECK_THROWS_WITH(model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy,
                     Contains("L3 allocations must be set"));
   std::vector<int32_t> counts = model_counts(13, 26, 3);
   counts[4] = 0;
@@ -899,7 +899,7 @@ TEST_CASE("benchmark: L3 layer forward+backward vs one dense decoder block of th
     for (int rep = 0; rep < 12; ++rep) {
       arena.reset();
       const auto start = std::chrono::steady_clock::now();
-      model.forward_backward(params, &grads, tokens, targets, 1.0 / (B * T), arena);
+      model.forward_backward(params, &grads, tokens, targets, 1.0 / (B * T), arena).cross_entropy;
       seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     }
     std::sort(seconds.begin(), seconds.end());

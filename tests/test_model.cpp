@@ -49,10 +49,10 @@ void check_every_gradient(bool tied) {
   // Objective: the summed loss, so the analytic gradient uses grad_scale = 1.
   auto loss_sum = [&] {
     arena.reset();
-    return model.forward_backward(params, nullptr, tokens, targets, 0.0, arena) * B * T;
+    return model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy * B * T;
   };
   arena.reset();
-  const double loss = model.forward_backward(params, &grads, tokens, targets, 1.0, arena);
+  const double loss = model.forward_backward(params, &grads, tokens, targets, 1.0, arena).cross_entropy;
   REQUIRE(std::isfinite(loss));
 
   for (const ParamInfo& p : model.registry().params()) {
@@ -120,11 +120,11 @@ TEST_CASE("gradients accumulate over micro-batches and the scale is applied", "[
   test::random_tokens(tokens, 13, 1);
   test::random_tokens(targets, 13, 2);
   Arena arena(model.activation_bytes(2, 5, DType::F64, true), "test");
-  model.forward_backward(params, &once, tokens, targets, 1.0, arena);
+  model.forward_backward(params, &once, tokens, targets, 1.0, arena).cross_entropy;
   arena.reset();
-  model.forward_backward(params, &twice, tokens, targets, 0.5, arena);
+  model.forward_backward(params, &twice, tokens, targets, 0.5, arena).cross_entropy;
   arena.reset();
-  model.forward_backward(params, &twice, tokens, targets, 0.5, arena);
+  model.forward_backward(params, &twice, tokens, targets, 0.5, arena).cross_entropy;
   CHECK(test::norm_relative_error(test::to_double_vector(twice.all()), test::to_double_vector(once.all())) < 1e-12);
 }
 
@@ -138,7 +138,7 @@ TEST_CASE("an untrained model predicts close to uniform: loss near log(V)", "[mo
   test::random_tokens(tokens, 13, 3);
   test::random_tokens(targets, 13, 4);
   Arena arena(model.activation_bytes(2, 5, DType::F32, false), "test");
-  const double loss = model.forward_backward(params, nullptr, tokens, targets, 0.0, arena);
+  const double loss = model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy;
   CHECK(loss == Approx(std::log(13.0)).epsilon(0.02));
 }
 
@@ -151,6 +151,6 @@ TEST_CASE("the arena estimate is exactly what a training step allocates", "[mode
   test::random_tokens(targets, 13, 4);
   const size_t estimate = model.activation_bytes(3, 7, DType::F32, true);
   Arena arena(estimate, "test");
-  model.forward_backward(params, &grads, tokens, targets, 1.0, arena);
+  model.forward_backward(params, &grads, tokens, targets, 1.0, arena).cross_entropy;
   CHECK(arena.peak() == estimate);
 }

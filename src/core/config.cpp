@@ -33,8 +33,8 @@ using IntList = std::vector<int64_t>;
 
 // Where a field's value lives inside a Config. The alternative held is the field's type:
 // int64_t: integer, uint64_t: non-negative integer, double: number, bool: true/false, string,
-// IntList: a JSON array of integers.
-using Slot = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, IntList*>;
+// IntList: a JSON array of integers, LayerSelection: "all" or a JSON array of layer indices.
+using Slot = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, IntList*, LayerSelection*>;
 
 // What a field's value must satisfy beyond its type. Bounds apply to numbers and to every entry of a
 // list; one_of to strings; non_empty to strings and lists. `hint` is appended to a broken rule's message.
@@ -73,6 +73,7 @@ struct OptionalObject {
 const std::vector<OptionalObject>& optional_objects() {
   static const std::vector<OptionalObject> objects = {
       {"model.l3", [](const Config& c) { return c.model.l3.enabled(); }},
+      {"model.moe", [](const Config& c) { return c.model.moe.enabled(); }},
   };
   return objects;
 }
@@ -110,6 +111,19 @@ const std::vector<Field>& schema() {
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::path>("model.l3.allocation.path"),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::eot>(
           "model.l3.allocation.eot", {.min = -1, .hint = "-1: the shards' manifest.json says, else none"}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::layers>("model.moe.layers",
+                                                              {.required = true, .min = 0, .non_empty = true}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::experts>("model.moe.experts", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::top_k>("model.moe.top_k", {.min = 1}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::expert_hidden>("model.moe.expert_hidden",
+                                                                     {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::shared_expert_hidden>("model.moe.shared_expert_hidden",
+                                                                            {.min = 0}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::normalize_topk>("model.moe.normalize_topk"),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::aux_loss>("model.moe.aux_loss", {.min = 0}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::z_loss>("model.moe.z_loss", {.min = 0}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::init_std>("model.moe.init_std",
+                                                                {.min = 0, .hint = "0: model.init_std"}),
 
       field<&C::data, &DataConfig::train>("data.train", {.required = true, .non_empty = true}),
       field<&C::data, &DataConfig::val>("data.val"),
@@ -282,6 +296,17 @@ void read_value(const Field& f, const json& v, Config& c) {
           IntList values;
           for (size_t i = 0; i < v.size(); ++i) values.push_back(to_int64(fmt::format("{}[{}]", f.path(), i), v[i]));
           *target = std::move(values);
+        } else if constexpr (std::is_same_v<T, LayerSelection>) {
+          if (v.is_string() && v.get<std::string>() == "all") {
+            *target = LayerSelection{.all = true, .layers = {}};
+          } else if (v.is_array()) {
+            LayerSelection selection;
+            for (size_t i = 0; i < v.size(); ++i)
+              selection.layers.push_back(to_int64(fmt::format("{}[{}]", f.path(), i), v[i]));
+            *target = std::move(selection);
+          } else {
+            fail("{}: expected \"all\" or a list of layer indices, got {}", f.path(), describe(v));
+          }
         } else if constexpr (std::is_same_v<T, double>) {
           if (!v.is_number()) fail("{}: expected a number, got {}", f.path(), describe(v));
           *target = v.get<double>();
@@ -327,6 +352,11 @@ void check_rule(const Field& f, Config& c) {
         } else if constexpr (std::is_same_v<T, IntList>) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
           for (int64_t entry : *value)
+            if (!within_bounds(rule, static_cast<double>(entry)))
+              fail("{}: every entry must be {}, got {}{}", f.path(), bound_text(rule), entry, with_hint(rule));
+        } else if constexpr (std::is_same_v<T, LayerSelection>) {
+          if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
+          for (int64_t entry : value->layers)
             if (!within_bounds(rule, static_cast<double>(entry)))
               fail("{}: every entry must be {}, got {}{}", f.path(), bound_text(rule), entry, with_hint(rule));
         } else if constexpr (!std::is_same_v<T, bool>) {
@@ -413,6 +443,23 @@ void resolve_and_check_l3(ModelConfig& m) {
          "`l3c allocate`)", a.method);
 }
 
+// model.moe: the layers exist and the routing fits the experts.
+void resolve_and_check_moe(ModelConfig& m) {
+  MoeConfig& moe = m.moe;
+  for (size_t j = 0; j < moe.layers.layers.size(); ++j) {
+    const int64_t layer = moe.layers.layers[j];
+    if (layer >= m.n_layers)
+      fail("model.moe.layers: layer {} does not exist (model.n_layers = {}; layers are numbered from 0)", layer,
+           m.n_layers);
+    if (j > 0 && layer <= moe.layers.layers[j - 1])
+      fail("model.moe.layers: must be strictly increasing, got {}", json(moe.layers.layers).dump());
+  }
+  if (moe.top_k > moe.experts)
+    fail("model.moe.top_k ({}) must be <= model.moe.experts ({}): a token reaches top_k distinct experts", moe.top_k,
+         moe.experts);
+  if (moe.init_std == 0.0) moe.init_std = m.init_std;
+}
+
 // Fills the fields whose 0 means "derive me", then checks the rules that relate several fields.
 void resolve_and_check_relations(Config& c) {
   ModelConfig& m = c.model;
@@ -435,6 +482,7 @@ void resolve_and_check_relations(Config& c) {
   if (t.min_lr > t.lr) fail("train.min_lr ({}) must be <= train.lr ({})", t.min_lr, t.lr);
   if (t.warmup_steps > t.steps) fail("train.warmup_steps ({}) must be <= train.steps ({})", t.warmup_steps, t.steps);
   if (m.l3.enabled()) resolve_and_check_l3(m);
+  if (m.moe.enabled()) resolve_and_check_moe(m);
 }
 
 // Recursively merges child into base: objects merge key by key, anything else in child replaces.
@@ -530,6 +578,10 @@ void apply_override(json& merged, const std::string& text) {
 
 }  // namespace
 
+bool LayerSelection::contains(int64_t layer) const {
+  return all || std::find(layers.begin(), layers.end(), layer) != layers.end();
+}
+
 nlohmann::json read_json_file(const std::string& path) {
   std::error_code error;
   if (fs::is_directory(path, error)) fail("{}: is a folder, expected a JSON file", path);
@@ -582,7 +634,17 @@ nlohmann::ordered_json config_to_json(const Config& c) {
     const std::vector<std::string> parts = split_path(f.path());
     nlohmann::ordered_json* node = &out;
     for (size_t i = 0; i + 1 < parts.size(); ++i) node = &(*node)[parts[i]];
-    std::visit([&](auto* value) { (*node)[parts.back()] = *value; }, f.slot(copy));
+    std::visit(
+        [&](auto* value) {
+          using T = std::remove_pointer_t<decltype(value)>;
+          if constexpr (std::is_same_v<T, LayerSelection>) {
+            if (value->all) (*node)[parts.back()] = "all";
+            else (*node)[parts.back()] = value->layers;
+          } else {
+            (*node)[parts.back()] = *value;
+          }
+        },
+        f.slot(copy));
   }
   return out;
 }

@@ -40,6 +40,31 @@ struct L3Config {
   int64_t num_layers() const { return static_cast<int64_t>(after_layers.size()); }
 };
 
+// Which decoder layers a per-layer option applies to: "all" in JSON, or a list of 0-based layer indices.
+struct LayerSelection {
+  bool all = false;
+  std::vector<int64_t> layers;  // strictly increasing when not all
+
+  bool empty() const { return !all && layers.empty(); }
+  bool contains(int64_t layer) const;
+};
+
+// Mixture-of-Experts FFNs (MODEL.md "Mixture-of-Experts FFN", Mixtral semantics): the FFN of each
+// selected decoder layer is a routed set of SwiGLU experts. Absent from the JSON = dense FFNs.
+struct MoeConfig {
+  LayerSelection layers;        // required when model.moe is given: "all" or [0, 2, ...]
+  int64_t experts = 0;          // required: experts per MoE layer
+  int64_t top_k = 2;            // experts each token reaches (<= experts)
+  int64_t expert_hidden = 0;    // required: each expert's SwiGLU hidden size
+  int64_t shared_expert_hidden = 0;  // > 0: a SwiGLU every token passes through, added to the routed output
+  bool normalize_topk = true;   // top-k weights renormalised to sum to 1
+  double aux_loss = 0.01;       // load-balancing coefficient (alpha)
+  double z_loss = 0.001;        // router z-loss coefficient (beta)
+  double init_std = 0.0;        // 0: model.init_std (router and experts; down projections scaled as dense)
+
+  bool enabled() const { return !layers.empty(); }
+};
+
 struct ModelConfig {
   int64_t vocab_size = 0;       // required
   int64_t d_model = 0;          // required
@@ -52,6 +77,10 @@ struct ModelConfig {
   bool tie_embeddings = false;
   double init_std = 0.02;
   L3Config l3;                  // optional: "model.l3"
+  MoeConfig moe;                // optional: "model.moe"
+
+  // Whether decoder layer i's FFN is a Mixture-of-Experts.
+  bool is_moe_layer(int64_t i) const { return moe.enabled() && moe.layers.contains(i); }
 
   int64_t head_dim() const { return d_model / n_heads; }
 };

@@ -429,4 +429,152 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
   cpu::l3_lookup_backward(dx, dw_k, dw_v, dout, x, w_k, w_v, probs, group_offsets, row_offsets);
 }
 
+// ---- Mixture-of-Experts ---------------------------------------------------------------------------
+void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize) {
+  const char* op = "moe_router_forward";
+  const int64_t n = leading_rows(logits), E = last_dim(logits), k = last_dim(experts);
+  L3C_CHECK(leading_rows(probs) == n && last_dim(probs) == E && lse.numel() == n && leading_rows(experts) == n &&
+                leading_rows(weights) == n && last_dim(weights) == k && k >= 1 && k <= E,
+            "ops::{}: logits {} and probs {} (N, E), lse {} (N), experts {} and weights {} (N, top_k), top_k <= E", op,
+            logits.shape_string(), probs.shape_string(), lse.shape_string(), experts.shape_string(),
+            weights.shape_string());
+  require_float(op, {&probs, &lse, &weights, &logits});
+  require_i32(op, "experts", experts);
+  if (n == 0) return;
+  require_data(op, {&probs, &lse, &experts, &weights, &logits});
+  require_cpu(op, {&probs, &lse, &experts, &weights, &logits});
+  cpu::moe_router_forward(probs, lse, experts, weights, logits, normalize);
+}
+
+void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
+                         Tensor probs_bias, double z_scale, bool normalize) {
+  const char* op = "moe_router_backward";
+  const int64_t n = leading_rows(probs), E = last_dim(probs), k = last_dim(experts);
+  L3C_CHECK(leading_rows(dlogits) == n && last_dim(dlogits) == E && lse.numel() == n && leading_rows(experts) == n &&
+                leading_rows(weights) == n && last_dim(weights) == k && leading_rows(dweights) == n &&
+                last_dim(dweights) == k && (probs_bias.empty() || probs_bias.numel() == E),
+            "ops::{}: dlogits {} and probs {} (N, E), lse {} (N), experts {}, weights {} and dweights {} (N, top_k), "
+            "probs_bias {} (E or empty)", op, dlogits.shape_string(), probs.shape_string(), lse.shape_string(),
+            experts.shape_string(), weights.shape_string(), dweights.shape_string(), probs_bias.shape_string());
+  if (probs_bias.empty()) require_float(op, {&dlogits, &dweights, &probs, &lse, &weights});
+  else require_float(op, {&dlogits, &dweights, &probs, &lse, &weights, &probs_bias});
+  require_i32(op, "experts", experts);
+  if (n == 0) return;
+  require_data(op, {&dlogits, &dweights, &probs, &lse, &experts, &weights});
+  require_cpu(op, {&dlogits, &dweights, &probs, &lse, &experts, &weights, &probs_bias});
+  cpu::moe_router_backward(dlogits, dweights, probs, lse, experts, weights, probs_bias, z_scale, normalize);
+}
+
+void column_sum(Tensor out, Tensor x) {
+  const char* op = "column_sum";
+  L3C_CHECK(out.numel() == last_dim(x), "ops::{}: out {} must be (E) for x {} (N, E)", op, out.shape_string(),
+            x.shape_string());
+  require_float(op, {&out, &x});
+  if (out.numel() == 0) return;
+  require_data(op, {&out});
+  if (x.numel() > 0) require_data(op, {&x});
+  require_cpu(op, {&out, &x});
+  cpu::column_sum(out, x);
+}
+
+void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k) {
+  const char* op = "moe_pair_indices";
+  L3C_CHECK(token_of_row.numel() == order.numel() && row_of_pair.numel() == order.numel() && top_k >= 1 &&
+                order.numel() % top_k == 0,
+            "ops::{}: token_of_row {}, row_of_pair {} and order {} must be (N * top_k), top_k = {}", op,
+            token_of_row.shape_string(), row_of_pair.shape_string(), order.shape_string(), top_k);
+  require_i32(op, "token_of_row", token_of_row);
+  require_i32(op, "row_of_pair", row_of_pair);
+  require_i32(op, "order", order);
+  if (order.numel() == 0) return;
+  require_data(op, {&token_of_row, &row_of_pair, &order});
+  require_cpu(op, {&token_of_row, &row_of_pair, &order});
+  cpu::moe_pair_indices(token_of_row, row_of_pair, order, top_k);
+}
+
+namespace {
+// w (E, O, I), x (M, I), out (M, O), offsets (E + 1) running from 0 to M.
+void check_grouped_matmul(const char* op, const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& offsets) {
+  const bool ok = w.ndim == 3 && last_dim(x) == w.shape[2] && last_dim(out) == w.shape[1] &&
+                  leading_rows(out) == leading_rows(x) && offsets.numel() == w.shape[0] + 1;
+  L3C_CHECK(ok, "ops::{}: x {} (M, I), w {} (E, O, I), out {} (M, O), offsets {} (E + 1)", op, x.shape_string(),
+            w.shape_string(), out.shape_string(), offsets.shape_string());
+  require_i32(op, "offsets", offsets);
+  require_data(op, {&offsets});
+  require_cpu(op, {&offsets});
+  const int32_t* off = offsets.ptr<int32_t>();
+  const int64_t E = w.shape[0];
+  L3C_CHECK(off[0] == 0 && off[E] == leading_rows(x), "ops::{}: offsets must run from 0 to M = {}, got {} .. {}", op,
+            leading_rows(x), off[0], off[E]);
+  for (int64_t e = 0; e < E; ++e)
+    L3C_CHECK(off[e] <= off[e + 1], "ops::{}: offsets must not decrease (group {}: {} > {})", op, e, off[e], off[e + 1]);
+}
+}  // namespace
+
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets) {
+  const char* op = "grouped_matmul_forward";
+  check_grouped_matmul(op, out, x, w, offsets);
+  require_float(op, {&out, &x, &w});
+  if (out.numel() == 0) return;
+  require_data(op, {&out, &x, &w});
+  require_cpu(op, {&out, &x, &w});
+  cpu::grouped_matmul_forward(out, x, w, offsets);
+}
+
+void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
+                             bool accumulate_dx) {
+  const char* op = "grouped_matmul_backward";
+  check_grouped_matmul(op, dout, x, w, offsets);
+  L3C_CHECK((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == w.numel()),
+            "ops::{}: dx {} and dw {} must have the shapes of x {} and w {}", op, dx.shape_string(),
+            dw.shape_string(), x.shape_string(), w.shape_string());
+  require_float(op, {&dout, &x, &w});
+  if (!dx.empty()) require_float(op, {&dx, &x});
+  if (!dw.empty()) require_float(op, {&dw, &x});
+  if (dout.numel() == 0) return;
+  require_data(op, {&dout, &x, &w});
+  require_cpu(op, {&dx, &dw, &dout, &x, &w});
+  cpu::grouped_matmul_backward(dx, dw, dout, x, w, offsets, accumulate_dx);
+}
+
+namespace {
+void check_combine(const char* op, const Tensor& out, const Tensor& rows, const Tensor& weights,
+                   const Tensor& row_of_pair) {
+  const int64_t n = leading_rows(out), m = leading_rows(rows);
+  const bool ok = last_dim(out) == last_dim(rows) && row_of_pair.numel() == m && (n == 0 || m % n == 0) &&
+                  (weights.empty() || weights.numel() == m);
+  L3C_CHECK(ok, "ops::{}: out {} (N, d), rows {} (N * top_k, d), weights {} (N, top_k or empty), row_of_pair {} "
+            "(N * top_k)", op, out.shape_string(), rows.shape_string(), weights.shape_string(),
+            row_of_pair.shape_string());
+  require_i32(op, "row_of_pair", row_of_pair);
+}
+}  // namespace
+
+void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate) {
+  const char* op = "moe_combine_forward";
+  check_combine(op, out, rows, weights, row_of_pair);
+  if (weights.empty()) require_float(op, {&out, &rows});
+  else require_float(op, {&out, &rows, &weights});
+  if (out.numel() == 0) return;
+  require_data(op, {&out, &rows, &row_of_pair});
+  require_cpu(op, {&out, &rows, &weights, &row_of_pair});
+  cpu::moe_combine_forward(out, rows, weights, row_of_pair, accumulate);
+}
+
+void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor rows, Tensor weights,
+                          Tensor row_of_pair) {
+  const char* op = "moe_combine_backward";
+  check_combine(op, dout, rows, weights, row_of_pair);
+  L3C_CHECK(drows.numel() == rows.numel() && (dweights.empty() || dweights.numel() == row_of_pair.numel()),
+            "ops::{}: drows {} must be shaped as rows {}, dweights {} as (N, top_k)", op, drows.shape_string(),
+            rows.shape_string(), dweights.shape_string());
+  require_float(op, {&drows, &dout, &rows});
+  if (!weights.empty()) require_float(op, {&drows, &weights});
+  if (!dweights.empty()) require_float(op, {&drows, &dweights});
+  if (dout.numel() == 0) return;
+  require_data(op, {&drows, &dout, &rows, &row_of_pair});
+  require_cpu(op, {&drows, &dweights, &dout, &rows, &weights, &row_of_pair});
+  cpu::moe_combine_backward(drows, dweights, dout, rows, weights, row_of_pair);
+}
+
 }  // namespace l3c::ops

@@ -30,6 +30,13 @@ Llama::Llama(const ModelConfig& config) : config_(config) {
     registry_.add(layer_name(i, "self_attn.v_proj.weight"), {Hkv * hd, d}, InitKind::Normal, std, "attention");
     registry_.add(layer_name(i, "self_attn.o_proj.weight"), {d, H * hd}, InitKind::Normal, out_std, "attention");
     registry_.add(layer_name(i, "post_attention_layernorm.weight"), {d}, InitKind::Ones, 0, "norm");
+    if (config.is_moe_layer(i)) {
+      moe_index_.push_back(static_cast<int64_t>(moe_layers_.size()));
+      moe_layers_.emplace_back(config, i);
+      moe_layers_.back().register_params(registry_);
+      continue;
+    }
+    moe_index_.push_back(-1);
     registry_.add(layer_name(i, "mlp.gate_proj.weight"), {F, d}, InitKind::Normal, std, "ffn");
     registry_.add(layer_name(i, "mlp.up_proj.weight"), {F, d}, InitKind::Normal, std, "ffn");
     registry_.add(layer_name(i, "mlp.down_proj.weight"), {d, F}, InitKind::Normal, out_std, "ffn");
@@ -73,13 +80,19 @@ Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
   w.final_norm = get("model.norm.weight");
   w.lm_head = config_.tie_embeddings ? w.embed : get("lm_head.weight");
   for (int64_t i = 0; i < config_.n_layers; ++i) {
-    w.layers.push_back({get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
-                        get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
-                        get(layer_name(i, "self_attn.o_proj.weight")),
-                        get(layer_name(i, "post_attention_layernorm.weight")), get(layer_name(i, "mlp.gate_proj.weight")),
-                        get(layer_name(i, "mlp.up_proj.weight")), get(layer_name(i, "mlp.down_proj.weight"))});
+    LayerWeights lw{get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
+                    get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
+                    get(layer_name(i, "self_attn.o_proj.weight")), get(layer_name(i, "post_attention_layernorm.weight")),
+                    {}, {}, {}};
+    if (moe_index(i) < 0) {
+      lw.w_gate = get(layer_name(i, "mlp.gate_proj.weight"));
+      lw.w_up = get(layer_name(i, "mlp.up_proj.weight"));
+      lw.w_down = get(layer_name(i, "mlp.down_proj.weight"));
+    }
+    w.layers.push_back(lw);
   }
   for (const L3Layer& layer : l3_layers_) w.l3.push_back(layer.weights(buffer, registry_));
+  for (const MoeLayer& layer : moe_layers_) w.moe.push_back(layer.weights(buffer, registry_));
   return w;
 }
 
@@ -100,9 +113,11 @@ Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t 
     l.resid_mid = arena.alloc(dtype, {N, d});
     l.ln2 = arena.alloc(dtype, {N, d});
     l.rstd2 = arena.alloc(dtype, {N});
-    l.gate = arena.alloc(dtype, {N, F});
-    l.up = arena.alloc(dtype, {N, F});
-    l.act = arena.alloc(dtype, {N, F});
+    if (moe_index(i) < 0) {
+      l.gate = arena.alloc(dtype, {N, F});
+      l.up = arena.alloc(dtype, {N, F});
+      l.act = arena.alloc(dtype, {N, F});
+    }
     a.layers.push_back(l);
   }
   a.resid_out = arena.alloc(dtype, {N, d});
@@ -114,6 +129,7 @@ Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t 
     a.routing.group_offsets = arena.alloc(DType::I32, {config_.vocab_size + 1});
     for (const L3Layer& layer : l3_layers_) a.l3.push_back(layer.allocate_activations(arena, N, dtype));
   }
+  for (const MoeLayer& layer : moe_layers_) a.moe.push_back(layer.allocate_activations(arena, N, dtype));
   return a;
 }
 
@@ -127,10 +143,13 @@ Llama::Scratch Llama::allocate_scratch(Arena& arena, int64_t B, int64_t T, DType
   s.dq = arena.alloc(dtype, {B, T, H, hd});
   s.dk = arena.alloc(dtype, {B, T, Hkv, hd});
   s.dv = arena.alloc(dtype, {B, T, Hkv, hd});
-  s.dact = arena.alloc(dtype, {N, F});
-  s.dgate = arena.alloc(dtype, {N, F});
-  s.dup = arena.alloc(dtype, {N, F});
+  if (static_cast<int64_t>(moe_layers_.size()) < config_.n_layers) {  // some FFN is dense
+    s.dact = arena.alloc(dtype, {N, F});
+    s.dgate = arena.alloc(dtype, {N, F});
+    s.dup = arena.alloc(dtype, {N, F});
+  }
   if (!l3_layers_.empty()) s.l3 = l3_layers_.front().allocate_scratch(arena, N, dtype);
+  if (!moe_layers_.empty()) s.moe = moe_layers_.front().allocate_scratch(arena, N, dtype);
   return s;
 }
 
@@ -141,7 +160,8 @@ size_t Llama::activation_bytes(int64_t B, int64_t T, DType dtype, bool training)
   return measuring.peak();
 }
 
-void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T) const {
+void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T,
+                          LossReport& report) const {
   const int64_t N = B * T, d = config_.d_model, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
   const double eps = config_.norm_eps, theta = config_.rope_theta;
@@ -166,13 +186,19 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
     ops::attention_forward(l.att, l.lse, l.q, l.k, l.v);
     ops::copy(l.resid_mid, l.resid_in);
     ops::matmul_forward(l.resid_mid, l.att.view({N, H * hd}), lw.wo, /*accumulate=*/true);
-    // feed-forward block: resid_out = resid_mid + down(silu(gate(x)) * up(x))
+    // feed-forward block: resid_out = resid_mid + down(silu(gate(x)) * up(x)), or + MoE(x)
     ops::rmsnorm_forward(l.ln2, l.rstd2, l.resid_mid, lw.post_norm, eps);
-    ops::matmul_forward(l.gate, l.ln2, lw.w_gate);
-    ops::matmul_forward(l.up, l.ln2, lw.w_up);
-    ops::swiglu_forward(l.act, l.gate, l.up);
     ops::copy(resid_out, l.resid_mid);
-    ops::matmul_forward(resid_out, l.act, lw.w_down, /*accumulate=*/true);
+    if (const int64_t j = moe_index(i); j >= 0) {
+      const MoeLayerStats stats = moe_layers_[j].forward(w.moe[j], a.moe[j], l.ln2, resid_out);
+      report.aux_loss += stats.load_balance_loss + stats.z_loss;
+      report.moe.push_back(stats);
+    } else {
+      ops::matmul_forward(l.gate, l.ln2, lw.w_gate);
+      ops::matmul_forward(l.up, l.ln2, lw.w_up);
+      ops::swiglu_forward(l.act, l.gate, l.up);
+      ops::matmul_forward(resid_out, l.act, lw.w_down, /*accumulate=*/true);
+    }
     // an L3 layer after this one replaces its output in place
     if (const L3Layer* l3 = l3_after(i))
       l3->forward(w.l3[l3->index()], a.l3[l3->index()], resid_out, a.routing, l3_rows_[l3->index()]);
@@ -182,7 +208,7 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
 }
 
 void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
-                           int64_t B, int64_t T) const {
+                           int64_t B, int64_t T, double aux_scale) const {
   const int64_t N = B * T, hd = config_.head_dim(), H = config_.n_heads, Hkv = config_.n_kv_heads;
   const double theta = config_.rope_theta;
   // On entry s.dln holds d(loss)/d(lnf) from the classifier.
@@ -197,10 +223,14 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
       l3->backward(w.l3[l3->index()], g.l3[l3->index()], a.l3[l3->index()], s.l3, s.dresid, a.routing,
                    l3_rows_[l3->index()]);
     // feed-forward block; s.dresid is d/d(resid_out) and becomes d/d(resid_mid) (the skip adds in place)
-    ops::matmul_backward(s.dact, lg.w_down, s.dresid, l.act, lw.w_down);
-    ops::swiglu_backward(s.dgate, s.dup, s.dact, l.gate, l.up);
-    ops::matmul_backward(s.dln, lg.w_gate, s.dgate, l.ln2, lw.w_gate);
-    ops::matmul_backward(s.dln, lg.w_up, s.dup, l.ln2, lw.w_up, /*accumulate_dx=*/true);
+    if (const int64_t j = moe_index(i); j >= 0) {
+      moe_layers_[j].backward(w.moe[j], g.moe[j], a.moe[j], s.moe, l.ln2, s.dresid, s.dln, aux_scale);
+    } else {
+      ops::matmul_backward(s.dact, lg.w_down, s.dresid, l.act, lw.w_down);
+      ops::swiglu_backward(s.dgate, s.dup, s.dact, l.gate, l.up);
+      ops::matmul_backward(s.dln, lg.w_gate, s.dgate, l.ln2, lw.w_gate);
+      ops::matmul_backward(s.dln, lg.w_up, s.dup, l.ln2, lw.w_up, /*accumulate_dx=*/true);
+    }
     ops::rmsnorm_backward(s.dresid, lg.post_norm, s.dln, l.resid_mid, lw.post_norm, l.rstd2);
     // attention block; s.dresid becomes d/d(resid_in)
     ops::matmul_backward(s.datt.view({N, H * hd}), lg.wo, s.dresid, l.att.view({N, H * hd}), lw.wo);
@@ -215,13 +245,14 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
   ops::embedding_backward(g.embed, s.dresid, tokens.view({N}));
 }
 
-double Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
-                               double grad_scale, Arena& arena) const {
+LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
+                                   double grad_scale, Arena& arena) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T;
   const DType dtype = params.dtype();
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, dtype);
-  forward_trunk(w, a, tokens, B, T);
+  LossReport report;
+  forward_trunk(w, a, tokens, B, T, report);
 
   Tensor flat_targets = targets.view({N});
   if (grads == nullptr) {
@@ -230,7 +261,9 @@ double Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tens
     const Weights g = weights(*grads);
     Scratch s = allocate_scratch(arena, B, T, dtype);
     ops::classifier_forward_backward(a.losses, s.dln, g.lm_head, a.lnf, w.lm_head, flat_targets, grad_scale);
-    backward_trunk(w, g, a, s, tokens, B, T);
+    // Each micro-batch's auxiliary losses are means over its N tokens; they enter the objective with the
+    // weight its summed cross-entropy has per token, times N.
+    backward_trunk(w, g, a, s, tokens, B, T, grad_scale * static_cast<double>(N));
   }
   double sum = 0.0;
   if (dtype == DType::F32) {
@@ -238,14 +271,16 @@ double Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tens
   } else {
     for (int64_t n = 0; n < N; ++n) sum += a.losses.ptr<double>()[n];
   }
-  return sum / static_cast<double>(N);
+  report.cross_entropy = sum / static_cast<double>(N);
+  return report;
 }
 
 void Llama::forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, params.dtype());
-  forward_trunk(w, a, tokens, B, T);
+  LossReport unused;
+  forward_trunk(w, a, tokens, B, T, unused);
   ops::matmul_forward(logits, a.lnf, w.lm_head);
 }
 
@@ -253,6 +288,7 @@ ModelCost Llama::cost(int64_t seq_len) const {
   ModelCost c;
   c.total_params = registry_.total();
   const int64_t k = config_.l3.k;
+  int64_t expert_params = 0;
   for (const ParamInfo& p : registry_.params()) {
     auto it = std::find_if(c.params_by_group.begin(), c.params_by_group.end(),
                            [&](const auto& e) { return e.first == p.group; });
@@ -266,12 +302,22 @@ ModelCost Llama::cost(int64_t seq_len) const {
       c.matmul_params += config_.l3.tie_kv ? 2 * rows : rows;
       continue;
     }
+    if (p.group == "experts") {
+      expert_params += p.numel;
+      continue;
+    }
     c.active_params += p.numel;
     // Every 2-D weight multiplies the hidden state except the embedding lookup itself; the output
     // projection counts once, tied or not.
     if (p.shape.size() == 2 && p.group != "embedding") c.matmul_params += p.numel;
   }
   if (config_.tie_embeddings) c.matmul_params += config_.vocab_size * config_.d_model;
+  // A token passes through top_k of the E equally sized experts of each MoE layer.
+  if (expert_params > 0) {
+    const int64_t used = expert_params / config_.moe.experts * config_.moe.top_k;
+    c.active_params += used;
+    c.matmul_params += used;
+  }
   // Attention scores and weighted values: 2 matmuls of (T x hd) per head and layer, 2 FLOPs per
   // multiply-add, x3 for forward + backward; counted over the full (non-causal) square, as PaLM does.
   const double attention = 12.0 * static_cast<double>(config_.n_layers * config_.n_heads * config_.head_dim() * seq_len);

@@ -1,6 +1,7 @@
 // The Llama decoder of MODEL.md: embedding, n_layers x (RMSNorm -> causal GQA attention with RoPE,
-// RMSNorm -> SwiGLU), each optionally followed by a Large Lookup Layer (model.l3, src/model/l3.h),
-// final RMSNorm, output projection (tied to the embedding or not), cross-entropy.
+// RMSNorm -> SwiGLU FFN, or a Mixture-of-Experts FFN in the layers model.moe selects, src/model/moe.h),
+// each optionally followed by a Large Lookup Layer (model.l3, src/model/l3.h), final RMSNorm, output
+// projection (tied to the embedding or not), cross-entropy (plus the MoE auxiliary losses).
 // Forward and backward are explicit; every activation the backward needs lives in the step's arena.
 //
 // L3 parameters are registered after all dense ones, so a dense model and the same model with L3
@@ -16,6 +17,7 @@
 #include "core/arena.h"
 #include "core/config.h"
 #include "model/l3.h"
+#include "model/moe.h"
 #include "model/params.h"
 
 namespace l3c {
@@ -23,11 +25,21 @@ namespace l3c {
 // Parameter and FLOP counts of a model, for `inspect`, `bench` and the MFU in the training log.
 struct ModelCost {
   int64_t total_params = 0;
-  // Parameters one token uses: everything but the L3 tables, plus at most k rows of each table.
+  // Parameters one token uses: everything but the L3 tables and the MoE experts, plus at most k rows of
+  // each table and top_k experts of each MoE layer.
   int64_t active_params = 0;
   std::vector<std::pair<std::string, int64_t>> params_by_group;  // in registry order of first appearance
   int64_t matmul_params = 0;        // parameters that take part in a matrix product per token (L3: k rows)
   double flops_per_token = 0.0;     // training (forward + backward): 6 * matmul_params + attention
+};
+
+// The loss of one micro-batch, by part.
+struct LossReport {
+  double cross_entropy = 0.0;        // mean over the micro-batch's positions (perplexity uses this alone)
+  double aux_loss = 0.0;             // MoE load-balancing + z-loss terms, summed over MoE layers
+  std::vector<MoeLayerStats> moe;    // per MoE layer, in layer order
+
+  double total() const { return cross_entropy + aux_loss; }  // what the backward differentiates
 };
 
 class Llama {
@@ -50,54 +62,66 @@ class Llama {
   size_t activation_bytes(int64_t B, int64_t T, DType dtype, bool training) const;
 
   // One micro-batch. tokens and targets (B, T) i32. Returns the mean cross-entropy over the B*T
-  // positions. When grads is given, also runs the backward of (grad_scale * sum of per-position
-  // losses) and accumulates into grads.
-  double forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
+  // positions and the auxiliary losses. When grads is given, also runs the backward of
+  // grad_scale * (sum of per-position losses + B*T * aux_loss), i.e. grad_scale * B*T * total(), and
+  // accumulates into grads.
+  LossReport forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
                           double grad_scale, Arena& arena) const;
 
   // Logits (B*T, V) for every position: for generation and reference tests.
   void forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const;
+
+  const std::vector<MoeLayer>& moe_layers() const { return moe_layers_; }
 
   // Parameter counts by component and training FLOPs per token at sequence length seq_len.
   ModelCost cost(int64_t seq_len) const;
 
  private:
   struct LayerWeights {
-    Tensor input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down;
+    Tensor input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down;  // FFN weights empty in MoE layers
   };
   struct Weights {
     Tensor embed, final_norm, lm_head;  // lm_head is the embedding when tied
     std::vector<LayerWeights> layers;
     std::vector<L3Layer::Weights> l3;
+    std::vector<MoeLayer::Weights> moe;
   };
   struct LayerActivations {
-    Tensor resid_in, ln1, rstd1, q, k, v, att, lse, resid_mid, ln2, rstd2, gate, up, act;
+    Tensor resid_in, ln1, rstd1, q, k, v, att, lse, resid_mid, ln2, rstd2, gate, up, act;  // gate, up, act: dense FFN
   };
   struct Activations {
     std::vector<LayerActivations> layers;
     Tensor resid_out, lnf, rstdf, losses;
     L3Routing routing;                         // when the model has L3 layers
     std::vector<L3Layer::Activations> l3;
+    std::vector<MoeLayer::Activations> moe;
   };
   struct Scratch {
     Tensor dresid, dln, datt, dq, dk, dv, dact, dgate, dup;
     L3Layer::Scratch l3;                       // shared by the L3 layers
+    MoeLayer::Scratch moe;                     // shared by the MoE layers
   };
 
   Weights weights(const FlatBuffer& buffer) const;
   Activations allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype) const;
   Scratch allocate_scratch(Arena& arena, int64_t B, int64_t T, DType dtype) const;
-  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T) const;
+  // Runs everything up to the final norm; appends each MoE layer's statistics to report.
+  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T, LossReport& report) const;
+  // aux_scale: the weight of the MoE auxiliary losses in the differentiated objective.
   void backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
-                      int64_t B, int64_t T) const;
+                      int64_t B, int64_t T, double aux_scale) const;
 
   // The L3 layer after decoder layer i, or nullptr.
   const L3Layer* l3_after(int64_t i) const;
+  // The MoE FFN of decoder layer i (its index into moe_layers_), or -1 for a dense FFN.
+  int64_t moe_index(int64_t i) const { return moe_index_[i]; }
 
   ModelConfig config_;
   ParamRegistry registry_;
   std::vector<L3Layer> l3_layers_;
   std::vector<L3Rows> l3_rows_;                // per L3 layer; empty until set
+  std::vector<MoeLayer> moe_layers_;           // in decoder layer order
+  std::vector<int64_t> moe_index_;             // (n_layers): index into moe_layers_, or -1
 };
 
 }  // namespace l3c

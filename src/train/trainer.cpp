@@ -22,6 +22,35 @@ namespace l3c {
 
 namespace {
 DType dtype_from(const Config& config) { return config.train.dtype == "f64" ? DType::F64 : DType::F32; }
+
+// Per-layer MoE statistics summed over micro-batches, then scaled to their mean. The load extremes
+// average too: the step reports the mean of each micro-batch's max and min.
+void add_moe_stats(std::vector<MoeLayerStats>& sum, const std::vector<MoeLayerStats>& more) {
+  for (size_t j = 0; j < sum.size(); ++j) {
+    sum[j].load_balance_loss += more[j].load_balance_loss;
+    sum[j].z_loss += more[j].z_loss;
+    sum[j].load_max += more[j].load_max;
+    sum[j].load_min += more[j].load_min;
+    sum[j].router_entropy += more[j].router_entropy;
+  }
+}
+void scale_moe_stats(std::vector<MoeLayerStats>& stats, double s) {
+  for (MoeLayerStats& m : stats) {
+    m.load_balance_loss *= s;
+    m.z_loss *= s;
+    m.load_max *= s;
+    m.load_min *= s;
+    m.router_entropy *= s;
+  }
+}
+
+nlohmann::json moe_stats_json(const std::vector<MoeLayerStats>& stats) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const MoeLayerStats& m : stats)
+    layers.push_back({{"layer", m.layer}, {"load_balance_loss", m.load_balance_loss}, {"z_loss", m.z_loss},
+                      {"load_max", m.load_max}, {"load_min", m.load_min}, {"router_entropy", m.router_entropy}});
+  return layers;
+}
 }  // namespace
 
 TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation)
@@ -58,11 +87,18 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     arena_.reset();
     batches(first_sequence(step * accum_steps_ + micro, B), tokens, targets);
-    result.loss += model_.forward_backward(params_, &grads_, tokens, targets, grad_scale, arena_);
+    const LossReport report = model_.forward_backward(params_, &grads_, tokens, targets, grad_scale, arena_);
+    result.loss += report.cross_entropy;
+    result.aux_loss += report.aux_loss;
+    if (micro == 0) result.moe = report.moe;
+    else add_moe_stats(result.moe, report.moe);
   }
-  result.loss /= static_cast<double>(accum_steps_);
+  const double micro_batches = static_cast<double>(accum_steps_);
+  result.loss /= micro_batches;
+  result.aux_loss /= micro_batches;
+  scale_moe_stats(result.moe, 1.0 / micro_batches);
   result.grad_norm = global_grad_norm(grads_);
-  if (!std::isfinite(result.loss) || !std::isfinite(result.grad_norm))
+  if (!std::isfinite(result.loss + result.aux_loss) || !std::isfinite(result.grad_norm))
     fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps", step + 1,
          result.loss, result.grad_norm);
   clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
@@ -86,7 +122,7 @@ double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowL
     Tensor targets(targets_data.data(), DType::I32, {B, T});
     loader.fill(first, tokens, targets);
     arena.reset();
-    loss_sum += model.forward_backward(params, nullptr, tokens, targets, 0.0, arena) * static_cast<double>(B);
+    loss_sum += model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy * static_cast<double>(B);
   }
   return loss_sum / static_cast<double>(windows);
 }
@@ -193,12 +229,21 @@ TrainSummary run_training(const Config& config) {
     }
     const double average_step = timed_seconds > 0 ? timed_seconds / static_cast<double>(std::max<int64_t>(step, 1)) : seconds;
     const double eta = average_step * static_cast<double>(config.train.steps - step - 1);
-    spdlog::info("step {:>6}/{} | loss {:.4f} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | ETA {}",
-                 step + 1, config.train.steps, r.loss, r.lr, r.grad_norm, tokens_per_second, 100.0 * mfu,
+    // With MoE layers the loss shown is the total that is optimised, then its cross-entropy part.
+    const std::string loss_text = r.moe.empty() ? fmt::format("loss {:.4f}", r.loss)
+                                                : fmt::format("loss {:.4f} (ce {:.4f})", r.loss + r.aux_loss, r.loss);
+    spdlog::info("step {:>6}/{} | {} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | ETA {}", step + 1,
+                 config.train.steps, loss_text, r.lr, r.grad_norm, tokens_per_second, 100.0 * mfu,
                  format_duration(eta));
-    metrics.write({{"step", step + 1}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                   {"tokens", (step + 1) * state.tokens_per_step()}, {"tokens_per_second", tokens_per_second},
-                   {"mfu", mfu}, {"step_seconds", seconds}});
+    nlohmann::json record = {{"step", step + 1}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
+                             {"tokens", (step + 1) * state.tokens_per_step()}, {"tokens_per_second", tokens_per_second},
+                             {"mfu", mfu}, {"step_seconds", seconds}};
+    if (!r.moe.empty()) {
+      record["aux_loss"] = r.aux_loss;
+      record["total_loss"] = r.loss + r.aux_loss;
+      record["moe"] = moe_stats_json(r.moe);
+    }
+    metrics.write(record);
     summary.final_train_loss = r.loss;
     const bool last = step + 1 == config.train.steps;
     if (val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0)))

@@ -21,8 +21,10 @@ using BatchSource = std::function<void(int64_t first_position, Tensor tokens, Te
 
 struct StepResult {
   double loss = 0.0;       // mean cross-entropy over the step's tokens
+  double aux_loss = 0.0;   // MoE auxiliary losses, mean over the micro-batches (0 without MoE layers)
   double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
+  std::vector<MoeLayerStats> moe;  // per MoE layer, averaged over the micro-batches
 };
 
 // Everything one optimizer step touches: model, weights, gradients, AdamW state, the activation arena

@@ -89,4 +89,19 @@ void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_
 void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
                         Tensor probs, Tensor group_offsets, Tensor row_offsets);
 
+// ---- Mixture-of-Experts (moe.cpp) ----------------------------------------------------------------
+// Router and combine are parallel over tokens (each token's row written by one thread, slots summed in
+// order); the grouped products run one Eigen GEMM per expert, in expert order.
+void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize);
+void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
+                         Tensor probs_bias, double z_scale, bool normalize);
+void column_sum(Tensor out, Tensor x);
+void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k);
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);
+void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
+                             bool accumulate_dx);
+void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate);
+void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor rows, Tensor weights,
+                          Tensor row_of_pair);
+
 }  // namespace l3c::ops::cpu

@@ -1,0 +1,265 @@
+// CPU Mixture-of-Experts ops: the router (softmax, top-k, renormalisation) and its backward with the
+// auxiliary losses, the (token, slot) pair bookkeeping, the grouped expert products and the weighted
+// combine back into token order. Every row / token is independent, so the work is split over rows and
+// each output element is written by one thread in a fixed order: results do not depend on scheduling.
+// GCC 12 reports false "may be used uninitialized" warnings inside Eigen's AVX-512 kernels.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/cpu/cpu_ops.h"
+
+namespace l3c::ops::cpu {
+namespace {
+
+template <typename T>
+using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+constexpr int64_t kParallelMin = 1 << 14;  // elements; below this one thread is faster
+
+template <typename T>
+void router_forward_impl(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize) {
+  const int64_t n_rows = logits.numel() / logits.dim(-1), E = logits.dim(-1), k = experts.dim(-1);
+  const T* r = logits.ptr<T>();
+  T* p = probs.ptr<T>();
+  T* row_lse = lse.ptr<T>();
+  int32_t* chosen = experts.ptr<int32_t>();
+  T* w = weights.ptr<T>();
+#pragma omp parallel for schedule(static) if (n_rows * E > kParallelMin)
+  for (int64_t n = 0; n < n_rows; ++n) {
+    const T* rn = r + n * E;
+    T* pn = p + n * E;
+    double max_logit = rn[0];
+    for (int64_t e = 1; e < E; ++e) max_logit = std::max<double>(max_logit, rn[e]);
+    double sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(rn[e]) - max_logit);
+    const double log_sum = max_logit + std::log(sum);
+    row_lse[n] = static_cast<T>(log_sum);
+    for (int64_t e = 0; e < E; ++e) pn[e] = static_cast<T>(std::exp(static_cast<double>(rn[e]) - log_sum));
+    // Top-k by repeated selection (k is small): the largest remaining probability, the lower index on
+    // ties (a strict comparison over ascending indices keeps the first maximum).
+    int32_t* cn = chosen + n * k;
+    T* wn = w + n * k;
+    double chosen_sum = 0.0;
+    for (int64_t s = 0; s < k; ++s) {
+      int64_t best = -1;
+      for (int64_t e = 0; e < E; ++e) {
+        bool taken = false;
+        for (int64_t j = 0; j < s; ++j) taken = taken || cn[j] == e;
+        if (!taken && (best < 0 || pn[e] > pn[best])) best = e;
+      }
+      cn[s] = static_cast<int32_t>(best);
+      wn[s] = pn[best];
+      chosen_sum += static_cast<double>(pn[best]);
+    }
+    if (normalize)
+      for (int64_t s = 0; s < k; ++s) wn[s] = static_cast<T>(static_cast<double>(wn[s]) / chosen_sum);
+  }
+}
+
+template <typename T>
+void router_backward_impl(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
+                          Tensor probs_bias, double z_scale, bool normalize) {
+  const int64_t n_rows = probs.numel() / probs.dim(-1), E = probs.dim(-1), k = experts.dim(-1);
+  const T* p = probs.ptr<T>();
+  const T* row_lse = lse.ptr<T>();
+  const T* dw = dweights.ptr<T>();
+  const T* w = weights.ptr<T>();
+  const T* bias = probs_bias.empty() ? nullptr : probs_bias.ptr<T>();
+  const int32_t* chosen = experts.ptr<int32_t>();
+  T* dr = dlogits.ptr<T>();
+#pragma omp parallel
+  {
+    std::vector<double> dp(static_cast<size_t>(E));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < n_rows; ++n) {
+      const T* pn = p + n * E;
+      const T* dwn = dw + n * k;
+      const T* wn = w + n * k;
+      const int32_t* cn = chosen + n * k;
+      for (int64_t e = 0; e < E; ++e) dp[e] = bias ? static_cast<double>(bias[e]) : 0.0;
+      // Through the top-k weights: w_j = p_j / S (S = sum of the chosen p) when normalised, so
+      // dL/dp_j = (dw_j - sum_i dw_i w_i) / S; else w_j = p_j.
+      if (normalize) {
+        double chosen_sum = 0.0, weighted = 0.0;
+        for (int64_t s = 0; s < k; ++s) {
+          chosen_sum += static_cast<double>(pn[cn[s]]);
+          weighted += static_cast<double>(dwn[s]) * static_cast<double>(wn[s]);
+        }
+        for (int64_t s = 0; s < k; ++s) dp[cn[s]] += (static_cast<double>(dwn[s]) - weighted) / chosen_sum;
+      } else {
+        for (int64_t s = 0; s < k; ++s) dp[cn[s]] += static_cast<double>(dwn[s]);
+      }
+      // Softmax backward, plus the z-loss: d(lse^2)/dr_e = 2 lse p_e.
+      double p_dot_dp = 0.0;
+      for (int64_t e = 0; e < E; ++e) p_dot_dp += static_cast<double>(pn[e]) * dp[e];
+      const double z = 2.0 * z_scale * static_cast<double>(row_lse[n]);
+      T* drn = dr + n * E;
+      for (int64_t e = 0; e < E; ++e)
+        drn[e] = static_cast<T>(static_cast<double>(pn[e]) * (dp[e] - p_dot_dp + z));
+    }
+  }
+}
+
+template <typename T>
+void column_sum_impl(Tensor out, Tensor x) {
+  const int64_t cols = x.dim(-1), rows = x.numel() / cols;
+  const T* xs = x.ptr<T>();
+  std::vector<double> sums(static_cast<size_t>(cols), 0.0);
+  for (int64_t n = 0; n < rows; ++n)
+    for (int64_t c = 0; c < cols; ++c) sums[c] += static_cast<double>(xs[n * cols + c]);
+  T* o = out.ptr<T>();
+  for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<T>(sums[c]);
+}
+
+template <typename T>
+void grouped_matmul_forward_impl(Tensor out, Tensor x, Tensor w, Tensor offsets) {
+  const int64_t E = w.dim(0), O = w.dim(1), I = w.dim(2);
+  const int32_t* off = offsets.ptr<int32_t>();
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t begin = off[e], rows = off[e + 1] - off[e];
+    if (rows == 0) continue;
+    Eigen::Map<RowMajor<T>> Y(out.ptr<T>() + begin * O, rows, O);          // (rows, O)
+    Eigen::Map<const RowMajor<T>> X(x.ptr<T>() + begin * I, rows, I);      // (rows, I)
+    Eigen::Map<const RowMajor<T>> W(w.ptr<T>() + e * O * I, O, I);         // (O, I)
+    Y.noalias() = X * W.transpose();
+  }
+}
+
+template <typename T>
+void grouped_matmul_backward_impl(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
+                                  bool accumulate_dx) {
+  const int64_t E = w.dim(0), O = w.dim(1), I = w.dim(2);
+  const int32_t* off = offsets.ptr<int32_t>();
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t begin = off[e], rows = off[e + 1] - off[e];
+    if (rows == 0) continue;
+    Eigen::Map<const RowMajor<T>> dY(dout.ptr<T>() + begin * O, rows, O);  // (rows, O)
+    if (!dx.empty()) {
+      Eigen::Map<RowMajor<T>> dX(dx.ptr<T>() + begin * I, rows, I);        // (rows, I)
+      Eigen::Map<const RowMajor<T>> W(w.ptr<T>() + e * O * I, O, I);       // (O, I)
+      if (accumulate_dx)
+        dX.noalias() += dY * W;
+      else
+        dX.noalias() = dY * W;
+    }
+    if (!dw.empty()) {
+      Eigen::Map<RowMajor<T>> dW(dw.ptr<T>() + e * O * I, O, I);           // (O, I)
+      Eigen::Map<const RowMajor<T>> X(x.ptr<T>() + begin * I, rows, I);    // (rows, I)
+      dW.noalias() += dY.transpose() * X;
+    }
+  }
+}
+
+template <typename T>
+void combine_forward_impl(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate) {
+  const int64_t d = out.dim(-1), n_tokens = out.numel() / d, k = row_of_pair.numel() / std::max<int64_t>(n_tokens, 1);
+  const T* r = rows.ptr<T>();
+  const T* w = weights.empty() ? nullptr : weights.ptr<T>();
+  const int32_t* where = row_of_pair.ptr<int32_t>();
+  T* o = out.ptr<T>();
+#pragma omp parallel for schedule(static) if (n_tokens * d * k > kParallelMin)
+  for (int64_t n = 0; n < n_tokens; ++n) {
+    T* on = o + n * d;
+    if (!accumulate) std::fill(on, on + d, T(0));
+    // Slots add in order 0..k-1: the sum is the same on any thread count.
+    for (int64_t s = 0; s < k; ++s) {
+      const T* src = r + static_cast<int64_t>(where[n * k + s]) * d;
+      const T scale = w ? w[n * k + s] : T(1);
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) on[c] += scale * src[c];
+    }
+  }
+}
+
+template <typename T>
+void combine_backward_impl(Tensor drows, Tensor dweights, Tensor dout, Tensor rows, Tensor weights,
+                           Tensor row_of_pair) {
+  const int64_t d = dout.dim(-1), n_tokens = dout.numel() / d, k = row_of_pair.numel() / std::max<int64_t>(n_tokens, 1);
+  const T* dy = dout.ptr<T>();
+  const T* r = rows.ptr<T>();
+  const T* w = weights.empty() ? nullptr : weights.ptr<T>();
+  T* dw = dweights.empty() ? nullptr : dweights.ptr<T>();
+  const int32_t* where = row_of_pair.ptr<int32_t>();
+  T* dr = drows.ptr<T>();
+#pragma omp parallel for schedule(static) if (n_tokens * d * k > kParallelMin)
+  for (int64_t n = 0; n < n_tokens; ++n) {
+    const T* dyn = dy + n * d;
+    for (int64_t s = 0; s < k; ++s) {
+      const int64_t row = where[n * k + s];
+      const T scale = w ? w[n * k + s] : T(1);
+      T* drr = dr + row * d;
+#pragma omp simd
+      for (int64_t c = 0; c < d; ++c) drr[c] = scale * dyn[c];
+      if (dw) {
+        const T* rr = r + row * d;
+        double dot = 0.0;
+        for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(dyn[c]) * static_cast<double>(rr[c]);
+        dw[n * k + s] = static_cast<T>(dot);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize) {
+  dispatch_float(logits.dtype, "moe_router_forward", [&](auto tag) {
+    router_forward_impl<decltype(tag)>(probs, lse, experts, weights, logits, normalize);
+  });
+}
+
+void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
+                         Tensor probs_bias, double z_scale, bool normalize) {
+  dispatch_float(probs.dtype, "moe_router_backward", [&](auto tag) {
+    router_backward_impl<decltype(tag)>(dlogits, dweights, probs, lse, experts, weights, probs_bias, z_scale,
+                                        normalize);
+  });
+}
+
+void column_sum(Tensor out, Tensor x) {
+  dispatch_float(x.dtype, "column_sum", [&](auto tag) { column_sum_impl<decltype(tag)>(out, x); });
+}
+
+void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k) {
+  const int64_t m = order.numel();
+  const int32_t* o = order.ptr<int32_t>();
+  int32_t* token = token_of_row.ptr<int32_t>();
+  int32_t* where = row_of_pair.ptr<int32_t>();
+#pragma omp parallel for schedule(static) if (m > kParallelMin)
+  for (int64_t i = 0; i < m; ++i) {
+    token[i] = static_cast<int32_t>(o[i] / top_k);
+    where[o[i]] = static_cast<int32_t>(i);
+  }
+}
+
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets) {
+  dispatch_float(x.dtype, "grouped_matmul_forward", [&](auto tag) {
+    grouped_matmul_forward_impl<decltype(tag)>(out, x, w, offsets);
+  });
+}
+
+void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
+                             bool accumulate_dx) {
+  dispatch_float(x.dtype, "grouped_matmul_backward", [&](auto tag) {
+    grouped_matmul_backward_impl<decltype(tag)>(dx, dw, dout, x, w, offsets, accumulate_dx);
+  });
+}
+
+void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate) {
+  dispatch_float(out.dtype, "moe_combine_forward", [&](auto tag) {
+    combine_forward_impl<decltype(tag)>(out, rows, weights, row_of_pair, accumulate);
+  });
+}
+
+void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor rows, Tensor weights,
+                          Tensor row_of_pair) {
+  dispatch_float(dout.dtype, "moe_combine_backward", [&](auto tag) {
+    combine_backward_impl<decltype(tag)>(drows, dweights, dout, rows, weights, row_of_pair);
+  });
+}
+
+}  // namespace l3c::ops::cpu
