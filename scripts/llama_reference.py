@@ -24,6 +24,18 @@ l3.after_layers, applied after that decoder layer and replacing h:
     model.l3.{j}.w_mix.weight                         (d, d_up + d)
     model.l3.{j}.alloc                                (V) int32 buffer (not a parameter): rows per token id
 
+With Mixture-of-Experts FFNs (config "moe", MODEL.md "Mixture-of-Experts FFN", Mixtral semantics), the
+selected layers' `mlp` is replaced by `block_sparse_moe`:
+
+    model.layers.{i}.block_sparse_moe.gate.weight                       (E, d)
+    model.layers.{i}.block_sparse_moe.experts.{e}.w1.weight             (F_e, d)  gate
+    model.layers.{i}.block_sparse_moe.experts.{e}.w3.weight             (F_e, d)  up
+    model.layers.{i}.block_sparse_moe.experts.{e}.w2.weight             (d, F_e)  down
+    model.layers.{i}.block_sparse_moe.shared_expert.{gate,up,down}_proj.weight   when shared_expert_hidden > 0
+
+Its auxiliary losses (load balance, router z-loss) are added to the loss that `loss()` returns; the
+parts are kept in `model.last_loss_parts`.
+
 The model runs in whatever dtype its parameters have (float64 for golden files, float32 for benchmarks).
 Used by scripts/make_golden.py and scripts/bench_torch.py.
 """
@@ -34,8 +46,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "ffn_hidden",
-               "rope_theta", "norm_eps", "tie_embeddings", "l3")
+               "rope_theta", "norm_eps", "tie_embeddings", "l3", "moe")
 L3_KEYS = ("after_layers", "v", "k", "d_emb", "d_up", "tie_kv", "residual")
+MOE_KEYS = ("layers", "experts", "top_k", "expert_hidden", "shared_expert_hidden", "normalize_topk",
+            "aux_loss", "z_loss")
+MOE_DEFAULTS = {"top_k": 2, "shared_expert_hidden": 0, "normalize_topk": True, "aux_loss": 0.01,
+                "z_loss": 0.001}
 
 
 def rms_norm(x, g, eps):
@@ -104,9 +120,9 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, cfg, dtype):
+    def __init__(self, cfg, dtype, hidden=None):
         super().__init__()
-        d, Fh = cfg["d_model"], cfg["ffn_hidden"]
+        d, Fh = cfg["d_model"], hidden or cfg["ffn_hidden"]
         self.gate_proj = Weight(Fh, d, dtype=dtype)
         self.up_proj = Weight(Fh, d, dtype=dtype)
         self.down_proj = Weight(d, Fh, dtype=dtype)
@@ -117,20 +133,86 @@ class SwiGLU(nn.Module):
                         self.down_proj.weight)
 
 
-class Block(nn.Module):
+class Expert(nn.Module):
+    """One Mixtral expert: w1 (gate), w3 (up), w2 (down)."""
+
+    def __init__(self, d, hidden, dtype):
+        super().__init__()
+        self.w1 = Weight(hidden, d, dtype=dtype)
+        self.w2 = Weight(d, hidden, dtype=dtype)
+        self.w3 = Weight(hidden, d, dtype=dtype)
+
+    def forward(self, x):
+        return F.linear(F.silu(F.linear(x, self.w1.weight)) * F.linear(x, self.w3.weight), self.w2.weight)
+
+
+class MoE(nn.Module):
+    """MODEL.md "Mixture-of-Experts FFN", written as a plain loop over experts (no sorting, no grouping):
+
+        r = x Wr^T;  p = softmax(r);  S = top_k(p) (ties to the lower index);  w = p_S / sum p_S (or p_S)
+        y = sum_{e in S} w_e Expert_e(x)  (+ shared expert)
+        load balance = alpha * E * sum_e f_e P_e   (f_e: share of the N*k assignments, no gradient; P_e = mean p_e)
+        z-loss = beta * mean(logsumexp(r)^2)
+    """
+
     def __init__(self, cfg, dtype):
+        super().__init__()
+        moe = cfg["moe"]
+        d = cfg["d_model"]
+        self.E, self.k, self.normalize = moe["experts"], moe["top_k"], moe["normalize_topk"]
+        self.alpha, self.beta = moe["aux_loss"], moe["z_loss"]
+        self.gate = Weight(self.E, d, dtype=dtype)
+        self.experts = nn.ModuleList([Expert(d, moe["expert_hidden"], dtype) for _ in range(self.E)])
+        if moe["shared_expert_hidden"] > 0:
+            self.shared_expert = SwiGLU(cfg, dtype, hidden=moe["shared_expert_hidden"])
+
+    def forward(self, x):
+        """x (B, T, d) -> (y (B, T, d), load-balance loss, z-loss)."""
+        B, T, d = x.shape
+        xf = x.reshape(-1, d)                                                     # (N, d)
+        N = xf.shape[0]
+        r = F.linear(xf, self.gate.weight)                                        # (N, E)
+        p = torch.softmax(r, dim=-1)
+        # a stable descending sort keeps equal probabilities in index order: ties go to the lower index
+        values, index = torch.sort(p, dim=-1, descending=True, stable=True)
+        top_p, top_e = values[:, :self.k], index[:, :self.k]                      # (N, k)
+        w = top_p / top_p.sum(dim=-1, keepdim=True) if self.normalize else top_p
+        y = torch.zeros_like(xf)
+        for e, expert in enumerate(self.experts):
+            token, slot = torch.nonzero(top_e == e, as_tuple=True)
+            if token.numel() > 0:
+                y = y.index_add(0, token, w[token, slot, None] * expert(xf[token]))
+        if hasattr(self, "shared_expert"):
+            y = y + self.shared_expert(xf)
+        assigned = F.one_hot(top_e, self.E).sum(dim=(0, 1)).to(x.dtype)          # (E) pairs per expert
+        f = assigned / (N * self.k)
+        load_balance = self.alpha * self.E * (f * p.mean(dim=0)).sum()
+        z_loss = self.beta * torch.logsumexp(r, dim=-1).pow(2).mean()
+        return y.reshape(B, T, d), load_balance, z_loss
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, dtype, moe=False):
         super().__init__()
         d = cfg["d_model"]
         self.eps = cfg["norm_eps"]
         self.input_layernorm = Weight(d, dtype=dtype)
         self.self_attn = Attention(cfg, dtype)
         self.post_attention_layernorm = Weight(d, dtype=dtype)
-        self.mlp = SwiGLU(cfg, dtype)
+        if moe:
+            self.block_sparse_moe = MoE(cfg, dtype)
+        else:
+            self.mlp = SwiGLU(cfg, dtype)
 
-    def forward(self, h, cos, sin, mask):
+    def forward(self, h, cos, sin, mask, aux):
+        """aux: a list receiving (load balance, z-loss) of an MoE FFN."""
         h = h + self.self_attn(rms_norm(h, self.input_layernorm.weight, self.eps), cos, sin, mask)
-        h = h + self.mlp(rms_norm(h, self.post_attention_layernorm.weight, self.eps))
-        return h
+        x = rms_norm(h, self.post_attention_layernorm.weight, self.eps)
+        if hasattr(self, "block_sparse_moe"):
+            y, load_balance, z_loss = self.block_sparse_moe(x)
+            aux.append((load_balance, z_loss))
+            return h + y
+        return h + self.mlp(x)
 
 
 class L3Layer(nn.Module):
@@ -185,7 +267,11 @@ class Decoder(nn.Module):
     def __init__(self, cfg, dtype, l3_allocations=None):
         super().__init__()
         self.embed_tokens = Weight(cfg["vocab_size"], cfg["d_model"], dtype=dtype)
-        self.layers = nn.ModuleList([Block(cfg, dtype) for _ in range(cfg["n_layers"])])
+        moe_layers = set()
+        if cfg.get("moe"):
+            layers = cfg["moe"]["layers"]
+            moe_layers = set(range(cfg["n_layers"])) if layers == "all" else set(layers)
+        self.layers = nn.ModuleList([Block(cfg, dtype, moe=i in moe_layers) for i in range(cfg["n_layers"])])
         self.norm = Weight(cfg["d_model"], dtype=dtype)
         if cfg.get("l3"):
             after = cfg["l3"]["after_layers"]
@@ -212,7 +298,10 @@ class Llama(nn.Module):
         assert (cfg["d_model"] // cfg["n_heads"]) % 2 == 0, "head_dim must be even for RoPE"
         if cfg.get("l3"):
             cfg["l3"] = {key: cfg["l3"][key] for key in L3_KEYS}
+        if cfg.get("moe"):
+            cfg["moe"] = {key: cfg["moe"].get(key, MOE_DEFAULTS.get(key)) for key in MOE_KEYS}
         self.cfg = cfg
+        self.last_loss_parts = None
         self.dtype = dtype
         self.model = Decoder(cfg, dtype, l3_allocations)
         if not cfg["tie_embeddings"]:
@@ -248,18 +337,22 @@ class Llama(nn.Module):
         mask = torch.ones(T, T, dtype=torch.bool, device=tokens.device).triu(1)
         h = self.model.embed_tokens.weight[tokens]                                   # (B, T, d)
         after = list(self.cfg["l3"]["after_layers"]) if self.cfg.get("l3") else []
+        self.aux = []                                                                # per MoE layer
         for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, mask)
+            h = layer(h, cos, sin, mask, self.aux)
             if i in after:                                                           # the j-th L3 layer replaces h
                 h = self.model.l3[after.index(i)](h, tokens)
         h = rms_norm(h, self.model.norm.weight, self.cfg["norm_eps"])
         return F.linear(h, self.output_weight())                                     # (B, T, V)
 
     def loss(self, tokens, targets):
-        """Mean cross-entropy over all B*T positions; returns (loss, logits)."""
+        """Mean cross-entropy over all B*T positions plus the MoE auxiliary losses; returns (loss, logits).
+        The parts are left in self.last_loss_parts: {"cross_entropy", "moe": [(load balance, z-loss)]}."""
         logits = self(tokens)
         V = logits.shape[-1]
-        return F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1)), logits
+        ce = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
+        self.last_loss_parts = {"cross_entropy": ce.detach(), "moe": [(a.detach(), b.detach()) for a, b in self.aux]}
+        return ce + sum(a + b for a, b in self.aux), logits
 
 
 def clip_grad_norm(params, max_norm):

@@ -4,6 +4,8 @@
     tests/golden/dense_tiny_tied.safetensors   tie_embeddings = true
     tests/golden/l3_tiny.safetensors           the untied model with two Large Lookup Layers (after layers
                                                0 and 1), each with its own allocation
+    tests/golden/moe_tiny.safetensors          the untied model with Mixture-of-Experts FFNs in both layers
+                                               (4 experts, top-2, a shared expert)
 
 Run from anywhere (paths are relative to the repository):  /usr/bin/python3 scripts/make_golden.py
 
@@ -14,8 +16,12 @@ weights, then stored as F32 (token ids as I32). Each file holds:
     input.tokens, input.targets  (B, T) ids in [0, V)
     expected.logits              (B, T, V)
     expected.loss                (1,) mean cross-entropy
-    expected.grad.<param name>   d loss / d param at the initial weights (unclipped)
-    expected.train_losses        (10,) loss at step s (before its update); AdamW on the same batch each step
+    expected.moe.load_balance    (layers,) each MoE layer's load-balancing loss (moe_tiny only)
+    expected.moe.z_loss          (layers,) each MoE layer's router z-loss (moe_tiny only)
+    expected.grad.<param name>   d loss / d param at the initial weights (unclipped), loss = cross-entropy
+                                 plus the MoE auxiliary losses
+    expected.train_losses        (10,) cross-entropy at step s (before its update); AdamW on the same batch
+    expected.train_aux_losses    (10,) the auxiliary losses at step s (moe_tiny only)
     expected.final.<param name>  the weights after the 10 steps
     __metadata__: "config" (model config + "train" hyper-parameters, JSON), "generator" (the command line)
 The script also prints the per-step gradient norms, a finite-difference check of a few gradient entries
@@ -34,7 +40,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from llama_reference import AdamW, Llama, clip_grad_norm  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from llama_reference import MoE, AdamW, Llama, clip_grad_norm  # noqa: E402
 from safetensors_io import load_file, save_file  # noqa: E402
 
 SEED = 20240611
@@ -55,6 +63,12 @@ L3 = OrderedDict([
     ("residual", False),
 ])
 L3_COUNTS = [1 + (3 * u) % 4 for u in range(MODEL["vocab_size"])]
+# The MoE model: both layers' FFNs are MoE; coefficients larger than the defaults so that the auxiliary
+# losses' gradients are well above the float32 noise of the comparison.
+MOE = OrderedDict([
+    ("layers", "all"), ("experts", 4), ("top_k", 2), ("expert_hidden", 24), ("shared_expert_hidden", 16),
+    ("normalize_topk", True), ("aux_loss", 0.1), ("z_loss", 0.01),
+])
 INIT_STD = 0.1        # matrices (MODEL.md default is 0.02; larger here so gradients are not tiny)
 NORM_STD = 0.1        # norm gains = 1 + 0.1 * randn, so that they are really tested
 
@@ -115,14 +129,35 @@ def torch_adamw_crosscheck(cfg, allocations, tokens, targets, final_ref):
     return max((p.detach() - final_ref[n]).abs().max().item() for n, p in model.named_parameters())
 
 
-def make(tied, out_path, generator_cmd, l3=None, allocations=None):
+def smallest_topk_margin(model, tokens):
+    """The smallest gap between the k-th and (k+1)-th router probability over all MoE layers and tokens:
+    float32 and float64 must pick the same experts, so the margin has to dwarf float32 rounding."""
+    margins = []
+
+    def hook(module, inputs, output):
+        x = inputs[0].reshape(-1, inputs[0].shape[-1])
+        p = torch.softmax(F.linear(x, module.gate.weight), dim=-1)
+        top = torch.sort(p, dim=-1, descending=True).values
+        margins.append((top[:, module.k - 1] - top[:, module.k]).min().item())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, MoE)]
+    with torch.no_grad():
+        model.loss(tokens, tokens)
+    for h in handles:
+        h.remove()
+    return min(margins) if margins else float("inf")
+
+
+def make(tied, out_path, generator_cmd, l3=None, allocations=None, moe=None):
     cfg = OrderedDict(MODEL)
     cfg["tie_embeddings"] = tied
     if l3:
         cfg["l3"] = l3
+    if moe:
+        cfg["moe"] = moe
     model, tokens, targets = build(cfg, allocations)
     names = [n for n, _ in model.named_parameters()]
-    print(f"== {os.path.relpath(out_path, REPO)}: tie_embeddings={tied}, l3={bool(l3)}, "
+    print(f"== {os.path.relpath(out_path, REPO)}: tie_embeddings={tied}, l3={bool(l3)}, moe={bool(moe)}, "
           f"{sum(p.numel() for p in model.parameters())} parameters")
 
     tensors = OrderedDict()
@@ -138,19 +173,30 @@ def make(tied, out_path, generator_cmd, l3=None, allocations=None):
     loss, logits = model.loss(tokens, targets)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    parts = model.last_loss_parts
     tensors["expected.logits"] = f32(logits)
-    tensors["expected.loss"] = f32(loss.reshape(1))
+    tensors["expected.loss"] = f32(parts["cross_entropy"].reshape(1))
+    if moe:
+        tensors["expected.moe.load_balance"] = f32(torch.stack([a for a, _ in parts["moe"]]))
+        tensors["expected.moe.z_loss"] = f32(torch.stack([z for _, z in parts["moe"]]))
+        print(f"  smallest top-k margin of the router probabilities: {smallest_topk_margin(model, tokens):.3e}")
     for n in names:
         tensors["expected.grad." + n] = f32(grads[n])
     print(f"  initial loss {loss.item():.10f} (ln V = {np.log(cfg['vocab_size']):.6f})")
 
     # finite-difference sanity check (printed, not stored)
     checks = [("model.layers.0.self_attn.q_proj.weight", (3, 5)),
-              ("model.layers.1.mlp.down_proj.weight", (7, 11)),
               ("model.layers.0.input_layernorm.weight", (2,)),
               ("model.embed_tokens.weight", (int(tokens[0, 0]), 4))]
     if not tied:
         checks.append(("lm_head.weight", (int(targets[1, 3]), 9)))
+    if moe:
+        prefix = "model.layers.1.block_sparse_moe."
+        checks += [(prefix + "gate.weight", (2, 7)), (prefix + "experts.0.w1.weight", (5, 3)),
+                   (prefix + "experts.3.w2.weight", (7, 11)), (prefix + "experts.2.w3.weight", (1, 30)),
+                   (prefix + "shared_expert.down_proj.weight", (4, 9))]
+    else:
+        checks.append(("model.layers.1.mlp.down_proj.weight", (7, 11)))
     if l3:
         counts = torch.as_tensor(allocations[1])
         row = int((torch.cumsum(counts, 0) - counts)[tokens[0, 2]])      # a row of a token in the batch
@@ -164,19 +210,23 @@ def make(tied, out_path, generator_cmd, l3=None, allocations=None):
     params = list(model.parameters())
     opt = AdamW(params, lr=TRAIN["lr"], betas=(TRAIN["beta1"], TRAIN["beta2"]), eps=TRAIN["eps"],
                 weight_decay=TRAIN["weight_decay"])
-    losses, norms = [], []
+    losses, aux_losses, norms = [], [], []
     for s in range(TRAIN["steps"]):
         opt.zero_grad()
         loss, _ = model.loss(tokens, targets)
         loss.backward()
         norm = clip_grad_norm(params, TRAIN["grad_clip"])
-        losses.append(loss.item())
+        losses.append(model.last_loss_parts["cross_entropy"].item())
+        aux_losses.append(loss.item() - losses[-1])
         norms.append(norm)
         clipped = TRAIN["grad_clip"] / (norm + 1e-6) < 1.0
         print(f"  step {s}: loss {loss.item():.10f}  grad norm {norm:.6f}{'  (clipped)' if clipped else ''}")
         opt.step()
     assert norms[0] > TRAIN["grad_clip"], "clipping must trigger on the first step"
     tensors["expected.train_losses"] = np.asarray(losses, dtype=np.float32)
+    if moe:
+        tensors["expected.train_aux_losses"] = np.asarray(aux_losses, dtype=np.float32)
+        print(f"  after the steps, smallest top-k margin: {smallest_topk_margin(model, tokens):.3e}")
     final = {n: p.detach().clone() for n, p in model.named_parameters()}
     for n in names:
         tensors["expected.final." + n] = f32(final[n])
@@ -212,6 +262,7 @@ def main():
     make(True, os.path.join(args.out_dir, "dense_tiny_tied.safetensors"), generator_cmd)
     make(False, os.path.join(args.out_dir, "l3_tiny.safetensors"), generator_cmd, l3=L3,
          allocations=[L3_COUNTS, L3_COUNTS[::-1]])
+    make(False, os.path.join(args.out_dir, "moe_tiny.safetensors"), generator_cmd, moe=MOE)
 
 
 if __name__ == "__main__":

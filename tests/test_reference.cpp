@@ -1,6 +1,7 @@
 // The whole model against the independent PyTorch reference (tests/golden, made by
 // scripts/make_golden.py): logits, loss, every gradient, and 10 AdamW training steps with clipping,
-// for untied and tied embeddings. fp32 here vs float64 there: within 1e-4 relative.
+// for untied and tied embeddings, with L3 layers and with MoE FFNs. fp32 here vs float64 there: within
+// 1e-4 relative.
 #include <catch2/catch.hpp>
 
 #include <nlohmann/json.hpp>
@@ -148,6 +149,62 @@ TEST_CASE("a model with two L3 layers matches the PyTorch reference: logits, los
     const StepResult r = state.step(step, same_batch);
     INFO("step " << step);
     CHECK(r.loss == Approx(test::get_value(expected_losses, step)).epsilon(1e-4));
+  }
+  for (const ParamInfo& p : model.registry().params())
+    check_close("weights after 10 steps: " + p.name, state.params().view(p), golden.get("expected.final." + p.name));
+}
+
+TEST_CASE("a model with MoE FFNs matches the PyTorch reference: logits, each loss term, gradients, 10 AdamW steps",
+          "[reference][moe]") {
+  const SafetensorsFile golden(std::string(L3C_SOURCE_DIR) + "/tests/golden/moe_tiny.safetensors");
+  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
+  const int64_t B = tokens.dim(0), T = tokens.dim(1);
+  Config config = golden_config(golden, B, T);
+  const auto moe = nlohmann::json::parse(golden.metadata().at("config"))["moe"];
+  REQUIRE(moe["layers"] == "all");
+  config.model.moe.layers.all = true;
+  config.model.moe.experts = moe["experts"];
+  config.model.moe.top_k = moe["top_k"];
+  config.model.moe.expert_hidden = moe["expert_hidden"];
+  config.model.moe.shared_expert_hidden = moe["shared_expert_hidden"];
+  config.model.moe.normalize_topk = moe["normalize_topk"];
+  config.model.moe.aux_loss = moe["aux_loss"];
+  config.model.moe.z_loss = moe["z_loss"];
+  const Llama model(config.model);
+  FlatBuffer params(model.registry().total(), DType::F32), grads(model.registry().total(), DType::F32);
+  load_params(golden, model.registry(), params, ExtraTensors::Ignore);
+
+  Arena arena(model.activation_bytes(B, T, DType::F32, true), "test");
+  test::TestTensor logits(DType::F32, {B * T, config.model.vocab_size});
+  model.forward_logits(params, tokens, logits, arena);
+  check_close("logits", logits, golden.get("expected.logits"));
+  arena.reset();
+  const LossReport report =
+      model.forward_backward(params, &grads, tokens, targets, 1.0 / static_cast<double>(B * T), arena);
+  CHECK(report.cross_entropy == Approx(test::get_value(golden.get("expected.loss"), 0)).epsilon(1e-5));
+  REQUIRE(report.moe.size() == 2);
+  for (int64_t j = 0; j < 2; ++j) {
+    INFO("MoE layer " << j);
+    CHECK(report.moe[j].load_balance_loss ==
+          Approx(test::get_value(golden.get("expected.moe.load_balance"), j)).epsilon(1e-5));
+    CHECK(report.moe[j].z_loss == Approx(test::get_value(golden.get("expected.moe.z_loss"), j)).epsilon(1e-5));
+  }
+  for (const ParamInfo& p : model.registry().params())
+    check_close("gradient of " + p.name, grads.view(p), golden.get("expected.grad." + p.name));
+
+  TrainingState state(config);
+  load_params(golden, model.registry(), state.params(), ExtraTensors::Ignore);
+  const BatchSource same_batch = [&](int64_t, Tensor x, Tensor y) {
+    ops::copy(x, tokens);
+    ops::copy(y, targets);
+  };
+  const Tensor expected_losses = golden.get("expected.train_losses");
+  const Tensor expected_aux = golden.get("expected.train_aux_losses");
+  for (int64_t step = 0; step < config.train.steps; ++step) {
+    const StepResult r = state.step(step, same_batch);
+    INFO("step " << step);
+    CHECK(r.loss == Approx(test::get_value(expected_losses, step)).epsilon(1e-4));
+    CHECK(r.aux_loss == Approx(test::get_value(expected_aux, step)).epsilon(1e-4));
   }
   for (const ParamInfo& p : model.registry().params())
     check_close("weights after 10 steps: " + p.name, state.params().view(p), golden.get("expected.final." + p.name));
