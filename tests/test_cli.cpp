@@ -370,3 +370,62 @@ TEST_CASE("bad L3 configs and allocation files exit 2 before anything is written
   CHECK_FALSE(fs::exists(dir / "run" / "model.safetensors"));
   CHECK_FALSE(fs::exists(dir / "run" / "metrics.jsonl"));
 }
+
+// ---- Mixture-of-Experts: train, log the routing, inspect --match, bad inputs ---------------------------------
+
+TEST_CASE("training a model with MoE and L3 layers logs each loss term and the expert load, and evaluates",
+          "[cli][moe]") {
+  const fs::path dir = fresh_dir("moe_train");
+  nlohmann::json config = nlohmann::json::parse(small_l3_config(dir));
+  config["model"]["moe"] = {{"layers", {0}}, {"experts", 4}, {"top_k", 2}, {"expert_hidden", 32},
+                            {"shared_expert_hidden", 16}};
+  write_text(dir / "c.json", config.dump());
+  const Result train = run_l3c("train " + (dir / "c.json").string() + " --json");
+  INFO(train.output);
+  REQUIRE(train.exit_code == 0);
+  CHECK_THAT(train.output, Contains("(ce "));  // the console shows the total and the cross-entropy
+  std::ifstream metrics(dir / "run" / "metrics.jsonl");
+  std::string line;
+  int steps = 0;
+  while (std::getline(metrics, line)) {
+    const auto j = nlohmann::json::parse(line);
+    if (!j.contains("loss")) continue;
+    ++steps;
+    CHECK(j["total_loss"].get<double>() == Approx(j["loss"].get<double>() + j["aux_loss"].get<double>()));
+    REQUIRE(j["moe"].size() == 1);
+    const auto& layer = j["moe"][0];
+    CHECK(layer["layer"] == 0);
+    // 4 experts, top-2: each expert receives between 0 and all of the tokens, 0.5 on average
+    CHECK(layer["load_max"].get<double>() >= 0.5);
+    CHECK(layer["load_min"].get<double>() <= 0.5);
+    CHECK(layer["router_entropy"].get<double>() <= std::log(4.0) + 1e-9);
+    CHECK(layer["load_balance_loss"].get<double>() >= 0.01 - 1e-9);  // alpha at perfect balance, more otherwise
+  }
+  CHECK(steps == 3);
+  const Result eval = run_l3c("eval --json --checkpoint " + (dir / "run").string() + " --data " + (dir / "train.bin").string());
+  INFO(eval.output);
+  CHECK(eval.exit_code == 0);
+}
+
+TEST_CASE("inspect --match compares two models and sizes the experts for iso-sparsity", "[cli][moe]") {
+  const fs::path dir = fresh_dir("moe_match");
+  const fs::path source = fs::path(L3C_SOURCE_DIR) / "configs" / "tiny";
+  const Result r = run_l3c("inspect " + (source / "moe.json").string() + " --match " + (source / "l3.json").string() +
+                           " --json");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto match = last_json_line(r.output)["match"];
+  // the committed tiny MoE config is iso-sparse with the tiny L3 config within 5%
+  CHECK(std::abs(match["active_diff_percent"].get<double>()) < 5.0);
+  CHECK(std::abs(match["total_diff_percent"].get<double>()) < 5.0);
+  // the suggestion lands within one expert's worth of both targets
+  const auto s = match["suggestion"];
+  CHECK(std::abs(s["active_params"].get<double>() / match["active_params"].get<double>() - 1.0) < 0.01);
+  CHECK(std::abs(s["total_params"].get<double>() / match["total_params"].get<double>() - 1.0) < 0.1);
+  check_user_error(run_l3c("inspect " + (source / "moe.json").string() + " --match " + (dir / "none.json").string()),
+                   "config file not found");
+  check_user_error(run_l3c("inspect " + (source / "moe.json").string() + " --set model.moe.top_k=6"),
+                   "model.moe.top_k (6) must be <= model.moe.experts (5)");
+  check_user_error(run_l3c("inspect " + (source / "moe.json").string() + " --set model.moe.layers=[7]"),
+                   "model.moe.layers: layer 7 does not exist");
+}
