@@ -3,8 +3,9 @@
     /usr/bin/python3 scripts/bench_torch.py configs/tiny/dense.json --threads 2 [--steps 10] [--warmup 2]
                                             [--micro-batch N]
 
-Builds the dense model of scripts/llama_reference.py from the config's `model` section (random init,
-normal(0, model.init_std)), and times full optimizer steps on random tokens: forward + backward over every
+Builds the dense or MoE model of scripts/llama_reference.py from the config's `model` section (random init,
+normal(0, model.init_std); an MoE FFN is the usual eager loop over experts with index_add, as Hugging Face
+Mixtral's is), and times full optimizer steps on random tokens: forward + backward over every
 micro-batch of the step (gradient accumulation = train.batch_tokens / (micro_batch * data.seq_len)),
 global-norm clipping at train.grad_clip, AdamW (train.lr, beta1, beta2, eps, weight_decay on 2-D weights).
 Attention is the plain eager form (matmul, causal mask, softmax, matmul); torch 1.13 has no fused
@@ -118,9 +119,9 @@ def main():
     cfg = load_config(args.config)
     model_cfg = merge(MODEL_DEFAULTS, cfg.get("model", {}))
     train = merge(TRAIN_DEFAULTS, cfg.get("train", {}))
-    for key in ("moe", "l3", "layers", "ffn"):
+    for key in ("l3", "layers", "ffn"):
         if model_cfg.get(key):
-            fail(f"model.{key}: this baseline covers dense models only")
+            fail(f"model.{key}: this baseline covers dense and MoE models only")
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "ffn_hidden"):
         if not model_cfg.get(key):
             fail(f"model.{key}: required")

@@ -17,6 +17,8 @@ using namespace l3c;
 
 namespace {
 
+// The config the golden file was made with (its "config" metadata: model, optional "l3" and "moe", and
+// the training hyper-parameters), for micro-batches of B x T.
 Config golden_config(const SafetensorsFile& golden, int64_t B, int64_t T) {
   const auto meta = nlohmann::json::parse(golden.metadata().at("config"));
   Config c;
@@ -29,6 +31,29 @@ Config golden_config(const SafetensorsFile& golden, int64_t B, int64_t T) {
   c.model.rope_theta = meta["rope_theta"];
   c.model.norm_eps = meta["norm_eps"];
   c.model.tie_embeddings = meta["tie_embeddings"];
+  if (meta.contains("l3")) {
+    const auto& l3 = meta["l3"];
+    c.model.l3.after_layers = l3["after_layers"].get<std::vector<int64_t>>();
+    c.model.l3.v = l3["v"];
+    c.model.l3.k = l3["k"];
+    c.model.l3.d_emb = l3["d_emb"];
+    c.model.l3.d_up = l3["d_up"];
+    c.model.l3.tie_kv = l3["tie_kv"];
+    c.model.l3.residual = l3["residual"];
+    c.model.l3.allocation.method = "uniform";  // replaced by the golden allocations (model.l3.{j}.alloc)
+  }
+  if (meta.contains("moe")) {
+    const auto& moe = meta["moe"];
+    REQUIRE(moe["layers"] == "all");
+    c.model.moe.layers.all = true;
+    c.model.moe.experts = moe["experts"];
+    c.model.moe.top_k = moe["top_k"];
+    c.model.moe.expert_hidden = moe["expert_hidden"];
+    c.model.moe.shared_expert_hidden = moe["shared_expert_hidden"];
+    c.model.moe.normalize_topk = moe["normalize_topk"];
+    c.model.moe.aux_loss = moe["aux_loss"];
+    c.model.moe.z_loss = moe["z_loss"];
+  }
   const auto& t = meta["train"];
   c.data.train = "unused";
   c.data.seq_len = T;
@@ -56,38 +81,52 @@ void check_close(const std::string& name, const Tensor& actual, const Tensor& ex
   CHECK(error < tol);
 }
 
+double scalar(const SafetensorsFile& golden, const std::string& name, int64_t i = 0) {
+  return test::get_value(golden.get(name), i);
+}
+
+// Logits, the cross-entropy (and each MoE layer's auxiliary losses), every gradient, and 10 training
+// steps through the trainer's own step (clipping, AdamW, the schedule) against the golden file.
 void check_against_reference(const std::string& file) {
   const SafetensorsFile golden(std::string(L3C_SOURCE_DIR) + "/tests/golden/" + file);
   const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   const Config config = golden_config(golden, B, T);
-  const Llama model(config.model);
+  Llama model(config.model);
   FlatBuffer params(model.registry().total(), DType::F32), grads(model.registry().total(), DType::F32);
-  load_params(golden, model.registry(), params, ExtraTensors::Ignore);
+  // Parameters and the per-layer L3 allocations (model.l3.{j}.alloc) load as from a checkpoint.
+  load_model_state(golden, model, params, ExtraTensors::Ignore);
 
   Arena arena(model.activation_bytes(B, T, DType::F32, true), "test");
   test::TestTensor logits(DType::F32, {B * T, config.model.vocab_size});
   model.forward_logits(params, tokens, logits, arena);
   check_close("logits", logits, golden.get("expected.logits"));
-
   arena.reset();
-  const double loss = model.forward_backward(params, &grads, tokens, targets, 1.0 / static_cast<double>(B * T), arena).cross_entropy;
-  CHECK(loss == Approx(test::get_value(golden.get("expected.loss"), 0)).epsilon(1e-5));
+  const LossReport report =
+      model.forward_backward(params, &grads, tokens, targets, 1.0 / static_cast<double>(B * T), arena);
+  CHECK(report.cross_entropy == Approx(scalar(golden, "expected.loss")).epsilon(1e-5));
+  const bool moe = golden.contains("expected.moe.load_balance");
+  REQUIRE(report.moe.size() == (moe ? golden.get("expected.moe.load_balance").numel() : 0));
+  for (size_t j = 0; j < report.moe.size(); ++j) {
+    INFO("MoE layer " << j);
+    CHECK(report.moe[j].load_balance_loss == Approx(scalar(golden, "expected.moe.load_balance", j)).epsilon(1e-5));
+    CHECK(report.moe[j].z_loss == Approx(scalar(golden, "expected.moe.z_loss", j)).epsilon(1e-5));
+  }
   for (const ParamInfo& p : model.registry().params())
     check_close("gradient of " + p.name, grads.view(p), golden.get("expected.grad." + p.name));
 
-  // Ten optimizer steps through the trainer's own step (clipping, AdamW, the schedule).
-  TrainingState state(config);
+  TrainingState state(config);  // L3 layers start with the uniform allocation, replaced below
   load_params(golden, model.registry(), state.params(), ExtraTensors::Ignore);
+  for (size_t j = 0; j < model.l3_layers().size(); ++j) state.set_l3_allocation(j, model.l3_allocation(j), "golden");
   const BatchSource same_batch = [&](int64_t, Tensor x, Tensor y) {
     ops::copy(x, tokens);
     ops::copy(y, targets);
   };
-  const Tensor expected_losses = golden.get("expected.train_losses");
   for (int64_t step = 0; step < config.train.steps; ++step) {
     const StepResult r = state.step(step, same_batch);
     INFO("step " << step);
-    CHECK(r.loss == Approx(test::get_value(expected_losses, step)).epsilon(1e-4));
+    CHECK(r.loss == Approx(scalar(golden, "expected.train_losses", step)).epsilon(1e-4));
+    if (moe) CHECK(r.aux_loss == Approx(scalar(golden, "expected.train_aux_losses", step)).epsilon(1e-4));
   }
   for (const ParamInfo& p : model.registry().params())
     check_close("weights after 10 steps: " + p.name, state.params().view(p), golden.get("expected.final." + p.name));
@@ -106,106 +145,15 @@ TEST_CASE("logits, loss, gradients and 10 AdamW steps match the PyTorch referenc
 TEST_CASE("a model with two L3 layers matches the PyTorch reference: logits, loss, gradients, 10 AdamW steps",
           "[reference][l3]") {
   const SafetensorsFile golden(std::string(L3C_SOURCE_DIR) + "/tests/golden/l3_tiny.safetensors");
-  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
-  const int64_t B = tokens.dim(0), T = tokens.dim(1);
-  Config config = golden_config(golden, B, T);
-  const auto l3 = nlohmann::json::parse(golden.metadata().at("config"))["l3"];
-  config.model.l3.after_layers = l3["after_layers"].get<std::vector<int64_t>>();
-  config.model.l3.v = l3["v"];
-  config.model.l3.k = l3["k"];
-  config.model.l3.d_emb = l3["d_emb"];
-  config.model.l3.d_up = l3["d_up"];
-  config.model.l3.tie_kv = l3["tie_kv"];
-  config.model.l3.residual = l3["residual"];
-  config.model.l3.allocation.method = "uniform";  // replaced by the golden allocations below
-  Llama model(config.model);
-  FlatBuffer params(model.registry().total(), DType::F32), grads(model.registry().total(), DType::F32);
-  // Parameters and the per-layer allocations (model.l3.{j}.alloc) load as from a checkpoint.
-  load_model_state(golden, model, params, ExtraTensors::Ignore);
-  REQUIRE(model.l3_allocation(0) != model.l3_allocation(1));
-  const std::vector<int32_t>& counts = model.l3_allocation(0);
+  // each layer has its own allocation, from 1 row to k
+  REQUIRE(test::to_double_vector(golden.get("model.l3.0.alloc")) != test::to_double_vector(golden.get("model.l3.1.alloc")));
+  const std::vector<double> counts = test::to_double_vector(golden.get("model.l3.0.alloc"));
   CHECK(*std::min_element(counts.begin(), counts.end()) == 1);
-  CHECK(*std::max_element(counts.begin(), counts.end()) == config.model.l3.k);
-
-  Arena arena(model.activation_bytes(B, T, DType::F32, true), "test");
-  test::TestTensor logits(DType::F32, {B * T, config.model.vocab_size});
-  model.forward_logits(params, tokens, logits, arena);
-  check_close("logits", logits, golden.get("expected.logits"));
-  arena.reset();
-  const double loss = model.forward_backward(params, &grads, tokens, targets, 1.0 / static_cast<double>(B * T), arena).cross_entropy;
-  CHECK(loss == Approx(test::get_value(golden.get("expected.loss"), 0)).epsilon(1e-5));
-  for (const ParamInfo& p : model.registry().params())
-    check_close("gradient of " + p.name, grads.view(p), golden.get("expected.grad." + p.name));
-
-  TrainingState state(config);
-  load_params(golden, model.registry(), state.params(), ExtraTensors::Ignore);
-  for (int64_t j = 0; j < 2; ++j) state.set_l3_allocation(j, model.l3_allocation(j), "golden");
-  const BatchSource same_batch = [&](int64_t, Tensor x, Tensor y) {
-    ops::copy(x, tokens);
-    ops::copy(y, targets);
-  };
-  const Tensor expected_losses = golden.get("expected.train_losses");
-  for (int64_t step = 0; step < config.train.steps; ++step) {
-    const StepResult r = state.step(step, same_batch);
-    INFO("step " << step);
-    CHECK(r.loss == Approx(test::get_value(expected_losses, step)).epsilon(1e-4));
-  }
-  for (const ParamInfo& p : model.registry().params())
-    check_close("weights after 10 steps: " + p.name, state.params().view(p), golden.get("expected.final." + p.name));
+  CHECK(*std::max_element(counts.begin(), counts.end()) == 4);
+  check_against_reference("l3_tiny.safetensors");
 }
 
 TEST_CASE("a model with MoE FFNs matches the PyTorch reference: logits, each loss term, gradients, 10 AdamW steps",
           "[reference][moe]") {
-  const SafetensorsFile golden(std::string(L3C_SOURCE_DIR) + "/tests/golden/moe_tiny.safetensors");
-  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
-  const int64_t B = tokens.dim(0), T = tokens.dim(1);
-  Config config = golden_config(golden, B, T);
-  const auto moe = nlohmann::json::parse(golden.metadata().at("config"))["moe"];
-  REQUIRE(moe["layers"] == "all");
-  config.model.moe.layers.all = true;
-  config.model.moe.experts = moe["experts"];
-  config.model.moe.top_k = moe["top_k"];
-  config.model.moe.expert_hidden = moe["expert_hidden"];
-  config.model.moe.shared_expert_hidden = moe["shared_expert_hidden"];
-  config.model.moe.normalize_topk = moe["normalize_topk"];
-  config.model.moe.aux_loss = moe["aux_loss"];
-  config.model.moe.z_loss = moe["z_loss"];
-  const Llama model(config.model);
-  FlatBuffer params(model.registry().total(), DType::F32), grads(model.registry().total(), DType::F32);
-  load_params(golden, model.registry(), params, ExtraTensors::Ignore);
-
-  Arena arena(model.activation_bytes(B, T, DType::F32, true), "test");
-  test::TestTensor logits(DType::F32, {B * T, config.model.vocab_size});
-  model.forward_logits(params, tokens, logits, arena);
-  check_close("logits", logits, golden.get("expected.logits"));
-  arena.reset();
-  const LossReport report =
-      model.forward_backward(params, &grads, tokens, targets, 1.0 / static_cast<double>(B * T), arena);
-  CHECK(report.cross_entropy == Approx(test::get_value(golden.get("expected.loss"), 0)).epsilon(1e-5));
-  REQUIRE(report.moe.size() == 2);
-  for (int64_t j = 0; j < 2; ++j) {
-    INFO("MoE layer " << j);
-    CHECK(report.moe[j].load_balance_loss ==
-          Approx(test::get_value(golden.get("expected.moe.load_balance"), j)).epsilon(1e-5));
-    CHECK(report.moe[j].z_loss == Approx(test::get_value(golden.get("expected.moe.z_loss"), j)).epsilon(1e-5));
-  }
-  for (const ParamInfo& p : model.registry().params())
-    check_close("gradient of " + p.name, grads.view(p), golden.get("expected.grad." + p.name));
-
-  TrainingState state(config);
-  load_params(golden, model.registry(), state.params(), ExtraTensors::Ignore);
-  const BatchSource same_batch = [&](int64_t, Tensor x, Tensor y) {
-    ops::copy(x, tokens);
-    ops::copy(y, targets);
-  };
-  const Tensor expected_losses = golden.get("expected.train_losses");
-  const Tensor expected_aux = golden.get("expected.train_aux_losses");
-  for (int64_t step = 0; step < config.train.steps; ++step) {
-    const StepResult r = state.step(step, same_batch);
-    INFO("step " << step);
-    CHECK(r.loss == Approx(test::get_value(expected_losses, step)).epsilon(1e-4));
-    CHECK(r.aux_loss == Approx(test::get_value(expected_aux, step)).epsilon(1e-4));
-  }
-  for (const ParamInfo& p : model.registry().params())
-    check_close("weights after 10 steps: " + p.name, state.params().view(p), golden.get("expected.final." + p.name));
+  check_against_reference("moe_tiny.safetensors");
 }
