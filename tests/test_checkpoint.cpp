@@ -207,6 +207,12 @@ void check_exact_resume(const fs::path& dir, const fs::path& config) {
   // The final checkpoints agree too, optimizer state included.
   CHECK(tensors_of(checkpoint(straight, 8) / "optimizer.safetensors") ==
         tensors_of(checkpoint(resumed, 8) / "optimizer.safetensors"));
+  // The checksums in trainer.json are those sha256sum computes.
+  const auto trainer = nlohmann::json::parse(read_text(checkpoint(resumed, 8) / "trainer.json"));
+  for (const auto& [file, entry] : trainer["files"].items()) {
+    const Result sum = l3c::test::run_command("sha256sum " + (checkpoint(resumed, 8) / file).string());
+    CHECK(sum.output.substr(0, 64) == entry["sha256"].get<std::string>());
+  }
   // eval reads a checkpoint folder.
   const Result e = run_l3c("eval --json --checkpoint " + checkpoint(resumed, 8).string() + " --data " +
                            (dir / "train.bin").string() + " --batches 2");

@@ -279,7 +279,8 @@ CheckpointCheck verify_checkpoint(const std::string& dir) {
   return CheckpointCheck{true, "", std::move(trainer)};
 }
 
-std::optional<std::string> find_resume_checkpoint(const std::string& run_dir, std::vector<std::string>* passed_over) {
+std::optional<std::string> find_resume_checkpoint(const std::string& run_dir, std::vector<std::string>* passed_over,
+                                                  CheckpointCheck* found) {
   const fs::path root = checkpoints_dir(run_dir);
   std::string hint;
   std::error_code ec;
@@ -295,10 +296,11 @@ std::optional<std::string> find_resume_checkpoint(const std::string& run_dir, st
   for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
     const std::string name = checkpoint_name(*it);
     const std::string path = (root / name).string();
-    const CheckpointCheck check = verify_checkpoint(path);
+    CheckpointCheck check = verify_checkpoint(path);
     if (check.ok) {
       if (!hint.empty() && hint != name)
         spdlog::info("resume: checkpoints/latest names {}; {} is the newest checkpoint that verifies", hint, name);
+      if (found) *found = std::move(check);
       return path;
     }
     spdlog::warn("resume: passing over {}: {}", path, check.reason);

@@ -70,9 +70,11 @@ CheckpointCheck verify_checkpoint(const std::string& dir);
 
 // The newest checkpoint of the run that verifies (step_* folders, newest first; `latest` is only a
 // hint), logging why each newer folder was passed over; nullopt when none verifies. Each folder passed
-// over is appended to `passed_over` as "step_...: reason" when given.
+// over is appended to `passed_over` as "step_...: reason" when given; `check` receives the verification
+// of the folder found.
 std::optional<std::string> find_resume_checkpoint(const std::string& run_dir,
-                                                  std::vector<std::string>* passed_over = nullptr);
+                                                  std::vector<std::string>* passed_over = nullptr,
+                                                  CheckpointCheck* check = nullptr);
 
 // Removes checkpoints/.tmp_* folders left by an interrupted write, with a log line each.
 void remove_stale_temporaries(const std::string& run_dir);

@@ -229,7 +229,8 @@ std::optional<CheckpointCheck> find_resume(const Config& config, const std::stri
   }
   remove_stale_temporaries(config.run.dir);
   std::vector<std::string> passed_over;
-  const std::optional<std::string> found = find_resume_checkpoint(config.run.dir, &passed_over);
+  CheckpointCheck check;
+  const std::optional<std::string> found = find_resume_checkpoint(config.run.dir, &passed_over, &check);
   if (!found) {
     if (holds_run(config.run.dir)) {
       std::string reasons;
@@ -241,8 +242,6 @@ std::optional<CheckpointCheck> find_resume(const Config& config, const std::stri
     return std::nullopt;
   }
   dir = *found;
-  CheckpointCheck check = verify_checkpoint(dir);
-  if (!check.ok) fail("--resume auto: {} changed while being read: {}", dir, check.reason);
   return check;
 }
 
@@ -275,7 +274,9 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   progress.threads = threads;
   std::string resume_dir;
   std::optional<CheckpointCheck> resume_check;
+  const auto verify_start = clock::now();
   if (!options.resume.empty()) resume_check = find_resume(config, options.resume, resume_dir);
+  const double verify_seconds = std::chrono::duration<double>(clock::now() - verify_start).count();
   bool same_run = false;
   if (resume_check) {
     const Config saved = checkpoint_config(resume_check->trainer, resume_dir);
@@ -351,7 +352,15 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
           ? uniform_allocation(config.model.vocab_size, config.model.l3.v, config.model.l3.k)
           : std::vector<int32_t>();
   TrainingState state(config, l3_allocation ? &l3_allocation->counts : resume_check ? &placeholder : nullptr);
-  if (resume_check) load_checkpoint_state(resume_dir, state.mutable_model(), state.params(), state.optimizer());
+  if (resume_check) {
+    const auto load_start = clock::now();
+    load_checkpoint_state(resume_dir, state.mutable_model(), state.params(), state.optimizer());
+    const double load_seconds = std::chrono::duration<double>(clock::now() - load_start).count();
+    uint64_t bytes = 0;
+    for (const auto& [file, entry] : resume_check->trainer["files"].items()) bytes += entry["bytes"].get<uint64_t>();
+    spdlog::info("resume: checkpoint of {:.1f} MB verified in {:.2f}s and loaded in {:.2f}s ({:.0f} MB/s in all)",
+                 bytes / 1e6, verify_seconds, load_seconds, bytes / 1e6 / std::max(verify_seconds + load_seconds, 1e-9));
+  }
   if (!options.init_from.empty()) init_from_checkpoint(options.init_from, state.mutable_model(), state.params());
   const ModelCost cost = state.model().cost(config.data.seq_len);
   const double peak = measure_cpu_peak_flops();
