@@ -252,6 +252,8 @@ CheckpointCheck verify_checkpoint(const std::string& dir) {
     if (!files.is_object() || !files.contains(required))
       return rejected(fmt::format("trainer.json lists no {}", required), trainer);
   for (const auto& [file, entry] : files.items()) {
+    if (file.empty() || file.find('/') != std::string::npos || file == "." || file == "..")
+      return rejected(fmt::format("trainer.json lists a file outside the checkpoint folder: {}", file), trainer);
     const fs::path path = fs::path(dir) / file;
     if (!entry.is_object() || !entry.value("bytes", json()).is_number_unsigned() ||
         !entry.value("sha256", json()).is_string())
