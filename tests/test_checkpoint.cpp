@@ -17,6 +17,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <stdexcept>
 #include <thread>
 
 #include <nlohmann/json.hpp>
@@ -112,7 +113,7 @@ std::map<int64_t, double> losses(const fs::path& metrics) {
 // A safetensors file without its metadata: the tensor entries of the header and the data bytes.
 std::pair<nlohmann::json, std::string> tensors_of(const fs::path& path) {
   const std::string bytes = read_text(path);
-  REQUIRE(bytes.size() >= 8);
+  if (bytes.size() < 8) throw std::runtime_error(path.string() + ": not a safetensors file");
   uint64_t header_len = 0;
   std::memcpy(&header_len, bytes.data(), 8);
   nlohmann::json header = nlohmann::json::parse(bytes.substr(8, header_len));
@@ -123,9 +124,16 @@ std::pair<nlohmann::json, std::string> tensors_of(const fs::path& path) {
 // The bytes of one tensor of a safetensors file.
 std::string tensor_bytes(const fs::path& path, const std::string& name) {
   const auto [header, data] = tensors_of(path);
-  REQUIRE(header.contains(name));
+  if (!header.contains(name)) throw std::runtime_error(path.string() + ": no tensor " + name);
   const auto begin = header[name]["data_offsets"][0].get<size_t>(), end = header[name]["data_offsets"][1].get<size_t>();
   return data.substr(begin, end - begin);
+}
+
+// The same tensors, bit for bit (metadata aside), in two safetensors files.
+bool same_tensors(const fs::path& a, const fs::path& b) { return tensors_of(a) == tensors_of(b); }
+// Tensor `name` has the same bytes in two files.
+bool same_tensor(const fs::path& a, const fs::path& b, const std::string& name) {
+  return tensor_bytes(a, name) == tensor_bytes(b, name);
 }
 
 fs::path checkpoint(const fs::path& run, int64_t step) {
@@ -143,7 +151,7 @@ void check_same_run(const fs::path& a, const fs::path& b) {
     REQUIRE(lb.count(step) == 1);
     CHECK(lb.at(step) == loss);  // exact
   }
-  CHECK(tensors_of(a / "model.safetensors") == tensors_of(b / "model.safetensors"));
+  CHECK(same_tensors(a / "model.safetensors", b / "model.safetensors"));
 }
 
 void check_user_error(const Result& r, const std::string& message) {
@@ -207,8 +215,7 @@ void check_exact_resume(const fs::path& dir, const fs::path& config) {
   CHECK_THAT(c.output, Contains("continuing from " + checkpoint(resumed, 4).string()));
   check_same_run(straight, resumed);
   // The final checkpoints agree too, optimizer state included.
-  CHECK(tensors_of(checkpoint(straight, 8) / "optimizer.safetensors") ==
-        tensors_of(checkpoint(resumed, 8) / "optimizer.safetensors"));
+  CHECK(same_tensors(checkpoint(straight, 8) / "optimizer.safetensors", checkpoint(resumed, 8) / "optimizer.safetensors"));
   // The checksums in trainer.json are those sha256sum computes.
   const auto trainer = nlohmann::json::parse(read_text(checkpoint(resumed, 8) / "trainer.json"));
   for (const auto& [file, entry] : trainer["files"].items()) {
@@ -430,8 +437,7 @@ TEST_CASE("non-finite steps stop the run naming the step, or are skipped and cou
   CHECK(trainer["skipped_steps"] == 5);
   CHECK(trainer["optimizer_steps"] == 1);
   // Skipped steps leave the weights as they were after step 1.
-  CHECK(tensors_of(checkpoint(dir / "skip", 3) / "model.safetensors") ==
-        tensors_of(checkpoint(dir / "skip", 6) / "model.safetensors"));
+  CHECK(same_tensors(checkpoint(dir / "skip", 3) / "model.safetensors", checkpoint(dir / "skip", 6) / "model.safetensors"));
 }
 
 TEST_CASE("init-from starts a new run from trained weights, and frozen parameters stay byte for byte",
@@ -449,15 +455,13 @@ TEST_CASE("init-from starts a new run from trained weights, and frozen parameter
   INFO(ffn.output);
   REQUIRE(ffn.exit_code == 0);
   const fs::path tuned = dir / "ffn" / "model.safetensors";
-  CHECK(tensor_bytes(tuned, "model.layers.0.self_attn.q_proj.weight") ==
-        tensor_bytes(trained, "model.layers.0.self_attn.q_proj.weight"));
-  CHECK(tensor_bytes(tuned, "lm_head.weight") == tensor_bytes(trained, "lm_head.weight"));
-  CHECK(tensor_bytes(tuned, "model.norm.weight") == tensor_bytes(trained, "model.norm.weight"));
-  CHECK(tensor_bytes(tuned, "model.layers.1.mlp.up_proj.weight") !=
-        tensor_bytes(trained, "model.layers.1.mlp.up_proj.weight"));
+  CHECK(same_tensor(tuned, trained, "model.layers.0.self_attn.q_proj.weight"));
+  CHECK(same_tensor(tuned, trained, "lm_head.weight"));
+  CHECK(same_tensor(tuned, trained, "model.norm.weight"));
+  CHECK_FALSE(same_tensor(tuned, trained, "model.layers.1.mlp.up_proj.weight"));
   // Frozen parameters get no AdamW state.
   const fs::path moments = checkpoint(dir / "ffn", 4) / "optimizer.safetensors";
-  CHECK(tensor_bytes(moments, "exp_avg.lm_head.weight") == std::string(32 * 32 * 4, '\0'));
+  CHECK((tensor_bytes(moments, "exp_avg.lm_head.weight") == std::string(32 * 32 * 4, '\0')));
 
   // New L3 tables on the trained dense trunk (same vocabulary), which stays frozen.
   const fs::path l3 = l3_config(dir, 3);
@@ -469,7 +473,7 @@ TEST_CASE("init-from starts a new run from trained weights, and frozen parameter
   CHECK_THAT(tables.output, Contains("freshly initialised: model.l3.0."));
   const fs::path with_tables = dir / "tables" / "model.safetensors";
   for (const char* name : {"model.embed_tokens.weight", "model.layers.1.mlp.down_proj.weight", "lm_head.weight"})
-    CHECK(tensor_bytes(with_tables, name) == tensor_bytes(trained, name));
+    CHECK(same_tensor(with_tables, trained, name));
   // A checkpoint whose shapes do not fit is refused, naming the tensor.
   check_user_error(run_l3c("train " + l3.string() + run_dir_set(dir / "misfit") + " --init-from " +
                            checkpoint(dir / "base", 4).string()),
