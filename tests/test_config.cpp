@@ -414,6 +414,20 @@ TEST_CASE("overrides set numbers, booleans, strings and paths", "[config]") {
   CHECK(l3c::load_config(path, {"data.val="}).data.val == "");
 }
 
+TEST_CASE("a list of strings is set as JSON or as comma-separated text, and checked", "[config]") {
+  TempDir dir;
+  std::string path = dir.write("x.json", minimal().dump());
+  using List = std::vector<std::string>;
+  CHECK(l3c::load_config(path).train.trainable.empty());
+  CHECK(l3c::load_config(path, {"train.trainable=l3_table,norm"}).train.trainable == List{"l3_table", "norm"});
+  CHECK(l3c::load_config(path, {R"(train.trainable=["model.l3.", "ffn"])"}).train.trainable == List{"model.l3.", "ffn"});
+  CHECK(l3c::load_config(path, {"train.trainable=[]"}).train.trainable.empty());
+  CHECK_THROWS_WITH(l3c::load_config(path, {"train.trainable=[1]"}), Catch::Contains("train.trainable[0]: expected a string"));
+  CHECK_THROWS_WITH(l3c::load_config(path, {"train.on_nonfinite=ignore"}),
+                    Catch::Contains("train.on_nonfinite: must be one of stop, skip"));
+  CHECK(l3c::load_config(path, {"checkpoint.milestone_every=1000"}).checkpoint.milestone_every == 1000);
+}
+
 TEST_CASE("overrides apply after extends and before validation", "[config]") {
   TempDir dir;
   dir.write("base.json", minimal().dump());
@@ -468,10 +482,13 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
   c.train.seed = 18446744073709551615ull;
   c.train.threads = 3;
   c.train.dtype = "f64";
+  c.train.on_nonfinite = "skip";
+  c.train.trainable = {"attention", "model.layers.0."};
   c.eval.every = 5;
   c.eval.batches = 2;
   c.checkpoint.every = 4;
   c.checkpoint.keep = 1;
+  c.checkpoint.milestone_every = 8;
   c.run.dir = "runs/round trip";
 
   nlohmann::ordered_json out = l3c::config_to_json(c);
@@ -481,6 +498,7 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
   CHECK(back.train.lr == c.train.lr);
   CHECK(back.train.seed == c.train.seed);
   CHECK(back.run.dir == c.run.dir);
+  CHECK(back.train.trainable == c.train.trainable);
 
   std::vector<std::string> sections;
   for (const auto& item : out.items()) sections.push_back(item.key());
@@ -490,7 +508,8 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
   CHECK(model_keys == std::vector<std::string>{"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                                "ffn_hidden", "rope_theta", "norm_eps", "tie_embeddings",
                                                "init_std"});
-  CHECK(out["train"].size() == 17);
+  CHECK(out["train"].size() == 19);
+  CHECK(out["checkpoint"].size() == 3);  // every, keep, milestone_every
   CHECK(out["data"].size() == 5);  // train, val, seq_len, shuffle, tokenizer
 
   // A saved config reads back through load_config too.

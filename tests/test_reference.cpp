@@ -106,7 +106,7 @@ void check_against_reference(const std::string& file) {
       model.forward_backward(params, &grads, tokens, targets, 1.0 / static_cast<double>(B * T), arena);
   CHECK(report.cross_entropy == Approx(scalar(golden, "expected.loss")).epsilon(1e-5));
   const bool moe = golden.contains("expected.moe.load_balance");
-  REQUIRE(report.moe.size() == (moe ? golden.get("expected.moe.load_balance").numel() : 0));
+  REQUIRE(static_cast<int64_t>(report.moe.size()) == (moe ? golden.get("expected.moe.load_balance").numel() : 0));
   for (size_t j = 0; j < report.moe.size(); ++j) {
     INFO("MoE layer " << j);
     CHECK(report.moe[j].load_balance_loss == Approx(scalar(golden, "expected.moe.load_balance", j)).epsilon(1e-5));

@@ -1,4 +1,4 @@
-// `l3c train CONFIG [--set k=v ...] [--json]`
+// `l3c train CONFIG [--set k=v ...] [--resume auto|CHECKPOINT] [--init-from CHECKPOINT] [--stop-at N] [--json]`
 #include <cmath>
 
 #include <nlohmann/json.hpp>
@@ -12,20 +12,38 @@
 namespace l3c::cmd {
 
 int train(const std::vector<std::string>& argv) {
-  const cli::Args args = cli::parse(argv, {{}, {"json"}, 1, 1, "l3c train CONFIG [--set key=value ...] [--json]"});
+  const cli::Args args = cli::parse(
+      argv, {{"resume", "init-from", "stop-at"}, {"json"}, 1, 1,
+             "l3c train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT] [--init-from CHECKPOINT]\n"
+             "                 [--stop-at STEP] [--json]"});
   const Config config = load_config(args.positional[0], args.sets);
-  const TrainSummary s = run_training(config);
-  spdlog::info("done: {} steps, {} tokens in {} | {:.0f} tok/s | MFU {:.1f}% | final train loss {:.4f}{}", s.steps,
-               s.tokens, format_duration(s.seconds), s.tokens_per_second, 100.0 * s.mfu, s.final_train_loss,
-               std::isnan(s.final_val_loss)
-                   ? std::string()
-                   : fmt::format(" | val loss {:.4f} (ppl {:.2f})", s.final_val_loss, std::exp(s.final_val_loss)));
+  TrainOptions options;
+  options.resume = args.get("resume", "");
+  options.init_from = args.get("init-from", "");
+  options.stop_at = args.get_int("stop-at", 0, 1);
+  if (args.has("resume") && options.resume.empty()) fail("--resume: expected auto or a checkpoint folder");
+  const TrainSummary s = run_training(config, options);
+  if (!s.stopped.empty()) {
+    spdlog::info("stopped after step {} of {} ({}): checkpoint {}; continue with: l3c train {} --resume auto", s.steps,
+                 config.train.steps, s.stopped, s.checkpoint, args.positional[0]);
+  } else {
+    spdlog::info("done: {} steps, {} tokens in {} | {:.0f} tok/s | MFU {:.1f}% | final train loss {:.4f}{}{}", s.steps,
+                 s.tokens, format_duration(s.seconds), s.tokens_per_second, 100.0 * s.mfu, s.final_train_loss,
+                 std::isnan(s.final_val_loss)
+                     ? std::string()
+                     : fmt::format(" | val loss {:.4f} (ppl {:.2f})", s.final_val_loss, std::exp(s.final_val_loss)),
+                 s.skipped_steps ? fmt::format(" | {} steps skipped (non-finite)", s.skipped_steps) : "");
+  }
   spdlog::info("run folder: {}", config.run.dir);
   if (args.flag("json")) {
-    nlohmann::json j = {{"run_dir", config.run.dir}, {"steps", s.steps}, {"tokens", s.tokens},
-                        {"seconds", s.seconds}, {"tokens_per_second", s.tokens_per_second}, {"mfu", s.mfu},
-                        {"final_train_loss", s.final_train_loss}};
-    j["final_val_loss"] = std::isnan(s.final_val_loss) ? nlohmann::json() : nlohmann::json(s.final_val_loss);
+    auto number_or_null = [](double x) { return std::isnan(x) ? nlohmann::json() : nlohmann::json(x); };
+    nlohmann::json j = {{"run_dir", config.run.dir}, {"steps", s.steps}, {"start_step", s.start_step},
+                        {"tokens", s.tokens}, {"skipped_steps", s.skipped_steps}, {"seconds", s.seconds},
+                        {"tokens_per_second", s.tokens_per_second}, {"mfu", s.mfu},
+                        {"final_train_loss", number_or_null(s.final_train_loss)},
+                        {"final_val_loss", number_or_null(s.final_val_loss)},
+                        {"checkpoint", s.checkpoint}, {"resumed_from", s.resumed_from},
+                        {"stopped", s.stopped.empty() ? nlohmann::json() : nlohmann::json(s.stopped)}};
     cli::print_json_line(j.dump());
   }
   return 0;

@@ -13,5 +13,7 @@ int prepare(const std::vector<std::string>& args);
 int generate(const std::vector<std::string>& args);
 int allocate(const std::vector<std::string>& args);
 int tokenizer(const std::vector<std::string>& args);
+int export_model(const std::vector<std::string>& args);
+int logits(const std::vector<std::string>& args);
 
 }  // namespace l3c::cmd

@@ -1,5 +1,6 @@
 // The `l3c` command: dispatches to the subcommands and turns errors into exit codes
 // (bad input: 2, internal failure: 1).
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -16,6 +17,7 @@ constexpr const char* kUsage = R"(usage: l3c COMMAND [ARGS]
 
 commands:
   train CONFIG [--set key=value ...] [--json]       train a model as the config says
+        [--resume auto|CHECKPOINT] [--init-from CHECKPOINT] [--stop-at STEP]
   eval --checkpoint DIR --data SHARDS [--json]      validation loss and perplexity of a trained model
   inspect CONFIG [--set key=value ...] [--json]     parameters, FLOPs per token and memory of a config
   bench CONFIG [--steps N] [--warmup N] [--json]    steady-state training throughput and MFU
@@ -23,6 +25,8 @@ commands:
   generate --checkpoint DIR [--prompt TEXT]         sample text from a trained model (with the run's tokenizer)
   allocate --data SHARDS --v N --k K --out FILE    L3 allocation (rows per token id) by LZW, unigram or uniform
   tokenizer train|encode|decode|bench ...           byte-level BPE: train a vocabulary, encode, decode, speed
+  export hf CHECKPOINT OUT_DIR                      Hugging Face config.json + model.safetensors (transformers)
+  logits --checkpoint DIR --tokens IDS --out FILE   logits of one sequence (safetensors), to compare implementations
 
 Every command that reads a config accepts --set key=value (e.g. --set train.lr=3e-4).
 With --json the last line of stdout is one JSON object.)";
@@ -35,6 +39,9 @@ int main(int argc, char** argv) {
   }
   const std::string command = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
+  // A file-size limit (ulimit -f) makes write() fail with EFBIG, reported like a full disk, instead of
+  // killing the process halfway through a file.
+  std::signal(SIGXFSZ, SIG_IGN);
   try {
     l3c::init_logging();
     if (command == "train") return l3c::cmd::train(args);
@@ -45,6 +52,8 @@ int main(int argc, char** argv) {
     if (command == "generate") return l3c::cmd::generate(args);
     if (command == "allocate") return l3c::cmd::allocate(args);
     if (command == "tokenizer") return l3c::cmd::tokenizer(args);
+    if (command == "export") return l3c::cmd::export_model(args);
+    if (command == "logits") return l3c::cmd::logits(args);
     throw l3c::UserError(fmt::format("unknown command '{}'\n{}", command, kUsage));
   } catch (const l3c::UserError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

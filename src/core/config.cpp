@@ -30,11 +30,14 @@ using json = nlohmann::json;
 namespace fs = std::filesystem;
 
 using IntList = std::vector<int64_t>;
+using StringList = std::vector<std::string>;
 
 // Where a field's value lives inside a Config. The alternative held is the field's type:
 // int64_t: integer, uint64_t: non-negative integer, double: number, bool: true/false, string,
-// IntList: a JSON array of integers, LayerSelection: "all" or a JSON array of layer indices.
-using Slot = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, IntList*, LayerSelection*>;
+// IntList: a JSON array of integers, StringList: a JSON array of strings, LayerSelection: "all" or a JSON
+// array of layer indices.
+using Slot =
+    std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, IntList*, StringList*, LayerSelection*>;
 
 // What a field's value must satisfy beyond its type. Bounds apply to numbers and to every entry of a
 // list; one_of to strings; non_empty to strings and lists. `hint` is appended to a broken rule's message.
@@ -148,12 +151,15 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::threads>("train.threads", {.min = 0}),  // 0: all cores
       field<&C::train, &TrainConfig::device>("train.device", kDeviceRule),
       field<&C::train, &TrainConfig::dtype>("train.dtype", {.one_of = {"f32", "f64"}}),
+      field<&C::train, &TrainConfig::on_nonfinite>("train.on_nonfinite", {.one_of = {"stop", "skip"}}),
+      field<&C::train, &TrainConfig::trainable>("train.trainable"),  // empty: everything trains
 
       field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0}),
       field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1}),
 
       field<&C::checkpoint, &CheckpointConfig::every>("checkpoint.every", {.min = 0}),
       field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint.keep", {.min = 1}),
+      field<&C::checkpoint, &CheckpointConfig::milestone_every>("checkpoint.milestone_every", {.min = 0}),
 
       field<&C::run, &RunConfig::dir>("run.dir", {.non_empty = true}),
   };
@@ -307,6 +313,14 @@ void read_value(const Field& f, const json& v, Config& c) {
           } else {
             fail("{}: expected \"all\" or a list of layer indices, got {}", f.path(), describe(v));
           }
+        } else if constexpr (std::is_same_v<T, StringList>) {
+          if (!v.is_array()) fail("{}: expected a list of strings, got {}", f.path(), describe(v));
+          StringList values;
+          for (size_t i = 0; i < v.size(); ++i) {
+            if (!v[i].is_string()) fail("{}[{}]: expected a string, got {}", f.path(), i, describe(v[i]));
+            values.push_back(v[i].get<std::string>());
+          }
+          *target = std::move(values);
         } else if constexpr (std::is_same_v<T, double>) {
           if (!v.is_number()) fail("{}: expected a number, got {}", f.path(), describe(v));
           *target = v.get<double>();
@@ -349,6 +363,10 @@ void check_rule(const Field& f, Config& c) {
               std::find(rule.one_of.begin(), rule.one_of.end(), *value) == rule.one_of.end())
             fail("{}: must be one of {}; got {}{}", f.path(), join(rule.one_of), json(*value).dump(),
                  with_hint(rule));
+        } else if constexpr (std::is_same_v<T, StringList>) {
+          if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
+          for (const std::string& entry : *value)
+            if (entry.empty()) fail("{}: entries must not be empty{}", f.path(), with_hint(rule));
         } else if constexpr (std::is_same_v<T, IntList>) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
           for (int64_t entry : *value)
@@ -534,12 +552,31 @@ json read_config_chain(const std::string& path, std::vector<std::pair<fs::path, 
   return merged;
 }
 
+// "a,b,,c" -> {"a", "b", "c"}; "" -> {}.
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  size_t begin = 0;
+  while (begin <= text.size()) {
+    const size_t comma = std::min(text.find(',', begin), text.size());
+    if (comma > begin) items.push_back(text.substr(begin, comma - begin));
+    begin = comma + 1;
+  }
+  return items;
+}
+
 // The override's value: JSON when it parses, else the text itself. For string fields, only a JSON
-// string literal is taken as JSON, so "run.dir=2024" means the folder "2024", not a number.
+// string literal is taken as JSON, so "run.dir=2024" means the folder "2024", not a number; a list of
+// strings may also be given as "a,b".
 json override_value(const Field& f, const std::string& text) {
   json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
   Config scratch;
   bool string_field = std::holds_alternative<std::string*>(f.slot(scratch));
+  if (std::holds_alternative<StringList*>(f.slot(scratch)) && !parsed.is_array()) {
+    // "--set train.trainable=l3_table,norm": a comma-separated list
+    json list = json::array();
+    for (const std::string& item : split_list(text)) list.push_back(item);
+    return list;
+  }
   if (parsed.is_discarded() || (string_field && !parsed.is_string())) return json(text);
   return parsed;
 }

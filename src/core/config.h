@@ -111,6 +111,10 @@ struct TrainConfig {
   int64_t threads = 0;          // 0: all cores
   std::string device = "cpu";   // "cpu" (the CUDA backend adds "cuda")
   std::string dtype = "f32";    // parameter and compute dtype on the CPU: "f32" | "f64"
+  std::string on_nonfinite = "stop";  // a non-finite loss or gradient norm: "stop" (error naming the step) | "skip"
+  // Parameters that train: registry groups ("attention", "ffn", "norm", "l3_table", ...) or name prefixes
+  // ("model.l3.", "model.layers.3."). Empty: every parameter. The others keep their values and AdamW state.
+  std::vector<std::string> trainable;
 
   int64_t grad_accum_steps(int64_t seq_len) const { return batch_tokens / (micro_batch * seq_len); }
 };
@@ -121,8 +125,9 @@ struct EvalConfig {
 };
 
 struct CheckpointConfig {
-  int64_t every = 0;            // steps between checkpoints; 0: only the final weights
+  int64_t every = 0;            // steps between checkpoints; 0: only the final one (and on a stop)
   int64_t keep = 2;             // how many recent checkpoints to keep
+  int64_t milestone_every = 0;  // also keep every checkpoint whose step is a multiple of this; 0: none
 };
 
 struct RunConfig {

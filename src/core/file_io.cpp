@@ -1,9 +1,10 @@
-// Durable file writes.
+// Reading whole files and durable file writes.
 #include "core/file_io.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <iterator>
 
 #include "core/errors.h"
+#include "core/sha256.h"
 
 namespace l3c {
 
@@ -48,6 +50,42 @@ void fsync_directory(const std::string& dir) {
   const int saved_errno = errno;
   ::close(fd);
   if (rc != 0) fail("{}: fsync failed: {}", dir, std::strerror(saved_errno));
+}
+
+WrittenFile write_file_durable(const std::string& path, const std::vector<std::string_view>& pieces) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) fail("{}: cannot create: {}", path, std::strerror(errno));
+  WrittenFile written;
+  Sha256 hash;
+  int error = 0;
+  for (std::string_view piece : pieces) {
+    // Hash and write in blocks, so the block just hashed is still in cache when it is written.
+    constexpr size_t kBlock = size_t{1} << 20;
+    for (size_t begin = 0; begin < piece.size() && error == 0; begin += kBlock) {
+      const size_t size = std::min(kBlock, piece.size() - begin);
+      hash.update(piece.data() + begin, size);
+      size_t done = 0;
+      while (done < size) {
+        const ssize_t n = ::write(fd, piece.data() + begin + done, size - done);
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          error = errno;
+          break;
+        }
+        done += static_cast<size_t>(n);
+      }
+      written.bytes += done;
+    }
+    if (error != 0) break;
+  }
+  if (error == 0 && ::fsync(fd) != 0) error = errno;
+  if (::close(fd) != 0 && error == 0) error = errno;
+  if (error != 0) {
+    ::unlink(path.c_str());
+    fail("{}: writing failed after {} bytes: {}", path, written.bytes, std::strerror(error));
+  }
+  written.sha256 = hash.hex_digest();
+  return written;
 }
 
 }  // namespace l3c

@@ -9,6 +9,10 @@
 
 #include "core/errors.h"
 
+#if defined(__SHA__) && defined(__SSE4_1__)
+#include <immintrin.h>
+#endif
+
 namespace l3c {
 
 namespace {
@@ -27,6 +31,55 @@ inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
 Sha256::Sha256()
     : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
+
+#if defined(__SHA__) && defined(__SSE4_1__)
+namespace {
+// The SHA extensions (x86 SHA-NI, compiled in with -march=native where the CPU has them): the same rounds,
+// four at a time in hardware, about 6x faster than the portable code (which checkpoints feel: every byte of a
+// checkpoint is hashed when it is written and when it is verified). State layout as Intel's reference:
+// STATE0 = ABEF, STATE1 = CDGH.
+void compress_blocks_shani(std::array<uint32_t, 8>& state, const uint8_t* data, size_t blocks) {
+  const __m128i byte_swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[0])), 0xB1);  // CDAB
+  __m128i state1 = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[4])), 0x1B);  // EFGH
+  __m128i state0 = _mm_alignr_epi8(tmp, state1, 8);    // ABEF
+  state1 = _mm_blend_epi16(state1, tmp, 0xF0);         // CDGH
+  for (; blocks > 0; --blocks, data += 64) {
+    const __m128i abef = state0, cdgh = state1;
+    __m128i w[16];  // four message words each: w[i] = W[4i .. 4i+3]
+    for (int i = 0; i < 16; ++i) {
+      if (i < 4) {
+        w[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(data + 16 * i)), byte_swap);
+      } else {
+        // W[t] = sigma1(W[t-2]) + W[t-7] + sigma0(W[t-15]) + W[t-16]
+        const __m128i x = _mm_add_epi32(_mm_sha256msg1_epu32(w[i - 4], w[i - 3]), _mm_alignr_epi8(w[i - 1], w[i - 2], 4));
+        w[i] = _mm_sha256msg2_epu32(x, w[i - 1]);
+      }
+      __m128i message = _mm_add_epi32(w[i], _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kRoundConstants[4 * i])));
+      state1 = _mm_sha256rnds2_epu32(state1, state0, message);
+      message = _mm_shuffle_epi32(message, 0x0E);
+      state0 = _mm_sha256rnds2_epu32(state0, state1, message);
+    }
+    state0 = _mm_add_epi32(state0, abef);
+    state1 = _mm_add_epi32(state1, cdgh);
+  }
+  tmp = _mm_shuffle_epi32(state0, 0x1B);          // FEBA
+  state1 = _mm_shuffle_epi32(state1, 0xB1);       // DCHG
+  state0 = _mm_blend_epi16(tmp, state1, 0xF0);    // DCBA
+  state1 = _mm_alignr_epi8(state1, tmp, 8);       // HGFE
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[0]), state0);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[4]), state1);
+}
+}  // namespace
+#endif
+
+void Sha256::compress_blocks(const uint8_t* data, size_t blocks) {
+#if defined(__SHA__) && defined(__SSE4_1__)
+  compress_blocks_shani(state_, data, blocks);
+#else
+  for (; blocks > 0; --blocks, data += 64) compress(data);
+#endif
+}
 
 void Sha256::compress(const uint8_t* block) {
   uint32_t w[64];
@@ -68,10 +121,12 @@ void Sha256::update(const void* data, size_t bytes) {
     std::memcpy(buffer_.data() + buffered_, p, take);
     buffered_ += take, p += take, bytes -= take;
     if (buffered_ < 64) return;
-    compress(buffer_.data());
+    compress_blocks(buffer_.data(), 1);
     buffered_ = 0;
   }
-  for (; bytes >= 64; p += 64, bytes -= 64) compress(p);
+  const size_t blocks = bytes / 64;
+  if (blocks > 0) compress_blocks(p, blocks);
+  p += 64 * blocks, bytes -= 64 * blocks;
   std::memcpy(buffer_.data(), p, bytes);
   buffered_ = bytes;
 }

@@ -1,5 +1,6 @@
 // SHA-256 (FIPS 180-4), incremental: for checksums of inputs, tokenizer files and manifests.
-// Plain C++, no dependency; about 200-300 MB/s on one core.
+// Plain C++ (about 200-300 MB/s on one core), or the x86 SHA extensions where the build targets a CPU that
+// has them (-march=native; about 1.5 GB/s).
 #pragma once
 #include <array>
 #include <cstdint>
@@ -17,7 +18,8 @@ class Sha256 {
   std::string hex_digest();
 
  private:
-  void compress(const uint8_t* block);
+  void compress(const uint8_t* block);                       // the portable rounds
+  void compress_blocks(const uint8_t* data, size_t blocks);  // SHA-NI where compiled in, else compress()
   std::array<uint32_t, 8> state_;
   std::array<uint8_t, 64> buffer_{};
   size_t buffered_ = 0;

@@ -41,6 +41,7 @@ void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr) {
   const auto& infos = registry_.params();
   for (size_t i = 0; i < infos.size(); ++i) {
     const ParamInfo& p = infos[i];
+    if (!trainable_.empty() && !trainable_[i]) continue;
     const double wd = decay_mask_[i] ? settings_.weight_decay : 0.0;
     if (params.dtype() == DType::F32) {
       adamw_update(params.ptr<float>() + p.offset, grads.ptr<float>() + p.offset, m_.ptr<float>() + p.offset,

@@ -28,12 +28,15 @@ class AdamW {
   FlatBuffer& first_moment() { return m_; }
   FlatBuffer& second_moment() { return v_; }
   void set_steps_taken(int64_t steps) { step_ = steps; }
+  // Per parameter (registry order): 0 freezes it (no update, no weight decay, its moments untouched).
+  void set_trainable(std::vector<uint8_t> mask) { trainable_ = std::move(mask); }
 
  private:
   const ParamRegistry& registry_;
   AdamWSettings settings_;
   FlatBuffer m_, v_;
   std::vector<uint8_t> decay_mask_;  // per parameter (registry order)
+  std::vector<uint8_t> trainable_;   // per parameter; empty: all
   int64_t step_ = 0;
 };
 

@@ -6,10 +6,11 @@
 #include <fstream>
 
 #include "core/errors.h"
+#include "train/checkpoint.h"
 
 namespace l3c {
 
-void save_model(const std::string& path, const Llama& model, const FlatBuffer& params, const Config& config) {
+std::vector<NamedTensor> model_tensors(const Llama& model, const FlatBuffer& params) {
   std::vector<NamedTensor> tensors;
   for (const ParamInfo& p : model.registry().params()) tensors.push_back({p.name, params.view(p)});
   for (const L3Layer& layer : model.l3_layers()) {
@@ -18,7 +19,15 @@ void save_model(const std::string& path, const Llama& model, const FlatBuffer& p
     tensors.push_back({layer.alloc_name(), Tensor(const_cast<int32_t*>(counts.data()), DType::I32,
                                                   {static_cast<int64_t>(counts.size())})});
   }
-  write_safetensors(path, tensors, {{"format", "pt"}, {"l3c_config", config_to_json(config).dump()}});
+  return tensors;
+}
+
+std::map<std::string, std::string> model_metadata(const Config& config) {
+  return {{"format", "pt"}, {"l3c_config", config_to_json(config).dump()}};
+}
+
+void save_model(const std::string& path, const Llama& model, const FlatBuffer& params, const Config& config) {
+  write_safetensors(path, model_tensors(model, params), model_metadata(config));
 }
 
 namespace {
@@ -28,23 +37,30 @@ void convert(Dst* dst, const Src* src, int64_t n) {
 }
 }  // namespace
 
-void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params, ExtraTensors extra) {
+void load_tensor(const SafetensorsFile& file, const std::string& name, const Tensor& dst) {
+  if (!file.contains(name)) fail("{}: missing {}", file.path(), name);
+  const Tensor& src = file.get(name);
+  if (src.ndim != dst.ndim || !std::equal(dst.shape.begin(), dst.shape.begin() + dst.ndim, src.shape.begin()))
+    fail("{}: {} has shape {}, the model expects {}", file.path(), name, src.shape_string(), dst.shape_string());
+  const int64_t n = dst.numel();
+  if (src.dtype == DType::F32 && dst.dtype == DType::F32) convert(dst.ptr<float>(), src.ptr<float>(), n);
+  else if (src.dtype == DType::F32 && dst.dtype == DType::F64) convert(dst.ptr<double>(), src.ptr<float>(), n);
+  else if (src.dtype == DType::F64 && dst.dtype == DType::F32) convert(dst.ptr<float>(), src.ptr<double>(), n);
+  else if (src.dtype == DType::F64 && dst.dtype == DType::F64) convert(dst.ptr<double>(), src.ptr<double>(), n);
+  else fail("{}: {} has dtype {}; expected f32 or f64", file.path(), name, dtype_name(src.dtype));
+}
+
+void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params, ExtraTensors extra,
+                 const std::string& prefix) {
   for (const ParamInfo& p : registry.params()) {
-    if (!file.contains(p.name)) fail("{}: missing parameter {}", file.path(), p.name);
-    const Tensor& src = file.get(p.name);
-    const Tensor dst = params.view(p);
-    if (src.ndim != dst.ndim || !std::equal(dst.shape.begin(), dst.shape.begin() + dst.ndim, src.shape.begin()))
-      fail("{}: parameter {} has shape {}, the model expects {}", file.path(), p.name, src.shape_string(),
-           dst.shape_string());
-    if (src.dtype == DType::F32 && dst.dtype == DType::F32) convert(dst.ptr<float>(), src.ptr<float>(), p.numel);
-    else if (src.dtype == DType::F32 && dst.dtype == DType::F64) convert(dst.ptr<double>(), src.ptr<float>(), p.numel);
-    else if (src.dtype == DType::F64 && dst.dtype == DType::F32) convert(dst.ptr<float>(), src.ptr<double>(), p.numel);
-    else if (src.dtype == DType::F64 && dst.dtype == DType::F64) convert(dst.ptr<double>(), src.ptr<double>(), p.numel);
-    else fail("{}: parameter {} has dtype {}; expected f32 or f64", file.path(), p.name, dtype_name(src.dtype));
+    const std::string name = prefix + p.name;
+    if (!file.contains(name)) fail("{}: missing {}", file.path(), prefix.empty() ? "parameter " + name : name);
+    load_tensor(file, name, params.view(p));
   }
   if (extra == ExtraTensors::Reject)
     for (const auto& [name, tensor] : file.tensors())
-      if (!registry.contains(name)) fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
+      if (name.rfind(prefix, 0) != 0 || !registry.contains(name.substr(prefix.size())))
+        fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
 }
 
 void load_model_state(const SafetensorsFile& file, Llama& model, FlatBuffer& params, ExtraTensors extra) {
@@ -72,10 +88,18 @@ LoadedModel load_model_dir(const std::string& dir) {
   if (!fs::is_directory(dir)) fail("--checkpoint {}: not a folder", dir);
   const std::string config_path = (fs::path(dir) / "config.json").string();
   const std::string weights_path = (fs::path(dir) / "model.safetensors").string();
-  if (!fs::exists(config_path)) fail("{}: missing (a checkpoint folder holds config.json and model.safetensors)", config_path);
-  if (!fs::exists(weights_path)) fail("{}: missing (a checkpoint folder holds config.json and model.safetensors)", weights_path);
   LoadedModel loaded;
-  loaded.config = config_from_json(read_json_file(config_path));
+  if (fs::exists(fs::path(dir) / "trainer.json")) {
+    // A checkpoint folder: every byte is checked before anything is loaded.
+    const CheckpointCheck check = verify_checkpoint(dir);
+    if (!check.ok) fail("checkpoint {} cannot be loaded: {}", dir, check.reason);
+    loaded.config = checkpoint_config(check.trainer, dir);
+  } else {
+    const char* holds = "a run folder holds config.json and model.safetensors; a checkpoint folder trainer.json too";
+    if (!fs::exists(config_path)) fail("{}: missing ({})", config_path, holds);
+    if (!fs::exists(weights_path)) fail("{}: missing ({})", weights_path, holds);
+    loaded.config = config_from_json(read_json_file(config_path));
+  }
   loaded.model = std::make_unique<Llama>(loaded.config.model);
   loaded.params = FlatBuffer(loaded.model->registry().total(),
                              loaded.config.train.dtype == "f64" ? DType::F64 : DType::F32);

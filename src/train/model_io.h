@@ -1,6 +1,8 @@
 // Model weights on disk: `model.safetensors` with MODEL.md names beside the resolved `config.json`.
-// A folder holding both is what `l3c eval --checkpoint` and `l3c generate --checkpoint` accept.
+// A folder holding both, or a checkpoint folder (src/train/checkpoint.h), is what `l3c eval --checkpoint`
+// and `l3c generate --checkpoint` accept.
 #pragma once
+#include <map>
 #include <memory>
 #include <string>
 
@@ -15,13 +17,22 @@ namespace l3c {
 // each L3 layer's allocation as model.l3.{j}.alloc (I32, (V): the rows per token id).
 void save_model(const std::string& path, const Llama& model, const FlatBuffer& params, const Config& config);
 
+// What save_model writes: the tensors (views of params and of the allocations) and the metadata.
+std::vector<NamedTensor> model_tensors(const Llama& model, const FlatBuffer& params);
+std::map<std::string, std::string> model_metadata(const Config& config);
+
 // What load_params does with tensors of the file that are not parameters of the model.
 enum class ExtraTensors { Reject, Ignore };
 
-// Copies every registry parameter from a safetensors file into params, converting f32/f64 as needed.
+// Copies tensor `name` of the file into dst (same shape; f32 or f64, converted as needed). UserError naming
+// the file and tensor when it is absent or does not fit.
+void load_tensor(const SafetensorsFile& file, const std::string& name, const Tensor& dst);
+
+// Copies every registry parameter from a safetensors file into params, converting f32/f64 as needed;
+// the tensor of parameter p is named prefix + p.name ("exp_avg." for an AdamW moment).
 // A missing tensor, a shape mismatch or (unless ignored) an extra tensor is a UserError naming it.
 void load_params(const SafetensorsFile& file, const ParamRegistry& registry, FlatBuffer& params,
-                 ExtraTensors extra = ExtraTensors::Reject);
+                 ExtraTensors extra = ExtraTensors::Reject, const std::string& prefix = "");
 
 // Loads the parameters and the L3 allocations (model.l3.{j}.alloc, checked against the config) of
 // `model` from a file written by save_model. Extra tensors are rejected unless told otherwise.
@@ -34,7 +45,8 @@ struct LoadedModel {
   FlatBuffer params;
 };
 
-// Reads DIR/config.json and DIR/model.safetensors.
+// Reads DIR/config.json and DIR/model.safetensors (a run folder), or a checkpoint folder
+// (RUN/checkpoints/step_*: verified first, the config from its trainer.json).
 LoadedModel load_model_dir(const std::string& dir);
 
 // Writes the resolved config as pretty JSON (atomically).

@@ -10,7 +10,8 @@ namespace l3c {
 int configure_threads(int64_t requested);
 
 // FLOP/s of a large single-precision matrix product on the current thread count (Eigen), the best of
-// a few repetitions: the CPU "peak" against which MFU is reported.
+// a few repetitions: the CPU "peak" against which MFU is reported. L3C_CPU_PEAK_GFLOPS=X in the
+// environment gives it instead (X GFLOP/s), skipping the measurement.
 double measure_cpu_peak_flops();
 
 // "1h02m", "3m05s", "12s".

@@ -35,8 +35,8 @@ bool parse_dtype(const std::string& s, DType& out) {
 }
 }  // namespace
 
-void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
-                       const std::map<std::string, std::string>& metadata) {
+std::string safetensors_header(const std::vector<NamedTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header;
   if (!metadata.empty()) header["__metadata__"] = metadata;
   size_t offset = 0;
@@ -49,11 +49,18 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   std::string text = header.dump();
   text.append((8 - (8 + text.size()) % 8) % 8, ' ');  // the data starts 8-byte aligned
   const uint64_t header_len = text.size();
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &header_len, 8);  // little-endian on every platform l3c builds for
+  return out + text;
+}
 
+void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  const std::string header = safetensors_header(tensors, metadata);
   const std::string temp = path + ".tmp";
   FILE* f = std::fopen(temp.c_str(), "wb");
   if (f == nullptr) fail("{}: cannot write: {}", path, std::strerror(errno));
-  bool ok = std::fwrite(&header_len, 8, 1, f) == 1 && std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  bool ok = std::fwrite(header.data(), 1, header.size(), f) == header.size();
   for (const NamedTensor& t : tensors)
     ok = ok && std::fwrite(t.tensor.data, 1, t.tensor.bytes(), f) == t.tensor.bytes();
   ok = (std::fflush(f) == 0) && ok;

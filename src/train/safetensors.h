@@ -16,6 +16,11 @@ struct NamedTensor {
   Tensor tensor;  // host memory; F32, F64, BF16 or I32
 };
 
+// The bytes that precede the tensor data: the 8-byte header length and the JSON header (padded so that
+// the data starts 8-byte aligned). The tensors' bytes follow in the order given.
+std::string safetensors_header(const std::vector<NamedTensor>& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
+
 // Writes atomically (temporary file, fsync, rename). UserError naming the path on failure.
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});

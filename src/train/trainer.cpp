@@ -1,10 +1,17 @@
-// The training loop.
+// The training loop: steps, validation, checkpoints, resume, stop signals.
 #include "train/trainer.h"
 
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <optional>
+#include <thread>
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -12,7 +19,9 @@
 #include "data/allocation.h"
 #include "data/prepare.h"
 #include "kernels/ops.h"
+#include "core/file_io.h"
 #include "optim/schedule.h"
+#include "train/checkpoint.h"
 #include "train/memory.h"
 #include "train/metrics.h"
 #include "train/model_io.h"
@@ -71,6 +80,30 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
   targets_.resize(static_cast<size_t>(micro_tokens));
   accum_steps_ = config.train.grad_accum_steps(config.data.seq_len);
   tokens_per_step_ = accum_steps_ * micro_tokens;
+  if (!config.train.trainable.empty()) {
+    trainable_ = trainable_mask(model_.registry(), config.train.trainable);
+    optimizer_.set_trainable(trainable_);
+  }
+}
+
+std::vector<uint8_t> trainable_mask(const ParamRegistry& registry, const std::vector<std::string>& trainable) {
+  const auto& params = registry.params();
+  std::vector<uint8_t> mask(params.size(), trainable.empty() ? 1 : 0);
+  for (const std::string& entry : trainable) {
+    bool matched = false;
+    for (size_t i = 0; i < params.size(); ++i)
+      if (params[i].group == entry || params[i].name.rfind(entry, 0) == 0) mask[i] = 1, matched = true;
+    if (!matched) {
+      std::vector<std::string> groups;
+      for (const ParamInfo& p : params)
+        if (std::find(groups.begin(), groups.end(), p.group) == groups.end()) groups.push_back(p.group);
+      std::string group_list;
+      for (const std::string& g : groups) group_list += (group_list.empty() ? "" : ", ") + g;
+      fail("train.trainable: \"{}\" matches no parameter (an entry is a group: {}; or a parameter name prefix, "
+           "e.g. model.layers.0.)", entry, group_list);
+    }
+  }
+  return mask;
 }
 
 StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
@@ -97,10 +130,17 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   result.loss /= micro_batches;
   result.aux_loss /= micro_batches;
   scale_moe_stats(result.moe, 1.0 / micro_batches);
+  // Frozen parameters (train.trainable) take no part in the norm, the clipping or the update.
+  for (size_t i = 0; i < trainable_.size(); ++i)
+    if (!trainable_[i]) ops::fill_zero(grads_.view(model_.registry().params()[i]));
   result.grad_norm = global_grad_norm(grads_);
-  if (!std::isfinite(result.loss + result.aux_loss) || !std::isfinite(result.grad_norm))
-    fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps", step + 1,
-         result.loss, result.grad_norm);
+  if (!std::isfinite(result.loss + result.aux_loss) || !std::isfinite(result.grad_norm)) {
+    if (config_.train.on_nonfinite == "stop")
+      fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps, or set "
+           "train.on_nonfinite=skip to skip such steps", step + 1, result.loss + result.aux_loss, result.grad_norm);
+    result.skipped = true;  // no update: weights and AdamW state stay as they were
+    return result;
+  }
   clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
   optimizer_.step(params_, grads_, result.lr);
   return result;
@@ -128,22 +168,127 @@ double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowL
 }
 
 namespace {
+
 // The run folder must not already hold a run: nothing saved is ever overwritten.
 void prepare_run_dir(const std::string& dir) {
   namespace fs = std::filesystem;
-  for (const char* name : {"metrics.jsonl", "model.safetensors"})
+  for (const char* name : {"metrics.jsonl", "model.safetensors", "checkpoints"})
     if (fs::exists(fs::path(dir) / name))
-      fail("run.dir {} already holds a run ({} exists); choose another folder with --set run.dir=...", dir, name);
+      fail("run.dir {} already holds a run ({} exists); choose another folder with --set run.dir=..., or continue it "
+           "with --resume auto", dir, name);
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) fail("run.dir {}: cannot create the folder: {}", dir, ec.message());
 }
+
+bool holds_run(const std::string& dir) {
+  namespace fs = std::filesystem;
+  for (const char* name : {"metrics.jsonl", "model.safetensors", "checkpoints"})
+    if (fs::exists(fs::path(dir) / name)) return true;
+  return false;
+}
+
+bool same_folder(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return std::filesystem::equivalent(a, b, ec);
+}
+
+// Keeps the records of metrics.jsonl up to `step` (and drops a torn last line and any summary), so that a
+// resumed run reads as one run.
+void truncate_metrics(const std::string& path, int64_t step) {
+  if (!std::filesystem::exists(path)) return;
+  const std::string text = read_file_bytes(path);
+  std::string kept;
+  size_t begin = 0;
+  while (begin < text.size()) {
+    size_t end = text.find('\n', begin);
+    if (end == std::string::npos) break;  // a line without its newline was torn by a crash
+    const std::string line = text.substr(begin, end - begin);
+    begin = end + 1;
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
+    if (record.is_discarded() || !record.is_object() || record.contains("summary")) continue;
+    if (record.contains("step") && record["step"].is_number_integer() && record["step"].get<int64_t>() > step) continue;
+    kept += line + "\n";
+  }
+  write_file_atomic(path, kept);
+}
+
+// Signals: the first SIGINT or SIGTERM asks the loop to stop after the current step (with a checkpoint);
+// a second one ends the process at once with the default action.
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int signal_number) {
+  if (g_stop_signal.exchange(signal_number) != 0) {
+    std::signal(signal_number, SIG_DFL);
+    std::raise(signal_number);
+    return;
+  }
+  static const char message[] =
+      "\nstop requested: finishing the current step, then writing a checkpoint (signal again to stop at once)\n";
+  [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, message, sizeof message - 1);
+}
+
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction action {};
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGINT, &action, &old_int_);
+    sigaction(SIGTERM, &action, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGINT, &old_int_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  static const char* requested() {
+    const int s = g_stop_signal.load();
+    return s == SIGTERM ? "SIGTERM" : s == SIGINT ? "SIGINT" : nullptr;
+  }
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
+};
+
+// The checkpoint `l3c train --resume` continues from, verified; nullopt for "auto" in a folder that holds
+// no run yet (a new run starts).
+std::optional<CheckpointCheck> find_resume(const Config& config, const std::string& resume, std::string& dir) {
+  if (resume != "auto") {
+    CheckpointCheck check = verify_checkpoint(resume);
+    if (!check.ok) fail("--resume {}: the checkpoint cannot be loaded: {}", resume, check.reason);
+    dir = resume;
+    return check;
+  }
+  remove_stale_temporaries(config.run.dir);
+  std::vector<std::string> passed_over;
+  CheckpointCheck check;
+  const std::optional<std::string> found = find_resume_checkpoint(config.run.dir, &passed_over, &check);
+  if (!found) {
+    if (holds_run(config.run.dir)) {
+      std::string reasons;
+      for (const std::string& line : passed_over) reasons += "\n  " + line;
+      fail("--resume auto: run.dir {} holds a run but no complete checkpoint to resume from{}{}", config.run.dir,
+           passed_over.empty() ? " (none was written)" : ":", reasons);
+    }
+    spdlog::info("resume: run.dir {} holds no run yet; starting a new run", config.run.dir);
+    return std::nullopt;
+  }
+  dir = *found;
+  return check;
+}
+
 }  // namespace
 
-TrainSummary run_training(const Config& config) {
+TrainSummary run_training(const Config& config, const TrainOptions& options) {
   namespace fs = std::filesystem;
   using clock = std::chrono::steady_clock;
   const int threads = configure_threads(config.train.threads);
+  if (!options.resume.empty() && !options.init_from.empty())
+    fail("--resume and --init-from exclude each other (--resume continues a run; --init-from starts a new one)");
 
   // Everything that can be wrong with the input is checked before the first step.
   WindowLoader train_data(config.data.train, "data.train", config.data.seq_len, config.model.vocab_size);
@@ -158,9 +303,64 @@ TrainSummary run_training(const Config& config) {
   const Llama sizing_model(config.model);
   const MemoryEstimate memory = estimate_training_memory(sizing_model, config);
   check_fits_host_memory(memory);
-  // The L3 allocation: read or computed now, so that a bad allocation stops the run before it starts.
+  if (!config.train.trainable.empty()) trainable_mask(sizing_model.registry(), config.train.trainable);
+
+  // Where the run starts: a checkpoint (resume), trained weights (init-from), or the initialisation.
+  TrainerProgress progress;
+  progress.threads = threads;
+  std::string resume_dir;
+  std::optional<CheckpointCheck> resume_check;
+  const auto verify_start = clock::now();
+  if (!options.resume.empty()) resume_check = find_resume(config, options.resume, resume_dir);
+  const double verify_seconds = std::chrono::duration<double>(clock::now() - verify_start).count();
+  bool same_run = false;
+  if (resume_check) {
+    const Config saved = checkpoint_config(resume_check->trainer, resume_dir);
+    for (const std::string& note : check_resume_config(saved, config)) spdlog::info("resume: config change {}", note);
+    const TrainerProgress saved_progress = checkpoint_progress(resume_check->trainer);
+    progress.step = saved_progress.step;
+    progress.tokens_seen = saved_progress.tokens_seen;
+    progress.skipped_steps = saved_progress.skipped_steps;
+    if (progress.step > config.train.steps)
+      fail("--resume {}: the checkpoint is at step {}, past train.steps = {}", resume_dir, progress.step,
+           config.train.steps);
+    if (saved_progress.threads != threads)
+      spdlog::warn("resume: the checkpoint was written with {} threads, this run has {}: training continues, but not "
+                   "bit for bit as it would have with the same thread count", saved_progress.threads, threads);
+    same_run = same_folder(fs::path(resume_dir).parent_path().parent_path().string(), config.run.dir);
+    if (same_run) {
+      // Newer step folders are either valid (then resuming from an older one would overwrite them) or were
+      // passed over as incomplete or corrupt (then they are moved aside, out of the way of new checkpoints).
+      for (int64_t step : checkpoint_steps(config.run.dir)) {
+        if (step <= progress.step) continue;
+        const fs::path newer = fs::path(checkpoints_dir(config.run.dir)) / checkpoint_name(step);
+        const CheckpointCheck check = verify_checkpoint(newer.string());
+        if (check.ok)
+          fail("--resume {}: run.dir holds a newer checkpoint, {}, which continuing from step {} would overwrite; "
+               "resume from it (--resume auto), or continue in another folder (--set run.dir=...)", resume_dir,
+               newer.string(), progress.step);
+        const fs::path aside = newer.parent_path() / ("rejected_" + newer.filename().string());
+        std::error_code ec;
+        fs::remove_all(aside, ec);
+        fs::rename(newer, aside, ec);
+        spdlog::warn("resume: moved {} aside to {} ({})", newer.string(), aside.string(), check.reason);
+      }
+    }
+    spdlog::info("resume: continuing from {} (step {} of {}, {} tokens seen{})", resume_dir, progress.step,
+                 config.train.steps, progress.tokens_seen,
+                 progress.skipped_steps ? fmt::format(", {} steps skipped", progress.skipped_steps) : "");
+  }
+  if (!options.init_from.empty()) {
+    const CheckpointCheck check = verify_checkpoint(options.init_from);
+    if (!check.ok) fail("--init-from {}: the checkpoint cannot be loaded: {}", options.init_from, check.reason);
+  }
+  if (options.stop_at > 0 && options.stop_at <= progress.step)
+    fail("--stop-at {}: the run is already at step {}", options.stop_at, progress.step);
+
+  // The L3 allocation: read or computed now, so that a bad allocation stops the run before it starts. A
+  // resumed run takes its allocations from the checkpoint.
   std::optional<Allocation> l3_allocation;
-  if (config.model.l3.enabled()) {
+  if (config.model.l3.enabled() && !resume_check) {
     const auto start = clock::now();
     l3_allocation = allocation_for_model(config.model);
     const nlohmann::ordered_json summary = allocation_summary(*l3_allocation, 5);
@@ -172,14 +372,32 @@ TrainSummary run_training(const Config& config) {
                  std::chrono::duration<double>(clock::now() - start).count());
     spdlog::info("L3 allocation: most rows {}; histogram {}", summary["most_rows"].dump(), summary["histogram"].dump());
   }
-  prepare_run_dir(config.run.dir);
+  if (!same_run) prepare_run_dir(config.run.dir);
 
   spdlog::info("resolved config:\n{}", config_to_json(config).dump(2));
   write_config_json((fs::path(config.run.dir) / "config.json").string(), config);
-  MetricsWriter metrics((fs::path(config.run.dir) / "metrics.jsonl").string());
+  const std::string metrics_path = (fs::path(config.run.dir) / "metrics.jsonl").string();
+  if (same_run) truncate_metrics(metrics_path, progress.step);
+  MetricsWriter metrics(metrics_path);
+  if (resume_check) metrics.write({{"event", "resume"}, {"step", progress.step}, {"checkpoint", resume_dir}});
 
   if (l3_allocation) write_allocation_file((fs::path(config.run.dir) / "allocation.safetensors").string(), *l3_allocation);
-  TrainingState state(config, l3_allocation ? &l3_allocation->counts : nullptr);
+  // A resumed L3 model starts from a placeholder allocation that the checkpoint's replaces.
+  const std::vector<int32_t> placeholder =
+      resume_check && config.model.l3.enabled()
+          ? uniform_allocation(config.model.vocab_size, config.model.l3.v, config.model.l3.k)
+          : std::vector<int32_t>();
+  TrainingState state(config, l3_allocation ? &l3_allocation->counts : resume_check ? &placeholder : nullptr);
+  if (resume_check) {
+    const auto load_start = clock::now();
+    load_checkpoint_state(resume_dir, state.mutable_model(), state.params(), state.optimizer());
+    const double load_seconds = std::chrono::duration<double>(clock::now() - load_start).count();
+    uint64_t bytes = 0;
+    for (const auto& [file, entry] : resume_check->trainer["files"].items()) bytes += entry["bytes"].get<uint64_t>();
+    spdlog::info("resume: checkpoint of {:.1f} MB verified in {:.2f}s and loaded in {:.2f}s ({:.0f} MB/s in all)",
+                 bytes / 1e6, verify_seconds, load_seconds, bytes / 1e6 / std::max(verify_seconds + load_seconds, 1e-9));
+  }
+  if (!options.init_from.empty()) init_from_checkpoint(options.init_from, state.mutable_model(), state.params());
   const ModelCost cost = state.model().cost(config.data.seq_len);
   const double peak = measure_cpu_peak_flops();
   spdlog::info("model: {:.2f}M parameters, {:.1f} MFLOP/token; data: {} train tokens in {} shards{}; memory {}",
@@ -189,10 +407,17 @@ TrainSummary run_training(const Config& config) {
   spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation), {} threads, CPU peak {:.1f} GFLOP/s",
                config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
                config.train.grad_accum_steps(config.data.seq_len), threads, peak / 1e9);
+  if (!config.train.trainable.empty()) {
+    int64_t frozen = 0, total = 0;
+    const std::vector<uint8_t> mask = trainable_mask(state.model().registry(), config.train.trainable);
+    for (size_t i = 0; i < mask.size(); ++i) {
+      total += state.model().registry().params()[i].numel;
+      if (!mask[i]) frozen += state.model().registry().params()[i].numel;
+    }
+    spdlog::info("train.trainable: {:.2f}M of {:.2f}M parameters train; the others are frozen", (total - frozen) / 1e6,
+                 total / 1e6);
+  }
 
-  if (config.checkpoint.every > 0)
-    spdlog::warn("checkpoint.every = {}: periodic checkpoints are not written yet; the run folder receives the "
-                 "final weights only", config.checkpoint.every);
   // Training reads windows in the order of (train.seed, epoch, position); validation in file order.
   const WindowOrder order(train_data.num_windows(), config.train.seed, config.data.shuffle);
   const double epochs = static_cast<double>(config.train.steps * state.tokens_per_step()) /
@@ -211,54 +436,92 @@ TrainSummary run_training(const Config& config) {
     metrics.write({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
     return loss;
   };
+  auto checkpoint = [&]() {
+    progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch);
+    return write_checkpoint(config.run.dir, {config, state.model(), state.params(), state.optimizer(), progress});
+  };
 
   TrainSummary summary;
+  summary.start_step = progress.step;
+  summary.resumed_from = resume_dir;
+  summary.final_train_loss = std::numeric_limits<double>::quiet_NaN();
+  if (resume_check && progress.step == config.train.steps)
+    spdlog::info("the checkpoint is at the last step ({}): nothing left to train", progress.step);
+  const int64_t step_pause_ms = test_hook_milliseconds("L3C_TEST_STEP_PAUSE_MS");
+  const StopSignals signals;
   const auto run_start = clock::now();
   double timed_seconds = 0.0;
-  int64_t timed_tokens = 0;
-  for (int64_t step = 0; step < config.train.steps; ++step) {
+  int64_t timed_tokens = 0, timed_steps = 0;
+  for (int64_t step = progress.step; step < config.train.steps; ++step) {
     const auto start = clock::now();
     const StepResult r = state.step(step, batches);
     const double seconds = std::chrono::duration<double>(clock::now() - start).count();
+    progress.step = step + 1;
+    progress.tokens_seen += state.tokens_per_step();
     const double tokens_per_second = static_cast<double>(state.tokens_per_step()) / seconds;
     const double mfu = tokens_per_second * cost.flops_per_token / peak;
-    // The first step warms caches and is left out of the throughput average.
-    if (step > 0 || config.train.steps == 1) {
+    // The first step of a process warms caches and is left out of the throughput average.
+    if (step > summary.start_step || config.train.steps - summary.start_step == 1) {
       timed_seconds += seconds;
       timed_tokens += state.tokens_per_step();
+      ++timed_steps;
     }
-    const double average_step = timed_seconds > 0 ? timed_seconds / static_cast<double>(std::max<int64_t>(step, 1)) : seconds;
+    const double average_step = timed_steps > 0 ? timed_seconds / static_cast<double>(timed_steps) : seconds;
     const double eta = average_step * static_cast<double>(config.train.steps - step - 1);
-    // With MoE layers the loss shown is the total that is optimised, then its cross-entropy part.
-    const std::string loss_text = r.moe.empty() ? fmt::format("loss {:.4f}", r.loss)
-                                                : fmt::format("loss {:.4f} (ce {:.4f})", r.loss + r.aux_loss, r.loss);
-    spdlog::info("step {:>6}/{} | {} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | ETA {}", step + 1,
-                 config.train.steps, loss_text, r.lr, r.grad_norm, tokens_per_second, 100.0 * mfu,
-                 format_duration(eta));
     nlohmann::json record = {{"step", step + 1}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                             {"tokens", (step + 1) * state.tokens_per_step()}, {"tokens_per_second", tokens_per_second},
+                             {"tokens", progress.tokens_seen}, {"tokens_per_second", tokens_per_second},
                              {"mfu", mfu}, {"step_seconds", seconds}};
     if (!r.moe.empty()) {
       record["aux_loss"] = r.aux_loss;
       record["total_loss"] = r.loss + r.aux_loss;
       record["moe"] = moe_stats_json(r.moe);
     }
+    if (r.skipped) {
+      ++progress.skipped_steps;
+      record["skipped"] = true;
+      record["skipped_steps"] = progress.skipped_steps;
+      spdlog::warn("step {:>6}/{} | non-finite loss ({}) or gradient norm ({}): step skipped, weights unchanged "
+                   "({} skipped so far)", step + 1, config.train.steps, r.loss + r.aux_loss, r.grad_norm,
+                   progress.skipped_steps);
+    } else {
+      // With MoE layers the loss shown is the total that is optimised, then its cross-entropy part.
+      const std::string loss_text = r.moe.empty() ? fmt::format("loss {:.4f}", r.loss)
+                                                  : fmt::format("loss {:.4f} (ce {:.4f})", r.loss + r.aux_loss, r.loss);
+      spdlog::info("step {:>6}/{} | {} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | ETA {}", step + 1,
+                   config.train.steps, loss_text, r.lr, r.grad_norm, tokens_per_second, 100.0 * mfu,
+                   format_duration(eta));
+      summary.final_train_loss = r.loss;
+    }
     metrics.write(record);
-    summary.final_train_loss = r.loss;
     const bool last = step + 1 == config.train.steps;
     if (val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0)))
       summary.final_val_loss = validate(step + 1);
-  }
-  save_model((fs::path(config.run.dir) / "model.safetensors").string(), state.model(), state.params(), config);
+    if (step_pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_pause_ms));
 
-  summary.steps = config.train.steps;
-  summary.tokens = config.train.steps * state.tokens_per_step();
+    const char* stop = StopSignals::requested();
+    if (!stop && options.stop_at == step + 1 && !last) stop = "--stop-at";
+    if (last || stop || (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0))
+      summary.checkpoint = checkpoint();
+    if (stop && !last) {
+      summary.stopped = stop;
+      metrics.write({{"event", "stopped"}, {"step", step + 1}, {"reason", stop}, {"checkpoint", summary.checkpoint}});
+      break;
+    }
+  }
+  summary.steps = progress.step;
+  summary.tokens = progress.tokens_seen;
+  summary.skipped_steps = progress.skipped_steps;
   summary.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
   summary.tokens_per_second = timed_seconds > 0 ? static_cast<double>(timed_tokens) / timed_seconds : 0.0;
   summary.mfu = summary.tokens_per_second * cost.flops_per_token / peak;
+  if (!summary.stopped.empty()) return summary;
+
+  save_model((fs::path(config.run.dir) / "model.safetensors").string(), state.model(), state.params(), config);
+  auto number_or_null = [](double x) { return std::isnan(x) ? nlohmann::json() : nlohmann::json(x); };
   metrics.write({{"summary", true}, {"steps", summary.steps}, {"tokens", summary.tokens},
-                 {"final_train_loss", summary.final_train_loss},
-                 {"final_val_loss", std::isnan(summary.final_val_loss) ? nlohmann::json() : nlohmann::json(summary.final_val_loss)},
+                 {"skipped_steps", summary.skipped_steps},
+                 {"final_train_loss", number_or_null(summary.final_train_loss)},
+                 {"final_val_loss", number_or_null(summary.final_val_loss)},
                  {"seconds", summary.seconds}, {"tokens_per_second", summary.tokens_per_second}, {"mfu", summary.mfu}});
   return summary;
 }

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "core/arena.h"
 #include "core/config.h"
@@ -24,6 +26,7 @@ struct StepResult {
   double aux_loss = 0.0;   // MoE auxiliary losses, mean over the micro-batches (0 without MoE layers)
   double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
+  bool skipped = false;    // non-finite loss or gradient with train.on_nonfinite = skip: no update was made
   std::vector<MoeLayerStats> moe;  // per MoE layer, averaged over the micro-batches
 };
 
@@ -45,7 +48,10 @@ class TrainingState {
     model_.set_l3_allocation(layer, std::move(counts), what);
   }
   FlatBuffer& params() { return params_; }
+  Llama& mutable_model() { return model_; }
+  AdamW& optimizer() { return optimizer_; }
   int64_t tokens_per_step() const { return tokens_per_step_; }
+  int64_t accum_steps() const { return accum_steps_; }
 
  private:
   Config config_;
@@ -55,6 +61,7 @@ class TrainingState {
   AdamW optimizer_;
   Arena arena_;
   std::vector<int32_t> tokens_, targets_;
+  std::vector<uint8_t> trainable_;  // per parameter (registry order), from train.trainable
   int64_t accum_steps_ = 1;
   int64_t tokens_per_step_ = 0;
 };
@@ -64,7 +71,25 @@ class TrainingState {
 double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
                      int64_t batches, Arena& arena);
 
+// Which parameters train.trainable selects (per parameter, registry order): an entry names a registry group
+// ("attention", "l3_table") or a name prefix ("model.l3.1."); empty selects all. UserError for an entry that
+// matches nothing.
+std::vector<uint8_t> trainable_mask(const ParamRegistry& registry, const std::vector<std::string>& trainable);
+
+// How `l3c train` starts and stops, beyond the config.
+struct TrainOptions {
+  std::string resume;     // "": a new run; "auto": the newest valid checkpoint of run.dir (a new run if it has
+                          // none and holds no run); else a checkpoint folder
+  std::string init_from;  // a checkpoint folder whose weights start a new run
+  int64_t stop_at = 0;    // > 0: stop after this step with a checkpoint (the schedule still ends at train.steps)
+};
+
 struct TrainSummary {
+  int64_t start_step = 0;       // > 0 when resumed
+  std::string resumed_from;     // the checkpoint resumed from
+  std::string stopped;          // why the run stopped before train.steps ("SIGTERM", "SIGINT", "--stop-at"), or ""
+  std::string checkpoint;       // the last checkpoint written
+  int64_t skipped_steps = 0;
   int64_t steps = 0;
   int64_t tokens = 0;
   double final_train_loss = 0.0;
@@ -74,8 +99,10 @@ struct TrainSummary {
   double mfu = 0.0;
 };
 
-// Runs a whole training job as the config says, writing config.json, metrics.jsonl and
-// model.safetensors into run.dir.
-TrainSummary run_training(const Config& config);
+// Runs a whole training job as the config says, writing config.json, metrics.jsonl, checkpoints (every
+// checkpoint.every steps, at the end, and when stopped) and model.safetensors into run.dir. SIGINT and
+// SIGTERM finish the current step, write a checkpoint and return with `stopped` set; a second one ends
+// the process at once.
+TrainSummary run_training(const Config& config, const TrainOptions& options = {});
 
 }  // namespace l3c

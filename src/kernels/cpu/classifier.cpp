@@ -26,9 +26,13 @@ constexpr int64_t kMinBlockRows = 64, kMaxBlockRows = 256;
 template <typename T>
 using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+// Aligned like the arena (Eigen's aligned allocator: 64 bytes with AVX-512): Eigen peels an unaligned head
+// of a row with scalar code (std::exp instead of its vectorised exp, another summation order), so with a
+// plain std::vector the results would depend on where the heap happened to place it, and two processes
+// (a run and its resumption) could differ in the last bit.
 template <typename T>
-std::vector<T>& logits_scratch() {
-  thread_local std::vector<T> scratch;
+std::vector<T, Eigen::aligned_allocator<T>>& logits_scratch() {
+  thread_local std::vector<T, Eigen::aligned_allocator<T>> scratch;
   return scratch;
 }
 
@@ -50,7 +54,7 @@ void classifier_impl(Tensor losses_t, Tensor dx_t, Tensor dW_t, Tensor x_t, Tens
   T* losses = losses_t.ptr<T>();
   Eigen::Map<const RowMajor<T>> W(W_t.ptr<T>(), vocab, d);  // (V, d)
 
-  std::vector<T>& scratch = logits_scratch<T>();
+  auto& scratch = logits_scratch<T>();
   if (static_cast<int64_t>(scratch.size()) < block_rows * vocab) {
     scratch.clear();
     scratch.shrink_to_fit();

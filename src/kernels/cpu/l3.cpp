@@ -117,7 +117,8 @@ void backward_impl(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, T
   const int64_t tasks = static_cast<int64_t>(work.groups.size());
 #pragma omp parallel if (x.numel() > (1 << 14))
   {
-    std::vector<T> scratch(static_cast<size_t>(work.max_block));  // dP, then dS, of one group
+    // dP, then dS, of one group; aligned so that Eigen's code path does not depend on the heap (classifier.cpp)
+    std::vector<T, Eigen::aligned_allocator<T>> scratch(static_cast<size_t>(work.max_block));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
       const int64_t u = work.groups[t];

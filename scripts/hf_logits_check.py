@@ -1,0 +1,83 @@
+"""Checks that an l3c checkpoint exported with `l3c export hf` loads in Hugging Face `transformers` and gives
+the same logits as l3c on the same tokens.
+
+    python3 scripts/hf_logits_check.py --l3c build/l3c --checkpoint RUN/checkpoints/step_00000100 --work /tmp/hf
+                                       [--tokens N] [--tolerance 1e-4]
+
+Runs `l3c export hf CHECKPOINT WORK/hf` and `l3c logits --checkpoint CHECKPOINT --tokens ... --out
+WORK/l3c_logits.safetensors` on a fixed sequence of N token ids (default: the model's sequence length, at most 64),
+loads WORK/hf with `AutoModelForCausalLM.from_pretrained(..., torch_dtype=torch.float32)` (LlamaForCausalLM for
+dense models, MixtralForCausalLM for MoE ones), and compares the logits: the largest absolute difference over the
+largest absolute l3c logit must be at most the tolerance.
+
+Prints one human-readable line, then, as the last line, one JSON object
+    {"architecture", "tokens", "max_abs_diff", "max_abs_logit", "relative", "tolerance", "ok"}
+Exit codes: 0 same logits, 1 different logits, 2 bad usage or a failed l3c command, 77 `transformers` (or torch)
+is not importable by this Python (nothing is checked; the message says which import failed).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--l3c", required=True, help="the l3c binary")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder (or run folder) of a dense or MoE model")
+    parser.add_argument("--work", required=True, help="an empty or new folder for the export and the logits")
+    parser.add_argument("--tokens", type=int, default=0, help="sequence length (default: min(seq_len, 64))")
+    parser.add_argument("--tolerance", type=float, default=1e-4)
+    args = parser.parse_args()
+
+    try:
+        import numpy as np
+        import torch
+        import transformers
+        from safetensors.numpy import load_file
+    except ImportError as e:
+        print(f"skipped: {e} (Hugging Face transformers, torch and safetensors are needed for this check)")
+        return 77
+
+    os.makedirs(args.work, exist_ok=True)
+    export_dir = os.path.join(args.work, "hf")
+    run = subprocess.run([args.l3c, "export", "hf", args.checkpoint, export_dir], capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"l3c export hf failed ({run.returncode}):\n{run.stderr}")
+        return 2
+    with open(os.path.join(export_dir, "config.json")) as f:
+        hf_config = json.load(f)
+    vocab = hf_config["vocab_size"]
+    length = args.tokens or min(hf_config["max_position_embeddings"], 64)
+    # A fixed sequence that visits many ids.
+    ids = [(7 * i + 3 * (i // 5) + 1) % vocab for i in range(length)]
+
+    logits_path = os.path.join(args.work, "l3c_logits.safetensors")
+    run = subprocess.run([args.l3c, "logits", "--checkpoint", args.checkpoint, "--tokens", " ".join(map(str, ids)),
+                          "--out", logits_path], capture_output=True, text=True)
+    if run.returncode != 0:
+        print(f"l3c logits failed ({run.returncode}):\n{run.stderr}")
+        return 2
+    ours = load_file(logits_path)["logits"].astype(np.float64)  # (T, V)
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, torch_dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        theirs = model(torch.tensor([ids], dtype=torch.long)).logits[0].double().numpy()
+
+    max_abs_diff = float(np.abs(ours - theirs).max())
+    max_abs_logit = float(np.abs(ours).max())
+    relative = max_abs_diff / max(max_abs_logit, 1e-30)
+    ok = relative <= args.tolerance
+    architecture = type(model).__name__
+    print(f"{architecture} (transformers {transformers.__version__}, torch {torch.__version__}): {length} tokens, "
+          f"max |l3c - hf| = {max_abs_diff:.3g}, max |logit| = {max_abs_logit:.3g}, relative {relative:.3g} "
+          f"({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})")
+    print(json.dumps({"architecture": architecture, "tokens": length, "max_abs_diff": max_abs_diff,
+                      "max_abs_logit": max_abs_logit, "relative": relative, "tolerance": args.tolerance, "ok": ok}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+// Hugging Face export.
+#include "train/hf_export.h"
+
+#include <filesystem>
+
+#include "core/errors.h"
+#include "core/file_io.h"
+#include "train/safetensors.h"
+
+namespace l3c {
+
+nlohmann::ordered_json hf_config(const Config& config) {
+  const ModelConfig& m = config.model;
+  if (m.l3.enabled())
+    fail("export hf: this model has Large Lookup Layers (model.l3, after decoder layers {}), and no Hugging Face "
+         "transformers class computes them; export a dense or MoE model, or use the l3c checkpoint as it is "
+         "(l3c eval / l3c generate)", nlohmann::json(m.l3.after_layers).dump());
+  nlohmann::ordered_json j;
+  // What HF's LlamaConfig reads; the keys also mean the same in MixtralConfig.
+  j["architectures"] = {"LlamaForCausalLM"};
+  j["model_type"] = "llama";
+  j["vocab_size"] = m.vocab_size;
+  j["hidden_size"] = m.d_model;
+  j["intermediate_size"] = m.ffn_hidden;
+  j["num_hidden_layers"] = m.n_layers;
+  j["num_attention_heads"] = m.n_heads;
+  j["num_key_value_heads"] = m.n_kv_heads;
+  j["head_dim"] = m.head_dim();
+  j["hidden_act"] = "silu";
+  j["max_position_embeddings"] = config.data.seq_len;
+  j["rms_norm_eps"] = m.norm_eps;
+  j["rope_theta"] = m.rope_theta;
+  j["rope_scaling"] = nullptr;
+  j["attention_bias"] = false;
+  j["attention_dropout"] = 0.0;
+  j["mlp_bias"] = false;
+  j["tie_word_embeddings"] = m.tie_embeddings;
+  j["initializer_range"] = m.init_std;
+  j["pretraining_tp"] = 1;
+  j["use_cache"] = true;
+  j["bos_token_id"] = nullptr;
+  j["eos_token_id"] = nullptr;
+  j["torch_dtype"] = "float32";
+  // MoE models become MixtralForCausalLM here: "architectures" ["MixtralForCausalLM"], "model_type" "mixtral",
+  // "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "output_router_logits": false,
+  // "sliding_window": null, "intermediate_size" = the experts' hidden size. Mixtral has an MoE FFN in every
+  // layer, all with the same experts, renormalised top-k and no shared expert: other MoE layouts are refused
+  // like L3. Tensor names need no mapping (MODEL.md uses Mixtral's).
+  return j;
+}
+
+void export_hf(const Config& config, const Llama& model, const FlatBuffer& params, const std::string& out_dir) {
+  namespace fs = std::filesystem;
+  const nlohmann::ordered_json hf = hf_config(config);
+  for (const char* name : {"config.json", "model.safetensors"})
+    if (fs::exists(fs::path(out_dir) / name))
+      fail("export hf: {} already holds {}; choose an empty folder", out_dir, name);
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) fail("export hf: cannot create {}: {}", out_dir, ec.message());
+
+  // float32 copies where the parameters are f64; views otherwise.
+  std::vector<std::vector<float>> converted;
+  std::vector<NamedTensor> tensors;
+  for (const ParamInfo& p : model.registry().params()) {
+    Tensor t = params.view(p);
+    if (t.dtype == DType::F64) {
+      converted.emplace_back(static_cast<size_t>(p.numel));
+      for (int64_t i = 0; i < p.numel; ++i) converted.back()[i] = static_cast<float>(t.ptr<double>()[i]);
+      t.data = converted.back().data();
+      t.dtype = DType::F32;
+    }
+    tensors.push_back({p.name, t});
+  }
+  write_safetensors((fs::path(out_dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_file_atomic((fs::path(out_dir) / "config.json").string(), hf.dump(2) + "\n");
+}
+
+}  // namespace l3c
