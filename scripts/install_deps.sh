@@ -21,3 +21,14 @@ if ! python3 -c "import safetensors, numpy, tiktoken, tokenizers" 2>/dev/null; t
   python3 -m pip install -q safetensors numpy tiktoken tokenizers 2>/dev/null \
     || python3 -m pip install -q --break-system-packages safetensors numpy tiktoken tokenizers
 fi
+
+# Hugging Face transformers for the export check (tests/test_checkpoint.cpp, scripts/hf_logits_check.py): a
+# version that runs on Debian's torch 1.13, installed into the ignored .cache/python-hf (run with
+# PYTHONPATH=.cache/python-hf /usr/bin/python3). Optional: without it that one test reports skipped.
+hf_dir="$(cd "$(dirname "$0")/.." && pwd)/.cache/python-hf"
+if ! PYTHONPATH="$hf_dir" /usr/bin/python3 -c "import transformers, torch" 2>/dev/null; then
+  echo "installing: transformers 4.45.2 into $hf_dir (pip, for /usr/bin/python3)"
+  if ! /usr/bin/python3 -m pip install -q --root-user-action=ignore --target "$hf_dir" "transformers==4.45.2" "numpy<2"; then
+    echo "warning: transformers could not be installed; the Hugging Face export check will be skipped"
+  fi
+fi

@@ -1,5 +1,5 @@
 // Checkpoints, exact resume and faults, end to end through the `l3c` binary on tiny models: a run stopped and
-// resumed equals the straight run bit for bit (dense and L3, with gradient accumulation); SIGTERM, SIGKILL in
+// resumed equals the straight run bit for bit (dense, MoE and L3, with gradient accumulation); SIGTERM, SIGKILL in
 // the middle of a write, damaged checkpoints and a full disk each end as documented without losing earlier
 // checkpoints; config changes on resume, non-finite steps, --init-from with frozen parameters, pruning, and
 // the Hugging Face export (with a transformers logits check where transformers is installed).
@@ -89,6 +89,23 @@ fs::path l3_config(const fs::path& dir, int steps = 8) {
                    "allocation": {"method": "lzw", "data": ")" + shard + R"("}}},
   "data": {"train": ")" + shard + R"(", "seq_len": 16},
   "train": {"steps": )" + std::to_string(steps) + R"(, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-3, "warmup_steps": 2},
+  "checkpoint": {"every": 3, "keep": 2},
+  "run": {"dir": ")" + (dir / "run").string() + R"("}
+})");
+  return config;
+}
+
+// The dense model with MoE FFNs: `layers` ("all" or a JSON list), 4 experts, top-2, and a shared expert of
+// `shared` hidden units (0: none).
+fs::path moe_config(const fs::path& dir, int steps = 8, const std::string& layers = "\"all\"", int shared = 0) {
+  const std::string shard = write_train_shard(dir);
+  const fs::path config = dir / "moe.json";
+  write_text(config, R"({
+  "model": {"vocab_size": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+            "moe": {"layers": )" + layers + R"(, "experts": 4, "top_k": 2, "expert_hidden": 24,
+                    "shared_expert_hidden": )" + std::to_string(shared) + R"(}},
+  "data": {"train": ")" + shard + R"(", "seq_len": 16},
+  "train": {"steps": )" + std::to_string(steps) + R"(, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-2, "warmup_steps": 2},
   "checkpoint": {"every": 3, "keep": 2},
   "run": {"dir": ")" + (dir / "run").string() + R"("}
 })");
@@ -239,6 +256,11 @@ TEST_CASE("a dense run stopped at step 4 and resumed equals the straight run bit
 TEST_CASE("an L3 run stopped at step 4 and resumed equals the straight run bit for bit", "[checkpoint][l3]") {
   const fs::path dir = fresh_dir("exact_l3");
   check_exact_resume(dir, l3_config(dir));
+}
+
+TEST_CASE("an MoE run stopped at step 4 and resumed equals the straight run bit for bit", "[checkpoint][moe]") {
+  const fs::path dir = fresh_dir("exact_moe");
+  check_exact_resume(dir, moe_config(dir, 8, "[1]", 8));
 }
 
 TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits 0, and resuming matches the straight run",
@@ -527,17 +549,45 @@ TEST_CASE("export hf writes a Llama config and weights for a dense model and ref
   CHECK_FALSE(fs::exists(dir / "hf_l3"));
 }
 
-TEST_CASE("an exported dense model gives l3c's logits in Hugging Face transformers", "[checkpoint][hf]") {
+TEST_CASE("export hf writes a Mixtral config for an MoE model and refuses MoE layouts Mixtral cannot run",
+          "[checkpoint][moe]") {
+  const fs::path dir = fresh_dir("export_moe");
+  REQUIRE(run_l3c("train " + moe_config(dir, 2).string() + run_dir_set(dir / "moe")).exit_code == 0);
+  const Result r = run_l3c("export hf " + checkpoint(dir / "moe", 2).string() + " " + (dir / "hf").string());
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const auto hf = nlohmann::json::parse(read_text(dir / "hf" / "config.json"));
+  CHECK(hf["architectures"] == nlohmann::json{"MixtralForCausalLM"});
+  CHECK(hf["model_type"] == "mixtral");
+  CHECK(hf["num_local_experts"] == 4);
+  CHECK(hf["num_experts_per_tok"] == 2);
+  CHECK(hf["intermediate_size"] == 24);
+  const auto [header, data] = tensors_of(dir / "hf" / "model.safetensors");
+  CHECK(header.contains("model.layers.1.block_sparse_moe.gate.weight"));
+  CHECK(header.contains("model.layers.0.block_sparse_moe.experts.3.w2.weight"));
+
+  const fs::path partial = dir / "partial";
+  fs::create_directories(partial);
+  REQUIRE(run_l3c("train " + moe_config(partial, 2, "[1]", 8).string() + run_dir_set(partial / "run")).exit_code == 0);
+  const Result refused = run_l3c("export hf " + checkpoint(partial / "run", 2).string() + " " + (dir / "hf2").string());
+  check_user_error(refused, "MixtralForCausalLM cannot run it");
+  CHECK_THAT(refused.output, Contains("decoder layer 0 has a dense FFN") && Contains("no shared expert"));
+  CHECK_FALSE(fs::exists(dir / "hf2"));
+}
+
+TEST_CASE("exported dense and MoE models give l3c's logits in Hugging Face transformers", "[checkpoint][hf]") {
   // A Python that can import transformers and torch; the test is skipped (exit code 4) without one.
   std::string python;
-  for (const char* candidate : {"python3", "/usr/bin/python3"})
-    if (l3c::test::run_command(std::string(candidate) + " -c 'import transformers, torch, safetensors' 2>&1").exit_code == 0) {
+  // scripts/install_deps.sh installs transformers for Debian's torch into .cache/python-hf.
+  const std::string installed = "PYTHONPATH=" + std::string(L3C_SOURCE_DIR) + "/.cache/python-hf /usr/bin/python3";
+  for (const std::string& candidate : {std::string("python3"), std::string("/usr/bin/python3"), installed})
+    if (l3c::test::run_command(candidate + " -c 'import transformers, torch, safetensors' 2>&1").exit_code == 0) {
       python = candidate;
       break;
     }
   if (python.empty()) {
-    std::printf("skipped: Hugging Face transformers (with torch and safetensors) is not importable by python3 or "
-                "/usr/bin/python3; `pip install transformers` to run this check\n");
+    std::printf("skipped: Hugging Face transformers (with torch and safetensors) is not importable by python3, "
+                "/usr/bin/python3 or with .cache/python-hf (scripts/install_deps.sh installs it there)\n");
     std::exit(4);
   }
   const fs::path dir = fresh_dir("hf_logits");
@@ -553,4 +603,12 @@ TEST_CASE("an exported dense model gives l3c's logits in Hugging Face transforme
     CHECK(check.exit_code == 0);
     CHECK_THAT(check.output, Contains("\"ok\": true"));
   }
+  const fs::path moe = moe_config(dir, 3);
+  REQUIRE(run_l3c("train " + moe.string() + run_dir_set(dir / "run_moe")).exit_code == 0);
+  const Result check = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_logits_check.py --l3c " +
+                                              kL3c + " --checkpoint " + checkpoint(dir / "run_moe", 3).string() +
+                                              " --work " + (dir / "work_moe").string() + " 2>&1");
+  INFO(check.output);
+  CHECK(check.exit_code == 0);
+  CHECK_THAT(check.output, Contains("MixtralForCausalLM") && Contains("\"ok\": true"));
 }

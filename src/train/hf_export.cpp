@@ -2,6 +2,10 @@
 #include "train/hf_export.h"
 
 #include <filesystem>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include "core/errors.h"
 #include "core/file_io.h"
@@ -41,11 +45,38 @@ nlohmann::ordered_json hf_config(const Config& config) {
   j["bos_token_id"] = nullptr;
   j["eos_token_id"] = nullptr;
   j["torch_dtype"] = "float32";
-  // MoE models become MixtralForCausalLM here: "architectures" ["MixtralForCausalLM"], "model_type" "mixtral",
-  // "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "output_router_logits": false,
-  // "sliding_window": null, "intermediate_size" = the experts' hidden size. Mixtral has an MoE FFN in every
-  // layer, all with the same experts, renormalised top-k and no shared expert: other MoE layouts are refused
-  // like L3. Tensor names need no mapping (MODEL.md uses Mixtral's).
+  if (m.moe.enabled()) {
+    // MixtralForCausalLM: an MoE FFN in every layer, all alike, softmax over all experts then renormalised
+    // top-k, no shared expert. Tensor names need no mapping (MODEL.md uses Mixtral's).
+    const MoeConfig& moe = m.moe;
+    std::vector<std::string> unsupported;
+    for (int64_t i = 0; i < m.n_layers; ++i)
+      if (!m.is_moe_layer(i)) {
+        unsupported.push_back(fmt::format("decoder layer {} has a dense FFN (Mixtral has an MoE FFN in every layer; "
+                                          "model.moe.layers must be \"all\")", i));
+        break;
+      }
+    if (moe.shared_expert_hidden > 0)
+      unsupported.push_back(fmt::format("model.moe.shared_expert_hidden = {} (Mixtral has no shared expert)",
+                                        moe.shared_expert_hidden));
+    if (!moe.normalize_topk)
+      unsupported.push_back("model.moe.normalize_topk = false (Mixtral always renormalises the top-k weights)");
+    if (!unsupported.empty()) {
+      std::string reasons;
+      for (const std::string& r : unsupported) reasons += "; " + r;
+      fail("export hf: this MoE model has no Hugging Face class: MixtralForCausalLM cannot run it{}", reasons);
+    }
+    j["architectures"] = {"MixtralForCausalLM"};
+    j["model_type"] = "mixtral";
+    j["intermediate_size"] = moe.expert_hidden;
+    j["num_local_experts"] = moe.experts;
+    j["num_experts_per_tok"] = moe.top_k;
+    j["router_aux_loss_coef"] = moe.aux_loss;
+    j["router_jitter_noise"] = 0.0;
+    j["output_router_logits"] = false;
+    j["sliding_window"] = nullptr;
+    for (const char* llama_only : {"mlp_bias", "pretraining_tp", "attention_bias"}) j.erase(llama_only);
+  }
   return j;
 }
 
