@@ -17,7 +17,8 @@ int inspect(const std::vector<std::string>& argv) {
   const Config config = load_config(args.positional[0], args.sets);
   const Llama model(config.model);
   const ModelCost cost = model.cost(config.data.seq_len);
-  const MemoryEstimate memory = estimate_training_memory(model, config);
+  const Device device = planned_device(config);
+  const MemoryEstimate memory = estimate_training_memory(model, config, device);
 
   fmt::print("model: {} layers, d_model {}, {} heads ({} kv), ffn {}, vocab {}, {} embeddings\n", config.model.n_layers,
              config.model.d_model, config.model.n_heads, config.model.n_kv_heads, config.model.ffn_hidden,
@@ -36,11 +37,16 @@ int inspect(const std::vector<std::string>& argv) {
     fmt::print("  {:<12} {:>14} ({:.1f}%)\n", group, count, 100.0 * count / cost.total_params);
   fmt::print("FLOPs per token (training, T={}): {:.4g} (6 x {} active matmul parameters + attention)\n", config.data.seq_len,
              cost.flops_per_token, cost.matmul_params);
-  fmt::print("training memory (micro-batch {} x {}): {}\n", config.train.micro_batch, config.data.seq_len,
+  fmt::print("training memory (micro-batch {} x {}, {}): {}\n", config.train.micro_batch, config.data.seq_len,
+             device == Device::CUDA ? fmt::format("GPU, {}", config.train.precision) : std::string("host"),
              format_bytes(static_cast<double>(memory.total())));
-  fmt::print("  parameters {} | gradients {} | optimizer {} | activations {}\n",
+  fmt::print("  parameters {} | gradients {} | optimizer {} | activations {}{}\n",
              format_bytes(static_cast<double>(memory.params)), format_bytes(static_cast<double>(memory.grads)),
-             format_bytes(static_cast<double>(memory.optimizer)), format_bytes(static_cast<double>(memory.activations)));
+             format_bytes(static_cast<double>(memory.optimizer)), format_bytes(static_cast<double>(memory.activations)),
+             device == Device::CUDA ? fmt::format(" | f32 master weights {} | workspace {}",
+                                                  format_bytes(static_cast<double>(memory.master)),
+                                                  format_bytes(static_cast<double>(memory.workspace)))
+                                    : std::string());
   if (args.flag("json")) {
     nlohmann::json groups = nlohmann::json::object();
     for (const auto& [group, count] : cost.params_by_group) groups[group] = count;
@@ -55,6 +61,9 @@ int inspect(const std::vector<std::string>& argv) {
                                           {"grads", memory.grads},
                                           {"optimizer", memory.optimizer},
                                           {"activations", memory.activations},
+                                          {"master", memory.master},
+                                          {"workspace", memory.workspace},
+                                          {"device", device == Device::CUDA ? "cuda" : "cpu"},
                                           {"total", memory.total()}}}}
                              .dump());
   }

@@ -12,8 +12,9 @@
 namespace l3c::cmd {
 
 int train(const std::vector<std::string>& argv) {
-  const cli::Args args = cli::parse(argv, {{}, {"json"}, 1, 1, "l3c train CONFIG [--set key=value ...] [--json]"});
-  const Config config = load_config(args.positional[0], args.sets);
+  const cli::Args args = cli::parse(
+      argv, {{"device"}, {"json"}, 1, 1, "l3c train CONFIG [--device cpu|cuda|auto] [--set key=value ...] [--json]"});
+  const Config config = load_config(args.positional[0], args.overrides());
   const TrainSummary s = run_training(config);
   spdlog::info("done: {} steps, {} tokens in {} | {:.0f} tok/s | MFU {:.1f}% | final train loss {:.4f}{}", s.steps,
                s.tokens, format_duration(s.seconds), s.tokens_per_second, 100.0 * s.mfu, s.final_train_loss,

@@ -77,9 +77,9 @@ const std::vector<OptionalObject>& optional_objects() {
   return objects;
 }
 
-// Training runs on the CPU; "cuda" joins the list when the CUDA backend implements the training ops
-// (until then a CUDA build only discovers GPUs, and accepting "cuda" would silently train on the CPU).
-const Rule kDeviceRule = {.one_of = {"cpu"}, .hint = "the CUDA training backend is not available yet"};
+// "auto": the GPU when this build has the CUDA backend and one is present, else the CPU. Whether "cuda" can run
+// here is checked when training starts (src/train/device.h), not when the config is read.
+const Rule kDeviceRule = {.one_of = {"auto", "cpu", "cuda"}};
 
 // The schema: sections and keys in the order config_to_json writes them.
 const std::vector<Field>& schema() {
@@ -134,6 +134,8 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::threads>("train.threads", {.min = 0}),  // 0: all cores
       field<&C::train, &TrainConfig::device>("train.device", kDeviceRule),
       field<&C::train, &TrainConfig::dtype>("train.dtype", {.one_of = {"f32", "f64"}}),
+      field<&C::train, &TrainConfig::precision>("train.precision", {.one_of = {"fp32", "bf16"}}),
+      field<&C::train, &TrainConfig::recompute>("train.recompute", {.one_of = {"none", "swiglu", "attention", "all"}}),
 
       field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0}),
       field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1}),
@@ -434,6 +436,11 @@ void resolve_and_check_relations(Config& c) {
          micro_batch_tokens);
   if (t.min_lr > t.lr) fail("train.min_lr ({}) must be <= train.lr ({})", t.min_lr, t.lr);
   if (t.warmup_steps > t.steps) fail("train.warmup_steps ({}) must be <= train.steps ({})", t.warmup_steps, t.steps);
+  if (t.precision == "bf16" && t.dtype != "f32")
+    fail("train.precision \"bf16\" keeps f32 master weights and moments: train.dtype must be \"f32\", got \"{}\"",
+         t.dtype);
+  if (t.precision == "bf16" && t.device == "cpu")
+    fail("train.precision \"bf16\" needs the GPU (train.device \"cuda\" or \"auto\"); the CPU computes in f32 or f64");
   if (m.l3.enabled()) resolve_and_check_l3(m);
 }
 

@@ -1,6 +1,8 @@
 // AdamW with PyTorch semantics over flat buffers (MODEL.md "Optimizer"), and global-norm clipping.
-// Moments are fp32 (or f64 when the parameters are f64) buffers with the parameters' layout; weight
-// decay applies to the parameters whose ParamInfo::decay is set (2-D weights by default).
+// Moments are fp32 (or f64 when the parameters are f64) buffers with the parameters' layout, on the parameters'
+// device; weight decay applies to the parameters whose ParamInfo::decay is set (2-D weights by default). The
+// update itself is ops::adamw_update, over runs of consecutive parameters that share a decay setting. With bf16
+// parameters (CUDA) the update runs on f32 master weights and writes their rounded copy into the parameters.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -19,10 +21,12 @@ struct AdamWSettings {
 
 class AdamW {
  public:
-  AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings);
+  // dtype: the moments' dtype (f32 for f32 or bf16 parameters, f64 for f64).
+  AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device = Device::CPU);
 
   // One update with learning rate lr; grads are used as they are (clip them first). step_ counts from 1.
-  void step(FlatBuffer& params, const FlatBuffer& grads, double lr);
+  // master: the f32 weights behind bf16 parameters (mixed precision), else null.
+  void step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master = nullptr);
 
   int64_t steps_taken() const { return step_; }
   FlatBuffer& first_moment() { return m_; }
@@ -33,7 +37,11 @@ class AdamW {
   const ParamRegistry& registry_;
   AdamWSettings settings_;
   FlatBuffer m_, v_;
-  std::vector<uint8_t> decay_mask_;  // per parameter (registry order)
+  struct Run {
+    int64_t offset, numel;
+    bool decay;
+  };
+  std::vector<Run> runs_;  // consecutive parameters with the same decay setting, in buffer order
   int64_t step_ = 0;
 };
 
