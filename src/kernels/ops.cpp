@@ -28,18 +28,17 @@ Device device_of(const char* op, std::initializer_list<const Tensor*> tensors) {
   const Tensor* first = nullptr;
   for (const Tensor* t : tensors) {
     if (t->empty()) continue;
+#ifndef L3C_WITH_CUDA
+    L3C_CHECK(t->device == Device::CPU,
+              "ops::{}: a tensor {} is on the {} device, but the CUDA backend is not part of this build "
+              "(configure with -DL3C_CUDA=ON where nvcc is installed)",
+              op, t->shape_string(), device_name(t->device));
+#endif
     if (first == nullptr) first = t;
     L3C_CHECK(t->device == first->device, "ops::{}: tensors on different devices: {} on {} and {} on {}", op,
               first->shape_string(), device_name(first->device), t->shape_string(), device_name(t->device));
   }
-  const Device device = first == nullptr ? Device::CPU : first->device;
-#ifndef L3C_WITH_CUDA
-  L3C_CHECK(device == Device::CPU,
-            "ops::{}: a tensor {} is on the {} device, but the CUDA backend is not part of this build "
-            "(configure with -DL3C_CUDA=ON where nvcc is installed)",
-            op, first->shape_string(), device_name(device));
-#endif
-  return device;
+  return first == nullptr ? Device::CPU : first->device;
 }
 
 // All given tensors share one floating dtype the backend computes in: f32 or f64 on the CPU, f32 or bf16 on
