@@ -85,7 +85,13 @@ l3c="$build/l3c"
 # --- GPU tests --------------------------------------------------------------------------------------------
 section "GPU tests (ctest -L cuda)"
 if ctest --test-dir "$build" -L cuda --output-on-failure --timeout 900 > "$out/ctest_cuda.log" 2>&1; then
-  echo "all passed: $(grep -E 'tests passed' "$out/ctest_cuda.log")" >> "$summary"
+  skipped=$(grep -c '\*\*\*Skipped' "$out/ctest_cuda.log")
+  if [ "$skipped" -gt 0 ]; then
+    status=1
+    echo "**$skipped skipped**: the tests saw no GPU ($(grep -E 'tests passed' "$out/ctest_cuda.log"))" >> "$summary"
+  else
+    echo "all passed: $(grep -E 'tests passed' "$out/ctest_cuda.log")" >> "$summary"
+  fi
 else
   status=1
   echo "**FAILED**: $(grep -E 'tests passed|tests failed' "$out/ctest_cuda.log")" >> "$summary"

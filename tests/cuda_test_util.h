@@ -1,8 +1,8 @@
 // Helpers for the CUDA tests: skipping without a GPU (exit code 4, which CTest reports as skipped), device
 // tensors that own their memory and copy to and from host TestTensors, and pairs of inputs with the same
 // values for the CPU reference and the GPU (bf16 inputs are rounded once and the CPU gets the rounded values).
-// The tests build in every configuration; they run on a GPU, or on the host emulation of CUDA
-// (L3C_CUDA_EMULATION), which executes the same kernels on the CPU.
+// The tests build in every configuration; they run on a GPU, and (the emulated/ twins) on the host emulation of
+// CUDA, which executes the same kernels on the CPU.
 #pragma once
 #include <cmath>
 #include <cstdio>

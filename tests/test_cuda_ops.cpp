@@ -2,8 +2,8 @@
 // bf16 within the per-op tolerances below (with the reason); edge shapes (T not a multiple of the tile, one head,
 // GQA ratios 1, 2, 8, head sizes of every kernel configuration; tokens with one row and with k rows in L3;
 // experts receiving no tokens in MoE); deterministic results (the same bits twice).
-// Without a GPU every test exits with code 4 (CTest: skipped); on the host emulation of CUDA
-// (L3C_CUDA_EMULATION) they run the kernels on the CPU.
+// Without a GPU every test exits with code 4 (CTest: skipped); their emulated/ twins run the same kernels on the
+// host emulation of CUDA.
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <cmath>
@@ -13,8 +13,10 @@
 #include <utility>
 #include <vector>
 
+#include "core/arena.h"
 #include "cuda_test_util.h"
 #include "kernels/cpu/cpu_ops.h"
+#include "model/params.h"
 #include "kernels/ops.h"
 #ifdef L3C_WITH_CUDA
 #include "kernels/cuda/cuda_ops.h"
@@ -724,6 +726,19 @@ TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty expe
 // =====================================================================================================
 // errors
 // =====================================================================================================
+
+TEST_CASE("cuda: running out of GPU memory is a UserError naming the bytes and what to change", "[cuda]") {
+  require_gpu();
+  const int64_t elements = int64_t{1} << 50;  // 4 PiB of f32
+  try {
+    FlatBuffer too_big(elements, DType::F32, Device::CUDA);
+    FAIL("a 4 PiB allocation succeeded");
+  } catch (const UserError& e) {
+    CHECK_THAT(e.what(), Contains("out of GPU memory") && Contains("4096.00 TiB") && Contains("is free") &&
+                             Contains("train.micro_batch") && Contains("train.recompute"));
+  }
+  REQUIRE_THROWS_AS(Arena(size_t{1} << 52, "activation", Device::CUDA), UserError);
+}
 
 TEST_CASE("cuda: ops refuse tensors on two devices and dtypes CUDA does not compute in", "[cuda]") {
   require_gpu();

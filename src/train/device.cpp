@@ -46,7 +46,6 @@ double gpu_peak_flops(const std::string& description) {
   if (has("H800")) return 989e12;
   if (has("A100") || has("A800")) return 312e12;
   if (has("L40S")) return 362e12;
-  if (has("A10G") || has("A10 ")) return 125e12;
   return 0.0;
 }
 

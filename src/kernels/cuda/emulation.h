@@ -1,6 +1,6 @@
 // A host emulation of the part of CUDA the kernels use, so that they can be executed and checked on a
-// machine without a GPU (CMake option L3C_CUDA_EMULATION: the .cu files are compiled as C++ with this header
-// in place of the CUDA headers).
+// machine without a GPU: with L3C_CUDA_EMULATION defined, the .cu files compile as C++ with this header in place
+// of the CUDA headers (CMake builds them so into l3c_lib_emulated, for the emulated/ GPU tests).
 //
 // Every CUDA thread is a fiber (ucontext) with its own stack. The fibers of one block run round-robin on one
 // host thread; a fiber runs until it waits at __syncthreads or a warp collective (__shfl_*_sync,
