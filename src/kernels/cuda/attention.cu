@@ -160,7 +160,10 @@ __global__ void attention_backward_dkv_kernel(T* __restrict__ dk, T* __restrict_
       __syncthreads();
       load_tile(query_tile, q, dim, b, i0, h, dim.heads);
       load_tile(dout_tile, dout, dim, b, i0, h, dim.heads);
-      if (threadIdx.x < kTile) lse_tile[threadIdx.x] = i0 + threadIdx.x < dim.seq ? lse_head[i0 + threadIdx.x] : 0.0f;
+      if (threadIdx.x < kTile) {
+        const int i = i0 + static_cast<int>(threadIdx.x);
+        lse_tile[threadIdx.x] = i < dim.seq ? lse_head[i] : 0.0f;
+      }
       __syncthreads();
       {  // D for the tile's rows: thread group r computes row i0 + r
         const int i = i0 + r;
