@@ -1,7 +1,14 @@
-"""PyTorch (float32, eager, CPU) training-speed baseline for an l3c config: the comparison point of `l3c bench`.
+"""PyTorch training-speed baseline for an l3c config: the comparison point of `l3c bench`.
 
     /usr/bin/python3 scripts/bench_torch.py configs/tiny/dense.json --threads 2 [--steps 10] [--warmup 2]
                                             [--micro-batch N]
+    python3 scripts/bench_torch.py configs/gpu/dense_124m.json --device cuda [--precision bf16|fp32] [--compile]
+
+On the CPU: float32, eager. On the GPU (--device cuda): float32, or bf16 autocast (--precision bf16: bf16 matrix
+products, fp32 weights and AdamW, as l3c's bf16 mode), eager or torch.compile (--compile: the loss function
+compiled, the optimizer step eager); attention there is torch's fused scaled_dot_product_attention (causal,
+flash kernels) instead of the reference's explicit T x T form, so that the baseline is the fast PyTorch one.
+Steps are timed with torch.cuda.synchronize() around them.
 
 Builds the dense or MoE model of scripts/llama_reference.py from the config's `model` section (random init,
 normal(0, model.init_std); an MoE FFN is the usual eager loop over experts with index_add, as Hugging Face
@@ -30,6 +37,7 @@ Prints one human-readable line, then, as the LAST line, one JSON object:
      "tokens_per_second", "params"}
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -98,6 +106,28 @@ def blas_library():
     return libs
 
 
+def use_fused_attention():
+    """Replaces the reference attention's explicit softmax(q k^T) v with torch's fused causal kernel (same math)."""
+    import math
+    import torch.nn.functional as F
+    import llama_reference
+
+    def forward(self, x, cos, sin, mask):
+        B, T, _ = x.shape
+        H, Hkv, hd = self.H, self.Hkv, self.hd
+        q = F.linear(x, self.q_proj.weight).view(B, T, H, hd).transpose(1, 2)
+        k = F.linear(x, self.k_proj.weight).view(B, T, Hkv, hd).transpose(1, 2)
+        v = F.linear(x, self.v_proj.weight).view(B, T, Hkv, hd).transpose(1, 2)
+        q, k = llama_reference.apply_rope(q, cos, sin), llama_reference.apply_rope(k, cos, sin)
+        if Hkv != H:
+            k = k.repeat_interleave(H // Hkv, dim=1)
+            v = v.repeat_interleave(H // Hkv, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / math.sqrt(hd))
+        return F.linear(o.transpose(1, 2).reshape(B, T, H * hd), self.o_proj.weight)
+
+    llama_reference.Attention.forward = forward
+
+
 def main():
     ap = argparse.ArgumentParser(description="PyTorch eager float32 training-speed baseline for an l3c config")
     ap.add_argument("config", metavar="CONFIG", help="l3c JSON config (\"extends\" is followed)")
@@ -106,7 +136,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     ap.add_argument("--micro-batch", type=int, default=None,
                     help="sequences per forward/backward (default: the config's train.micro_batch)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                    help="cuda only: bf16 autocast for the forward and backward (default fp32)")
+    ap.add_argument("--compile", action="store_true", help="cuda only: torch.compile the loss function")
     args = ap.parse_args()
+    if args.device == "cpu" and (args.precision != "fp32" or args.compile):
+        fail("--precision bf16 and --compile are for --device cuda")
     if args.threads < 1 or args.steps < 1 or args.warmup < 0:
         fail("--threads and --steps must be >= 1, --warmup >= 0")
 
@@ -140,21 +176,33 @@ def main():
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(1337)
+    cuda = args.device == "cuda"
+    if cuda:
+        if not torch.cuda.is_available():
+            fail("--device cuda: torch sees no GPU")
+        use_fused_attention()
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as in l3c
     model = Llama(model_cfg, dtype=torch.float32)
     model.init_weights(std=model_cfg["init_std"])
+    if cuda:
+        model = model.to("cuda")
     n_params = sum(p.numel() for p in model.parameters())
     params = list(model.parameters())
     opt = AdamW(params, lr=train["lr"], betas=(train["beta1"], train["beta2"]), eps=train["eps"],
                 weight_decay=train["weight_decay"])
     V = model_cfg["vocab_size"]
     # Random micro-batches, made once outside the timed region (their content does not change the cost).
-    batches = [torch.randint(0, V, (micro_batch, seq_len + 1)) for _ in range(accum)]
+    batches = [torch.randint(0, V, (micro_batch, seq_len + 1), device=args.device) for _ in range(accum)]
+    loss_fn = torch.compile(model.loss) if args.compile else model.loss
+    bf16 = cuda and args.precision == "bf16"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step():
         opt.zero_grad()
         total = 0.0
         for b in batches:
-            loss, _ = model.loss(b[:, :-1], b[:, 1:])
+            with autocast():
+                loss, _ = loss_fn(b[:, :-1], b[:, 1:])
             (loss / accum).backward()
             total += loss.item()
         clip_grad_norm(params, train["grad_clip"])
@@ -163,25 +211,33 @@ def main():
 
     for _ in range(args.warmup):
         step()
+    if cuda:
+        torch.cuda.synchronize()
     libs = blas_library()
     blas = ", ".join(os.path.basename(p) for p in libs) or "none found"
-    if any(os.path.realpath(p).startswith("/usr/lib/x86_64-linux-gnu/blas/") or
-           "/blas/libblas" in os.path.realpath(p) for p in libs):
+    if not cuda and any(os.path.realpath(p).startswith("/usr/lib/x86_64-linux-gnu/blas/") or
+                        "/blas/libblas" in os.path.realpath(p) for p in libs):
         print(f"bench_torch.py: warning: torch is using the reference (netlib) BLAS ({', '.join(libs)}): "
               "matrix products are ~40x slower than with an optimised BLAS; see the top of this script "
               "for how to use OpenBLAS", file=sys.stderr)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
+    if cuda:
+        torch.cuda.synchronize()
     step_seconds = (time.perf_counter() - t0) / args.steps
     tokens_per_step = accum * tokens_per_micro
     tps = tokens_per_step / step_seconds
 
-    print(f"pytorch {torch.__version__} eager f32, {args.threads} threads: {n_params / 1e6:.2f}M params, "
-          f"{tokens_per_step} tokens/step ({accum} x {micro_batch} x {seq_len}), "
-          f"{step_seconds * 1e3:.1f} ms/step, {tps:.0f} tokens/s (last loss {loss:.4f}; BLAS: {blas})")
+    mode = "compiled" if args.compile else "eager"
+    where = torch.cuda.get_device_name() if cuda else f"{args.threads} threads"
+    print(f"pytorch {torch.__version__} {mode} {args.precision if cuda else 'f32'}, {where}: {n_params / 1e6:.2f}M "
+          f"params, {tokens_per_step} tokens/step ({accum} x {micro_batch} x {seq_len}), "
+          f"{step_seconds * 1e3:.1f} ms/step, {tps:.0f} tokens/s (last loss {loss:.4f}"
+          f"{'' if cuda else f'; BLAS: {blas}'})")
     print(json.dumps({"framework": "pytorch", "torch_version": torch.__version__, "threads": args.threads,
-                      "tokens_per_step": tokens_per_step, "step_seconds": step_seconds,
+                      "device": args.device, "precision": args.precision if cuda else "fp32",
+                      "compiled": args.compile, "tokens_per_step": tokens_per_step, "step_seconds": step_seconds,
                       "tokens_per_second": tps, "params": n_params}))
 
 

@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "data/shard.h"
+#include "kernels/device.h"
 
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
@@ -102,6 +103,18 @@ TEST_CASE("bad configs and command lines exit 2 with one clear message", "[cli]"
     check_user_error(run_l3c("train " + config.string() +
                              " --set model.d_model=16384 --set model.ffn_hidden=65536 --set model.n_layers=64"),
                      "of memory");
+  }
+  SECTION("a device this build or this machine cannot run on") {
+    write_text(config, good);
+    if (!l3c::built_with_cuda())
+      check_user_error(run_l3c("train " + config.string() + " --device cuda"), "built without the CUDA backend");
+    else if (l3c::cuda_device_count() == 0)
+      check_user_error(run_l3c("train " + config.string() + " --device cuda"), "no GPU is visible");
+    check_user_error(run_l3c("train " + config.string() + " --device tpu"), "--device: must be cpu, cuda or auto");
+    check_user_error(run_l3c("bench " + config.string() + " --device cpu --set train.precision=bf16"),
+                     "train.precision \"bf16\" needs the GPU");
+    check_user_error(run_l3c("train " + config.string() + " --set train.precision=bf16 --set train.dtype=f64"),
+                     "train.dtype must be \"f32\"");
   }
   SECTION("missing config file") {
     check_user_error(run_l3c("train " + (dir / "absent.json").string()), "config file not found");

@@ -110,8 +110,10 @@ TEST_CASE("a minimal config reads with every default filled in", "[config]") {
   CHECK(c.train.grad_clip == 1.0);
   CHECK(c.train.seed == 1337);
   CHECK(c.train.threads == 0);
-  CHECK(c.train.device == "cpu");
+  CHECK(c.train.device == "auto");
   CHECK(c.train.dtype == "f32");
+  CHECK(c.train.precision == "fp32");
+  CHECK(c.train.recompute == "none");
   CHECK(c.eval.every == 0);
   CHECK(c.eval.batches == 8);
   CHECK(c.checkpoint.every == 0);
@@ -265,9 +267,13 @@ TEST_CASE("an enumeration value outside its set is an error naming the allowed v
              Contains("train.schedule: must be one of cosine, wsd, constant; got \"linear\""));
   CHECK_THAT(error_from_json(with("train", "dtype", "bf16")),
              Contains("train.dtype: must be one of f32, f64; got \"bf16\""));
-  CHECK_THAT(error_from_json(with("train", "device", "tpu")), Contains("train.device: must be one of cpu"));
-  CHECK_THAT(error_from_json(with("train", "device", "cuda")),
-             Contains("train.device: must be one of cpu; got \"cuda\" (the CUDA training backend is not available yet"));
+  CHECK_THAT(error_from_json(with("train", "device", "tpu")),
+             Contains("train.device: must be one of auto, cpu, cuda; got \"tpu\""));
+  CHECK(l3c::config_from_json(with("train", "device", "cuda")).train.device == "cuda");  // checked when training starts
+  CHECK_THAT(error_from_json(with("train", "precision", "fp16")),
+             Contains("train.precision: must be one of fp32, bf16; got \"fp16\""));
+  CHECK_THAT(error_from_json(with("train", "recompute", "everything")),
+             Contains("train.recompute: must be one of none, swiglu, attention, all"));
   CHECK(l3c::config_from_json(with("train", "schedule", "wsd")).train.schedule == "wsd");
   CHECK(l3c::config_from_json(with("train", "dtype", "f64")).train.dtype == "f64");
 }
@@ -508,7 +514,7 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
   CHECK(model_keys == std::vector<std::string>{"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                                "ffn_hidden", "rope_theta", "norm_eps", "tie_embeddings",
                                                "init_std"});
-  CHECK(out["train"].size() == 19);
+  CHECK(out["train"].size() == 21);  // ... device, dtype, precision, recompute, on_nonfinite, trainable
   CHECK(out["checkpoint"].size() == 3);  // every, keep, milestone_every
   CHECK(out["data"].size() == 5);  // train, val, seq_len, shuffle, tokenizer
 

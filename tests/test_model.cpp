@@ -4,6 +4,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "core/arena.h"
 #include "model/llama.h"
@@ -153,4 +155,33 @@ TEST_CASE("the arena estimate is exactly what a training step allocates", "[mode
   Arena arena(estimate, "test");
   model.forward_backward(params, &grads, tokens, targets, 1.0, arena).cross_entropy;
   CHECK(arena.peak() == estimate);
+}
+
+TEST_CASE("recomputing SwiGLU and attention in the backward gives the same bits with less activation memory",
+          "[model]") {
+  const Llama model(tiny_model(false));
+  FlatBuffer params(model.registry().total(), DType::F32);
+  randomise(model, params);
+  const int64_t B = 2, T = 7;
+  test::TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
+  test::random_tokens(tokens, 13, 21);
+  test::random_tokens(targets, 13, 22);
+  auto run = [&](const std::string& setting, FlatBuffer& grads) {
+    Llama m = model;
+    m.set_recompute(Recompute::from(setting));
+    Arena arena(m.activation_bytes(B, T, DType::F32, true), "test");
+    const double loss = m.forward_backward(params, &grads, tokens, targets, 1.0 / (B * T), arena).cross_entropy;
+    CHECK(arena.peak() == m.activation_bytes(B, T, DType::F32, true));
+    return std::pair<double, size_t>(loss, arena.peak());
+  };
+  FlatBuffer kept(model.registry().total(), DType::F32);
+  const auto [loss, bytes] = run("none", kept);
+  for (const char* setting : {"swiglu", "attention", "all"}) {
+    INFO("recompute " << setting);
+    FlatBuffer grads(model.registry().total(), DType::F32);
+    const auto [loss_r, bytes_r] = run(setting, grads);
+    CHECK(loss_r == loss);
+    CHECK(test::same_bits(grads.all(), kept.all()));
+    CHECK(bytes_r < bytes);
+  }
 }

@@ -69,6 +69,7 @@ Config golden_config(const SafetensorsFile& golden, int64_t B, int64_t T) {
   c.train.eps = t["eps"];
   c.train.weight_decay = t["weight_decay"];
   c.train.grad_clip = t["grad_clip"];
+  c.train.device = "cpu";  // this file checks the CPU; test_cuda_model.cpp compares the GPU with the CPU
   return c;
 }
 

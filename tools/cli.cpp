@@ -48,6 +48,17 @@ double Args::get_double(const std::string& name, double fallback) const {
   return value;
 }
 
+std::vector<std::string> Args::overrides() const {
+  std::vector<std::string> all = sets;
+  auto device = options.find("device");
+  if (device != options.end()) {
+    if (device->second != "cpu" && device->second != "cuda" && device->second != "auto")
+      fail("--device: must be cpu, cuda or auto, got '{}'", device->second);
+    all.push_back("train.device=" + device->second);
+  }
+  return all;
+}
+
 Args parse(const std::vector<std::string>& argv, const Spec& spec) {
   Args args;
   for (size_t i = 0; i < argv.size(); ++i) {

@@ -28,6 +28,8 @@ struct Args {
   std::string require(const std::string& name) const;
   int64_t get_int(const std::string& name, int64_t fallback, int64_t min_value) const;
   double get_double(const std::string& name, double fallback) const;
+  // The config overrides: every --set, then --device D as train.device=D (when the command takes --device).
+  std::vector<std::string> overrides() const;
 };
 
 // argv excludes the program and subcommand names. "--set" is always accepted.

@@ -60,7 +60,8 @@ int inspect(const std::vector<std::string>& argv) {
   const Config config = load_config(args.positional[0], args.sets);
   const Llama model(config.model);
   const ModelCost cost = model.cost(config.data.seq_len);
-  const MemoryEstimate memory = estimate_training_memory(model, config);
+  const Device device = planned_device(config);
+  const MemoryEstimate memory = estimate_training_memory(model, config, device);
 
   const bool all_moe = config.model.moe.enabled() && config.model.moe.layers.all;
   fmt::print("model: {} layers, d_model {}, {} heads ({} kv), {}vocab {}, {} embeddings\n", config.model.n_layers,
@@ -88,11 +89,16 @@ int inspect(const std::vector<std::string>& argv) {
     fmt::print("  {:<12} {:>14} ({:.1f}%)\n", group, count, 100.0 * count / cost.total_params);
   fmt::print("FLOPs per token (training, T={}): {:.4g} (6 x {} active matmul parameters + attention)\n", config.data.seq_len,
              cost.flops_per_token, cost.matmul_params);
-  fmt::print("training memory (micro-batch {} x {}): {}\n", config.train.micro_batch, config.data.seq_len,
+  fmt::print("training memory (micro-batch {} x {}, {}): {}\n", config.train.micro_batch, config.data.seq_len,
+             device == Device::CUDA ? fmt::format("GPU, {}", config.train.precision) : std::string("host"),
              format_bytes(static_cast<double>(memory.total())));
-  fmt::print("  parameters {} | gradients {} | optimizer {} | activations {}\n",
+  fmt::print("  parameters {} | gradients {} | optimizer {} | activations {}{}\n",
              format_bytes(static_cast<double>(memory.params)), format_bytes(static_cast<double>(memory.grads)),
-             format_bytes(static_cast<double>(memory.optimizer)), format_bytes(static_cast<double>(memory.activations)));
+             format_bytes(static_cast<double>(memory.optimizer)), format_bytes(static_cast<double>(memory.activations)),
+             device == Device::CUDA ? fmt::format(" | f32 master weights {} | workspace {}",
+                                                  format_bytes(static_cast<double>(memory.master)),
+                                                  format_bytes(static_cast<double>(memory.workspace)))
+                                    : std::string());
 
   nlohmann::json match_json;
   if (args.has("match")) {
@@ -142,6 +148,9 @@ int inspect(const std::vector<std::string>& argv) {
                                           {"grads", memory.grads},
                                           {"optimizer", memory.optimizer},
                                           {"activations", memory.activations},
+                                          {"master", memory.master},
+                                          {"workspace", memory.workspace},
+                                          {"device", device == Device::CUDA ? "cuda" : "cpu"},
                                           {"total", memory.total()}}}};
     if (!match_json.is_null()) out["match"] = match_json;
     cli::print_json_line(out.dump());

@@ -13,10 +13,10 @@ namespace l3c::cmd {
 
 int train(const std::vector<std::string>& argv) {
   const cli::Args args = cli::parse(
-      argv, {{"resume", "init-from", "stop-at"}, {"json"}, 1, 1,
-             "l3c train CONFIG [--set key=value ...] [--resume auto|CHECKPOINT] [--init-from CHECKPOINT]\n"
-             "                 [--stop-at STEP] [--json]"});
-  const Config config = load_config(args.positional[0], args.sets);
+      argv, {{"resume", "init-from", "stop-at", "device"}, {"json"}, 1, 1,
+             "l3c train CONFIG [--device cpu|cuda|auto] [--set key=value ...] [--resume auto|CHECKPOINT]\n"
+             "                 [--init-from CHECKPOINT] [--stop-at STEP] [--json]"});
+  const Config config = load_config(args.positional[0], args.overrides());
   TrainOptions options;
   options.resume = args.get("resume", "");
   options.init_from = args.get("init-from", "");

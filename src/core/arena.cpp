@@ -6,12 +6,24 @@
 
 #include <fmt/format.h>
 
+#include "kernels/device.h"
+
 namespace l3c {
 
-void Arena::FreeDeleter::operator()(std::byte* p) const { std::free(p); }
+void Arena::FreeDeleter::operator()(std::byte* p) const {
+  if (device == Device::CUDA) cuda_free(p);
+  else std::free(p);
+}
 
-Arena::Arena(size_t capacity_bytes, std::string name) : capacity_(capacity_bytes), name_(std::move(name)) {
+Arena::Arena(size_t capacity_bytes, std::string name, Device device)
+    : device_(device), capacity_(capacity_bytes), name_(std::move(name)) {
   const size_t rounded = (capacity_bytes + kAlignment - 1) / kAlignment * kAlignment;
+  if (device == Device::CUDA) {
+    storage_ = std::unique_ptr<std::byte, FreeDeleter>(
+        static_cast<std::byte*>(cuda_malloc(rounded == 0 ? kAlignment : rounded, "the " + name_ + " arena")),
+        FreeDeleter{Device::CUDA});
+    return;
+  }
   void* p = std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded);
   if (p == nullptr)
     fail("out of memory: the {} arena needs {}; lower train.micro_batch or data.seq_len", name_,
@@ -20,7 +32,7 @@ Arena::Arena(size_t capacity_bytes, std::string name) : capacity_(capacity_bytes
 }
 
 Tensor Arena::alloc(DType dtype, std::initializer_list<int64_t> shape) {
-  Tensor t(nullptr, dtype, shape);
+  Tensor t(nullptr, dtype, shape, device_);
   const size_t offset = (used_ + kAlignment - 1) / kAlignment * kAlignment;
   const size_t end = offset + t.bytes();
   if (!measuring()) {

@@ -81,9 +81,9 @@ const std::vector<OptionalObject>& optional_objects() {
   return objects;
 }
 
-// Training runs on the CPU; "cuda" joins the list when the CUDA backend implements the training ops
-// (until then a CUDA build only discovers GPUs, and accepting "cuda" would silently train on the CPU).
-const Rule kDeviceRule = {.one_of = {"cpu"}, .hint = "the CUDA training backend is not available yet"};
+// "auto": the GPU when this build has the CUDA backend and one is present, else the CPU. Whether "cuda" can run
+// here is checked when training starts (src/train/device.h), not when the config is read.
+const Rule kDeviceRule = {.one_of = {"auto", "cpu", "cuda"}};
 
 // The schema: sections and keys in the order config_to_json writes them.
 const std::vector<Field>& schema() {
@@ -153,6 +153,8 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::dtype>("train.dtype", {.one_of = {"f32", "f64"}}),
       field<&C::train, &TrainConfig::on_nonfinite>("train.on_nonfinite", {.one_of = {"stop", "skip"}}),
       field<&C::train, &TrainConfig::trainable>("train.trainable"),  // empty: everything trains
+      field<&C::train, &TrainConfig::precision>("train.precision", {.one_of = {"fp32", "bf16"}}),
+      field<&C::train, &TrainConfig::recompute>("train.recompute", {.one_of = {"none", "swiglu", "attention", "all"}}),
 
       field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0}),
       field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1}),
@@ -478,6 +480,13 @@ void resolve_and_check_moe(ModelConfig& m) {
   if (moe.init_std == 0.0) moe.init_std = m.init_std;
 }
 
+// Rules between the model and where and how it trains.
+void check_model_for_training(const Config& c) {
+  if (c.model.moe.enabled() && c.train.precision == "bf16")
+    fail("model.moe with train.precision = \"bf16\": the MoE kernels compute in fp32 so far; use "
+         "train.precision=fp32 for a model with MoE layers");
+}
+
 // Fills the fields whose 0 means "derive me", then checks the rules that relate several fields.
 void resolve_and_check_relations(Config& c) {
   ModelConfig& m = c.model;
@@ -499,8 +508,14 @@ void resolve_and_check_relations(Config& c) {
          micro_batch_tokens);
   if (t.min_lr > t.lr) fail("train.min_lr ({}) must be <= train.lr ({})", t.min_lr, t.lr);
   if (t.warmup_steps > t.steps) fail("train.warmup_steps ({}) must be <= train.steps ({})", t.warmup_steps, t.steps);
+  if (t.precision == "bf16" && t.dtype != "f32")
+    fail("train.precision \"bf16\" keeps f32 master weights and moments: train.dtype must be \"f32\", got \"{}\"",
+         t.dtype);
+  if (t.precision == "bf16" && t.device == "cpu")
+    fail("train.precision \"bf16\" needs the GPU (train.device \"cuda\" or \"auto\"); the CPU computes in f32 or f64");
   if (m.l3.enabled()) resolve_and_check_l3(m);
   if (m.moe.enabled()) resolve_and_check_moe(m);
+  check_model_for_training(c);
 }
 
 // Recursively merges child into base: objects merge key by key, anything else in child replaces.

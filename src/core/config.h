@@ -109,12 +109,18 @@ struct TrainConfig {
   double grad_clip = 1.0;       // 0 disables clipping
   uint64_t seed = 1337;
   int64_t threads = 0;          // 0: all cores
-  std::string device = "cpu";   // "cpu" (the CUDA backend adds "cuda")
+  std::string device = "auto";  // "auto" (the GPU when one is present and the CUDA backend is built) | "cpu" | "cuda"
   std::string dtype = "f32";    // parameter and compute dtype on the CPU: "f32" | "f64"
   std::string on_nonfinite = "stop";  // a non-finite loss or gradient norm: "stop" (error naming the step) | "skip"
   // Parameters that train: registry groups ("attention", "ffn", "norm", "l3_table", ...) or name prefixes
   // ("model.l3.", "model.layers.3."). Empty: every parameter. The others keep their values and AdamW state.
   std::vector<std::string> trainable;
+  // CUDA: "fp32" (exact comparisons with the CPU) | "bf16" (bf16 parameter copies, activations and matmuls with
+  // fp32 accumulation; fp32 master weights, AdamW moments, norms, softmax and loss).
+  std::string precision = "fp32";
+  // Activations recomputed in the backward instead of kept: "none" | "swiglu" (the SwiGLU product) |
+  // "attention" (the attention output) | "all".
+  std::string recompute = "none";
 
   int64_t grad_accum_steps(int64_t seq_len) const { return batch_tokens / (micro_batch * seq_len); }
 };

@@ -1,10 +1,19 @@
-// Accelerator discovery; the CUDA runtime is only touched when the CUDA backend is built.
+// Accelerator discovery and device memory; the CUDA runtime is only touched when the CUDA backend is built.
 #include "kernels/device.h"
 
+#include "core/errors.h"
+
 #ifdef L3C_WITH_CUDA
+namespace l3c::ops::cuda {
+size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& shape);
+void reserve_workspace(size_t bytes);
+}  // namespace l3c::ops::cuda
 namespace l3c::cuda {
 int device_count();
 std::string device_description(int index);
+std::pair<size_t, size_t> memory_info();
+void* malloc_bytes(size_t bytes, const std::string& what);
+void free_bytes(void* p);
 }  // namespace l3c::cuda
 #endif
 
@@ -12,6 +21,14 @@ namespace l3c {
 
 bool built_with_cuda() {
 #ifdef L3C_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool cuda_emulated() {
+#ifdef L3C_CUDA_EMULATION
   return true;
 #else
   return false;
@@ -32,6 +49,48 @@ std::string cuda_device_description(int index) {
 #else
   (void)index;
   return "CUDA backend not built";
+#endif
+}
+
+void* cuda_malloc(size_t bytes, const std::string& what) {
+#ifdef L3C_WITH_CUDA
+  return cuda::malloc_bytes(bytes, what);
+#else
+  L3C_CHECK(false, "cuda_malloc({}) for {}: the CUDA backend is not part of this build", bytes, what);
+  return nullptr;
+#endif
+}
+
+void cuda_free(void* p) {
+#ifdef L3C_WITH_CUDA
+  cuda::free_bytes(p);
+#else
+  L3C_CHECK(p == nullptr, "cuda_free: the CUDA backend is not part of this build");
+#endif
+}
+
+std::pair<size_t, size_t> cuda_memory_info() {
+#ifdef L3C_WITH_CUDA
+  return cuda::memory_info();
+#else
+  return {0, 0};
+#endif
+}
+
+size_t cuda_workspace_bytes(const CudaWorkspaceShape& shape) {
+#ifdef L3C_WITH_CUDA
+  return ops::cuda::workspace_bytes_for(shape);
+#else
+  (void)shape;
+  return 0;
+#endif
+}
+
+void cuda_reserve_workspace(size_t bytes) {
+#ifdef L3C_WITH_CUDA
+  ops::cuda::reserve_workspace(bytes);
+#else
+  L3C_CHECK(bytes == 0, "cuda_reserve_workspace: the CUDA backend is not part of this build");
 #endif
 }
 

@@ -1,13 +1,40 @@
-// Which accelerators this build can use. Without the CUDA backend (L3C_CUDA=OFF) or without a GPU,
-// cuda_device_count() is 0.
+// Which accelerators this build can use, and device memory for the buffers that live on them. Without the
+// CUDA backend (L3C_CUDA=OFF) or without a GPU, cuda_device_count() is 0, and the memory functions are
+// internal errors (nothing calls them unless a GPU was found).
 #pragma once
+#include <cstddef>
 #include <string>
+#include <utility>
+
+#include "core/tensor.h"
 
 namespace l3c {
 
 bool built_with_cuda();
+// True when the CUDA backend runs on the host emulation (L3C_CUDA_EMULATION, for tests without a GPU).
+bool cuda_emulated();
 int cuda_device_count();
 // "NVIDIA H100 80GB HBM3, 79.1 GiB, sm_90" for device `index`.
 std::string cuda_device_description(int index);
+
+// Device memory: a UserError naming `what`, the bytes asked for and the bytes free when the GPU cannot provide
+// them, with what to change (micro-batch, sequence length, recomputation, model size).
+void* cuda_malloc(size_t bytes, const std::string& what);
+void cuda_free(void* p);
+// (free, total) bytes of the current GPU.
+std::pair<size_t, size_t> cuda_memory_info();
+
+// The CUDA ops' workspace: scratch shared by the ops (the classifier's logits block, L3's softmax gradients,
+// partial sums, the RoPE table). cuda_workspace_bytes is what the largest call of a training step needs for a
+// model of these sizes; reserving it up front means a step never allocates (0 without the backend).
+struct CudaWorkspaceShape {
+  int64_t rows = 0;         // positions per micro-batch (B * T)
+  int64_t seq_len = 0, head_dim = 0, vocab = 0;
+  int64_t widest_norm = 0;  // the largest RMSNorm width (d_model, or L3's d_up)
+  int64_t l3_width = 0;     // L3's k (0 without L3)
+  DType dtype = DType::F32;
+};
+size_t cuda_workspace_bytes(const CudaWorkspaceShape& shape);
+void cuda_reserve_workspace(size_t bytes);
 
 }  // namespace l3c

@@ -1,6 +1,6 @@
 // The op contract's entry points: check shapes, dtypes and devices (backend-neutral, so every backend
-// gets the same messages), then call the implementation for the tensors' device. Only the CPU backend
-// is part of this build; a CUDA tensor is an internal error that says so.
+// gets the same messages), then call the implementation for the tensors' device: kernels/cpu, or kernels/cuda
+// in a build with the CUDA backend (L3C_CUDA); without it a CUDA tensor is an internal error that says so.
 //
 // Shapes: a "(N, d)" operand may be given with any leading dimensions (B, T, d), as long as the
 // product of the leading dimensions matches; the last dimension is the one the contract names.
@@ -9,6 +9,9 @@
 #include <initializer_list>
 
 #include "kernels/cpu/cpu_ops.h"
+#ifdef L3C_WITH_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 
 namespace l3c::ops {
 namespace {
@@ -19,25 +22,47 @@ int64_t leading_rows(const Tensor& t) {
   return d == 0 ? 0 : t.numel() / d;
 }
 
-// Every non-empty tensor must live on the CPU.
-void require_cpu(const char* op, std::initializer_list<const Tensor*> tensors) {
+// The device a call runs on: that of its non-empty tensors, which must all agree. A CUDA tensor in a build
+// without the CUDA backend is an internal error.
+Device device_of(const char* op, std::initializer_list<const Tensor*> tensors) {
+  const Tensor* first = nullptr;
   for (const Tensor* t : tensors) {
     if (t->empty()) continue;
+#ifndef L3C_WITH_CUDA
     L3C_CHECK(t->device == Device::CPU,
               "ops::{}: a tensor {} is on the {} device, but the CUDA backend is not part of this build "
-              "yet (rebuild with -DL3C_CUDA=ON once it exists)",
+              "(configure with -DL3C_CUDA=ON where nvcc is installed)",
               op, t->shape_string(), device_name(t->device));
+#endif
+    if (first == nullptr) first = t;
+    L3C_CHECK(t->device == first->device, "ops::{}: tensors on different devices: {} on {} and {} on {}", op,
+              first->shape_string(), device_name(first->device), t->shape_string(), device_name(t->device));
   }
+  return first == nullptr ? Device::CPU : first->device;
 }
 
-// All given tensors share one floating dtype the CPU supports (f32 or f64).
-void require_float(const char* op, std::initializer_list<const Tensor*> tensors) {
+// All given tensors share one floating dtype the backend computes in: f32 or f64 on the CPU, f32 or bf16 on
+// CUDA.
+void require_float(const char* op, Device device, std::initializer_list<const Tensor*> tensors) {
   const Tensor* first = *tensors.begin();
-  L3C_CHECK(first->dtype == DType::F32 || first->dtype == DType::F64,
-            "ops::{}: floating tensors must be f32 or f64 on the CPU, got {}", op, dtype_name(first->dtype));
+  if (device == Device::CUDA) {
+    L3C_CHECK(first->dtype == DType::F32 || first->dtype == DType::BF16,
+              "ops::{}: floating tensors must be f32 or bf16 on CUDA, got {}", op, dtype_name(first->dtype));
+  } else {
+    L3C_CHECK(first->dtype == DType::F32 || first->dtype == DType::F64,
+              "ops::{}: floating tensors must be f32 or f64 on the CPU, got {}", op, dtype_name(first->dtype));
+  }
   for (const Tensor* t : tensors)
     L3C_CHECK(t->dtype == first->dtype, "ops::{}: mixed dtypes {} and {}", op, dtype_name(first->dtype),
               dtype_name(t->dtype));
+}
+
+// Statistics (rstd, lse, losses, L3 probs) have the call's dtype, except that a bf16 call keeps them in f32.
+void require_stats(const char* op, DType dtype, std::initializer_list<const Tensor*> tensors) {
+  const DType expected = dtype == DType::BF16 ? DType::F32 : dtype;
+  for (const Tensor* t : tensors)
+    L3C_CHECK(t->dtype == expected, "ops::{}: a statistics tensor {} is {}, expected {} for a {} call", op,
+              t->shape_string(), dtype_name(t->dtype), dtype_name(expected), dtype_name(dtype));
 }
 
 void require_i32(const char* op, const char* what, const Tensor& t) {
@@ -52,11 +77,19 @@ void require_data(const char* op, std::initializer_list<const Tensor*> tensors) 
 
 }  // namespace
 
+// Runs `call` on the CUDA backend and returns from the op (only reached for CUDA tensors, which device_of
+// refuses in a build without the backend).
+#ifdef L3C_WITH_CUDA
+#define L3C_RUN_ON_CUDA(call) return cuda::call
+#else
+#define L3C_RUN_ON_CUDA(call) L3C_CHECK(false, "ops: no CUDA backend in this build")
+#endif
+
 // ---- elementwise ---------------------------------------------------------------------------------
 void fill_zero(Tensor t) {
   if (t.numel() == 0) return;
   require_data("fill_zero", {&t});
-  require_cpu("fill_zero", {&t});
+  if (device_of("fill_zero", {&t}) == Device::CUDA) L3C_RUN_ON_CUDA(fill_zero(t));
   cpu::fill_zero(t);
 }
 
@@ -65,33 +98,79 @@ void copy(Tensor dst, Tensor src) {
             dst.shape_string(), dtype_name(dst.dtype), src.shape_string(), dtype_name(src.dtype));
   if (dst.numel() == 0) return;
   require_data("copy", {&dst, &src});
-  require_cpu("copy", {&dst, &src});
+  const Device to = device_of("copy", {&dst}), from = device_of("copy", {&src});
+  if (to != from) L3C_RUN_ON_CUDA(copy_between(dst, src));
+  if (to == Device::CUDA) L3C_RUN_ON_CUDA(copy(dst, src));
   cpu::copy(dst, src);
+}
+
+void convert(Tensor dst, Tensor src) {
+  const char* op = "convert";
+  L3C_CHECK(dst.numel() == src.numel(), "ops::convert: dst {} vs src {}", dst.shape_string(), src.shape_string());
+  for (const Tensor* t : {&dst, &src})
+    L3C_CHECK(t->dtype != DType::I32, "ops::convert: floating tensors only, got {}", dtype_name(t->dtype));
+  if (dst.numel() == 0) return;
+  require_data(op, {&dst, &src});
+  const Device device = device_of(op, {&dst, &src});
+  if (device == Device::CUDA) {
+    for (const Tensor* t : {&dst, &src})
+      L3C_CHECK(t->dtype == DType::F32 || t->dtype == DType::BF16, "ops::convert: f32 or bf16 on CUDA, got {}",
+                dtype_name(t->dtype));
+    L3C_RUN_ON_CUDA(convert(dst, src));
+  }
+  cpu::convert(dst, src);
 }
 
 void add_inplace(Tensor y, Tensor x) {
   L3C_CHECK(y.numel() == x.numel(), "ops::add_inplace: y {} vs x {}", y.shape_string(), x.shape_string());
-  require_float("add_inplace", {&y, &x});
+  const Device device = device_of("add_inplace", {&y, &x});
+  require_float("add_inplace", device, {&y, &x});
   if (y.numel() == 0) return;
   require_data("add_inplace", {&y, &x});
-  require_cpu("add_inplace", {&y, &x});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(add_inplace(y, x));
   cpu::add_inplace(y, x);
 }
 
 void scale_inplace(Tensor y, double s) {
-  require_float("scale_inplace", {&y});
+  const Device device = device_of("scale_inplace", {&y});
+  require_float("scale_inplace", device, {&y});
   if (y.numel() == 0) return;
   require_data("scale_inplace", {&y});
-  require_cpu("scale_inplace", {&y});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(scale_inplace(y, s));
   cpu::scale_inplace(y, s);
 }
 
 double sum_squares(Tensor x) {
-  require_float("sum_squares", {&x});
+  const Device device = device_of("sum_squares", {&x});
+  require_float("sum_squares", device, {&x});
   if (x.numel() == 0) return 0.0;
   require_data("sum_squares", {&x});
-  require_cpu("sum_squares", {&x});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(sum_squares(x));
   return cpu::sum_squares(x);
+}
+
+// ---- AdamW --------------------------------------------------------------------------------------------
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step) {
+  const char* op = "adamw_update";
+  const int64_t n = param.numel();
+  L3C_CHECK(grad.numel() == n && m.numel() == n && v.numel() == n && (master.empty() || master.numel() == n),
+            "ops::{}: param {}, grad {}, m {}, v {} and master {} must have one size", op, param.shape_string(),
+            grad.shape_string(), m.shape_string(), v.shape_string(), master.shape_string());
+  const Device device = device_of(op, {&param, &grad, &m, &v, &master});
+  require_float(op, device, {&param, &grad});
+  if (device == Device::CUDA) {
+    require_stats(op, DType::BF16, {&m, &v});  // f32 moments
+    L3C_CHECK(master.empty() == (param.dtype == DType::F32), "ops::{}: a {} parameter needs {}", op,
+              dtype_name(param.dtype), param.dtype == DType::F32 ? "no master copy" : "an f32 master copy");
+    if (!master.empty()) require_stats(op, DType::BF16, {&master});
+  } else {
+    require_float(op, device, {&param, &grad, &m, &v});
+    L3C_CHECK(master.empty(), "ops::{}: master weights are for bf16 parameters on CUDA", op);
+  }
+  if (n == 0) return;
+  require_data(op, {&param, &grad, &m, &v});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(adamw_update(param, grad, m, v, master, step));
+  cpu::adamw_update(param, grad, m, v, step);
 }
 
 // ---- embedding ------------------------------------------------------------------------------------
@@ -100,11 +179,12 @@ void embedding_forward(Tensor out, Tensor table, Tensor tokens) {
   L3C_CHECK(table.ndim == 2 && last_dim(out) == table.shape[1] && leading_rows(out) == tokens.numel(),
             "ops::{}: out {} must be (N, d) for table (V, d) {} and tokens (N) {}", op, out.shape_string(),
             table.shape_string(), tokens.shape_string());
-  require_float(op, {&out, &table});
+  const Device device = device_of(op, {&out, &table, &tokens});
+  require_float(op, device, {&out, &table});
   require_i32(op, "tokens", tokens);
   if (out.numel() == 0) return;
   require_data(op, {&out, &table, &tokens});
-  require_cpu(op, {&out, &table, &tokens});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(embedding_forward(out, table, tokens));
   cpu::embedding_forward(out, table, tokens);
 }
 
@@ -113,11 +193,12 @@ void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) {
   L3C_CHECK(dtable.ndim == 2 && last_dim(dout) == dtable.shape[1] && leading_rows(dout) == tokens.numel(),
             "ops::{}: dout {} must be (N, d) for dtable (V, d) {} and tokens (N) {}", op,
             dout.shape_string(), dtable.shape_string(), tokens.shape_string());
-  require_float(op, {&dtable, &dout});
+  const Device device = device_of(op, {&dtable, &dout, &tokens});
+  require_float(op, device, {&dtable, &dout});
   require_i32(op, "tokens", tokens);
   if (dout.numel() == 0) return;
   require_data(op, {&dtable, &dout, &tokens});
-  require_cpu(op, {&dtable, &dout, &tokens});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(embedding_backward(dtable, dout, tokens));
   cpu::embedding_backward(dtable, dout, tokens);
 }
 
@@ -129,10 +210,12 @@ void rmsnorm_forward(Tensor out, Tensor rstd, Tensor x, Tensor weight, double ep
             "ops::{}: x {} (N, d), out {} (N, d), rstd {} (N), weight {} (d)", op, x.shape_string(),
             out.shape_string(), rstd.shape_string(), weight.shape_string());
   L3C_CHECK(eps >= 0, "ops::{}: eps must be >= 0, got {}", op, eps);
-  require_float(op, {&out, &rstd, &x, &weight});
+  const Device device = device_of(op, {&out, &rstd, &x, &weight});
+  require_float(op, device, {&out, &x, &weight});
+  require_stats(op, x.dtype, {&rstd});
   if (x.numel() == 0) return;
   require_data(op, {&out, &rstd, &x, &weight});
-  require_cpu(op, {&out, &rstd, &x, &weight});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(rmsnorm_forward(out, rstd, x, weight, eps));
   cpu::rmsnorm_forward(out, rstd, x, weight, eps);
 }
 
@@ -144,10 +227,12 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor w
             "ops::{}: x {} (N, d), dx {}, dout {} (N, d), rstd {} (N), weight {}, dweight {} (d)", op,
             x.shape_string(), dx.shape_string(), dout.shape_string(), rstd.shape_string(),
             weight.shape_string(), dweight.shape_string());
-  require_float(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
+  const Device device = device_of(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
+  require_float(op, device, {&dx, &dweight, &dout, &x, &weight});
+  require_stats(op, x.dtype, {&rstd});
   if (x.numel() == 0) return;
   require_data(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
-  require_cpu(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(rmsnorm_backward(dx, dweight, dout, x, weight, rstd));
   cpu::rmsnorm_backward(dx, dweight, dout, x, weight, rstd);
 }
 
@@ -158,10 +243,11 @@ void matmul_forward(Tensor out, Tensor x, Tensor w, bool accumulate) {
                 leading_rows(out) == leading_rows(x),
             "ops::{}: out {} = x {} @ w^T {}: need x (N, K), w (M, K), out (N, M)", op, out.shape_string(),
             x.shape_string(), w.shape_string());
-  require_float(op, {&out, &x, &w});
+  const Device device = device_of(op, {&out, &x, &w});
+  require_float(op, device, {&out, &x, &w});
   if (out.numel() == 0) return;
   require_data(op, {&out, &x, &w});
-  require_cpu(op, {&out, &x, &w});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(matmul_forward(out, x, w, accumulate));
   cpu::matmul_forward(out, x, w, accumulate);
 }
 
@@ -175,12 +261,13 @@ void matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool
             "ops::{}: dx {} must have x's shape {}", op, dx.shape_string(), x.shape_string());
   L3C_CHECK(dw.empty() || (dw.numel() == w.numel() && last_dim(dw) == last_dim(w)),
             "ops::{}: dw {} must have w's shape {}", op, dw.shape_string(), w.shape_string());
-  require_float(op, {&dout, &x, &w});
-  if (!dx.empty()) require_float(op, {&dout, &dx});
-  if (!dw.empty()) require_float(op, {&dout, &dw});
+  const Device device = device_of(op, {&dx, &dw, &dout, &x, &w});
+  require_float(op, device, {&dout, &x, &w});
+  if (!dx.empty()) require_float(op, device, {&dout, &dx});
+  if (!dw.empty()) require_float(op, device, {&dout, &dw});
   if (dx.empty() && dw.empty()) return;
   require_data(op, {&dout, &x, &w});
-  require_cpu(op, {&dx, &dw, &dout, &x, &w});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(matmul_backward(dx, dw, dout, x, w, accumulate_dx));
   cpu::matmul_backward(dx, dw, dout, x, w, accumulate_dx);
 }
 
@@ -190,10 +277,11 @@ void rope_forward(Tensor x, double theta) {
   L3C_CHECK(x.ndim == 4 && x.shape[3] % 2 == 0, "ops::{}: x {} must be (B, T, nh, hd) with hd even", op,
             x.shape_string());
   L3C_CHECK(theta > 0, "ops::{}: theta must be > 0, got {}", op, theta);
-  require_float(op, {&x});
+  const Device device = device_of(op, {&x});
+  require_float(op, device, {&x});
   if (x.numel() == 0) return;
   require_data(op, {&x});
-  require_cpu(op, {&x});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(rope_forward(x, theta));
   cpu::rope_forward(x, theta);
 }
 
@@ -202,10 +290,11 @@ void rope_backward(Tensor dx, double theta) {
   L3C_CHECK(dx.ndim == 4 && dx.shape[3] % 2 == 0, "ops::{}: dx {} must be (B, T, nh, hd) with hd even", op,
             dx.shape_string());
   L3C_CHECK(theta > 0, "ops::{}: theta must be > 0, got {}", op, theta);
-  require_float(op, {&dx});
+  const Device device = device_of(op, {&dx});
+  require_float(op, device, {&dx});
   if (dx.numel() == 0) return;
   require_data(op, {&dx});
-  require_cpu(op, {&dx});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(rope_backward(dx, theta));
   cpu::rope_backward(dx, theta);
 }
 
@@ -234,10 +323,12 @@ void check_attention_shapes(const char* op, const Tensor& q, const Tensor& k, co
 void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
   const char* op = "attention_forward";
   check_attention_shapes(op, q, k, v, out, lse);
-  require_float(op, {&out, &lse, &q, &k, &v});
+  const Device device = device_of(op, {&out, &lse, &q, &k, &v});
+  require_float(op, device, {&out, &q, &k, &v});
+  require_stats(op, q.dtype, {&lse});
   if (q.numel() == 0) return;
   require_data(op, {&out, &lse, &q, &k, &v});
-  require_cpu(op, {&out, &lse, &q, &k, &v});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(attention_forward(out, lse, q, k, v));
   cpu::attention_forward(out, lse, q, k, v);
 }
 
@@ -249,10 +340,12 @@ void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, 
             "ops::{}: dq {} and dout {} must have q's shape {}, dk {} and dv {} k's shape {}", op,
             dq.shape_string(), dout.shape_string(), q.shape_string(), dk.shape_string(), dv.shape_string(),
             k.shape_string());
-  require_float(op, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+  const Device device = device_of(op, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+  require_float(op, device, {&dq, &dk, &dv, &dout, &q, &k, &v, &out});
+  require_stats(op, q.dtype, {&lse});
   if (q.numel() == 0) return;
   require_data(op, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
-  require_cpu(op, {&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(attention_backward(dq, dk, dv, dout, q, k, v, out, lse));
   cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
 }
 
@@ -262,10 +355,11 @@ void swiglu_forward(Tensor out, Tensor gate, Tensor up) {
   L3C_CHECK(out.numel() == gate.numel() && up.numel() == gate.numel(),
             "ops::{}: out {}, gate {} and up {} must have one shape (N, F)", op, out.shape_string(),
             gate.shape_string(), up.shape_string());
-  require_float(op, {&out, &gate, &up});
+  const Device device = device_of(op, {&out, &gate, &up});
+  require_float(op, device, {&out, &gate, &up});
   if (out.numel() == 0) return;
   require_data(op, {&out, &gate, &up});
-  require_cpu(op, {&out, &gate, &up});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(swiglu_forward(out, gate, up));
   cpu::swiglu_forward(out, gate, up);
 }
 
@@ -276,10 +370,11 @@ void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor 
             "ops::{}: dgate {}, dup {}, dout {}, gate {} and up {} must have one shape (N, F)", op,
             dgate.shape_string(), dup.shape_string(), dout.shape_string(), gate.shape_string(),
             up.shape_string());
-  require_float(op, {&dgate, &dup, &dout, &gate, &up});
+  const Device device = device_of(op, {&dgate, &dup, &dout, &gate, &up});
+  require_float(op, device, {&dgate, &dup, &dout, &gate, &up});
   if (n == 0) return;
   require_data(op, {&dgate, &dup, &dout, &gate, &up});
-  require_cpu(op, {&dgate, &dup, &dout, &gate, &up});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(swiglu_backward(dgate, dup, dout, gate, up));
   cpu::swiglu_backward(dgate, dup, dout, gate, up);
 }
 
@@ -295,13 +390,15 @@ void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, 
             "ops::{}: dx {} must have x's shape {}", op, dx.shape_string(), x.shape_string());
   L3C_CHECK(dW.empty() || (dW.numel() == W.numel() && last_dim(dW) == last_dim(W)),
             "ops::{}: dW {} must have W's shape {}", op, dW.shape_string(), W.shape_string());
-  require_float(op, {&losses, &x, &W});
-  if (!dx.empty()) require_float(op, {&x, &dx});
-  if (!dW.empty()) require_float(op, {&x, &dW});
+  const Device device = device_of(op, {&losses, &dx, &dW, &x, &W, &targets});
+  require_float(op, device, {&x, &W});
+  require_stats(op, x.dtype, {&losses});
+  if (!dx.empty()) require_float(op, device, {&x, &dx});
+  if (!dW.empty()) require_float(op, device, {&x, &dW});
   require_i32(op, "targets", targets);
   if (n == 0) return;
   require_data(op, {&losses, &x, &W, &targets});
-  require_cpu(op, {&losses, &dx, &dW, &x, &W, &targets});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(classifier_forward_backward(losses, dx, dW, x, W, targets, grad_scale));
   cpu::classifier_forward_backward(losses, dx, dW, x, W, targets, grad_scale);
 }
 
@@ -312,10 +409,11 @@ void concat_last_dim(Tensor out, Tensor x_a, Tensor x_b) {
   L3C_CHECK(leading_rows(x_a) == n && leading_rows(x_b) == n && last_dim(out) == last_dim(x_a) + last_dim(x_b),
             "ops::{}: out {} must be (N, a + b) for x_a {} (N, a) and x_b {} (N, b)", op, out.shape_string(),
             x_a.shape_string(), x_b.shape_string());
-  require_float(op, {&out, &x_a, &x_b});
+  const Device device = device_of(op, {&out, &x_a, &x_b});
+  require_float(op, device, {&out, &x_a, &x_b});
   if (out.numel() == 0) return;
   require_data(op, {&out, &x_a, &x_b});
-  require_cpu(op, {&out, &x_a, &x_b});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(concat_last_dim(out, x_a, x_b));
   cpu::concat_last_dim(out, x_a, x_b);
 }
 
@@ -325,10 +423,11 @@ void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a, bo
   L3C_CHECK(leading_rows(dx_a) == n && leading_rows(dx_b) == n && last_dim(dout) == last_dim(dx_a) + last_dim(dx_b),
             "ops::{}: dout {} must be (N, a + b) for dx_a {} (N, a) and dx_b {} (N, b)", op, dout.shape_string(),
             dx_a.shape_string(), dx_b.shape_string());
-  require_float(op, {&dout, &dx_a, &dx_b});
+  const Device device = device_of(op, {&dout, &dx_a, &dx_b});
+  require_float(op, device, {&dout, &dx_a, &dx_b});
   if (dout.numel() == 0) return;
   require_data(op, {&dout, &dx_a, &dx_b});
-  require_cpu(op, {&dout, &dx_a, &dx_b});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(split_last_dim(dx_a, dx_b, dout, accumulate_a, accumulate_b));
   cpu::split_last_dim(dx_a, dx_b, dout, accumulate_a, accumulate_b);
 }
 
@@ -342,8 +441,9 @@ void group_by_key(Tensor order, Tensor offsets, Tensor keys) {
   require_i32(op, "offsets", offsets);
   require_i32(op, "keys", keys);
   require_data(op, {&offsets});
-  require_cpu(op, {&order, &offsets, &keys});
+  const Device device = device_of(op, {&order, &offsets, &keys});
   if (keys.numel() > 0) require_data(op, {&order, &keys});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(group_by_key(order, offsets, keys));
   cpu::group_by_key(order, offsets, keys);
 }
 
@@ -352,11 +452,12 @@ void gather_rows(Tensor out, Tensor x, Tensor index) {
   L3C_CHECK(last_dim(out) == last_dim(x) && leading_rows(out) == index.numel(),
             "ops::{}: out {} must be (M, d) for x {} (N, d) and index {} (M)", op, out.shape_string(),
             x.shape_string(), index.shape_string());
-  require_float(op, {&out, &x});
+  const Device device = device_of(op, {&out, &x, &index});
+  require_float(op, device, {&out, &x});
   require_i32(op, "index", index);
   if (out.numel() == 0) return;
   require_data(op, {&out, &x, &index});
-  require_cpu(op, {&out, &x, &index});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(gather_rows(out, x, index));
   cpu::gather_rows(out, x, index);
 }
 
@@ -365,18 +466,21 @@ void scatter_rows(Tensor out, Tensor x, Tensor index, bool accumulate) {
   L3C_CHECK(last_dim(out) == last_dim(x) && leading_rows(x) == index.numel() && index.numel() <= leading_rows(out),
             "ops::{}: x {} must be (M, d) for out {} (N, d), index {} (M), M <= N", op, x.shape_string(),
             out.shape_string(), index.shape_string());
-  require_float(op, {&out, &x});
+  const Device device = device_of(op, {&out, &x, &index});
+  require_float(op, device, {&out, &x});
   require_i32(op, "index", index);
   if (x.numel() == 0) return;
   require_data(op, {&out, &x, &index});
-  require_cpu(op, {&out, &x, &index});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(scatter_rows(out, x, index, accumulate));
   cpu::scatter_rows(out, x, index, accumulate);
 }
 
 // ---- L3 lookup attention --------------------------------------------------------------------------
 namespace {
-void check_l3_shapes(const char* op, const Tensor& out, const Tensor& probs, const Tensor& x, const Tensor& w_k,
-                     const Tensor& w_v, const Tensor& group_offsets, const Tensor& row_offsets) {
+// Shapes and dtypes; on the CPU also the offsets' end values (on CUDA they stay on the device: a kernel that
+// meets a token whose rows do not fit the probs width writes NaN instead).
+Device check_l3(const char* op, const Tensor& out, const Tensor& probs, const Tensor& x, const Tensor& w_k,
+                const Tensor& w_v, const Tensor& group_offsets, const Tensor& row_offsets) {
   const int64_t n = leading_rows(x);
   const bool ok = w_k.ndim == 2 && w_v.ndim == 2 && w_k.shape[0] == w_v.shape[0] && last_dim(x) == w_k.shape[1] &&
                   leading_rows(out) == n && last_dim(out) == w_v.shape[1] && leading_rows(probs) == n &&
@@ -389,32 +493,36 @@ void check_l3_shapes(const char* op, const Tensor& out, const Tensor& probs, con
   require_i32(op, "group_offsets", group_offsets);
   require_i32(op, "row_offsets", row_offsets);
   require_data(op, {&group_offsets, &row_offsets});
-  require_cpu(op, {&group_offsets, &row_offsets});
-  const int64_t groups = group_offsets.numel() - 1;
-  L3C_CHECK(group_offsets.ptr<int32_t>()[0] == 0 && group_offsets.ptr<int32_t>()[groups] == n,
-            "ops::{}: group_offsets must run from 0 to N = {}, got {} .. {}", op, n, group_offsets.ptr<int32_t>()[0],
-            group_offsets.ptr<int32_t>()[groups]);
-  L3C_CHECK(row_offsets.ptr<int32_t>()[0] == 0 && row_offsets.ptr<int32_t>()[groups] == w_k.shape[0],
-            "ops::{}: row_offsets must run from 0 to v = {}, got {} .. {}", op, w_k.shape[0],
-            row_offsets.ptr<int32_t>()[0], row_offsets.ptr<int32_t>()[groups]);
+  const Device device = device_of(op, {&out, &probs, &x, &w_k, &w_v, &group_offsets, &row_offsets});
+  require_float(op, device, {&out, &x, &w_k, &w_v});
+  require_stats(op, x.dtype, {&probs});
+  if (device == Device::CPU) {
+    const int64_t groups = group_offsets.numel() - 1;
+    L3C_CHECK(group_offsets.ptr<int32_t>()[0] == 0 && group_offsets.ptr<int32_t>()[groups] == n,
+              "ops::{}: group_offsets must run from 0 to N = {}, got {} .. {}", op, n, group_offsets.ptr<int32_t>()[0],
+              group_offsets.ptr<int32_t>()[groups]);
+    L3C_CHECK(row_offsets.ptr<int32_t>()[0] == 0 && row_offsets.ptr<int32_t>()[groups] == w_k.shape[0],
+              "ops::{}: row_offsets must run from 0 to v = {}, got {} .. {}", op, w_k.shape[0],
+              row_offsets.ptr<int32_t>()[0], row_offsets.ptr<int32_t>()[groups]);
+  }
+  return device;
 }
 }  // namespace
 
 void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
                        Tensor row_offsets) {
   const char* op = "l3_lookup_forward";
-  check_l3_shapes(op, out, probs, x, w_k, w_v, group_offsets, row_offsets);
-  require_float(op, {&out, &probs, &x, &w_k, &w_v});
+  const Device device = check_l3(op, out, probs, x, w_k, w_v, group_offsets, row_offsets);
   if (x.numel() == 0) return;
   require_data(op, {&out, &probs, &x, &w_k, &w_v});
-  require_cpu(op, {&out, &probs, &x, &w_k, &w_v});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(l3_lookup_forward(out, probs, x, w_k, w_v, group_offsets, row_offsets));
   cpu::l3_lookup_forward(out, probs, x, w_k, w_v, group_offsets, row_offsets);
 }
 
 void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
                         Tensor probs, Tensor group_offsets, Tensor row_offsets) {
   const char* op = "l3_lookup_backward";
-  check_l3_shapes(op, dout, probs, x, w_k, w_v, group_offsets, row_offsets);
+  const Device device = check_l3(op, dout, probs, x, w_k, w_v, group_offsets, row_offsets);
   L3C_CHECK(dx.numel() == x.numel() && last_dim(dx) == last_dim(x) && dw_k.numel() == w_k.numel() &&
                 last_dim(dw_k) == last_dim(w_k) && dw_v.numel() == w_v.numel() && last_dim(dw_v) == last_dim(w_v),
             "ops::{}: dx {}, dw_k {} and dw_v {} must have the shapes of x {}, w_k {} and w_v {}", op,
@@ -422,14 +530,24 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
             w_v.shape_string());
   L3C_CHECK((w_v.data == w_k.data) == (dw_v.data == dw_k.data),
             "ops::{}: with tied tables (w_v is w_k) dw_v must be dw_k, and only then", op);
-  require_float(op, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v, &probs});
+  L3C_CHECK(device_of(op, {&dx, &dw_k, &dw_v, &dout, &x}) == device, "ops::{}: tensors on different devices", op);
+  require_float(op, device, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v});
   if (x.numel() == 0) return;
   require_data(op, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v, &probs});
-  require_cpu(op, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v, &probs});
+  if (device == Device::CUDA)
+    L3C_RUN_ON_CUDA(l3_lookup_backward(dx, dw_k, dw_v, dout, x, w_k, w_v, probs, group_offsets, row_offsets));
   cpu::l3_lookup_backward(dx, dw_k, dw_v, dout, x, w_k, w_v, probs, group_offsets, row_offsets);
 }
 
 // ---- Mixture-of-Experts ---------------------------------------------------------------------------
+namespace {
+// The CUDA MoE kernels compute in f32 (a bf16 model keeps its MoE layers out of the GPU: see Llama).
+void require_moe_dtype(const char* op, Device device, const Tensor& t) {
+  L3C_CHECK(device != Device::CUDA || t.dtype == DType::F32, "ops::{}: the CUDA MoE kernels take f32, got {}", op,
+            dtype_name(t.dtype));
+}
+}  // namespace
+
 void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize) {
   const char* op = "moe_router_forward";
   const int64_t n = leading_rows(logits), E = last_dim(logits), k = last_dim(experts);
@@ -438,11 +556,13 @@ void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights
             "ops::{}: logits {} and probs {} (N, E), lse {} (N), experts {} and weights {} (N, top_k), top_k <= E", op,
             logits.shape_string(), probs.shape_string(), lse.shape_string(), experts.shape_string(),
             weights.shape_string());
-  require_float(op, {&probs, &lse, &weights, &logits});
+  const Device device = device_of(op, {&probs, &lse, &experts, &weights, &logits});
+  require_float(op, device, {&probs, &lse, &weights, &logits});
+  require_moe_dtype(op, device, logits);
   require_i32(op, "experts", experts);
   if (n == 0) return;
   require_data(op, {&probs, &lse, &experts, &weights, &logits});
-  require_cpu(op, {&probs, &lse, &experts, &weights, &logits});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(moe_router_forward(probs, lse, experts, weights, logits, normalize));
   cpu::moe_router_forward(probs, lse, experts, weights, logits, normalize);
 }
 
@@ -456,12 +576,15 @@ void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor l
             "ops::{}: dlogits {} and probs {} (N, E), lse {} (N), experts {}, weights {} and dweights {} (N, top_k), "
             "probs_bias {} (E or empty)", op, dlogits.shape_string(), probs.shape_string(), lse.shape_string(),
             experts.shape_string(), weights.shape_string(), dweights.shape_string(), probs_bias.shape_string());
-  if (probs_bias.empty()) require_float(op, {&dlogits, &dweights, &probs, &lse, &weights});
-  else require_float(op, {&dlogits, &dweights, &probs, &lse, &weights, &probs_bias});
+  const Device device = device_of(op, {&dlogits, &dweights, &probs, &lse, &experts, &weights, &probs_bias});
+  if (probs_bias.empty()) require_float(op, device, {&dlogits, &dweights, &probs, &lse, &weights});
+  else require_float(op, device, {&dlogits, &dweights, &probs, &lse, &weights, &probs_bias});
+  require_moe_dtype(op, device, probs);
   require_i32(op, "experts", experts);
   if (n == 0) return;
   require_data(op, {&dlogits, &dweights, &probs, &lse, &experts, &weights});
-  require_cpu(op, {&dlogits, &dweights, &probs, &lse, &experts, &weights, &probs_bias});
+  if (device == Device::CUDA)
+    L3C_RUN_ON_CUDA(moe_router_backward(dlogits, dweights, probs, lse, experts, weights, probs_bias, z_scale, normalize));
   cpu::moe_router_backward(dlogits, dweights, probs, lse, experts, weights, probs_bias, z_scale, normalize);
 }
 
@@ -469,11 +592,13 @@ void column_sum(Tensor out, Tensor x) {
   const char* op = "column_sum";
   L3C_CHECK(out.numel() == last_dim(x), "ops::{}: out {} must be (E) for x {} (N, E)", op, out.shape_string(),
             x.shape_string());
-  require_float(op, {&out, &x});
+  const Device device = device_of(op, {&out, &x});
+  require_float(op, device, {&out, &x});
+  require_moe_dtype(op, device, x);
   if (out.numel() == 0) return;
   require_data(op, {&out});
   if (x.numel() > 0) require_data(op, {&x});
-  require_cpu(op, {&out, &x});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(column_sum(out, x));
   cpu::column_sum(out, x);
 }
 
@@ -488,7 +613,8 @@ void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int
   require_i32(op, "order", order);
   if (order.numel() == 0) return;
   require_data(op, {&token_of_row, &row_of_pair, &order});
-  require_cpu(op, {&token_of_row, &row_of_pair, &order});
+  if (device_of(op, {&token_of_row, &row_of_pair, &order}) == Device::CUDA)
+    L3C_RUN_ON_CUDA(moe_pair_indices(token_of_row, row_of_pair, order, top_k));
   cpu::moe_pair_indices(token_of_row, row_of_pair, order, top_k);
 }
 
@@ -501,7 +627,7 @@ void check_grouped_matmul(const char* op, const Tensor& out, const Tensor& x, co
             w.shape_string(), out.shape_string(), offsets.shape_string());
   require_i32(op, "offsets", offsets);
   require_data(op, {&offsets});
-  require_cpu(op, {&offsets});
+  if (offsets.device != Device::CPU) return;  // the CUDA backend reads the group sizes itself
   const int32_t* off = offsets.ptr<int32_t>();
   const int64_t E = w.shape[0];
   L3C_CHECK(off[0] == 0 && off[E] == leading_rows(x), "ops::{}: offsets must run from 0 to M = {}, got {} .. {}", op,
@@ -513,11 +639,13 @@ void check_grouped_matmul(const char* op, const Tensor& out, const Tensor& x, co
 
 void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets) {
   const char* op = "grouped_matmul_forward";
+  const Device device = device_of(op, {&out, &x, &w, &offsets});
   check_grouped_matmul(op, out, x, w, offsets);
-  require_float(op, {&out, &x, &w});
+  require_float(op, device, {&out, &x, &w});
+  require_moe_dtype(op, device, x);
   if (out.numel() == 0) return;
   require_data(op, {&out, &x, &w});
-  require_cpu(op, {&out, &x, &w});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(grouped_matmul_forward(out, x, w, offsets));
   cpu::grouped_matmul_forward(out, x, w, offsets);
 }
 
@@ -528,12 +656,14 @@ void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor
   L3C_CHECK((dx.empty() || dx.numel() == x.numel()) && (dw.empty() || dw.numel() == w.numel()),
             "ops::{}: dx {} and dw {} must have the shapes of x {} and w {}", op, dx.shape_string(),
             dw.shape_string(), x.shape_string(), w.shape_string());
-  require_float(op, {&dout, &x, &w});
-  if (!dx.empty()) require_float(op, {&dx, &x});
-  if (!dw.empty()) require_float(op, {&dw, &x});
+  const Device device = device_of(op, {&dx, &dw, &dout, &x, &w, &offsets});
+  require_float(op, device, {&dout, &x, &w});
+  if (!dx.empty()) require_float(op, device, {&dx, &x});
+  if (!dw.empty()) require_float(op, device, {&dw, &x});
+  require_moe_dtype(op, device, x);
   if (dout.numel() == 0) return;
   require_data(op, {&dout, &x, &w});
-  require_cpu(op, {&dx, &dw, &dout, &x, &w});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(grouped_matmul_backward(dx, dw, dout, x, w, offsets, accumulate_dx));
   cpu::grouped_matmul_backward(dx, dw, dout, x, w, offsets, accumulate_dx);
 }
 
@@ -553,11 +683,13 @@ void check_combine(const char* op, const Tensor& out, const Tensor& rows, const 
 void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate) {
   const char* op = "moe_combine_forward";
   check_combine(op, out, rows, weights, row_of_pair);
-  if (weights.empty()) require_float(op, {&out, &rows});
-  else require_float(op, {&out, &rows, &weights});
+  const Device device = device_of(op, {&out, &rows, &weights, &row_of_pair});
+  if (weights.empty()) require_float(op, device, {&out, &rows});
+  else require_float(op, device, {&out, &rows, &weights});
+  require_moe_dtype(op, device, out);
   if (out.numel() == 0) return;
   require_data(op, {&out, &rows, &row_of_pair});
-  require_cpu(op, {&out, &rows, &weights, &row_of_pair});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(moe_combine_forward(out, rows, weights, row_of_pair, accumulate));
   cpu::moe_combine_forward(out, rows, weights, row_of_pair, accumulate);
 }
 
@@ -568,12 +700,14 @@ void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor row
   L3C_CHECK(drows.numel() == rows.numel() && (dweights.empty() || dweights.numel() == row_of_pair.numel()),
             "ops::{}: drows {} must be shaped as rows {}, dweights {} as (N, top_k)", op, drows.shape_string(),
             rows.shape_string(), dweights.shape_string());
-  require_float(op, {&drows, &dout, &rows});
-  if (!weights.empty()) require_float(op, {&drows, &weights});
-  if (!dweights.empty()) require_float(op, {&drows, &dweights});
+  const Device device = device_of(op, {&drows, &dweights, &dout, &rows, &weights, &row_of_pair});
+  require_float(op, device, {&drows, &dout, &rows});
+  if (!weights.empty()) require_float(op, device, {&drows, &weights});
+  if (!dweights.empty()) require_float(op, device, {&drows, &dweights});
+  require_moe_dtype(op, device, dout);
   if (dout.numel() == 0) return;
   require_data(op, {&drows, &dout, &rows, &row_of_pair});
-  require_cpu(op, {&drows, &dweights, &dout, &rows, &weights, &row_of_pair});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(moe_combine_backward(drows, dweights, dout, rows, weights, row_of_pair));
   cpu::moe_combine_backward(drows, dweights, dout, rows, weights, row_of_pair);
 }
 

@@ -8,6 +8,9 @@
 //  - "overwrites" writes the whole output; "accumulates" adds into it (+=). Parameter gradients always
 //    accumulate (gradient accumulation over micro-batches); activation gradients say which they do.
 //  - Results are deterministic for a fixed thread count: no reduction order depends on scheduling.
+//  - CUDA computes in f32 or bf16 (f32 arithmetic); there, the statistics an op writes for its backward or
+//    its caller (rstd, lse, losses, L3 probs) are f32 even when the call is bf16: fp32 norms, softmax, loss.
+//  - All tensors of one call live on one device; ops::copy alone moves data between host and device.
 #pragma once
 #include "core/tensor.h"
 
@@ -15,10 +18,23 @@ namespace l3c::ops {
 
 // ---- elementwise ---------------------------------------------------------------------------------
 void fill_zero(Tensor t);
-void copy(Tensor dst, Tensor src);                   // dst = src (same shape and dtype)
+void copy(Tensor dst, Tensor src);                   // dst = src (same size and dtype; also host <-> device)
+void convert(Tensor dst, Tensor src);                // dst = src in dst's dtype (f32 <-> bf16 on CUDA)
 void add_inplace(Tensor y, Tensor x);                // y += x (residual adds)
 void scale_inplace(Tensor y, double s);              // y *= s
 double sum_squares(Tensor x);                        // sum of x^2, accumulated in double
+
+// ---- AdamW over flat buffers (MODEL.md "Optimizer", PyTorch order) --------------------------------
+struct AdamWStep {
+  double lr = 0.0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+  double bias1 = 1.0, bias2 = 1.0;  // 1 - beta1^t and 1 - beta2^t at step t (counted from 1)
+};
+// One update of every element: theta *= 1 - lr * wd (decoupled decay first); m = b1 m + (1 - b1) g;
+// v = b2 v + (1 - b2) g^2; theta -= (lr / bias1) m / (sqrt(v) / sqrt(bias2) + eps). param, grad, m, v (n)
+// share a dtype and master is empty, except in mixed precision (CUDA): then theta is master (n, f32), m and v
+// are f32, grad is param's dtype, and param (bf16) receives master rounded to nearest. Overwrites param, m, v
+// (and master).
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step);
 
 // ---- embedding ------------------------------------------------------------------------------------
 // out (N, d) = table (V, d)[tokens (N)]. Token ids are checked by the caller (data loading).

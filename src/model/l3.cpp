@@ -15,8 +15,18 @@ L3Rows L3Rows::from_counts(std::vector<int32_t> counts) {
   return rows;
 }
 
-Tensor L3Rows::offsets_tensor() const {
-  return Tensor(const_cast<int32_t*>(row_offsets.data()), DType::I32, {static_cast<int64_t>(row_offsets.size())});
+Tensor L3Rows::offsets_tensor(Device device) const {
+  if (device == Device::CPU)
+    return Tensor(const_cast<int32_t*>(row_offsets.data()), DType::I32, {static_cast<int64_t>(row_offsets.size())});
+  L3C_CHECK(device_offsets && device_offsets->device() == device, "L3 row offsets not uploaded to the {} device",
+            device_name(device));
+  return device_offsets->all();
+}
+
+void L3Rows::upload(Device device) {
+  if (device == Device::CPU || empty()) return;
+  device_offsets = std::make_shared<FlatBuffer>(static_cast<int64_t>(row_offsets.size()), DType::I32, device);
+  ops::copy(device_offsets->all(), offsets_tensor(Device::CPU));
 }
 
 L3Layer::L3Layer(const ModelConfig& model, int64_t index)
@@ -59,15 +69,16 @@ L3Layer::Weights L3Layer::weights(const FlatBuffer& buffer, const ParamRegistry&
 }
 
 L3Layer::Activations L3Layer::allocate_activations(Arena& arena, int64_t N, DType dtype) const {
+  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;
   Activations a;
   a.h = arena.alloc(dtype, {N, d_});
   a.x = arena.alloc(dtype, {N, d_});
-  a.rstd_in = arena.alloc(dtype, {N});
-  a.probs = arena.alloc(dtype, {N, k_});
+  a.rstd_in = arena.alloc(stats, {N});
+  a.probs = arena.alloc(stats, {N, k_});
   a.e = arena.alloc(dtype, {N, d_emb_});
   a.u = arena.alloc(dtype, {N, d_up_});
   a.z = arena.alloc(dtype, {N, d_up_});
-  a.rstd_out = arena.alloc(dtype, {N});
+  a.rstd_out = arena.alloc(stats, {N});
   a.zh = arena.alloc(dtype, {N, d_up_ + d_});
   a.out = arena.alloc(dtype, {N, d_});
   return a;
@@ -91,7 +102,7 @@ void L3Layer::forward(const Weights& w, Activations& a, Tensor h, const L3Routin
   Tensor hn = h.view({N, d_});
   ops::gather_rows(a.h, hn, routing.order);                              // (N, d), grouped by token
   ops::rmsnorm_forward(a.x, a.rstd_in, a.h, w.norm_in, eps_);
-  ops::l3_lookup_forward(a.e, a.probs, a.x, w.w_k, w.w_v, routing.group_offsets, rows.offsets_tensor());
+  ops::l3_lookup_forward(a.e, a.probs, a.x, w.w_k, w.w_v, routing.group_offsets, rows.offsets_tensor(h.device));
   ops::matmul_forward(a.u, a.e, w.w_up);                                 // (N, d_up)
   ops::rmsnorm_forward(a.z, a.rstd_out, a.u, w.norm_out, eps_);
   ops::concat_last_dim(a.zh, a.z, a.h);                                  // (N, d_up + d), z first
@@ -112,7 +123,7 @@ void L3Layer::backward(const Weights& w, const Weights& g, const Activations& a,
   ops::rmsnorm_backward(s.du, g.norm_out, s.dz, a.u, w.norm_out, a.rstd_out);
   ops::matmul_backward(s.de, g.w_up, s.du, a.e, w.w_up);
   ops::l3_lookup_backward(s.dx, g.w_k, g.w_v, s.de, a.x, w.w_k, w.w_v, a.probs, routing.group_offsets,
-                          rows.offsets_tensor());
+                          rows.offsets_tensor(dh.device));
   ops::rmsnorm_backward(s.dh, g.norm_in, s.dx, a.h, w.norm_in, a.rstd_in);  // accumulates into s.dh
   ops::scatter_rows(dhn, s.dh, routing.order);                           // d/d h, position order
 }

@@ -11,6 +11,7 @@
 // + d_up)), never O(N * v); table gradients are written only in the rows of tokens present in the batch.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -30,10 +31,13 @@ struct L3Routing {
 struct L3Rows {
   std::vector<int32_t> counts;       // (V) n_u
   std::vector<int32_t> row_offsets;  // (V + 1) o_u; row_offsets[V] = v
+  std::shared_ptr<FlatBuffer> device_offsets;  // row_offsets in GPU memory, once uploaded
 
   static L3Rows from_counts(std::vector<int32_t> counts);
   bool empty() const { return counts.empty(); }
-  Tensor offsets_tensor() const;     // row_offsets as an i32 (V + 1) view
+  // row_offsets as an i32 (V + 1) tensor on `device` (the GPU copy must have been uploaded).
+  Tensor offsets_tensor(Device device = Device::CPU) const;
+  void upload(Device device);        // makes the copy offsets_tensor(device) returns
 };
 
 class L3Layer {
@@ -68,6 +72,7 @@ class L3Layer {
     Tensor zh;        // (N, d_up + d) [z ; h]
     Tensor out;       // (N, d) h' before the scatter back to position order
   };
+  // Statistics (rstd, probs) are f32 when dtype is bf16 (ops.h), else dtype.
   Activations allocate_activations(Arena& arena, int64_t N, DType dtype) const;
 
   // Backward temporaries; one set serves every L3 layer of the model (same sizes).

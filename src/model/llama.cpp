@@ -55,6 +55,12 @@ void Llama::set_l3_allocation(int64_t layer, std::vector<int32_t> counts, const 
   L3C_CHECK(layer >= 0 && layer < static_cast<int64_t>(l3_layers_.size()), "no L3 layer {}", layer);
   validate_allocation(counts, config_.vocab_size, config_.l3.v, config_.l3.k, what);
   l3_rows_[layer] = L3Rows::from_counts(std::move(counts));
+  l3_rows_[layer].upload(device_);
+}
+
+void Llama::set_device(Device device) {
+  device_ = device;
+  for (L3Rows& rows : l3_rows_) rows.upload(device);
 }
 
 void Llama::set_l3_allocations(const std::vector<int32_t>& counts, const std::string& what) {
@@ -99,31 +105,34 @@ Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
 Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype) const {
   const int64_t N = B * T, d = config_.d_model, F = config_.ffn_hidden, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
+  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;  // rstd, lse, losses (ops.h)
   Activations a;
+  if (recompute_.attention) a.att_shared = arena.alloc(dtype, {B, T, H, hd});
+  if (recompute_.swiglu) a.act_shared = arena.alloc(dtype, {N, F});
   for (int64_t i = 0; i < config_.n_layers; ++i) {
     LayerActivations l;
     l.resid_in = arena.alloc(dtype, {N, d});
     l.ln1 = arena.alloc(dtype, {N, d});
-    l.rstd1 = arena.alloc(dtype, {N});
+    l.rstd1 = arena.alloc(stats, {N});
     l.q = arena.alloc(dtype, {B, T, H, hd});
     l.k = arena.alloc(dtype, {B, T, Hkv, hd});
     l.v = arena.alloc(dtype, {B, T, Hkv, hd});
-    l.att = arena.alloc(dtype, {B, T, H, hd});
-    l.lse = arena.alloc(dtype, {B, H, T});
+    l.att = recompute_.attention ? a.att_shared : arena.alloc(dtype, {B, T, H, hd});
+    l.lse = arena.alloc(stats, {B, H, T});
     l.resid_mid = arena.alloc(dtype, {N, d});
     l.ln2 = arena.alloc(dtype, {N, d});
-    l.rstd2 = arena.alloc(dtype, {N});
+    l.rstd2 = arena.alloc(stats, {N});
     if (moe_index(i) < 0) {
       l.gate = arena.alloc(dtype, {N, F});
       l.up = arena.alloc(dtype, {N, F});
-      l.act = arena.alloc(dtype, {N, F});
+      l.act = recompute_.swiglu ? a.act_shared : arena.alloc(dtype, {N, F});
     }
     a.layers.push_back(l);
   }
   a.resid_out = arena.alloc(dtype, {N, d});
   a.lnf = arena.alloc(dtype, {N, d});
-  a.rstdf = arena.alloc(dtype, {N});
-  a.losses = arena.alloc(dtype, {N});
+  a.rstdf = arena.alloc(stats, {N});
+  a.losses = arena.alloc(stats, {N});
   if (!l3_layers_.empty()) {
     a.routing.order = arena.alloc(DType::I32, {N});
     a.routing.group_offsets = arena.alloc(DType::I32, {config_.vocab_size + 1});
@@ -226,6 +235,7 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
     if (const int64_t j = moe_index(i); j >= 0) {
       moe_layers_[j].backward(w.moe[j], g.moe[j], a.moe[j], s.moe, l.ln2, s.dresid, s.dln, aux_scale);
     } else {
+      if (recompute_.swiglu) ops::swiglu_forward(l.act, l.gate, l.up);  // the shared buffer holds another layer's
       ops::matmul_backward(s.dact, lg.w_down, s.dresid, l.act, lw.w_down);
       ops::swiglu_backward(s.dgate, s.dup, s.dact, l.gate, l.up);
       ops::matmul_backward(s.dln, lg.w_gate, s.dgate, l.ln2, lw.w_gate);
@@ -233,6 +243,7 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
     }
     ops::rmsnorm_backward(s.dresid, lg.post_norm, s.dln, l.resid_mid, lw.post_norm, l.rstd2);
     // attention block; s.dresid becomes d/d(resid_in)
+    if (recompute_.attention) ops::attention_forward(l.att, l.lse, l.q, l.k, l.v);  // rewrites lse with equal values
     ops::matmul_backward(s.datt.view({N, H * hd}), lg.wo, s.dresid, l.att.view({N, H * hd}), lw.wo);
     ops::attention_backward(s.dq, s.dk, s.dv, s.datt, l.q, l.k, l.v, l.att, l.lse);
     ops::rope_backward(s.dq, theta);
@@ -249,6 +260,10 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
                                    double grad_scale, Arena& arena) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T;
   const DType dtype = params.dtype();
+  L3C_CHECK(params.device() == device_ && arena.device() == device_ && tokens.device == device_ &&
+                targets.device == device_ && (grads == nullptr || grads->device() == device_),
+            "Llama::forward_backward: the model computes on {}; parameters, gradients, arena, tokens and targets must "
+            "live there", device_name(device_));
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, dtype);
   LossReport report;
@@ -265,12 +280,21 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
     // weight its summed cross-entropy has per token, times N.
     backward_trunk(w, g, a, s, tokens, B, T, grad_scale * static_cast<double>(N));
   }
-  double sum = 0.0;
-  if (dtype == DType::F32) {
-    for (int64_t n = 0; n < N; ++n) sum += a.losses.ptr<float>()[n];
+  // The mean loss, summed in position order in double (read back from the GPU first).
+  std::vector<double> losses(static_cast<size_t>(N));
+  if (a.losses.device == Device::CPU && a.losses.dtype == DType::F64) {
+    for (int64_t n = 0; n < N; ++n) losses[n] = a.losses.ptr<double>()[n];
   } else {
-    for (int64_t n = 0; n < N; ++n) sum += a.losses.ptr<double>()[n];
+    std::vector<float> host(static_cast<size_t>(N));
+    if (a.losses.device == Device::CPU) {
+      for (int64_t n = 0; n < N; ++n) host[n] = a.losses.ptr<float>()[n];
+    } else {
+      ops::copy(Tensor(host.data(), DType::F32, {N}), a.losses);
+    }
+    for (int64_t n = 0; n < N; ++n) losses[n] = host[n];
   }
+  double sum = 0.0;
+  for (int64_t n = 0; n < N; ++n) sum += losses[n];
   report.cross_entropy = sum / static_cast<double>(N);
   return report;
 }

@@ -42,9 +42,27 @@ struct LossReport {
   double total() const { return cross_entropy + aux_loss; }  // what the backward differentiates
 };
 
+// Activations recomputed in the backward instead of kept for it (train.recompute): the SwiGLU product and/or the
+// attention output of every layer live in one buffer shared by all layers, and the backward recomputes a layer's
+// from what it keeps (gate and up; q, k, v) just before using it.
+struct Recompute {
+  bool swiglu = false;
+  bool attention = false;
+  static Recompute from(const std::string& setting) {  // "none" | "swiglu" | "attention" | "all"
+    return {setting == "swiglu" || setting == "all", setting == "attention" || setting == "all"};
+  }
+};
+
 class Llama {
  public:
   explicit Llama(const ModelConfig& config);
+
+  // Where the model computes: the parameters, gradients and arena passed to it live there. On CUDA the L3
+  // allocations are copied to the GPU (now, and whenever one is set).
+  void set_device(Device device);
+  Device device() const { return device_; }
+  void set_recompute(Recompute recompute) { recompute_ = recompute; }
+  Recompute recompute() const { return recompute_; }
 
   const ModelConfig& config() const { return config_; }
   const ParamRegistry& registry() const { return registry_; }
@@ -58,13 +76,14 @@ class Llama {
   bool l3_allocations_set() const;
 
   // Bytes of activation arena one micro-batch of B x T needs (with the backward's scratch when
-  // training), measured by running the same allocation sequence the step runs.
+  // training), measured by running the same allocation sequence the step runs (with the model's recompute
+  // setting; statistics are f32 when dtype is bf16).
   size_t activation_bytes(int64_t B, int64_t T, DType dtype, bool training) const;
 
-  // One micro-batch. tokens and targets (B, T) i32. Returns the mean cross-entropy over the B*T
-  // positions and the auxiliary losses. When grads is given, also runs the backward of
-  // grad_scale * (sum of per-position losses + B*T * aux_loss), i.e. grad_scale * B*T * total(), and
-  // accumulates into grads.
+  // One micro-batch. tokens and targets (B, T) i32, on the model's device like params, grads and the arena.
+  // Returns the mean cross-entropy over the B*T positions and the auxiliary losses. When grads is given,
+  // also runs the backward of grad_scale * (sum of per-position losses + B*T * aux_loss), i.e.
+  // grad_scale * B*T * total(), and accumulates into grads.
   LossReport forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
                           double grad_scale, Arena& arena) const;
 
@@ -91,6 +110,7 @@ class Llama {
   };
   struct Activations {
     std::vector<LayerActivations> layers;
+    Tensor act_shared, att_shared;             // with recomputation: the one buffer every layer's act / att uses
     Tensor resid_out, lnf, rstdf, losses;
     L3Routing routing;                         // when the model has L3 layers
     std::vector<L3Layer::Activations> l3;
@@ -117,6 +137,8 @@ class Llama {
   int64_t moe_index(int64_t i) const { return moe_index_[i]; }
 
   ModelConfig config_;
+  Device device_ = Device::CPU;
+  Recompute recompute_;
   ParamRegistry registry_;
   std::vector<L3Layer> l3_layers_;
   std::vector<L3Rows> l3_rows_;                // per L3 layer; empty until set

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -11,9 +12,26 @@
 namespace l3c {
 
 namespace {
-// Reads element i of a small f32 / f64 tensor in host memory as double.
-double value_at(const Tensor& t, int64_t i) {
-  return t.dtype == DType::F64 ? t.ptr<double>()[i] : static_cast<double>(t.ptr<float>()[i]);
+// The values of an f32 / f64 tensor in host or GPU memory, as doubles in host memory.
+std::vector<double> host_values(const Tensor& t) {
+  std::vector<double> out(static_cast<size_t>(t.numel()));
+  if (t.dtype == DType::F64) {
+    ops::copy(Tensor(out.data(), DType::F64, {t.numel()}), t);
+    return out;
+  }
+  std::vector<float> f32(out.size());
+  ops::copy(Tensor(f32.data(), DType::F32, {t.numel()}), t);
+  for (size_t i = 0; i < out.size(); ++i) out[i] = f32[i];
+  return out;
+}
+
+// The rows each expert received: the group sizes of the expert offsets (E + 1), read to the host.
+std::vector<int64_t> rows_per_expert(const Tensor& offsets) {
+  std::vector<int32_t> host(static_cast<size_t>(offsets.numel()));
+  ops::copy(Tensor(host.data(), DType::I32, {offsets.numel()}), offsets);
+  std::vector<int64_t> rows(host.size() - 1);
+  for (size_t e = 0; e + 1 < host.size(); ++e) rows[e] = host[e + 1] - host[e];
+  return rows;
 }
 }  // namespace
 
@@ -144,18 +162,19 @@ MoeLayerStats MoeLayer::forward(const Weights& w, Activations& a, Tensor x, Tens
     ops::matmul_forward(out, a.shared_act, w.shared_down, /*accumulate=*/true);
   }
 
-  // Auxiliary losses and load statistics (E + 1 offsets and E means: small host reads).
+  // Auxiliary losses and load statistics, read to the host (E + 1 offsets, E means, the (N, E) probabilities).
   MoeLayerStats stats;
   stats.layer = layer_;
   ops::column_sum(a.probs_mean, a.probs);
   ops::scale_inplace(a.probs_mean, 1.0 / static_cast<double>(std::max<int64_t>(N, 1)));
-  const int32_t* offsets = a.expert_offsets.ptr<int32_t>();
+  const std::vector<int64_t> rows = rows_per_expert(a.expert_offsets);
+  const std::vector<double> probs_mean = host_values(a.probs_mean);
   double balance = 0.0;
   stats.load_min = N > 0 ? 1.0 : 0.0;
   for (int64_t e = 0; e < E_; ++e) {
-    const double assigned = offsets[e + 1] - offsets[e];
+    const double assigned = static_cast<double>(rows[e]);
     const double f = M > 0 ? assigned / static_cast<double>(M) : 0.0;  // f_e: share of the N * top_k pairs
-    balance += f * value_at(a.probs_mean, e);
+    balance += f * probs_mean[e];
     const double load = N > 0 ? assigned / static_cast<double>(N) : 0.0;  // share of tokens reaching e
     stats.load_max = std::max(stats.load_max, load);
     stats.load_min = std::min(stats.load_min, load);
@@ -163,10 +182,8 @@ MoeLayerStats MoeLayer::forward(const Weights& w, Activations& a, Tensor x, Tens
   stats.load_balance_loss = aux_loss_ * static_cast<double>(E_) * balance;
   stats.z_loss = N > 0 ? z_loss_ * ops::sum_squares(a.lse) / static_cast<double>(N) : 0.0;
   double entropy = 0.0;
-  for (int64_t i = 0; i < N * E_; ++i) {
-    const double p = value_at(a.probs, i);
+  for (const double p : host_values(a.probs))
     if (p > 0.0) entropy -= p * std::log(p);
-  }
   stats.router_entropy = N > 0 ? entropy / static_cast<double>(N) : 0.0;
   return stats;
 }
@@ -186,13 +203,18 @@ void MoeLayer::backward(const Weights& w, const Weights& g, const Activations& a
 
   // router: through the weights, plus the load-balancing term (f_e fixed: d/dp_{n,e} of
   // alpha E sum_e f_e P_e is alpha E f_e / N) and the z-loss (beta / N * sum_n lse_n^2)
-  const int32_t* offsets = a.expert_offsets.ptr<int32_t>();
+  const std::vector<int64_t> rows = rows_per_expert(a.expert_offsets);
   const double n_tokens = static_cast<double>(std::max<int64_t>(N, 1));
+  std::vector<double> bias(static_cast<size_t>(E_));
   for (int64_t e = 0; e < E_; ++e) {
-    const double f = M > 0 ? static_cast<double>(offsets[e + 1] - offsets[e]) / static_cast<double>(M) : 0.0;
-    const double bias = aux_scale * aux_loss_ * static_cast<double>(E_) * f / n_tokens;
-    if (s.probs_bias.dtype == DType::F64) s.probs_bias.ptr<double>()[e] = bias;
-    else s.probs_bias.ptr<float>()[e] = static_cast<float>(bias);
+    const double f = M > 0 ? static_cast<double>(rows[e]) / static_cast<double>(M) : 0.0;
+    bias[e] = aux_scale * aux_loss_ * static_cast<double>(E_) * f / n_tokens;
+  }
+  if (s.probs_bias.dtype == DType::F64) {
+    ops::copy(s.probs_bias, Tensor(bias.data(), DType::F64, {E_}));
+  } else {
+    std::vector<float> f32(bias.begin(), bias.end());
+    ops::copy(s.probs_bias, Tensor(f32.data(), DType::F32, {E_}));
   }
   ops::moe_router_backward(s.dlogits, s.dweights, a.probs, a.lse, a.experts, a.weights, s.probs_bias,
                            aux_scale * z_loss_ / n_tokens, normalize_);

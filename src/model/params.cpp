@@ -5,6 +5,8 @@
 #include <cstring>
 
 #include "core/rng.h"
+#include "kernels/device.h"
+#include "kernels/ops.h"
 
 namespace l3c {
 
@@ -33,10 +35,21 @@ const ParamInfo& ParamRegistry::find(const std::string& name) const {
   return params_[it->second];
 }
 
-void FlatBuffer::FreeDeleter::operator()(std::byte* p) const { std::free(p); }
+void FlatBuffer::FreeDeleter::operator()(std::byte* p) const {
+  if (device == Device::CUDA) cuda_free(p);
+  else std::free(p);
+}
 
-FlatBuffer::FlatBuffer(int64_t numel, DType dtype) : numel_(numel), dtype_(dtype) {
+FlatBuffer::FlatBuffer(int64_t numel, DType dtype, Device device) : numel_(numel), dtype_(dtype), device_(device) {
   const size_t bytes = (static_cast<size_t>(numel) * dtype_size(dtype) + 63) / 64 * 64;
+  if (device == Device::CUDA) {
+    data_ = std::unique_ptr<std::byte, FreeDeleter>(
+        static_cast<std::byte*>(cuda_malloc(bytes == 0 ? 64 : bytes, fmt::format("a {}-element {} buffer", numel,
+                                                                                  dtype_name(dtype)))),
+        FreeDeleter{Device::CUDA});
+    ops::fill_zero(all());
+    return;
+  }
   void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
   if (p == nullptr) fail("out of memory allocating a {}-element parameter buffer", numel);
   std::memset(p, 0, bytes == 0 ? 64 : bytes);
@@ -45,7 +58,7 @@ FlatBuffer::FlatBuffer(int64_t numel, DType dtype) : numel_(numel), dtype_(dtype
 
 Tensor FlatBuffer::view(const ParamInfo& p) const {
   L3C_CHECK(p.offset + p.numel <= numel_, "parameter {} outside the buffer", p.name);
-  Tensor t(data_.get() + p.offset * dtype_size(dtype_), dtype_, {1}, Device::CPU);
+  Tensor t(data_.get() + p.offset * dtype_size(dtype_), dtype_, {1}, device_);
   t.ndim = static_cast<int>(p.shape.size());
   for (int i = 0; i < t.ndim; ++i) t.shape[i] = p.shape[i];
   return t;
@@ -72,6 +85,19 @@ void init_typed(const ParamRegistry& registry, T* base, uint64_t seed) {
 
 void init_params(const ParamRegistry& registry, FlatBuffer& params, uint64_t seed) {
   L3C_CHECK(params.numel() == registry.total(), "buffer size {} != registry {}", params.numel(), registry.total());
+  if (params.device() != Device::CPU || params.dtype() == DType::BF16) {
+    // Drawn on the host in f32 (the same values as a CPU run), then copied over and converted.
+    FlatBuffer host(params.numel(), DType::F32);
+    init_params(registry, host, seed);
+    if (params.dtype() == DType::F32) {
+      ops::copy(params.all(), host.all());
+      return;
+    }
+    FlatBuffer staged(params.numel(), DType::F32, params.device());
+    ops::copy(staged.all(), host.all());
+    ops::convert(params.all(), staged.all());
+    return;
+  }
   switch (params.dtype()) {
     case DType::F32: init_typed(registry, params.ptr<float>(), seed); break;
     case DType::F64: init_typed(registry, params.ptr<double>(), seed); break;

@@ -41,24 +41,32 @@ class ParamRegistry {
   int64_t total_ = 0;
 };
 
-// Host memory for one flat buffer (parameters, gradients or an optimizer moment), 64-byte aligned.
+// Memory for one flat buffer (parameters, gradients or an optimizer moment): host memory, 64-byte aligned,
+// or one device allocation on the GPU (Device::CUDA; running out is a UserError naming the buffer).
 class FlatBuffer {
  public:
   FlatBuffer() = default;
-  FlatBuffer(int64_t numel, DType dtype);  // zero-filled
+  FlatBuffer(int64_t numel, DType dtype, Device device = Device::CPU);  // zero-filled
 
-  Tensor all() const { return Tensor(data_.get(), dtype_, {numel_}); }
+  Tensor all() const { return Tensor(data_.get(), dtype_, {numel_}, device_); }
   // The parameter's view with its shape (1-4 dims).
   Tensor view(const ParamInfo& p) const;
   int64_t numel() const { return numel_; }
   DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
   template <typename T> T* ptr() const { return all().ptr<T>(); }
 
  private:
-  struct FreeDeleter { void operator()(std::byte* p) const; };
+  struct FreeDeleter {
+    FreeDeleter() : device(Device::CPU) {}
+    explicit FreeDeleter(Device d) : device(d) {}
+    Device device;
+    void operator()(std::byte* p) const;
+  };
   std::unique_ptr<std::byte, FreeDeleter> data_;
   int64_t numel_ = 0;
   DType dtype_ = DType::F32;
+  Device device_ = Device::CPU;
 };
 
 // Fills params by each parameter's InitKind; normal draws come from the counter-based generator keyed

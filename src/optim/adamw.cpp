@@ -7,49 +7,44 @@
 
 namespace l3c {
 
-AdamW::AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings)
-    : registry_(registry), settings_(settings), m_(registry.total(), dtype), v_(registry.total(), dtype) {
-  for (const ParamInfo& p : registry.params()) decay_mask_.push_back(p.decay ? 1 : 0);
+AdamW::AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device)
+    : registry_(registry),
+      settings_(settings),
+      m_(registry.total(), dtype, device),
+      v_(registry.total(), dtype, device) {
+  build_runs({});
 }
 
-namespace {
-template <typename T>
-void adamw_update(T* __restrict w, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t n,
-                  double lr, double weight_decay, const AdamWSettings& s, double bias1, double bias2) {
-  const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
-  const T step_size = static_cast<T>(lr / bias1);
-  const T inv_sqrt_bias2 = static_cast<T>(1.0 / std::sqrt(bias2));
-  const T eps = static_cast<T>(s.eps);
-  const T decay = static_cast<T>(1.0 - lr * weight_decay);
-#pragma omp parallel for simd schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    // PyTorch order: decoupled decay first, then the moment updates and the bias-corrected step.
-    const T wi = w[i] * decay;
-    const T mi = b1 * m[i] + (T(1) - b1) * g[i];
-    const T vi = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = wi - step_size * mi / (std::sqrt(vi) * inv_sqrt_bias2 + eps);
+void AdamW::build_runs(const std::vector<uint8_t>& trainable) {
+  runs_.clear();
+  const auto& params = registry_.params();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const ParamInfo& p = params[i];
+    if (!trainable.empty() && !trainable[i]) continue;  // frozen: no update, no decay, moments untouched
+    if (!runs_.empty() && runs_.back().decay == p.decay && runs_.back().offset + runs_.back().numel == p.offset)
+      runs_.back().numel += p.numel;
+    else
+      runs_.push_back({p.offset, p.numel, p.decay});
   }
 }
-}  // namespace
 
-void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr) {
+void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master) {
   ++step_;
-  const double bias1 = 1.0 - std::pow(settings_.beta1, static_cast<double>(step_));
-  const double bias2 = 1.0 - std::pow(settings_.beta2, static_cast<double>(step_));
-  const auto& infos = registry_.params();
-  for (size_t i = 0; i < infos.size(); ++i) {
-    const ParamInfo& p = infos[i];
-    if (!trainable_.empty() && !trainable_[i]) continue;
-    const double wd = decay_mask_[i] ? settings_.weight_decay : 0.0;
-    if (params.dtype() == DType::F32) {
-      adamw_update(params.ptr<float>() + p.offset, grads.ptr<float>() + p.offset, m_.ptr<float>() + p.offset,
-                   v_.ptr<float>() + p.offset, p.numel, lr, wd, settings_, bias1, bias2);
-    } else {
-      adamw_update(params.ptr<double>() + p.offset, grads.ptr<double>() + p.offset, m_.ptr<double>() + p.offset,
-                   v_.ptr<double>() + p.offset, p.numel, lr, wd, settings_, bias1, bias2);
-    }
+  // PyTorch order (ops::adamw_update): decoupled decay first, then the moments and the bias-corrected step.
+  ops::AdamWStep s;
+  s.lr = lr;
+  s.beta1 = settings_.beta1;
+  s.beta2 = settings_.beta2;
+  s.eps = settings_.eps;
+  s.bias1 = 1.0 - std::pow(settings_.beta1, static_cast<double>(step_));
+  s.bias2 = 1.0 - std::pow(settings_.beta2, static_cast<double>(step_));
+  const Tensor p = params.all(), g = grads.all(), m = m_.all(), v = v_.all();
+  const Tensor w = master != nullptr ? master->all() : Tensor();
+  for (const Run& run : runs_) {
+    s.weight_decay = run.decay ? settings_.weight_decay : 0.0;
+    const int64_t begin = run.offset, end = run.offset + run.numel;
+    ops::adamw_update(p.rows(begin, end), g.rows(begin, end), m.rows(begin, end), v.rows(begin, end),
+                      master != nullptr ? w.rows(begin, end) : Tensor(), s);
   }
 }
 

@@ -1,6 +1,8 @@
 // AdamW with PyTorch semantics over flat buffers (MODEL.md "Optimizer"), and global-norm clipping.
-// Moments are fp32 (or f64 when the parameters are f64) buffers with the parameters' layout; weight
-// decay applies to the parameters whose ParamInfo::decay is set (2-D weights by default).
+// Moments are fp32 (or f64 when the parameters are f64) buffers with the parameters' layout, on the parameters'
+// device; weight decay applies to the parameters whose ParamInfo::decay is set (2-D weights by default). The
+// update itself is ops::adamw_update, over runs of consecutive parameters that share a decay setting. With bf16
+// parameters (CUDA) the update runs on f32 master weights and writes their rounded copy into the parameters.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -19,24 +21,31 @@ struct AdamWSettings {
 
 class AdamW {
  public:
-  AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings);
+  // dtype: the moments' dtype (f32 for f32 or bf16 parameters, f64 for f64).
+  AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device = Device::CPU);
 
   // One update with learning rate lr; grads are used as they are (clip them first). step_ counts from 1.
-  void step(FlatBuffer& params, const FlatBuffer& grads, double lr);
+  // master: the f32 weights behind bf16 parameters (mixed precision), else null.
+  void step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master = nullptr);
 
   int64_t steps_taken() const { return step_; }
   FlatBuffer& first_moment() { return m_; }
   FlatBuffer& second_moment() { return v_; }
   void set_steps_taken(int64_t steps) { step_ = steps; }
   // Per parameter (registry order): 0 freezes it (no update, no weight decay, its moments untouched).
-  void set_trainable(std::vector<uint8_t> mask) { trainable_ = std::move(mask); }
+  void set_trainable(const std::vector<uint8_t>& mask) { build_runs(mask); }
 
  private:
   const ParamRegistry& registry_;
   AdamWSettings settings_;
   FlatBuffer m_, v_;
-  std::vector<uint8_t> decay_mask_;  // per parameter (registry order)
-  std::vector<uint8_t> trainable_;   // per parameter; empty: all
+  struct Run {
+    int64_t offset, numel;
+    bool decay;
+  };
+  // Consecutive trainable parameters with the same decay setting, in buffer order.
+  std::vector<Run> runs_;
+  void build_runs(const std::vector<uint8_t>& trainable);
   int64_t step_ = 0;
 };
 

@@ -1,6 +1,8 @@
 // Checkpoints: writing, verifying, finding, pruning and loading (see checkpoint.h for the format).
 #include "train/checkpoint.h"
 
+#include "kernels/ops.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -124,6 +126,14 @@ std::vector<int64_t> checkpoint_steps(const std::string& run_dir) {
   return steps;
 }
 
+// The buffer itself when it is in host memory, else a host copy of it in `copy` (GPU runs).
+const FlatBuffer& on_host(const FlatBuffer& buffer, FlatBuffer& copy) {
+  if (buffer.device() == Device::CPU) return buffer;
+  copy = FlatBuffer(buffer.numel(), buffer.dtype());
+  ops::copy(copy.all(), buffer.all());
+  return copy;
+}
+
 std::string write_checkpoint(const std::string& run_dir, const CheckpointState& state) {
   const TrainerProgress& progress = state.progress;
   const std::string name = checkpoint_name(progress.step);
@@ -131,10 +141,13 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointState& 
   const fs::path temp = root / (kTempPrefix + name);
   const fs::path final_dir = root / name;
   const ParamRegistry& registry = state.model.registry();
+  FlatBuffer first_copy, second_copy;
+  const FlatBuffer& first_moment = on_host(state.optimizer.first_moment(), first_copy);
+  const FlatBuffer& second_moment = on_host(state.optimizer.second_moment(), second_copy);
   // A checkpoint never holds non-finite values: resuming from one could only fail again.
   for (const auto& [what, buffer] : {std::pair<const char*, const FlatBuffer*>{"weights", &state.params},
-                                     {"AdamW first moment", &state.optimizer.first_moment()},
-                                     {"AdamW second moment", &state.optimizer.second_moment()}}) {
+                                     {"AdamW first moment", &first_moment},
+                                     {"AdamW second moment", &second_moment}}) {
     const std::string bad = first_non_finite(registry, *buffer);
     if (!bad.empty())
       fail("step {}: not writing checkpoint {}: the {} of {} hold a non-finite value; {}", progress.step,
@@ -163,9 +176,9 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointState& 
     // names), AdamW's step count in the metadata. The weights in model.safetensors are the master weights.
     std::vector<NamedTensor> moments;
     for (const ParamInfo& p : registry.params())
-      moments.push_back({"exp_avg." + p.name, state.optimizer.first_moment().view(p)});
+      moments.push_back({"exp_avg." + p.name, first_moment.view(p)});
     for (const ParamInfo& p : registry.params())
-      moments.push_back({"exp_avg_sq." + p.name, state.optimizer.second_moment().view(p)});
+      moments.push_back({"exp_avg_sq." + p.name, second_moment.view(p)});
     const std::string optimizer_header = safetensors_header(
         moments, {{"format", "l3c-adamw"}, {"step", std::to_string(state.optimizer.steps_taken())}});
     record(kOptimizerFile,
@@ -364,8 +377,17 @@ void load_checkpoint_state(const std::string& dir, Llama& model, FlatBuffer& par
   const SafetensorsFile weights((fs::path(dir) / kModelFile).string());
   load_model_state(weights, model, params);
   const SafetensorsFile moments((fs::path(dir) / kOptimizerFile).string());
-  load_params(moments, model.registry(), optimizer.first_moment(), ExtraTensors::Ignore, "exp_avg.");
-  load_params(moments, model.registry(), optimizer.second_moment(), ExtraTensors::Ignore, "exp_avg_sq.");
+  // Moments on the GPU are read into host buffers first, then copied over.
+  for (const auto& [buffer, prefix] : {std::pair<FlatBuffer*, const char*>{&optimizer.first_moment(), "exp_avg."},
+                                       {&optimizer.second_moment(), "exp_avg_sq."}}) {
+    if (buffer->device() == Device::CPU) {
+      load_params(moments, model.registry(), *buffer, ExtraTensors::Ignore, prefix);
+    } else {
+      FlatBuffer host(buffer->numel(), buffer->dtype());
+      load_params(moments, model.registry(), host, ExtraTensors::Ignore, prefix);
+      ops::copy(buffer->all(), host.all());
+    }
+  }
   const auto step = moments.metadata().find("step");
   if (step == moments.metadata().end()) fail("{}: no AdamW step in the metadata", moments.path());
   try {

@@ -43,7 +43,8 @@ std::string checkpoint_name(int64_t step);
 // RUN/checkpoints.
 std::string checkpoints_dir(const std::string& run_dir);
 
-// The state a checkpoint saves, as views of the trainer's buffers.
+// The state a checkpoint saves, as views of the trainer's buffers: the parameters in host memory (f32 or f64;
+// TrainingState::host_params()), the optimizer wherever it lives (moments on the GPU are copied to the host).
 struct CheckpointState {
   const Config& config;
   const Llama& model;
@@ -90,8 +91,8 @@ std::vector<int64_t> checkpoint_steps(const std::string& run_dir);
 TrainerProgress checkpoint_progress(const nlohmann::json& trainer);
 Config checkpoint_config(const nlohmann::json& trainer, const std::string& dir);
 
-// Loads a verified checkpoint's weights, L3 allocations and AdamW state into model, params and optimizer
-// (which must have the checkpoint's layout). UserError naming the file and tensor on any mismatch.
+// Loads a verified checkpoint's weights, L3 allocations and AdamW state into model, params (host memory) and
+// optimizer (host or GPU) (which must have the checkpoint's layout). UserError naming the file and tensor on any mismatch.
 void load_checkpoint_state(const std::string& dir, Llama& model, FlatBuffer& params, AdamW& optimizer);
 
 // Starts a new run from a checkpoint's trained weights (--init-from; the checkpoint is verified first):

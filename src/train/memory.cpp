@@ -1,6 +1,7 @@
-// Host memory estimate and check.
+// Memory estimate and checks.
 #include "train/memory.h"
 
+#include <algorithm>
 #include <fstream>
 #include <string>
 
@@ -10,8 +11,6 @@
 namespace l3c {
 
 namespace {
-DType compute_dtype(const Config& config) { return config.train.dtype == "f64" ? DType::F64 : DType::F32; }
-
 // MemAvailable from /proc/meminfo in bytes; 0 when unknown.
 size_t available_host_memory() {
   std::ifstream meminfo("/proc/meminfo");
@@ -22,27 +21,71 @@ size_t available_host_memory() {
     if (key == "MemAvailable:") return kib * 1024;
   return 0;
 }
+
+std::string breakdown(const MemoryEstimate& m) {
+  auto b = [](size_t bytes) { return format_bytes(static_cast<double>(bytes)); };
+  std::string text = "parameters " + b(m.params) + ", gradients " + b(m.grads) + ", optimizer " + b(m.optimizer) +
+                     ", activations " + b(m.activations);
+  if (m.master) text += ", f32 master weights " + b(m.master);
+  if (m.workspace) text += ", workspace " + b(m.workspace);
+  return text;
+}
 }  // namespace
 
-MemoryEstimate estimate_training_memory(const Llama& model, const Config& config) {
-  const size_t element = dtype_size(compute_dtype(config));
+CudaWorkspaceShape workspace_shape(const Config& config, DType dtype) {
+  CudaWorkspaceShape w;
+  w.rows = config.train.micro_batch * config.data.seq_len;
+  w.seq_len = config.data.seq_len;
+  w.head_dim = config.model.head_dim();
+  w.vocab = config.model.vocab_size;
+  w.widest_norm = std::max(config.model.d_model, config.model.l3.enabled() ? config.model.l3.d_up : int64_t{0});
+  w.l3_width = config.model.l3.enabled() ? config.model.l3.k : 0;
+  w.dtype = dtype;
+  return w;
+}
+
+Device planned_device(const Config& config) {
+  const TrainConfig& t = config.train;
+  if (t.device == "cuda" || t.precision == "bf16") return Device::CUDA;
+  if (t.device == "auto" && t.dtype != "f64" && built_with_cuda() && !cuda_emulated() && cuda_device_count() > 0)
+    return Device::CUDA;
+  return Device::CPU;
+}
+
+MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device) {
+  const bool bf16 = device == Device::CUDA && config.train.precision == "bf16";
+  const DType dtype = bf16 ? DType::BF16 : (config.train.dtype == "f64" ? DType::F64 : DType::F32);
+  const size_t element = dtype_size(dtype), moment = bf16 ? sizeof(float) : element;
   const auto n = static_cast<size_t>(model.registry().total());
+  Llama sized = model;  // with the run's recomputation setting
+  sized.set_recompute(Recompute::from(config.train.recompute));
   MemoryEstimate m;
+  m.device = device;
   m.params = n * element;
   m.grads = n * element;
-  m.optimizer = 2 * n * element;
-  m.activations = model.activation_bytes(config.train.micro_batch, config.data.seq_len, compute_dtype(config), true);
+  m.optimizer = 2 * n * moment;
+  m.master = bf16 ? n * sizeof(float) : 0;
+  m.activations = sized.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype, true);
+  m.workspace = device == Device::CUDA ? cuda_workspace_bytes(workspace_shape(config, dtype)) : 0;
   return m;
 }
 
 void check_fits_host_memory(const MemoryEstimate& m) {
   const size_t available = available_host_memory();
   if (available != 0 && m.total() > available)
-    fail("the run needs {} of memory (parameters {}, gradients {}, optimizer {}, activations {}) but only {} is "
-         "available; lower train.micro_batch or data.seq_len, or choose a smaller model",
-         format_bytes(static_cast<double>(m.total())), format_bytes(static_cast<double>(m.params)),
-         format_bytes(static_cast<double>(m.grads)), format_bytes(static_cast<double>(m.optimizer)),
-         format_bytes(static_cast<double>(m.activations)), format_bytes(static_cast<double>(available)));
+    fail("the run needs {} of memory ({}) but only {} is available; lower train.micro_batch or data.seq_len, set "
+         "train.recompute, or choose a smaller model",
+         format_bytes(static_cast<double>(m.total())), breakdown(m), format_bytes(static_cast<double>(available)));
+}
+
+void check_fits_device_memory(const MemoryEstimate& m) {
+  const auto [free_bytes, total_bytes] = cuda_memory_info();
+  if (m.total() > free_bytes)
+    fail("the run needs {} of memory on the GPU ({}) but only {} of the GPU's {} is free; lower train.micro_batch or "
+         "data.seq_len, set train.recompute (swiglu, attention or all), use train.precision bf16, or choose a "
+         "smaller model",
+         format_bytes(static_cast<double>(m.total())), breakdown(m), format_bytes(static_cast<double>(free_bytes)),
+         format_bytes(static_cast<double>(total_bytes)));
 }
 
 }  // namespace l3c

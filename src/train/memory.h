@@ -1,22 +1,37 @@
-// Memory a training run needs on the host: parameters, gradients, AdamW moments and the activation
-// arena of one micro-batch. `inspect` prints it; training checks it against the memory available
-// before allocating anything.
+// Memory a training run needs: parameters, gradients, AdamW moments, the activation arena of one micro-batch,
+// and on the GPU the f32 master weights (bf16 precision) and the CUDA ops' workspace. `inspect` prints it;
+// training checks it against the memory available (host: MemAvailable; GPU: free device memory) before
+// allocating anything.
 #pragma once
 #include <cstddef>
 
 #include "core/config.h"
+#include "kernels/device.h"
 #include "model/llama.h"
 
 namespace l3c {
 
 struct MemoryEstimate {
+  Device device = Device::CPU;
   size_t params = 0, grads = 0, optimizer = 0, activations = 0;
-  size_t total() const { return params + grads + optimizer + activations; }
+  size_t master = 0;     // f32 master weights behind bf16 parameters
+  size_t workspace = 0;  // the CUDA ops' scratch
+  size_t total() const { return params + grads + optimizer + activations + master + workspace; }
 };
 
-MemoryEstimate estimate_training_memory(const Llama& model, const Config& config);
+// For a run of `config` on `device` (train.precision and train.dtype decide the dtypes, train.recompute the
+// activations).
+MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device = Device::CPU);
 
-// UserError when the estimate exceeds the memory available now (MemAvailable), naming what to change.
+// The device `inspect` sizes for: the GPU when the config asks for it (train.device cuda, bf16 precision) or
+// when "auto" would pick one here, else the CPU.
+Device planned_device(const Config& config);
+
+// UserError when the estimate exceeds the memory available now, naming what to change.
 void check_fits_host_memory(const MemoryEstimate& estimate);
+void check_fits_device_memory(const MemoryEstimate& estimate);
+
+// The sizes the CUDA workspace is reserved for.
+CudaWorkspaceShape workspace_shape(const Config& config, DType dtype);
 
 }  // namespace l3c

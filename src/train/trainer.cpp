@@ -18,6 +18,7 @@
 
 #include "data/allocation.h"
 #include "data/prepare.h"
+#include "kernels/device.h"
 #include "kernels/ops.h"
 #include "core/file_io.h"
 #include "optim/schedule.h"
@@ -60,17 +61,48 @@ nlohmann::json moe_stats_json(const std::vector<MoeLayerStats>& stats) {
                       {"load_max", m.load_max}, {"load_min", m.load_min}, {"router_entropy", m.router_entropy}});
   return layers;
 }
+
+// A copy of a host buffer (to load a checkpoint into before the parameters take it over).
+FlatBuffer host_copy(const FlatBuffer& buffer) {
+  FlatBuffer copy(buffer.numel(), buffer.dtype());
+  ops::copy(copy.all(), buffer.all());
+  return copy;
+}
+
+// The model as the run computes it: on its device, with its recomputation setting.
+Llama make_model(const Config& config, Device device) {
+  Llama model(config.model);
+  model.set_recompute(Recompute::from(config.train.recompute));
+  model.set_device(device);
+  return model;
+}
+
+// Copies the host batch to the device buffers when the model computes on the GPU; returns what to pass on.
+std::pair<Tensor, Tensor> batch_on_device(Tensor tokens, Tensor targets, const FlatBuffer& device_tokens,
+                                          const FlatBuffer& device_targets) {
+  if (device_tokens.numel() == 0) return {tokens, targets};
+  const int64_t n = tokens.numel();
+  Tensor t = device_tokens.all().rows(0, n).view({tokens.dim(0), tokens.dim(1)});
+  Tensor g = device_targets.all().rows(0, n).view({targets.dim(0), targets.dim(1)});
+  ops::copy(t, tokens);
+  ops::copy(g, targets);
+  return {t, g};
+}
 }  // namespace
 
 TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation)
     : config_(config),
-      model_(config.model),
-      dtype_(dtype_from(config)),
-      params_(model_.registry().total(), dtype_),
-      grads_(model_.registry().total(), dtype_),
-      optimizer_(model_.registry(), dtype_, AdamWSettings::from(config.train)),
-      arena_(model_.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype_, true), "activation") {
+      device_(resolve_run_device(config.train)),
+      model_(make_model(config, device_.device)),
+      dtype_(device_.param_dtype),
+      params_(model_.registry().total(), dtype_, device_.device),
+      master_(device_.mixed_precision ? model_.registry().total() : 0, DType::F32, device_.device),
+      grads_(model_.registry().total(), dtype_, device_.device),
+      optimizer_(model_.registry(), device_.moment_dtype, AdamWSettings::from(config.train), device_.device),
+      arena_(model_.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype_, true), "activation",
+             device_.device) {
   init_params(model_.registry(), params_, config.train.seed);
+  if (device_.mixed_precision) init_params(model_.registry(), master_, config.train.seed);
   if (config.model.l3.enabled()) {
     if (l3_allocation) model_.set_l3_allocations(*l3_allocation, "the L3 allocation");
     else model_.set_l3_allocations(allocation_for_model(config.model).counts, "model.l3.allocation");
@@ -78,6 +110,11 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
   const int64_t micro_tokens = config.train.micro_batch * config.data.seq_len;
   tokens_.resize(static_cast<size_t>(micro_tokens));
   targets_.resize(static_cast<size_t>(micro_tokens));
+  if (device_.device == Device::CUDA) {
+    device_tokens_ = FlatBuffer(micro_tokens, DType::I32, Device::CUDA);
+    device_targets_ = FlatBuffer(micro_tokens, DType::I32, Device::CUDA);
+    cuda_reserve_workspace(cuda_workspace_bytes(workspace_shape(config, dtype_)));
+  }
   accum_steps_ = config.train.grad_accum_steps(config.data.seq_len);
   tokens_per_step_ = accum_steps_ * micro_tokens;
   if (!config.train.trainable.empty()) {
@@ -120,7 +157,8 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     arena_.reset();
     batches(first_sequence(step * accum_steps_ + micro, B), tokens, targets);
-    const LossReport report = model_.forward_backward(params_, &grads_, tokens, targets, grad_scale, arena_);
+    const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens_, device_targets_);
+    const LossReport report = model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_);
     result.loss += report.cross_entropy;
     result.aux_loss += report.aux_loss;
     if (micro == 0) result.moe = report.moe;
@@ -142,8 +180,28 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
     return result;
   }
   clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
-  optimizer_.step(params_, grads_, result.lr);
+  optimizer_.step(params_, grads_, result.lr, device_.mixed_precision ? &master_ : nullptr);
   return result;
+}
+
+const FlatBuffer& TrainingState::host_params() {
+  if (device_.device == Device::CPU) return params_;
+  if (host_copy_.numel() != params_.numel()) host_copy_ = FlatBuffer(params_.numel(), DType::F32);
+  ops::copy(host_copy_.all(), (device_.mixed_precision ? master_ : params_).all());
+  return host_copy_;
+}
+
+void TrainingState::set_params(const FlatBuffer& host) {
+  L3C_CHECK(host.numel() == params_.numel() && host.device() == Device::CPU, "set_params: {} host values for {}",
+            host.numel(), params_.numel());
+  if (device_.device == Device::CPU) {
+    ops::convert(params_.all(), host.all());
+    return;
+  }
+  L3C_CHECK(host.dtype() == DType::F32, "set_params: f32 values for the GPU, got {}", dtype_name(host.dtype()));
+  FlatBuffer& f32 = device_.mixed_precision ? master_ : params_;
+  ops::copy(f32.all(), host.all());
+  if (device_.mixed_precision) ops::convert(params_.all(), master_.all());
 }
 
 double TrainingState::evaluate(const WindowLoader& loader, int64_t batches) {
@@ -155,6 +213,11 @@ double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowL
   const int64_t T = loader.seq_len();
   const int64_t windows = batches == 0 ? loader.num_windows() : std::min(batches * micro_batch, loader.num_windows());
   std::vector<int32_t> tokens_data(static_cast<size_t>(micro_batch * T)), targets_data(tokens_data.size());
+  FlatBuffer device_tokens, device_targets;  // the batch on the GPU when the model computes there
+  if (params.device() == Device::CUDA) {
+    device_tokens = FlatBuffer(micro_batch * T, DType::I32, Device::CUDA);
+    device_targets = FlatBuffer(micro_batch * T, DType::I32, Device::CUDA);
+  }
   double loss_sum = 0.0;
   for (int64_t first = 0; first < windows; first += micro_batch) {
     const int64_t B = std::min(micro_batch, windows - first);
@@ -162,10 +225,12 @@ double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowL
     Tensor targets(targets_data.data(), DType::I32, {B, T});
     loader.fill(first, tokens, targets);
     arena.reset();
-    loss_sum += model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy * static_cast<double>(B);
+    const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens, device_targets);
+    loss_sum += model.forward_backward(params, nullptr, tok, tgt, 0.0, arena).cross_entropy * static_cast<double>(B);
   }
   return loss_sum / static_cast<double>(windows);
 }
+
 
 namespace {
 
@@ -300,9 +365,11 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
     check_shards_tokenizer(*tokenizer, train_data.paths(), "data.train");
     if (val_data) check_shards_tokenizer(*tokenizer, val_data->paths(), "data.val");
   }
+  const RunDevice run_device = resolve_run_device(config.train);
   const Llama sizing_model(config.model);
-  const MemoryEstimate memory = estimate_training_memory(sizing_model, config);
-  check_fits_host_memory(memory);
+  const MemoryEstimate memory = estimate_training_memory(sizing_model, config, run_device.device);
+  if (run_device.device == Device::CUDA) check_fits_device_memory(memory);
+  else check_fits_host_memory(memory);
   if (!config.train.trainable.empty()) trainable_mask(sizing_model.registry(), config.train.trainable);
 
   // Where the run starts: a checkpoint (resume), trained weights (init-from), or the initialisation.
@@ -390,23 +457,38 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   TrainingState state(config, l3_allocation ? &l3_allocation->counts : resume_check ? &placeholder : nullptr);
   if (resume_check) {
     const auto load_start = clock::now();
-    load_checkpoint_state(resume_dir, state.mutable_model(), state.params(), state.optimizer());
+    FlatBuffer host = host_copy(state.host_params());
+    load_checkpoint_state(resume_dir, state.mutable_model(), host, state.optimizer());
+    state.set_params(host);
     const double load_seconds = std::chrono::duration<double>(clock::now() - load_start).count();
     uint64_t bytes = 0;
     for (const auto& [file, entry] : resume_check->trainer["files"].items()) bytes += entry["bytes"].get<uint64_t>();
     spdlog::info("resume: checkpoint of {:.1f} MB verified in {:.2f}s and loaded in {:.2f}s ({:.0f} MB/s in all)",
                  bytes / 1e6, verify_seconds, load_seconds, bytes / 1e6 / std::max(verify_seconds + load_seconds, 1e-9));
   }
-  if (!options.init_from.empty()) init_from_checkpoint(options.init_from, state.mutable_model(), state.params());
+  if (!options.init_from.empty()) {
+    FlatBuffer host = host_copy(state.host_params());
+    init_from_checkpoint(options.init_from, state.mutable_model(), host);
+    state.set_params(host);
+  }
   const ModelCost cost = state.model().cost(config.data.seq_len);
-  const double peak = measure_cpu_peak_flops();
-  spdlog::info("model: {:.2f}M parameters, {:.1f} MFLOP/token; data: {} train tokens in {} shards{}; memory {}",
+  // MFU: against the measured CPU peak, or the GPU's datasheet bf16 peak (0 when unknown: MFU is then 0).
+  const bool on_gpu = run_device.device == Device::CUDA;
+  const double peak = on_gpu ? gpu_peak_flops(run_device.description) : measure_cpu_peak_flops();
+  auto mfu_of = [&](double tokens_per_second) { return peak > 0 ? tokens_per_second * cost.flops_per_token / peak : 0.0; };
+  spdlog::info("model: {:.2f}M parameters, {:.1f} MFLOP/token; data: {} train tokens in {} shards{}; memory {}{}",
                cost.total_params / 1e6, cost.flops_per_token / 1e6, train_data.num_tokens(), train_data.num_shards(),
                val_data ? fmt::format(", {} val tokens", val_data->num_tokens()) : "",
-               format_bytes(static_cast<double>(memory.total())));
-  spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation), {} threads, CPU peak {:.1f} GFLOP/s",
-               config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
-               config.train.grad_accum_steps(config.data.seq_len), threads, peak / 1e9);
+               format_bytes(static_cast<double>(memory.total())), on_gpu ? " on the GPU" : "");
+  if (on_gpu)
+    spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation) on {} ({}{}), peak {:.0f} TFLOP/s",
+                 config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
+                 config.train.grad_accum_steps(config.data.seq_len), run_device.description, config.train.precision,
+                 config.train.recompute == "none" ? "" : ", recompute " + config.train.recompute, peak / 1e12);
+  else
+    spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation), {} threads, CPU peak {:.1f} GFLOP/s",
+                 config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
+                 config.train.grad_accum_steps(config.data.seq_len), threads, peak / 1e9);
   if (!config.train.trainable.empty()) {
     int64_t frozen = 0, total = 0;
     const std::vector<uint8_t> mask = trainable_mask(state.model().registry(), config.train.trainable);
@@ -438,7 +520,7 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   };
   auto checkpoint = [&]() {
     progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch);
-    return write_checkpoint(config.run.dir, {config, state.model(), state.params(), state.optimizer(), progress});
+    return write_checkpoint(config.run.dir, {config, state.model(), state.host_params(), state.optimizer(), progress});
   };
 
   TrainSummary summary;
@@ -459,7 +541,7 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
     progress.step = step + 1;
     progress.tokens_seen += state.tokens_per_step();
     const double tokens_per_second = static_cast<double>(state.tokens_per_step()) / seconds;
-    const double mfu = tokens_per_second * cost.flops_per_token / peak;
+    const double mfu = mfu_of(tokens_per_second);
     // The first step of a process warms caches and is left out of the throughput average.
     if (step > summary.start_step || config.train.steps - summary.start_step == 1) {
       timed_seconds += seconds;
@@ -513,10 +595,10 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   summary.skipped_steps = progress.skipped_steps;
   summary.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
   summary.tokens_per_second = timed_seconds > 0 ? static_cast<double>(timed_tokens) / timed_seconds : 0.0;
-  summary.mfu = summary.tokens_per_second * cost.flops_per_token / peak;
+  summary.mfu = mfu_of(summary.tokens_per_second);
   if (!summary.stopped.empty()) return summary;
 
-  save_model((fs::path(config.run.dir) / "model.safetensors").string(), state.model(), state.params(), config);
+  save_model((fs::path(config.run.dir) / "model.safetensors").string(), state.model(), state.host_params(), config);
   auto number_or_null = [](double x) { return std::isnan(x) ? nlohmann::json() : nlohmann::json(x); };
   metrics.write({{"summary", true}, {"steps", summary.steps}, {"tokens", summary.tokens},
                  {"skipped_steps", summary.skipped_steps},

@@ -13,6 +13,7 @@
 #include "model/llama.h"
 #include "model/params.h"
 #include "optim/adamw.h"
+#include "train/device.h"
 
 namespace l3c {
 
@@ -31,7 +32,10 @@ struct StepResult {
 };
 
 // Everything one optimizer step touches: model, weights, gradients, AdamW state, the activation arena
-// and the batch buffers, all allocated once.
+// and the batch buffers, all allocated once, on the run's device (train.device: src/train/device.h). On the GPU
+// the token batches are filled on the host and copied over per micro-batch, and the loss and the gradient norm
+// are read back; with train.precision bf16 the parameters, gradients and activations are bf16 and AdamW
+// updates f32 master weights.
 class TrainingState {
  public:
   // A model with L3 layers needs an allocation: `l3_allocation` (rows per token id, used by every L3
@@ -43,25 +47,36 @@ class TrainingState {
   double evaluate(const WindowLoader& loader, int64_t batches);
 
   const Llama& model() const { return model_; }
+  const RunDevice& run_device() const { return device_; }
   // Replaces L3 layer j's allocation (validated; for reference tests with per-layer allocations).
   void set_l3_allocation(int64_t layer, std::vector<int32_t> counts, const std::string& what) {
     model_.set_l3_allocation(layer, std::move(counts), what);
   }
+  // The parameters on the run's device, in its dtype (bf16 with mixed precision).
   FlatBuffer& params() { return params_; }
   Llama& mutable_model() { return model_; }
   AdamW& optimizer() { return optimizer_; }
+  // The parameters in host memory, f32 (or f64): params() itself on the CPU; on the GPU a copy of the f32
+  // parameters or master weights, refreshed by each call. For saving.
+  const FlatBuffer& host_params();
+  // Replaces the parameters with host values (f32, or the run's CPU dtype): on the GPU they are copied over, and
+  // with bf16 parameters they become the f32 master weights and their rounded copy.
+  void set_params(const FlatBuffer& host);
   int64_t tokens_per_step() const { return tokens_per_step_; }
   int64_t accum_steps() const { return accum_steps_; }
 
  private:
   Config config_;
+  RunDevice device_;
   Llama model_;
   DType dtype_;
-  FlatBuffer params_, grads_;
+  FlatBuffer params_, master_, grads_;  // master_: the f32 weights behind bf16 params_ (mixed precision only)
   AdamW optimizer_;
   Arena arena_;
   std::vector<int32_t> tokens_, targets_;
   std::vector<uint8_t> trainable_;  // per parameter (registry order), from train.trainable
+  FlatBuffer device_tokens_, device_targets_;  // the micro-batch on the GPU
+  FlatBuffer host_copy_;
   int64_t accum_steps_ = 1;
   int64_t tokens_per_step_ = 0;
 };

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "core/tensor.h"
+#include "kernels/ops.h"
 
 namespace l3c::ops::cpu {
 
@@ -29,6 +30,10 @@ void scale_inplace(Tensor y, double s);
 // Sum of squares accumulated in double over fixed chunks whose partials are added in order: the
 // result does not depend on the thread count.
 double sum_squares(Tensor x);
+
+// ---- AdamW and dtype conversion (optimizer.cpp) ---------------------------------------------------------
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step);  // one dtype, f32 or f64
+void convert(Tensor dst, Tensor src);  // between f32, f64 and bf16 (round to nearest even)
 
 // ---- embedding (embedding.cpp) ------------------------------------------------------------------------
 void embedding_forward(Tensor out, Tensor table, Tensor tokens);

@@ -1,8 +1,15 @@
-// CUDA runtime queries: how many GPUs, and what they are.
-#include <cuda_runtime.h>
-
+// CUDA runtime: GPU discovery, device memory with errors that say what to change, the ops' workspace, the
+// cuBLAS handle, and the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros.
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <utility>
+
+#include "core/arena.h"
+#include "core/errors.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/device.h"
 
 namespace l3c::cuda {
 
@@ -19,6 +26,7 @@ std::string device_description(int index) {
   cudaDeviceProp prop{};
   char text[512];
   if (cudaGetDeviceProperties(&prop, index) != cudaSuccess) {
+    cudaGetLastError();
     std::snprintf(text, sizeof text, "device %d: unavailable", index);
   } else {
     std::snprintf(text, sizeof text, "%s, %.1f GiB, sm_%d%d", prop.name, prop.totalGlobalMem / 1073741824.0, prop.major,
@@ -27,4 +35,99 @@ std::string device_description(int index) {
   return text;
 }
 
+std::pair<size_t, size_t> memory_info() {
+  size_t free_bytes = 0, total_bytes = 0;
+  L3C_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  return {free_bytes, total_bytes};
+}
+
+void* malloc_bytes(size_t bytes, const std::string& what) {
+  void* p = nullptr;
+  const cudaError_t status = cudaMalloc(&p, bytes == 0 ? 1 : bytes);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_bytes = 0, total_bytes = 0;
+    cudaMemGetInfo(&free_bytes, &total_bytes);
+    cudaGetLastError();
+    fail("out of GPU memory: {} needs {}, but only {} of the GPU's {} is free ({}); lower train.micro_batch or "
+         "data.seq_len, turn on train.recompute, or choose a smaller model",
+         what, format_bytes(static_cast<double>(bytes)), format_bytes(static_cast<double>(free_bytes)),
+         format_bytes(static_cast<double>(total_bytes)), cudaGetErrorString(status));
+  }
+  return p;
+}
+
+void free_bytes(void* p) {
+  if (p != nullptr) L3C_CUDA_CHECK(cudaFree(p));
+}
+
 }  // namespace l3c::cuda
+
+namespace l3c::ops::cuda {
+
+void raise_cuda_error(const char* file, int line, const char* call, const char* message) {
+  throw InternalError(fmt::format("{}:{}: CUDA call failed: {}: {}", file, line, call, message));
+}
+
+void unsupported_dtype(const char* op, DType dtype) {
+  L3C_CHECK(false, "ops::{}: the CUDA backend computes in f32 or bf16, got {}", op, dtype_name(dtype));
+  __builtin_unreachable();
+}
+
+namespace {
+struct Workspace {
+  void* data = nullptr;
+  size_t bytes = 0;
+};
+Workspace& the_workspace() {
+  static Workspace w;
+  return w;
+}
+}  // namespace
+
+void reserve_workspace(size_t bytes) {
+  Workspace& w = the_workspace();
+  if (bytes <= w.bytes) return;
+  // cudaFree waits for the work queued before it, so no kernel still uses the old buffer.
+  l3c::cuda::free_bytes(w.data);
+  w.data = nullptr;
+  w.bytes = 0;
+  w.data = l3c::cuda::malloc_bytes(bytes, "the CUDA ops' workspace");
+  w.bytes = bytes;
+}
+
+size_t workspace_capacity() { return the_workspace().bytes; }
+
+void* workspace(size_t bytes) {
+  reserve_workspace(bytes);
+  return the_workspace().data;
+}
+
+size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& s) {
+  // Mirrors what each op takes (the files named): the largest is reserved; more is allocated if ever needed.
+  const size_t pad = 1024;
+  size_t bytes = classifier_workspace_bytes(s.rows, s.vocab, s.dtype);                                // classifier.cu
+  bytes = std::max(bytes, static_cast<size_t>(s.rows + s.vocab + 1) * sizeof(int32_t) + pad);          // embedding.cu
+  bytes = std::max(bytes, static_cast<size_t>((s.rows + 63) / 64 * s.widest_norm) * sizeof(double) + pad);  // rmsnorm.cu
+  bytes = std::max(bytes, static_cast<size_t>(s.seq_len * s.head_dim) * sizeof(float) + pad);         // rope.cu
+  bytes = std::max(bytes, static_cast<size_t>(s.rows * s.l3_width) * sizeof(float) + pad);           // l3.cu
+  bytes = std::max(bytes, static_cast<size_t>(kPartialBlocks + 1) * sizeof(double) + pad);            // elementwise.cu
+  return bytes;
+}
+
+void synchronize() { L3C_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+cublasHandle_t cublas() {
+  static cublasHandle_t handle = [] {
+    cublasHandle_t h = nullptr;
+    L3C_CUBLAS_CHECK(cublasCreate(&h));
+    L3C_CUBLAS_CHECK(cublasSetStream(h, nullptr));
+    // fp32 products stay fp32 (no TF32), so fp32 mode compares exactly with the CPU; bf16 products use
+    // tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F).
+    L3C_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));
+    return h;
+  }();
+  return handle;
+}
+
+}  // namespace l3c::ops::cuda

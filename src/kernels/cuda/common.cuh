@@ -1,0 +1,187 @@
+// What every CUDA kernel file shares: the CUDA headers (or the host emulation, L3C_CUDA_EMULATION), error
+// checks that name the file, line and call, the kernel launcher, bf16 <-> float conversion, dtype dispatch,
+// deterministic warp and block reductions, the ops' device workspace and the cuBLAS handle.
+//
+// All work runs on the default stream, in call order: a kernel may use the workspace while the next call
+// waits for it, and results never depend on timing. No kernel uses floating-point atomics: every sum is
+// computed by one thread in a fixed order or by a fixed reduction tree.
+#pragma once
+#ifdef L3C_CUDA_EMULATION
+#include "kernels/cuda/emulation.h"
+#else
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#endif
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace l3c::ops::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// Raises an InternalError "file:line: call: message".
+[[noreturn]] void raise_cuda_error(const char* file, int line, const char* call, const char* message);
+
+#define L3C_CUDA_CHECK(call)                                                                   \
+  do {                                                                                         \
+    const cudaError_t l3c_status_ = (call);                                                    \
+    if (l3c_status_ != cudaSuccess)                                                            \
+      ::l3c::ops::cuda::raise_cuda_error(__FILE__, __LINE__, #call, cudaGetErrorString(l3c_status_)); \
+  } while (0)
+
+#define L3C_CUBLAS_CHECK(call)                                                                 \
+  do {                                                                                         \
+    const cublasStatus_t l3c_status_ = (call);                                                 \
+    if (l3c_status_ != CUBLAS_STATUS_SUCCESS)                                                  \
+      ::l3c::ops::cuda::raise_cuda_error(__FILE__, __LINE__, #call, cublasGetStatusString(l3c_status_)); \
+  } while (0)
+
+// Launches kernel<<<grid, block, shared_bytes>>>(args...) on the default stream and checks the launch.
+// Arguments convert to the kernel's parameter types here, so a launch reads like a call.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Args... args) {
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;  // nothing to do
+#ifdef L3C_CUDA_EMULATION
+  l3c_emu::launch(grid, block, shared_bytes, [=] { kernel(static_cast<Params>(args)...); });
+#else
+  kernel<<<grid, block, shared_bytes>>>(static_cast<Params>(args)...);
+  L3C_CUDA_CHECK(cudaGetLastError());
+#endif
+}
+
+// Dynamic shared memory of a kernel, as an array of `type`.
+#ifdef L3C_CUDA_EMULATION
+#define L3C_DYNAMIC_SHARED(type, name) type* name = reinterpret_cast<type*>(::l3c_emu::dynamic_shared())
+#else
+#define L3C_DYNAMIC_SHARED(type, name)                                  \
+  extern __shared__ __align__(16) unsigned char l3c_dynamic_shared_[]; \
+  type* name = reinterpret_cast<type*>(l3c_dynamic_shared_)
+#endif
+
+// Lets a kernel use more than 48 KiB of dynamic shared memory (sm_80: up to 163 KiB, sm_90: 227 KiB).
+template <typename... Params>
+void allow_shared_bytes(void (*kernel)(Params...), size_t bytes) {
+  if (bytes > 48 * 1024)
+    L3C_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+// ---- element types: storage T (float or bf16), arithmetic in float ------------------------------------
+__host__ __device__ __forceinline__ float to_float(float x) { return x; }
+__host__ __device__ __forceinline__ float to_float(bf16 x) { return __bfloat162float(x); }
+template <typename T>
+__host__ __device__ __forceinline__ T from_float(float x);
+template <>
+__host__ __device__ __forceinline__ float from_float<float>(float x) {
+  return x;
+}
+template <>
+__host__ __device__ __forceinline__ bf16 from_float<bf16>(float x) {
+  return __float2bfloat16(x);  // round to nearest even
+}
+
+template <typename T>
+struct TypeTag {
+  using type = T;
+};
+[[noreturn]] void unsupported_dtype(const char* op, DType dtype);
+// Calls fn(TypeTag<float>) or fn(TypeTag<bf16>) for an F32 / BF16 dtype; any other is an internal error.
+template <typename Fn>
+decltype(auto) dispatch_float(DType dtype, const char* op, Fn&& fn) {
+  if (dtype == DType::F32) return fn(TypeTag<float>{});
+  if (dtype == DType::BF16) return fn(TypeTag<bf16>{});
+  unsupported_dtype(op, dtype);
+}
+
+// ---- deterministic reductions (fixed trees; blockDim.x a multiple of 32, 1-D blocks) --------------------
+// After a butterfly every lane holds the same bits: a + b == b + a exactly.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+  return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, offset));
+  return v;
+}
+// Sums over the TPK consecutive lanes of a group (TPK a power of two <= 32); every lane of the group gets it.
+template <int TPK>
+__device__ __forceinline__ float group_sum(float v) {
+  for (int offset = TPK / 2; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, offset);
+  return v;
+}
+
+// Block-wide sum / max, returned to every thread. scratch: 32 values of shared memory. Every thread of the
+// block must call it (it holds two __syncthreads).
+template <typename V>
+__device__ __forceinline__ V block_sum(V v, V* scratch) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();  // an earlier use of scratch has been read by everyone
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  V total = scratch[0];
+  for (int w = 1; w < warps; ++w) total += scratch[w];
+  return total;
+}
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+  v = warp_max(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  float result = scratch[0];
+  for (int w = 1; w < warps; ++w) result = fmaxf(result, scratch[w]);
+  return result;
+}
+
+// ---- launch geometry ---------------------------------------------------------------------------------
+inline unsigned blocks_for(int64_t n, int threads) {
+  const int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+// Grid-stride loops cap the grid: enough blocks to fill any GPU, independent of the device (so that a fixed
+// partition never depends on the machine). kPartialBlocks: the fixed number of per-block partial sums of the
+// two-pass reductions. (The host emulation runs every thread as a fiber: it uses small grids.)
+#ifdef L3C_CUDA_EMULATION
+constexpr unsigned kMaxGridBlocks = 16;
+constexpr int kPartialBlocks = 8;
+#else
+constexpr unsigned kMaxGridBlocks = 4096;
+constexpr int kPartialBlocks = 1024;
+#endif
+inline unsigned capped_blocks(int64_t n, int threads) {
+  const unsigned b = blocks_for(n, threads);
+  return b < kMaxGridBlocks ? b : kMaxGridBlocks;
+}
+
+// ---- workspace and cuBLAS ------------------------------------------------------------------------------
+// Device scratch memory shared by the ops, one buffer that grows when a call needs more (callers size it up
+// front with reserve_workspace, so that a step never allocates). A call takes its pieces with Carve.
+void* workspace(size_t bytes);
+class Carve {
+ public:
+  explicit Carve(void* base) : base_(static_cast<unsigned char*>(base)) {}
+  template <typename T>
+  T* take(int64_t count) {
+    offset_ = (offset_ + 255) / 256 * 256;
+    T* p = base_ ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += static_cast<size_t>(count) * sizeof(T);
+    return p;
+  }
+  size_t bytes() const { return offset_ + 256; }
+
+ private:
+  unsigned char* base_;
+  size_t offset_ = 0;
+};
+
+cublasHandle_t cublas();
+
+}  // namespace l3c::ops::cuda

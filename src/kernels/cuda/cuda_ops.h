@@ -1,0 +1,117 @@
+// CUDA implementations of the op contract (kernels/ops.h): own kernels, cuBLAS for the matrix products.
+// ops.cpp checks shapes, dtypes and devices and then calls these; they assume valid input, with every tensor
+// in device memory. Floating tensors are f32 or bf16 (arithmetic in f32); statistics (RMSNorm's rstd,
+// attention's lse, the classifier's losses, L3's probs) are always f32, so a bf16 model keeps fp32 norms,
+// softmax and loss. The MoE ops are f32 only for now.
+//
+// Determinism: all work runs in order on the default stream, no kernel uses floating-point atomics, and
+// every reduction has a fixed order or tree (independent of the GPU model, since partitions are fixed sizes),
+// so the same inputs give the same bits from run to run.
+//
+// Scratch memory: the ops share one device workspace (reserve_workspace sizes it up front; it grows, with
+// one allocation, if a call needs more). The classifier's logits block, L3's softmax gradients, partial sums
+// and the RoPE table live there.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "kernels/ops.h"
+
+namespace l3c::ops::cuda {
+
+// ---- device memory and the workspace (device.cu) -----------------------------------------------------
+// Makes sure the workspace holds at least `bytes` (UserError when the GPU cannot provide it).
+void reserve_workspace(size_t bytes);
+size_t workspace_capacity();
+// Bytes of workspace the classifier uses for a block of logits, for V classes and N rows at most.
+size_t classifier_workspace_bytes(int64_t rows, int64_t vocab, DType dtype);
+// Waits for all queued work (results are then visible to the host).
+void synchronize();
+
+// ---- elementwise (elementwise.cu) ----------------------------------------------------------------------
+void fill_zero(Tensor t);                 // any dtype
+void copy(Tensor dst, Tensor src);        // any dtype, device to device
+// dst = src across devices (host <-> device, any dtype); returns when the copy is done.
+void copy_between(Tensor dst, Tensor src);
+// dst = src converted (f32 <-> bf16, or the same dtype), on the device.
+void convert(Tensor dst, Tensor src);
+void add_inplace(Tensor y, Tensor x);
+void scale_inplace(Tensor y, double s);
+// Sum of squares in double: fixed per-block partials (a fixed grid), added in block order by one block.
+double sum_squares(Tensor x);
+
+// ---- embedding (embedding.cu) --------------------------------------------------------------------------
+void embedding_forward(Tensor out, Tensor table, Tensor tokens);
+// Positions are grouped by token (the stable counting sort of grouping.cu), then every table row adds its
+// positions' rows in position order: one thread per element, no atomics.
+void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens);
+
+// ---- RMSNorm (rmsnorm.cu) ------------------------------------------------------------------------------
+void rmsnorm_forward(Tensor out, Tensor rstd, Tensor x, Tensor weight, double eps);
+void rmsnorm_backward(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor weight, Tensor rstd);
+
+// ---- matrix products (matmul.cu, cuBLAS with fp32 accumulation; no TF32) ---------------------------------
+void matmul_forward(Tensor out, Tensor x, Tensor w, bool accumulate);
+void matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool accumulate_dx);
+
+// ---- rotary position embedding (rope.cu) --------------------------------------------------------------
+void rope_forward(Tensor x, double theta);
+void rope_backward(Tensor dx, double theta);
+
+// ---- causal grouped-query attention (attention.cu) ----------------------------------------------------
+// Fused, flash-style: a block holds 32 query rows and streams the keys in tiles of 32 through shared memory
+// with an online softmax; no T x T matrix exists. The backward is two kernels without atomics: one per key
+// tile (dK, dV: it owns those rows) and one per query tile (dQ), each recomputing the probabilities from lse.
+void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v);
+void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                        Tensor lse);
+
+// ---- SwiGLU (swiglu.cu) ------------------------------------------------------------------------------
+void swiglu_forward(Tensor out, Tensor gate, Tensor up);
+void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
+
+// ---- fused classifier (classifier.cu) -----------------------------------------------------------------
+// Blocks of rows: logits (fp32, in the workspace) by cuBLAS, one kernel for the loss and dlogits per row,
+// then two cuBLAS products for dx and dW. block_rows 0: as many rows as 256 MiB of logits hold.
+// A target outside [0, V) gives a NaN loss (and no gradient) instead of reading out of bounds.
+void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, Tensor W, Tensor targets,
+                                 double grad_scale, int64_t block_rows = 0);
+
+// ---- concatenation, group by key, gather / scatter (grouping.cu) ----------------------------------------
+void concat_last_dim(Tensor out, Tensor x_a, Tensor x_b);
+void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a, bool accumulate_b);
+// Stable counting sort by key, computed by one block: a histogram (integer atomics: counts are exact), an
+// exclusive scan, then placement tile by tile in position order, each thread ranking itself among the equal
+// keys before it. A key outside [0, K) is an internal error (the check reads one integer back).
+void group_by_key(Tensor order, Tensor offsets, Tensor keys);
+void gather_rows(Tensor out, Tensor x, Tensor index);
+void scatter_rows(Tensor out, Tensor x, Tensor index, bool accumulate);
+
+// ---- L3 lookup attention (l3.cu) ---------------------------------------------------------------------
+// One block per grouped row (forward; backward for dx and the softmax gradient), and one block per table row
+// for the table gradients, which sums over its token's rows in order: each gradient row has one owner.
+void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                       Tensor row_offsets);
+void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
+                        Tensor probs, Tensor group_offsets, Tensor row_offsets);
+
+// ---- Mixture-of-Experts (moe.cu; f32) ------------------------------------------------------------------
+void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize);
+void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
+                         Tensor probs_bias, double z_scale, bool normalize);
+void column_sum(Tensor out, Tensor x);
+void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k);
+// Per-group cuBLAS products; the group sizes are read back from the device first (E + 1 integers).
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);
+void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
+                             bool accumulate_dx);
+void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate);
+void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor rows, Tensor weights,
+                          Tensor row_of_pair);
+
+// ---- AdamW (optimizer.cu) ----------------------------------------------------------------------------
+// See ops::adamw_update: param and grad (f32 or bf16, alike), m, v (f32), master (f32; empty when param is f32).
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step);
+
+}  // namespace l3c::ops::cuda

@@ -1,0 +1,428 @@
+// A host emulation of the part of CUDA the kernels use, so that they can be executed and checked on a
+// machine without a GPU: with L3C_CUDA_EMULATION defined, the .cu files compile as C++ with this header in place
+// of the CUDA headers (CMake builds them so into l3c_lib_emulated, for the emulated/ GPU tests).
+//
+// Every CUDA thread is a fiber (ucontext) with its own stack. The fibers of one block run round-robin on one
+// host thread; a fiber runs until it waits at __syncthreads or a warp collective (__shfl_*_sync,
+// __ballot_sync, __syncwarp), which are barriers between fibers; blocks run one after another. Device memory is
+// host memory (filled with 0xFF bytes, NaN for floats, when allocated, so reading memory no kernel wrote shows);
+// dynamic shared memory is filled the same way at the start of every block. cuBLAS GEMMs are plain loops over
+// the column-major BLAS definition. Atomics exist for integers only (floating atomics would make results depend
+// on scheduling, which the backend never does).
+//
+// What it checks: the kernels' indexing, reductions, masking and barrier structure, run as written (a barrier
+// some threads never reach, or a warp collective that not all 32 lanes reach, is reported as a deadlock).
+// What it cannot check: races (a fiber runs alone until it waits) and performance. It is slow: for tests on
+// small shapes only.
+#pragma once
+#include <ucontext.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __shared__ static
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x, y, z;
+};
+
+// ---- runtime API subset ----------------------------------------------------------------------------
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4
+};
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97, cudaDevAttrMultiProcessorCount = 16 };
+using cudaStream_t = void*;
+
+struct cudaDeviceProp {
+  char name[256];
+  size_t totalGlobalMem;
+  int major, minor, multiProcessorCount;
+};
+
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+  }
+  return "unknown error";
+}
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* count) {
+  *count = 1;
+  return cudaSuccess;
+}
+inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline constexpr size_t kEmulatedMemory = size_t{16} << 30;
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int) {
+  std::memset(prop, 0, sizeof *prop);
+  std::snprintf(prop->name, sizeof prop->name, "CUDA emulation on the host");
+  prop->totalGlobalMem = kEmulatedMemory;
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 4;
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int) {
+  *value = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 227 * 1024 : 4;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = kEmulatedMemory;
+  *total_bytes = kEmulatedMemory;
+  return cudaSuccess;
+}
+inline cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+  *ptr = nullptr;
+  if (bytes > kEmulatedMemory) return cudaErrorMemoryAllocation;
+  // Exactly the bytes asked for (no rounding up), so that a memory checker (-fsanitize=address) sees any access
+  // past the end; malloc's 16-byte alignment is all the kernels assume.
+  void* p = std::malloc(std::max<size_t>(bytes, 1));
+  if (p == nullptr) return cudaErrorMemoryAllocation;
+  std::memset(p, 0xFF, std::max<size_t>(bytes, 1));  // NaN for floats: memory no kernel wrote shows in results
+  *ptr = p;
+  return cudaSuccess;
+}
+inline cudaError_t cudaFree(void* ptr) {
+  std::free(ptr);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t = nullptr) {
+  return cudaMemcpy(dst, src, bytes, kind);
+}
+inline cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
+  if (bytes) std::memset(dst, value, bytes);
+  return cudaSuccess;
+}
+inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t = nullptr) {
+  return cudaMemset(dst, value, bytes);
+}
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+template <typename F>
+inline cudaError_t cudaFuncSetAttribute(F*, cudaFuncAttribute, int) {
+  return cudaSuccess;
+}
+
+// ---- bfloat16 ------------------------------------------------------------------------------------------
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+inline float __bfloat162float(__nv_bfloat16 h) {
+  const uint32_t u = static_cast<uint32_t>(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16(float f) {  // round to nearest even, NaN stays NaN
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return {static_cast<uint16_t>((u >> 16) | 0x40u)};
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return {static_cast<uint16_t>(u >> 16)};
+}
+
+namespace l3c_emu {
+
+// ---- fibers ------------------------------------------------------------------------------------------
+struct Fiber {
+  ucontext_t context;
+  uint3 thread_idx;
+  int linear = 0;
+  bool done = false;
+};
+
+struct Warp {
+  int arrived = 0;
+  uint64_t generation = 0;
+  uint64_t values[32];
+  uint64_t snapshot[32];
+};
+
+struct Block {
+  dim3 grid_dim, block_dim;
+  uint3 block_idx;
+  int threads = 0, live = 0;
+  int barrier_arrived = 0;
+  uint64_t barrier_generation = 0;
+  uint64_t progress = 0;  // arrivals at barriers and finished fibers: a round without progress is a deadlock
+  std::vector<Warp> warps;
+  const std::function<void()>* body = nullptr;
+};
+
+inline Block* g_block = nullptr;
+inline Fiber* g_fiber = nullptr;
+inline ucontext_t g_scheduler;
+inline std::vector<unsigned char> g_dynamic_shared;
+inline constexpr size_t kStackBytes = 256 * 1024;
+inline std::vector<std::unique_ptr<char[]>> g_stacks;
+
+[[noreturn]] inline void die(const char* what) {
+  std::fprintf(stderr, "CUDA emulation: %s (block %u,%u,%u thread %u,%u,%u)\n", what,
+               g_block ? g_block->block_idx.x : 0u, g_block ? g_block->block_idx.y : 0u,
+               g_block ? g_block->block_idx.z : 0u, g_fiber ? g_fiber->thread_idx.x : 0u,
+               g_fiber ? g_fiber->thread_idx.y : 0u, g_fiber ? g_fiber->thread_idx.z : 0u);
+  std::abort();
+}
+
+inline void yield() { swapcontext(&g_fiber->context, &g_scheduler); }
+
+inline void fiber_entry() {
+  try {
+    (*g_block->body)();
+  } catch (...) {
+    die("an exception escaped a kernel");
+  }
+  g_fiber->done = true;
+  --g_block->live;
+  ++g_block->progress;
+}  // returns to g_scheduler through uc_link
+
+inline unsigned char* dynamic_shared() { return g_dynamic_shared.data(); }
+
+// Runs body once per thread of every block, blocks in order (x fastest).
+inline void launch(dim3 grid, dim3 block_dim, size_t shared_bytes, const std::function<void()>& body) {
+  const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
+  if (threads == 0 || threads > 1024) die("a block must have 1 to 1024 threads");
+  if (grid.y > 65535 || grid.z > 65535) die("grid.y and grid.z must be at most 65535");
+  if (shared_bytes > 227 * 1024) die("more than 227 KiB of dynamic shared memory");
+  while (g_stacks.size() < threads) g_stacks.push_back(std::make_unique<char[]>(kStackBytes));
+  std::vector<Fiber> fibers(threads);
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        Block block;
+        block.grid_dim = grid;
+        block.block_dim = block_dim;
+        block.block_idx = {bx, by, bz};
+        block.threads = block.live = static_cast<int>(threads);
+        block.warps.assign((threads + 31) / 32, Warp{});
+        block.body = &body;
+        g_block = &block;
+        g_dynamic_shared.assign(shared_bytes + 16, 0xFF);
+        for (unsigned t = 0; t < threads; ++t) {
+          Fiber& f = fibers[t];
+          f.done = false;
+          f.linear = static_cast<int>(t);
+          f.thread_idx = {t % block_dim.x, t / block_dim.x % block_dim.y, t / (block_dim.x * block_dim.y)};
+          getcontext(&f.context);
+          f.context.uc_stack.ss_sp = g_stacks[t].get();
+          f.context.uc_stack.ss_size = kStackBytes;
+          f.context.uc_link = &g_scheduler;
+          makecontext(&f.context, fiber_entry, 0);
+        }
+        while (block.live > 0) {
+          const uint64_t before = block.progress;
+          for (Fiber& f : fibers) {
+            if (f.done) continue;
+            g_fiber = &f;
+            swapcontext(&g_scheduler, &f.context);
+          }
+          g_fiber = nullptr;
+          if (block.live > 0 && block.progress == before)
+            die("deadlock: threads wait at a barrier (__syncthreads or a warp collective) others never reach");
+        }
+        g_block = nullptr;
+      }
+}
+
+// ---- barriers ------------------------------------------------------------------------------------------
+inline void syncthreads() {
+  Block& b = *g_block;
+  if (b.live != b.threads) die("__syncthreads after some threads of the block returned");
+  const uint64_t generation = b.barrier_generation;
+  ++b.progress;
+  if (++b.barrier_arrived == b.live) {
+    b.barrier_arrived = 0;
+    ++b.barrier_generation;
+    return;
+  }
+  while (b.barrier_generation == generation) yield();
+}
+
+// Every lane of the warp deposits a value; returns the values of all lanes once all have arrived. The
+// kernels only use full-warp collectives (mask 0xffffffff, block sizes that are multiples of 32).
+inline const uint64_t* warp_gather(unsigned mask, uint64_t value) {
+  Block& b = *g_block;
+  if (mask != 0xFFFFFFFFu) die("warp collectives must name all 32 lanes");
+  if (b.threads % 32 != 0) die("warp collectives need a block size that is a multiple of 32");
+  Warp& w = b.warps[g_fiber->linear / 32];
+  const int lane = g_fiber->linear % 32;
+  const uint64_t generation = w.generation;
+  w.values[lane] = value;
+  ++b.progress;
+  if (++w.arrived == 32) {
+    w.arrived = 0;
+    std::memcpy(w.snapshot, w.values, sizeof w.values);
+    ++w.generation;
+  } else {
+    while (w.generation == generation) yield();
+  }
+  return w.snapshot;  // read before this fiber waits again: the next collective cannot complete earlier
+}
+
+template <typename T>
+inline uint64_t to_bits(T v) {
+  static_assert(sizeof(T) <= 8, "warp values are at most 8 bytes");
+  uint64_t bits = 0;
+  std::memcpy(&bits, &v, sizeof v);
+  return bits;
+}
+template <typename T>
+inline T from_bits(uint64_t bits) {
+  T v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+inline int lane_id() { return g_fiber->linear % 32; }
+
+}  // namespace l3c_emu
+
+#define threadIdx (::l3c_emu::g_fiber->thread_idx)
+#define blockIdx (::l3c_emu::g_block->block_idx)
+#define blockDim (::l3c_emu::g_block->block_dim)
+#define gridDim (::l3c_emu::g_block->grid_dim)
+#define warpSize 32
+
+inline void __syncthreads() { l3c_emu::syncthreads(); }
+inline void __syncwarp(unsigned mask = 0xFFFFFFFFu) { l3c_emu::warp_gather(mask, 0); }
+inline void __threadfence() {}
+
+template <typename T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+  if (width != 32) l3c_emu::die("__shfl_xor_sync: only width 32");
+  const uint64_t* all = l3c_emu::warp_gather(mask, l3c_emu::to_bits(v));
+  return l3c_emu::from_bits<T>(all[(l3c_emu::lane_id() ^ lane_mask) & 31]);
+}
+template <typename T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+  if (width != 32) l3c_emu::die("__shfl_sync: only width 32");
+  const uint64_t* all = l3c_emu::warp_gather(mask, l3c_emu::to_bits(v));
+  return l3c_emu::from_bits<T>(all[src_lane & 31]);
+}
+template <typename T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+  if (width != 32) l3c_emu::die("__shfl_down_sync: only width 32");
+  const uint64_t* all = l3c_emu::warp_gather(mask, l3c_emu::to_bits(v));
+  const int src = l3c_emu::lane_id() + static_cast<int>(delta);
+  return src < 32 ? l3c_emu::from_bits<T>(all[src]) : v;
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+  const uint64_t* all = l3c_emu::warp_gather(mask, predicate ? 1 : 0);
+  unsigned bits = 0;
+  for (int i = 0; i < 32; ++i)
+    if (all[i]) bits |= 1u << i;
+  return bits;
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+
+// Integer atomics only: one fiber runs at a time and none waits inside, so these are atomic.
+inline int atomicAdd(int* address, int value) {
+  const int old = *address;
+  *address = old + value;
+  return old;
+}
+inline unsigned atomicAdd(unsigned* address, unsigned value) {
+  const unsigned old = *address;
+  *address = old + value;
+  return old;
+}
+inline int atomicOr(int* address, int value) {
+  const int old = *address;
+  *address = old | value;
+  return old;
+}
+
+// ---- cuBLAS subset: GEMM with the column-major BLAS definition -----------------------------------------
+enum cublasStatus_t { CUBLAS_STATUS_SUCCESS = 0, CUBLAS_STATUS_INVALID_VALUE = 7 };
+enum cublasOperation_t { CUBLAS_OP_N = 0, CUBLAS_OP_T = 1 };
+enum cudaDataType { CUDA_R_32F = 0, CUDA_R_16BF = 14 };
+enum cublasComputeType_t { CUBLAS_COMPUTE_32F = 68 };
+enum cublasGemmAlgo_t { CUBLAS_GEMM_DEFAULT = -1 };
+enum cublasMath_t { CUBLAS_DEFAULT_MATH = 0, CUBLAS_PEDANTIC_MATH = 2 };
+struct cublasContext {};
+using cublasHandle_t = cublasContext*;
+
+inline const char* cublasGetStatusString(cublasStatus_t s) {
+  return s == CUBLAS_STATUS_SUCCESS ? "CUBLAS_STATUS_SUCCESS" : "CUBLAS_STATUS_INVALID_VALUE";
+}
+inline cublasStatus_t cublasCreate(cublasHandle_t* handle) {
+  *handle = new cublasContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasDestroy(cublasHandle_t handle) {
+  delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+inline cublasStatus_t cublasSetStream(cublasHandle_t, cudaStream_t) { return CUBLAS_STATUS_SUCCESS; }
+inline cublasStatus_t cublasSetMathMode(cublasHandle_t, cublasMath_t) { return CUBLAS_STATUS_SUCCESS; }
+
+namespace l3c_emu {
+inline double load_element(const void* p, cudaDataType type, int64_t i) {
+  if (type == CUDA_R_32F) return static_cast<const float*>(p)[i];
+  return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+}
+inline void store_element(void* p, cudaDataType type, int64_t i, float v) {
+  if (type == CUDA_R_32F) static_cast<float*>(p)[i] = v;
+  else static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16(v);
+}
+}  // namespace l3c_emu
+
+// C (m x n, ldc) = alpha op(A) op(B) + beta C; op(A) m x k, op(B) k x n; all column-major. With beta 0, C is
+// not read (BLAS semantics). Accumulates in double, rounds once.
+inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                                   int k, const void* alpha, const void* A, cudaDataType a_type, int lda,
+                                   const void* B, cudaDataType b_type, int ldb, const void* beta, void* C,
+                                   cudaDataType c_type, int ldc, cublasComputeType_t compute, cublasGemmAlgo_t) {
+  if (compute != CUBLAS_COMPUTE_32F || m < 0 || n < 0 || k < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  if (lda < std::max(1, transa == CUBLAS_OP_N ? m : k) || ldb < std::max(1, transb == CUBLAS_OP_N ? k : n) ||
+      ldc < std::max(1, m))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const float a_scale = *static_cast<const float*>(alpha), b_scale = *static_cast<const float*>(beta);
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      double acc = 0.0;
+      for (int p = 0; p < k; ++p) {
+        const int64_t ai = transa == CUBLAS_OP_N ? i + static_cast<int64_t>(p) * lda : p + static_cast<int64_t>(i) * lda;
+        const int64_t bi = transb == CUBLAS_OP_N ? p + static_cast<int64_t>(j) * ldb : j + static_cast<int64_t>(p) * ldb;
+        acc += l3c_emu::load_element(A, a_type, ai) * l3c_emu::load_element(B, b_type, bi);
+      }
+      const int64_t ci = i + static_cast<int64_t>(j) * ldc;
+      double value = a_scale * acc;
+      if (b_scale != 0.0f) value += b_scale * l3c_emu::load_element(C, c_type, ci);
+      l3c_emu::store_element(C, c_type, ci, static_cast<float>(value));
+    }
+  return CUBLAS_STATUS_SUCCESS;
+}

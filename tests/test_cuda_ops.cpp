@@ -1,0 +1,752 @@
+// Every CUDA op against the CPU op on the same random inputs: f32 within 1e-5 (relative to the reference's norm),
+// bf16 within the per-op tolerances below (with the reason); edge shapes (T not a multiple of the tile, one head,
+// GQA ratios 1, 2, 8, head sizes of every kernel configuration; tokens with one row and with k rows in L3;
+// experts receiving no tokens in MoE); deterministic results (the same bits twice).
+// Without a GPU every test exits with code 4 (CTest: skipped); their emulated/ twins run the same kernels on the
+// host emulation of CUDA.
+#include <catch2/catch.hpp>
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "core/arena.h"
+#include "cuda_test_util.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "model/params.h"
+#include "kernels/ops.h"
+#ifdef L3C_WITH_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+
+using namespace l3c;
+using namespace l3c::test;
+using Catch::Matchers::Contains;
+
+namespace {
+
+constexpr DType kGpuTypes[] = {DType::F32, DType::BF16};
+constexpr double kF32 = 1e-5;
+
+// bf16 tolerances, relative to the reference's norm. The GPU reads the same bf16-rounded inputs as the CPU
+// reference (which computes in f32) and computes in f32 too, so the difference is the rounding of the outputs
+// to bf16 (8 significant bits: at most 2^-9 relative per element, about 2^-10 in norm), plus, for ops that add
+// into a bf16 output, the rounding of the old value.
+constexpr double kBf16Output = 5e-3;      // one rounding of each output element
+constexpr double kBf16Accumulate = 1e-2;  // outputs that accumulate (+=) into bf16: two roundings
+// f32 statistics of a bf16 call (rstd, lse, losses, L3 probs) are computed in f32 from the same inputs.
+constexpr double kBf16Stats = 1e-5;
+
+double output_tolerance(DType dtype) { return dtype == DType::F32 ? kF32 : kBf16Output; }
+double accumulate_tolerance(DType dtype) { return dtype == DType::F32 ? kF32 : kBf16Accumulate; }
+DType stats_type(DType) { return DType::F32; }
+
+TestTensor tokens_of(std::initializer_list<int64_t> shape, int64_t vocab, uint64_t seed) {
+  TestTensor t(DType::I32, shape);
+  random_tokens(t, vocab, seed);
+  return t;
+}
+
+TestTensor ints(std::initializer_list<int64_t> shape, const std::vector<int32_t>& values) {
+  TestTensor t(DType::I32, shape);
+  REQUIRE(static_cast<int64_t>(values.size()) == t.numel());
+  for (size_t i = 0; i < values.size(); ++i) t.ptr<int32_t>()[i] = values[i];
+  return t;
+}
+
+}  // namespace
+
+// =====================================================================================================
+// elementwise
+// =====================================================================================================
+
+TEST_CASE("cuda: copies between host and device, fill_zero, add, scale and convert", "[cuda]") {
+  require_gpu();
+  const int64_t n = 5003;
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    Pair x = random_pair(dtype, {n}, 1), y = random_pair(dtype, {n}, 2);
+    CHECK(x.gpu.values() == x.cpu.values());  // host -> device -> host is exact
+
+    DeviceTensor c(dtype, {n});
+    ops::copy(c, x.gpu);
+    CHECK(c.values() == x.cpu.values());
+
+    ops::add_inplace(y.gpu, x.gpu);
+    ops::add_inplace(y.cpu, x.cpu);
+    CHECK(gpu_error(y.gpu, y.cpu) <= output_tolerance(dtype));
+
+    ops::scale_inplace(x.gpu, 0.37);
+    ops::scale_inplace(x.cpu, 0.37);
+    CHECK(gpu_error(x.gpu, x.cpu) <= output_tolerance(dtype));
+
+    ops::fill_zero(x.gpu);
+    CHECK(x.gpu.values() == std::vector<double>(n, 0.0));
+  }
+  // f32 -> bf16 rounds to nearest even (as the host rounding does); bf16 -> f32 is exact.
+  Pair f = random_pair(DType::F32, {n}, 3);
+  DeviceTensor b(DType::BF16, {n}), back(DType::F32, {n});
+  ops::convert(b, f.gpu);
+  CHECK(b.values() == f.cpu.converted(DType::BF16).values());
+  ops::convert(back, b);
+  CHECK(back.values() == b.values());
+
+  TestTensor ids = tokens_of({7, 5}, 1000, 4);
+  DeviceTensor ids_gpu(ids);
+  CHECK(ids_gpu.values() == ids.values());
+  ops::fill_zero(ids_gpu);
+  CHECK(ids_gpu.values() == std::vector<double>(35, 0.0));
+}
+
+TEST_CASE("cuda: sum_squares matches the CPU sum and is the same bits twice", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    for (int64_t n : {int64_t{1}, int64_t{1000}, int64_t{100003}}) {
+      Pair x = random_pair(dtype, {n}, 5);
+      const double expect = ops::sum_squares(x.cpu);
+      const double got = ops::sum_squares(x.gpu);
+      CHECK(std::abs(got - expect) <= 1e-12 * expect);  // both accumulate the same values in double
+      CHECK(ops::sum_squares(x.gpu) == got);
+    }
+  }
+}
+
+// =====================================================================================================
+// embedding
+// =====================================================================================================
+
+TEST_CASE("cuda: embedding forward and backward match the CPU, repeated and absent tokens", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    const int64_t V = 29, d = 40, N = 77;  // some tokens repeat, some never occur
+    Pair table = random_pair(dtype, {V, d}, 6);
+    Pair tok = pair_of(tokens_of({N}, V, 7));
+    Pair out = zero_pair(dtype, {N, d});
+    ops::embedding_forward(out.gpu, table.gpu, tok.gpu);
+    ops::embedding_forward(out.cpu, table.cpu, tok.cpu);
+    CHECK(out.gpu.values() == out.cpu.values());  // a gather: exact
+
+    Pair dout = random_pair(dtype, {N, d}, 8);
+    Pair dtable = random_pair(dtype, {V, d}, 9);  // accumulates into what is there
+    ops::embedding_backward(dtable.gpu, dout.gpu, tok.gpu);
+    ops::embedding_backward(dtable.cpu, dout.cpu, tok.cpu);
+    CHECK(gpu_error(dtable.gpu, dtable.cpu) <= accumulate_tolerance(dtype));
+    if (dtype == DType::F32) CHECK(dtable.gpu.values() == dtable.cpu.values());  // same adds in the same order
+  }
+}
+
+// =====================================================================================================
+// RMSNorm
+// =====================================================================================================
+
+TEST_CASE("cuda: rmsnorm forward and backward match the CPU", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    const std::vector<std::pair<int64_t, int64_t>> shapes = {{7, 33}, {130, 96}, {1, 700}};
+    for (auto [N, d] : shapes) {
+      INFO("dtype " << dtype_name(dtype) << " N " << N << " d " << d);
+      Pair x = random_pair(dtype, {N, d}, 10), w = random_pair(dtype, {d}, 11, 0.5);
+      Pair out = zero_pair(dtype, {N, d}), rstd = zero_pair(stats_type(dtype), {N});
+      ops::rmsnorm_forward(out.gpu, rstd.gpu, x.gpu, w.gpu, 1e-5);
+      ops::rmsnorm_forward(out.cpu, rstd.cpu, x.cpu, w.cpu, 1e-5);
+      CHECK(gpu_error(out.gpu, out.cpu) <= output_tolerance(dtype));
+      CHECK(gpu_error(rstd.gpu, rstd.cpu) <= (dtype == DType::F32 ? kF32 : kBf16Stats));
+
+      Pair dout = random_pair(dtype, {N, d}, 12);
+      Pair dx = random_pair(dtype, {N, d}, 13), dw = random_pair(dtype, {d}, 14);  // both accumulate
+      // The backward reads the forward's rstd: give both sides the CPU's.
+      DeviceTensor rstd_cpu_on_gpu(rstd.cpu);
+      ops::rmsnorm_backward(dx.gpu, dw.gpu, dout.gpu, x.gpu, w.gpu, rstd_cpu_on_gpu);
+      ops::rmsnorm_backward(dx.cpu, dw.cpu, dout.cpu, x.cpu, w.cpu, rstd.cpu);
+      CHECK(gpu_error(dx.gpu, dx.cpu) <= accumulate_tolerance(dtype));
+      CHECK(gpu_error(dw.gpu, dw.cpu) <= accumulate_tolerance(dtype));
+    }
+  }
+}
+
+// =====================================================================================================
+// matrix products
+// =====================================================================================================
+
+TEST_CASE("cuda: matmul forward and backward match the CPU, overwriting or accumulating", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    const std::vector<std::tuple<int64_t, int64_t, int64_t>> shapes = {{5, 7, 3}, {64, 48, 40}, {1, 1, 1}};
+    for (auto [N, K, M] : shapes) {
+      INFO("dtype " << dtype_name(dtype) << " N " << N << " K " << K << " M " << M);
+      Pair x = random_pair(dtype, {N, K}, 15), w = random_pair(dtype, {M, K}, 16);
+      Pair out = random_pair(dtype, {N, M}, 17);
+      ops::matmul_forward(out.gpu, x.gpu, w.gpu);
+      ops::matmul_forward(out.cpu, x.cpu, w.cpu);
+      CHECK(gpu_error(out.gpu, out.cpu) <= output_tolerance(dtype));
+      ops::matmul_forward(out.gpu, x.gpu, w.gpu, /*accumulate=*/true);
+      ops::matmul_forward(out.cpu, x.cpu, w.cpu, /*accumulate=*/true);
+      CHECK(gpu_error(out.gpu, out.cpu) <= accumulate_tolerance(dtype));
+
+      Pair dout = random_pair(dtype, {N, M}, 18);
+      Pair dx = random_pair(dtype, {N, K}, 19), dw = random_pair(dtype, {M, K}, 20);
+      ops::matmul_backward(dx.gpu, dw.gpu, dout.gpu, x.gpu, w.gpu);
+      ops::matmul_backward(dx.cpu, dw.cpu, dout.cpu, x.cpu, w.cpu);
+      CHECK(gpu_error(dx.gpu, dx.cpu) <= output_tolerance(dtype));
+      CHECK(gpu_error(dw.gpu, dw.cpu) <= accumulate_tolerance(dtype));
+      ops::matmul_backward(dx.gpu, Tensor(), dout.gpu, x.gpu, w.gpu, /*accumulate_dx=*/true);
+      ops::matmul_backward(dx.cpu, Tensor(), dout.cpu, x.cpu, w.cpu, /*accumulate_dx=*/true);
+      CHECK(gpu_error(dx.gpu, dx.cpu) <= accumulate_tolerance(dtype));
+    }
+  }
+}
+
+// =====================================================================================================
+// RoPE
+// =====================================================================================================
+
+TEST_CASE("cuda: rope forward and backward match the CPU", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    Pair x = random_pair(dtype, {2, 19, 3, 10}, 21);
+    ops::rope_forward(x.gpu, 10000.0);
+    ops::rope_forward(x.cpu, 10000.0);
+    CHECK(gpu_error(x.gpu, x.cpu) <= output_tolerance(dtype));
+    ops::rope_backward(x.gpu, 500.0);
+    ops::rope_backward(x.cpu, 500.0);
+    CHECK(gpu_error(x.gpu, x.cpu) <= accumulate_tolerance(dtype));
+  }
+}
+
+// =====================================================================================================
+// attention
+// =====================================================================================================
+
+namespace {
+struct AttentionCase {
+  int64_t batch, seq, heads, kv_heads, hd;
+};
+
+void check_attention(DType dtype, AttentionCase s, uint64_t seed) {
+  INFO("dtype " << dtype_name(dtype) << " B " << s.batch << " T " << s.seq << " H " << s.heads << " Hkv "
+                << s.kv_heads << " hd " << s.hd);
+  Pair q = random_pair(dtype, {s.batch, s.seq, s.heads, s.hd}, seed);
+  Pair k = random_pair(dtype, {s.batch, s.seq, s.kv_heads, s.hd}, seed + 1);
+  Pair v = random_pair(dtype, {s.batch, s.seq, s.kv_heads, s.hd}, seed + 2);
+  Pair out = zero_pair(dtype, {s.batch, s.seq, s.heads, s.hd});
+  Pair lse = zero_pair(stats_type(dtype), {s.batch, s.heads, s.seq});
+  ops::attention_forward(out.gpu, lse.gpu, q.gpu, k.gpu, v.gpu);
+  ops::attention_forward(out.cpu, lse.cpu, q.cpu, k.cpu, v.cpu);
+  CHECK(gpu_error(out.gpu, out.cpu) <= output_tolerance(dtype));
+  CHECK(gpu_error(lse.gpu, lse.cpu) <= (dtype == DType::F32 ? kF32 : kBf16Stats));
+
+  // The backward reads the forward's out and lse: give both sides the CPU's (rounded to the GPU dtype).
+  Pair out_ref = pair_of(out.cpu);
+  if (dtype == DType::BF16) {
+    out_ref.cpu = out.cpu.converted(DType::BF16).converted(DType::F32);
+    out_ref.gpu = DeviceTensor(out.cpu.converted(DType::BF16).tensor());
+  }
+  DeviceTensor lse_gpu(lse.cpu);
+  Pair dout = random_pair(dtype, {s.batch, s.seq, s.heads, s.hd}, seed + 3);
+  Pair dq = random_pair(dtype, {s.batch, s.seq, s.heads, s.hd}, seed + 4);  // overwritten
+  Pair dk = random_pair(dtype, {s.batch, s.seq, s.kv_heads, s.hd}, seed + 5);
+  Pair dv = random_pair(dtype, {s.batch, s.seq, s.kv_heads, s.hd}, seed + 6);
+  ops::attention_backward(dq.gpu, dk.gpu, dv.gpu, dout.gpu, q.gpu, k.gpu, v.gpu, out_ref.gpu, lse_gpu);
+  ops::attention_backward(dq.cpu, dk.cpu, dv.cpu, dout.cpu, q.cpu, k.cpu, v.cpu, out_ref.cpu, lse.cpu);
+  // bf16: the backward's D_i = dO_i . O_i and dS = P (dP - D) subtract nearly equal f32 values, and the
+  // gradients are rounded once: 2x the output tolerance. dS cancels exactly in exact arithmetic where a row
+  // sees one key (T = 1): dq and dk are then rounding noise around 0 on both sides, hence the absolute floor.
+  const double grad_tolerance = dtype == DType::F32 ? kF32 : 2 * kBf16Output;
+  CHECK(close_to(dq.gpu, dq.cpu, grad_tolerance));
+  CHECK(close_to(dk.gpu, dk.cpu, grad_tolerance));
+  CHECK(close_to(dv.gpu, dv.cpu, grad_tolerance));
+}
+}  // namespace
+
+TEST_CASE("cuda: attention matches the CPU: T not a multiple of the tile, one head, GQA 1, 2, 8", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    check_attention(dtype, {2, 37, 4, 4, 16}, 100);  // GQA 1, T = 32 + 5
+    check_attention(dtype, {1, 33, 4, 2, 8}, 110);   // GQA 2
+    check_attention(dtype, {1, 20, 8, 1, 16}, 120);  // GQA 8, one tile
+    check_attention(dtype, {1, 65, 1, 1, 32}, 130);  // one head, three key tiles
+    check_attention(dtype, {3, 1, 2, 1, 8}, 140);    // T = 1
+  }
+}
+
+TEST_CASE("cuda: attention covers every head-size configuration, sizes not a multiple of the threads", "[cuda]") {
+  require_gpu();
+  check_attention(DType::F32, {1, 34, 2, 1, 6}, 200);    // 4 threads x 8, most of them idle
+  check_attention(DType::F32, {1, 34, 2, 2, 48}, 210);   // 4 x 16
+  check_attention(DType::F32, {1, 34, 2, 1, 100}, 220);  // 4 x 32, hd not a multiple of 4 * 32
+  check_attention(DType::F32, {1, 34, 2, 1, 136}, 230);  // 8 x 32
+}
+
+TEST_CASE("cuda: attention forward and backward are the same bits twice", "[cuda]") {
+  require_gpu();
+  const int64_t B = 2, T = 40, H = 4, Hkv = 2, hd = 16;
+  Pair q = random_pair(DType::F32, {B, T, H, hd}, 300), k = random_pair(DType::F32, {B, T, Hkv, hd}, 301);
+  Pair v = random_pair(DType::F32, {B, T, Hkv, hd}, 302), dout = random_pair(DType::F32, {B, T, H, hd}, 303);
+  DeviceTensor out1(DType::F32, {B, T, H, hd}), out2(DType::F32, {B, T, H, hd});
+  DeviceTensor lse1(DType::F32, {B, H, T}), lse2(DType::F32, {B, H, T});
+  ops::attention_forward(out1, lse1, q.gpu, k.gpu, v.gpu);
+  ops::attention_forward(out2, lse2, q.gpu, k.gpu, v.gpu);
+  CHECK(same_bits(out1.host(), out2.host()));
+  CHECK(same_bits(lse1.host(), lse2.host()));
+  DeviceTensor dq1(DType::F32, {B, T, H, hd}), dk1(DType::F32, {B, T, Hkv, hd}), dv1(DType::F32, {B, T, Hkv, hd});
+  DeviceTensor dq2(DType::F32, {B, T, H, hd}), dk2(DType::F32, {B, T, Hkv, hd}), dv2(DType::F32, {B, T, Hkv, hd});
+  ops::attention_backward(dq1, dk1, dv1, dout.gpu, q.gpu, k.gpu, v.gpu, out1, lse1);
+  ops::attention_backward(dq2, dk2, dv2, dout.gpu, q.gpu, k.gpu, v.gpu, out1, lse1);
+  CHECK(same_bits(dq1.host(), dq2.host()));
+  CHECK(same_bits(dk1.host(), dk2.host()));
+  CHECK(same_bits(dv1.host(), dv2.host()));
+}
+
+TEST_CASE("cuda: attention stays finite for large scores", "[cuda]") {
+  require_gpu();
+  Pair q = random_pair(DType::F32, {1, 40, 2, 16}, 310, 30.0), k = random_pair(DType::F32, {1, 40, 2, 16}, 311, 30.0);
+  Pair v = random_pair(DType::F32, {1, 40, 2, 16}, 312);
+  Pair out = zero_pair(DType::F32, {1, 40, 2, 16}), lse = zero_pair(DType::F32, {1, 2, 40});
+  ops::attention_forward(out.gpu, lse.gpu, q.gpu, k.gpu, v.gpu);
+  ops::attention_forward(out.cpu, lse.cpu, q.cpu, k.cpu, v.cpu);
+  for (double x : out.gpu.values()) REQUIRE(std::isfinite(x));
+  CHECK(gpu_error(out.gpu, out.cpu) <= 1e-4);  // scores ~ 1e3: exp of differences amplifies rounding
+}
+
+// =====================================================================================================
+// SwiGLU
+// =====================================================================================================
+
+TEST_CASE("cuda: swiglu forward and backward match the CPU", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    const int64_t N = 13, F = 70;
+    Pair gate = random_pair(dtype, {N, F}, 22, 2.0), up = random_pair(dtype, {N, F}, 23);
+    Pair out = zero_pair(dtype, {N, F});
+    ops::swiglu_forward(out.gpu, gate.gpu, up.gpu);
+    ops::swiglu_forward(out.cpu, gate.cpu, up.cpu);
+    CHECK(gpu_error(out.gpu, out.cpu) <= output_tolerance(dtype));
+    Pair dout = random_pair(dtype, {N, F}, 24);
+    Pair dgate = zero_pair(dtype, {N, F}), dup = zero_pair(dtype, {N, F});
+    ops::swiglu_backward(dgate.gpu, dup.gpu, dout.gpu, gate.gpu, up.gpu);
+    ops::swiglu_backward(dgate.cpu, dup.cpu, dout.cpu, gate.cpu, up.cpu);
+    CHECK(gpu_error(dgate.gpu, dgate.cpu) <= output_tolerance(dtype));
+    CHECK(gpu_error(dup.gpu, dup.cpu) <= output_tolerance(dtype));
+  }
+}
+
+// =====================================================================================================
+// classifier
+// =====================================================================================================
+
+TEST_CASE("cuda: the fused classifier matches the CPU: losses, dx, dW accumulating, forward only", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    const int64_t N = 37, d = 24, V = 300;
+    Pair x = random_pair(dtype, {N, d}, 25), W = random_pair(dtype, {V, d}, 26, 0.5);
+    Pair targets = pair_of(tokens_of({N}, V, 27));
+    Pair losses = zero_pair(stats_type(dtype), {N});
+    Pair dx = random_pair(dtype, {N, d}, 28), dW = random_pair(dtype, {V, d}, 29);
+    const double scale = 1.0 / 37;
+    ops::classifier_forward_backward(losses.gpu, dx.gpu, dW.gpu, x.gpu, W.gpu, targets.gpu, scale);
+    ops::classifier_forward_backward(losses.cpu, dx.cpu, dW.cpu, x.cpu, W.cpu, targets.cpu, scale);
+    CHECK(gpu_error(losses.gpu, losses.cpu) <= (dtype == DType::F32 ? kF32 : kBf16Stats));
+    CHECK(gpu_error(dx.gpu, dx.cpu) <= output_tolerance(dtype));
+    CHECK(gpu_error(dW.gpu, dW.cpu) <= accumulate_tolerance(dtype));
+
+    Pair only = zero_pair(stats_type(dtype), {N});
+    ops::classifier_forward_backward(only.gpu, Tensor(), Tensor(), x.gpu, W.gpu, targets.gpu, 0.0);
+    CHECK(gpu_error(only.gpu, losses.cpu) <= (dtype == DType::F32 ? kF32 : kBf16Stats));
+  }
+}
+
+#ifdef L3C_WITH_CUDA
+TEST_CASE("cuda: the classifier gives the same results with blocks that cut the rows unevenly", "[cuda]") {
+  require_gpu();
+  const int64_t N = 37, d = 16, V = 90;
+  Pair x = random_pair(DType::F32, {N, d}, 30), W = random_pair(DType::F32, {V, d}, 31);
+  Pair targets = pair_of(tokens_of({N}, V, 32));
+  Pair losses = zero_pair(DType::F32, {N}), dx = zero_pair(DType::F32, {N, d}), dW = zero_pair(DType::F32, {V, d});
+  ops::cuda::classifier_forward_backward(losses.gpu, dx.gpu, dW.gpu, x.gpu, W.gpu, targets.gpu, 0.5, 10);
+  ops::classifier_forward_backward(losses.cpu, dx.cpu, dW.cpu, x.cpu, W.cpu, targets.cpu, 0.5);
+  CHECK(gpu_error(losses.gpu, losses.cpu) <= kF32);
+  CHECK(gpu_error(dx.gpu, dx.cpu) <= kF32);
+  CHECK(gpu_error(dW.gpu, dW.cpu) <= kF32);
+}
+#endif
+
+TEST_CASE("cuda: a target outside the vocabulary gives a NaN loss, not a read out of bounds", "[cuda]") {
+  require_gpu();
+  Pair x = random_pair(DType::F32, {3, 8}, 33), W = random_pair(DType::F32, {10, 8}, 34);
+  DeviceTensor targets(ints({3}, {1, 10, 2}));
+  DeviceTensor losses(DType::F32, {3});
+  ops::classifier_forward_backward(losses, Tensor(), Tensor(), x.gpu, W.gpu, targets, 1.0);
+  const std::vector<double> l = losses.values();
+  CHECK(std::isfinite(l[0]));
+  CHECK(std::isnan(l[1]));
+  CHECK(std::isfinite(l[2]));
+}
+
+// =====================================================================================================
+// grouping
+// =====================================================================================================
+
+TEST_CASE("cuda: group_by_key equals the CPU's stable counting sort", "[cuda]") {
+  require_gpu();
+  // Several tiles of positions; few keys (long groups), many keys (several scan entries per thread, most
+  // groups empty), one key; no positions at all.
+  const std::vector<std::pair<int64_t, int64_t>> sizes = {{3000, 17}, {2500, 5000}, {100, 1}, {0, 4}, {1, 3}};
+  for (auto [N, K] : sizes) {
+    INFO("N " << N << " K " << K);
+    TestTensor keys = tokens_of({N}, K, 35);
+    Pair k = pair_of(keys);
+    Pair order = zero_pair(DType::I32, {N}, DType::I32), offsets = zero_pair(DType::I32, {K + 1}, DType::I32);
+    ops::group_by_key(order.gpu, offsets.gpu, k.gpu);
+    ops::group_by_key(order.cpu, offsets.cpu, k.cpu);
+    CHECK(order.gpu.values() == order.cpu.values());
+    CHECK(offsets.gpu.values() == offsets.cpu.values());
+  }
+  DeviceTensor bad(ints({4}, {0, 1, 7, 2})), order(DType::I32, {4}), offsets(DType::I32, {5});
+  REQUIRE_THROWS_WITH(ops::group_by_key(order, offsets, bad), Contains("group_by_key") && Contains("outside [0, 4)"));
+}
+
+TEST_CASE("cuda: gather, scatter (overwrite and accumulate), concat and split match the CPU", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    const int64_t N = 21, d = 9;
+    std::vector<int32_t> perm(N);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::reverse(perm.begin(), perm.begin() + 13);
+    Pair index = pair_of(ints({N}, perm));
+    Pair x = random_pair(dtype, {N, d}, 36);
+    Pair out = zero_pair(dtype, {N, d});
+    ops::gather_rows(out.gpu, x.gpu, index.gpu);
+    ops::gather_rows(out.cpu, x.cpu, index.cpu);
+    CHECK(out.gpu.values() == out.cpu.values());
+    Pair back = random_pair(dtype, {N, d}, 37);
+    ops::scatter_rows(back.gpu, out.gpu, index.gpu);
+    ops::scatter_rows(back.cpu, out.cpu, index.cpu);
+    CHECK(back.gpu.values() == back.cpu.values());
+    ops::scatter_rows(back.gpu, x.gpu, index.gpu, /*accumulate=*/true);
+    ops::scatter_rows(back.cpu, x.cpu, index.cpu, /*accumulate=*/true);
+    CHECK(gpu_error(back.gpu, back.cpu) <= output_tolerance(dtype));
+
+    Pair a = random_pair(dtype, {N, 5}, 38), b = random_pair(dtype, {N, 7}, 39);
+    Pair ab = zero_pair(dtype, {N, 12});
+    ops::concat_last_dim(ab.gpu, a.gpu, b.gpu);
+    ops::concat_last_dim(ab.cpu, a.cpu, b.cpu);
+    CHECK(ab.gpu.values() == ab.cpu.values());
+    Pair da = random_pair(dtype, {N, 5}, 40), db = random_pair(dtype, {N, 7}, 41);
+    ops::split_last_dim(da.gpu, db.gpu, ab.gpu, /*accumulate_a=*/false, /*accumulate_b=*/true);
+    ops::split_last_dim(da.cpu, db.cpu, ab.cpu, false, true);
+    CHECK(da.gpu.values() == da.cpu.values());
+    CHECK(gpu_error(db.gpu, db.cpu) <= output_tolerance(dtype));
+  }
+}
+
+// =====================================================================================================
+// L3 lookup
+// =====================================================================================================
+
+namespace {
+// A grouped batch for V tokens: positions sorted by token (some tokens absent), and an allocation with tokens of
+// one row and of k rows.
+struct L3Batch {
+  int64_t V, N, v, k;
+  TestTensor group_offsets, row_offsets;
+};
+L3Batch l3_batch(int64_t V, int64_t N, int64_t k, uint64_t seed) {
+  L3Batch b{V, N, 0, k, TestTensor(DType::I32, {V + 1}), TestTensor(DType::I32, {V + 1})};
+  TestTensor tok = tokens_of({N}, V - 2, seed);  // the last two tokens never occur
+  std::vector<int64_t> count(V, 0);
+  for (int64_t i = 0; i < N; ++i) ++count[static_cast<int64_t>(tok[i])];
+  SplitMix64 rng(seed + 1);
+  int32_t* go = b.group_offsets.ptr<int32_t>();
+  int32_t* ro = b.row_offsets.ptr<int32_t>();
+  go[0] = ro[0] = 0;
+  for (int64_t u = 0; u < V; ++u) {
+    const int64_t rows = u % 3 == 0 ? 1 : (u % 3 == 1 ? k : 1 + static_cast<int64_t>(rng.next() % k));
+    go[u + 1] = go[u] + static_cast<int32_t>(count[u]);
+    ro[u + 1] = ro[u] + static_cast<int32_t>(rows);
+  }
+  b.v = ro[V];
+  return b;
+}
+}  // namespace
+
+TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, absent tokens, tied", "[cuda]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    for (bool tied : {false, true}) {
+      INFO("dtype " << dtype_name(dtype) << " tied " << tied);
+      const int64_t V = 11, N = 60, k = 9, d = 20;
+      const int64_t d_emb = tied ? d : 12;
+      L3Batch batch = l3_batch(V, N, k, 42);
+      Pair go = pair_of(batch.group_offsets), ro = pair_of(batch.row_offsets);
+      Pair x = random_pair(dtype, {N, d}, 43), w_k = random_pair(dtype, {batch.v, d}, 44);
+      Pair w_v_own = random_pair(dtype, {batch.v, d_emb}, 45);
+      Pair& w_v = tied ? w_k : w_v_own;
+      Pair out = zero_pair(dtype, {N, d_emb}), probs = zero_pair(stats_type(dtype), {N, k});
+      ops::l3_lookup_forward(out.gpu, probs.gpu, x.gpu, w_k.gpu, w_v.gpu, go.gpu, ro.gpu);
+      ops::l3_lookup_forward(out.cpu, probs.cpu, x.cpu, w_k.cpu, w_v.cpu, go.cpu, ro.cpu);
+      CHECK(gpu_error(out.gpu, out.cpu) <= output_tolerance(dtype));
+      CHECK(gpu_error(probs.gpu, probs.cpu) <= (dtype == DType::F32 ? kF32 : kBf16Stats));
+
+      DeviceTensor probs_gpu(probs.cpu);  // both backwards read the CPU's probabilities
+      Pair dout = random_pair(dtype, {N, d_emb}, 46);
+      Pair dx = random_pair(dtype, {N, d}, 47);  // overwritten
+      Pair dw_k = random_pair(dtype, {batch.v, d}, 48), dw_v_own = random_pair(dtype, {batch.v, d_emb}, 49);
+      Pair& dw_v = tied ? dw_k : dw_v_own;
+      ops::l3_lookup_backward(dx.gpu, dw_k.gpu, dw_v.gpu, dout.gpu, x.gpu, w_k.gpu, w_v.gpu, probs_gpu, go.gpu, ro.gpu);
+      ops::l3_lookup_backward(dx.cpu, dw_k.cpu, dw_v.cpu, dout.cpu, x.cpu, w_k.cpu, w_v.cpu, probs.cpu, go.cpu, ro.cpu);
+      CHECK(gpu_error(dx.gpu, dx.cpu) <= output_tolerance(dtype));
+      CHECK(gpu_error(dw_k.gpu, dw_k.cpu) <= accumulate_tolerance(dtype));
+      if (!tied) CHECK(gpu_error(dw_v.gpu, dw_v.cpu) <= accumulate_tolerance(dtype));
+    }
+  }
+}
+
+// =====================================================================================================
+// AdamW
+// =====================================================================================================
+
+TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f32 master", "[cuda]") {
+  require_gpu();
+  const int64_t n = 1000;
+  ops::AdamWStep s;
+  s.lr = 1e-2;
+  s.weight_decay = 0.1;
+  s.bias1 = 1 - 0.9 * 0.9;
+  s.bias2 = 1 - 0.95 * 0.95;
+  Pair w = random_pair(DType::F32, {n}, 50), g = random_pair(DType::F32, {n}, 51);
+  Pair m = random_pair(DType::F32, {n}, 52, 0.1), v = random_pair(DType::F32, {n}, 53, 0.1);
+  for (int64_t i = 0; i < n; ++i) v.cpu.set(i, std::abs(v.cpu[i]));
+  v.gpu = DeviceTensor(v.cpu);
+  ops::adamw_update(w.gpu, g.gpu, m.gpu, v.gpu, Tensor(), s);
+  ops::adamw_update(w.cpu, g.cpu, m.cpu, v.cpu, Tensor(), s);
+  CHECK(gpu_error(w.gpu, w.cpu) <= kF32);
+  CHECK(gpu_error(m.gpu, m.cpu) <= kF32);
+  CHECK(gpu_error(v.gpu, v.cpu) <= kF32);
+
+  // Mixed precision: the master (f32) follows the f32 update from the same gradient; the parameter is its
+  // rounding to bf16.
+  TestTensor master_host = random_pair(DType::F32, {n}, 54).cpu;
+  DeviceTensor master(master_host), param(master_host.converted(DType::BF16));
+  Pair grad = random_pair(DType::BF16, {n}, 55);
+  DeviceTensor m2(TestTensor(DType::F32, {n})), v2(TestTensor(DType::F32, {n}));
+  TestTensor m2_cpu(DType::F32, {n}), v2_cpu(DType::F32, {n});
+  ops::adamw_update(param, grad.gpu, m2, v2, master, s);
+  ops::adamw_update(master_host, grad.cpu, m2_cpu, v2_cpu, Tensor(), s);
+  CHECK(gpu_error(master, master_host) <= kF32);
+  CHECK(param.values() == master.host().converted(DType::BF16).values());
+}
+
+// =====================================================================================================
+// Mixture-of-Experts (the CUDA ops against references written here)
+// =====================================================================================================
+
+#ifdef L3C_WITH_CUDA
+namespace {
+struct RouterReference {
+  std::vector<double> probs, lse, weights;
+  std::vector<int32_t> experts;
+};
+RouterReference router_reference(const std::vector<double>& logits, int64_t n, int64_t E, int64_t top_k,
+                                 bool normalize) {
+  RouterReference r{std::vector<double>(n * E), std::vector<double>(n), std::vector<double>(n * top_k),
+                    std::vector<int32_t>(n * top_k)};
+  for (int64_t i = 0; i < n; ++i) {
+    double max = -1e300, sum = 0;
+    for (int64_t e = 0; e < E; ++e) max = std::max(max, logits[i * E + e]);
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(logits[i * E + e] - max);
+    r.lse[i] = max + std::log(sum);
+    for (int64_t e = 0; e < E; ++e) r.probs[i * E + e] = std::exp(logits[i * E + e] - r.lse[i]);
+    std::vector<int64_t> idx(E);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int64_t a, int64_t b) { return r.probs[i * E + a] > r.probs[i * E + b]; });
+    double selected = 0;
+    for (int64_t s = 0; s < top_k; ++s) selected += r.probs[i * E + idx[s]];
+    for (int64_t s = 0; s < top_k; ++s) {
+      r.experts[i * top_k + s] = static_cast<int32_t>(idx[s]);
+      r.weights[i * top_k + s] = r.probs[i * E + idx[s]] / (normalize ? selected : 1.0);
+    }
+  }
+  return r;
+}
+}  // namespace
+
+TEST_CASE("cuda: the MoE router matches the reference: probabilities, lse, top-k with ties, weights", "[cuda]") {
+  require_gpu();
+  const int64_t n = 9, E = 6, top_k = 2;
+  TestTensor logits = TestTensor(DType::F32, {n, E});
+  random_fill(logits, 60);
+  for (int64_t e = 0; e < E; ++e) logits.set(3 * E + e, 0.5);  // row 3: all tied -> experts 0 and 1
+  logits.set(5 * E + 4, 2.0);
+  logits.set(5 * E + 1, 2.0);  // row 5: a tie for the top -> expert 1 before 4
+  for (bool normalize : {true, false}) {
+    INFO("normalize " << normalize);
+    const RouterReference ref = router_reference(logits.values(), n, E, top_k, normalize);
+    DeviceTensor z(logits), probs(DType::F32, {n, E}), lse(DType::F32, {n}), experts(DType::I32, {n, top_k}),
+        weights(DType::F32, {n, top_k});
+    ops::cuda::moe_router_forward(probs, lse, experts, weights, z, normalize);
+    CHECK(norm_relative_error(probs.values(), ref.probs) <= kF32);
+    CHECK(norm_relative_error(lse.values(), ref.lse) <= kF32);
+    CHECK(norm_relative_error(weights.values(), ref.weights) <= kF32);
+    std::vector<double> expected_experts(ref.experts.begin(), ref.experts.end());
+    CHECK(experts.values() == expected_experts);
+
+    // Backward against central differences (in double, on the reference) of
+    //   sum dweights * weights + sum bias_e p_e + z_scale * sum lse^2.
+    TestTensor dweights_host(DType::F32, {n, top_k}), bias_host(DType::F32, {E});
+    random_fill(dweights_host, 61);
+    random_fill(bias_host, 62, 0.1);
+    const double z_scale = 0.05;
+    auto objective = [&](const std::vector<double>& z_values) {
+      const RouterReference r = router_reference(z_values, n, E, top_k, normalize);
+      double f = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        for (int64_t s = 0; s < top_k; ++s) {
+          // the selection is held fixed at the reference's: differentiate the weights of those experts
+          const int64_t e = ref.experts[i * top_k + s];
+          double selected = 0;
+          for (int64_t t = 0; t < top_k; ++t) selected += r.probs[i * E + ref.experts[i * top_k + t]];
+          f += dweights_host[i * top_k + s] * r.probs[i * E + e] / (normalize ? selected : 1.0);
+        }
+        for (int64_t e = 0; e < E; ++e) f += bias_host[e] * r.probs[i * E + e];
+        f += z_scale * r.lse[i] * r.lse[i];
+      }
+      return f;
+    };
+    std::vector<double> numeric(n * E);
+    std::vector<double> zv = logits.values();
+    for (int64_t i = 0; i < n * E; ++i) {
+      const double saved = zv[i];
+      zv[i] = saved + 1e-6;
+      const double plus = objective(zv);
+      zv[i] = saved - 1e-6;
+      const double minus = objective(zv);
+      zv[i] = saved;
+      numeric[i] = (plus - minus) / 2e-6;
+    }
+    DeviceTensor dweights(dweights_host), bias(bias_host), dlogits(DType::F32, {n, E});
+    ops::cuda::moe_router_backward(dlogits, dweights, probs, lse, experts, weights, bias, z_scale, normalize);
+    CHECK(norm_relative_error(dlogits.values(), numeric) <= 1e-4);  // f32 kernel vs f64 differences
+  }
+}
+
+TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty experts, combine", "[cuda]") {
+  require_gpu();
+  const int64_t n = 10, top_k = 2, E = 4, d = 6, F = 5, M = n * top_k;
+  // column_sum
+  TestTensor x(DType::F32, {n, E});
+  random_fill(x, 70);
+  DeviceTensor x_gpu(x), sums(DType::F32, {E});
+  ops::cuda::column_sum(sums, x_gpu);
+  std::vector<double> expect_sums(E, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t e = 0; e < E; ++e) expect_sums[e] += x[i * E + e];
+  CHECK(norm_relative_error(sums.values(), expect_sums) <= kF32);
+
+  // Pairs sorted by expert; expert 2 gets no token.
+  std::vector<int32_t> pair_expert(M);
+  for (int64_t p = 0; p < M; ++p) pair_expert[p] = static_cast<int32_t>((p * 7 + p / 3) % 3 == 2 ? 3 : (p * 7 + p / 3) % 3);
+  DeviceTensor keys(ints({M}, pair_expert)), order(DType::I32, {M}), offsets(DType::I32, {E + 1});
+  ops::group_by_key(order, offsets, keys);
+  const std::vector<double> offs = offsets.values(), ord = order.values();
+  REQUIRE(offs[2] == offs[3]);  // the empty expert
+  DeviceTensor token_of_row(DType::I32, {M}), row_of_pair(DType::I32, {M});
+  ops::cuda::moe_pair_indices(token_of_row, row_of_pair, order, top_k);
+  const std::vector<double> tor = token_of_row.values(), rop = row_of_pair.values();
+  for (int64_t i = 0; i < M; ++i) {
+    CHECK(tor[i] == std::floor(ord[i] / top_k));
+    CHECK(rop[static_cast<int64_t>(ord[i])] == i);
+  }
+
+  // grouped_matmul: rows (M, d) times w (E, F, d)^T per expert.
+  TestTensor rows(DType::F32, {M, d}), w(DType::F32, {E, F, d}), dout(DType::F32, {M, F});
+  random_fill(rows, 71);
+  random_fill(w, 72);
+  random_fill(dout, 73);
+  DeviceTensor rows_gpu(rows), w_gpu(w), dout_gpu(dout), out(DType::F32, {M, F});
+  ops::cuda::grouped_matmul_forward(out, rows_gpu, w_gpu, offsets);
+  std::vector<double> expect_out(M * F, 0.0), expect_dx(M * d, 0.0), expect_dw(E * F * d, 0.0);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t i = static_cast<int64_t>(offs[e]); i < static_cast<int64_t>(offs[e + 1]); ++i)
+      for (int64_t o = 0; o < F; ++o)
+        for (int64_t c = 0; c < d; ++c) {
+          expect_out[i * F + o] += rows[i * d + c] * w[(e * F + o) * d + c];
+          expect_dx[i * d + c] += dout[i * F + o] * w[(e * F + o) * d + c];
+          expect_dw[(e * F + o) * d + c] += dout[i * F + o] * rows[i * d + c];
+        }
+  CHECK(norm_relative_error(out.values(), expect_out) <= kF32);
+  DeviceTensor dx(DType::F32, {M, d}), dw(TestTensor(DType::F32, {E, F, d}));
+  ops::cuda::grouped_matmul_backward(dx, dw, dout_gpu, rows_gpu, w_gpu, offsets, false);
+  CHECK(norm_relative_error(dx.values(), expect_dx) <= kF32);
+  CHECK(norm_relative_error(dw.values(), expect_dw) <= kF32);
+  const std::vector<double> dw_all = dw.values();
+  const std::vector<double> dw_expert2(dw_all.begin() + 2 * F * d, dw_all.begin() + 3 * F * d);
+  CHECK(dw_expert2 == std::vector<double>(F * d, 0.0));  // the empty expert's gradient stays as it was
+
+  // combine: out[t] = sum_s weight[t, s] rows[row_of_pair[t * top_k + s]]
+  TestTensor weights(DType::F32, {n, top_k}), dcomb(DType::F32, {n, d});
+  random_fill(weights, 74);
+  random_fill(dcomb, 75);
+  DeviceTensor weights_gpu(weights), dcomb_gpu(dcomb), combined(DType::F32, {n, d});
+  ops::cuda::moe_combine_forward(combined, rows_gpu, weights_gpu, row_of_pair, false);
+  std::vector<double> expect_comb(n * d, 0.0), expect_drows(M * d, 0.0), expect_dweights(n * top_k, 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t s = 0; s < top_k; ++s) {
+      const int64_t r = static_cast<int64_t>(rop[t * top_k + s]);
+      for (int64_t c = 0; c < d; ++c) {
+        expect_comb[t * d + c] += weights[t * top_k + s] * rows[r * d + c];
+        expect_drows[r * d + c] = weights[t * top_k + s] * dcomb[t * d + c];
+        expect_dweights[t * top_k + s] += dcomb[t * d + c] * rows[r * d + c];
+      }
+    }
+  CHECK(norm_relative_error(combined.values(), expect_comb) <= kF32);
+  DeviceTensor drows(DType::F32, {M, d}), dweights(DType::F32, {n, top_k});
+  ops::cuda::moe_combine_backward(drows, dweights, dcomb_gpu, rows_gpu, weights_gpu, row_of_pair);
+  CHECK(norm_relative_error(drows.values(), expect_drows) <= kF32);
+  CHECK(norm_relative_error(dweights.values(), expect_dweights) <= kF32);
+
+  // Empty weights: every weight is 1 (the dispatch's backward sums each token's rows).
+  ops::cuda::moe_combine_forward(combined, rows_gpu, Tensor(), row_of_pair, false);
+  std::vector<double> expect_sum(n * d, 0.0);
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t s = 0; s < top_k; ++s)
+      for (int64_t c = 0; c < d; ++c) expect_sum[t * d + c] += rows[static_cast<int64_t>(rop[t * top_k + s]) * d + c];
+  CHECK(norm_relative_error(combined.values(), expect_sum) <= kF32);
+}
+#endif
+
+// =====================================================================================================
+// errors
+// =====================================================================================================
+
+TEST_CASE("cuda: running out of GPU memory is a UserError naming the bytes and what to change", "[cuda]") {
+  require_gpu();
+  const int64_t elements = int64_t{1} << 50;  // 4 PiB of f32
+  try {
+    FlatBuffer too_big(elements, DType::F32, Device::CUDA);
+    FAIL("a 4 PiB allocation succeeded");
+  } catch (const UserError& e) {
+    CHECK_THAT(e.what(), Contains("out of GPU memory") && Contains("4096.00 TiB") && Contains("is free") &&
+                             Contains("train.micro_batch") && Contains("train.recompute"));
+  }
+  REQUIRE_THROWS_AS(Arena(size_t{1} << 52, "activation", Device::CUDA), UserError);
+}
+
+TEST_CASE("cuda: ops refuse tensors on two devices and dtypes CUDA does not compute in", "[cuda]") {
+  require_gpu();
+  TestTensor x(DType::F32, {4, 8}), w(DType::F32, {5, 8});
+  DeviceTensor out(DType::F32, {4, 5});
+  REQUIRE_THROWS_WITH(ops::matmul_forward(out, x, w), Contains("matmul_forward") && Contains("different devices"));
+  DeviceTensor x64(TestTensor(DType::F64, {4, 8})), w64(TestTensor(DType::F64, {5, 8})), o64(TestTensor(DType::F64, {4, 5}));
+  REQUIRE_THROWS_WITH(ops::matmul_forward(o64, x64, w64), Contains("f32 or bf16 on CUDA") && Contains("f64"));
+  DeviceTensor xb(DType::BF16, {4, 8}), rstd_bf16(DType::BF16, {4}), wb(DType::BF16, {8});
+  REQUIRE_THROWS_WITH(ops::rmsnorm_forward(xb, rstd_bf16, xb, wb, 1e-5), Contains("statistics") && Contains("f32"));
+}
