@@ -19,42 +19,20 @@
 #include "train/model_io.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
+#include "golden_config.h"
 
 using namespace l3c;
 using namespace l3c::test;
 
 namespace {
 
+// The golden file's config with a schedule of 10 steps for the training comparison, on the CPU unless told.
 Config config_of(const SafetensorsFile& golden, int64_t B, int64_t T) {
-  const auto meta = nlohmann::json::parse(golden.metadata().at("config"));
-  Config c;
-  c.model.vocab_size = meta["vocab_size"];
-  c.model.d_model = meta["d_model"];
-  c.model.n_layers = meta["n_layers"];
-  c.model.n_heads = meta["n_heads"];
-  c.model.n_kv_heads = meta["n_kv_heads"];
-  c.model.ffn_hidden = meta["ffn_hidden"];
-  c.model.rope_theta = meta["rope_theta"];
-  c.model.norm_eps = meta["norm_eps"];
-  c.model.tie_embeddings = meta["tie_embeddings"];
-  if (meta.contains("l3")) {
-    const auto& l3 = meta["l3"];
-    c.model.l3.after_layers = l3["after_layers"].get<std::vector<int64_t>>();
-    c.model.l3.v = l3["v"];
-    c.model.l3.k = l3["k"];
-    c.model.l3.d_emb = l3["d_emb"];
-    c.model.l3.d_up = l3["d_up"];
-    c.model.l3.tie_kv = l3["tie_kv"];
-    c.model.l3.residual = l3["residual"];
-    c.model.l3.allocation.method = "uniform";  // replaced by the file's allocations
-  }
-  c.data.train = "unused";
-  c.data.seq_len = T;
+  Config c = golden_config(golden, B, T);
   c.train.steps = 10;
-  c.train.micro_batch = B;
-  c.train.batch_tokens = B * T;
   c.train.lr = 1e-2;
   c.train.min_lr = 1e-3;
+  c.train.schedule = "cosine";
   c.train.warmup_steps = 2;
   c.train.grad_clip = 1.0;
   c.train.device = "cpu";
@@ -156,6 +134,11 @@ TEST_CASE("cuda: the dense model on the GPU matches the CPU: logits, loss, every
 TEST_CASE("cuda: the model with two L3 layers on the GPU matches the CPU: logits, loss, every gradient", "[cuda]") {
   require_gpu();
   compare_with_cpu("l3_tiny.safetensors");
+}
+
+TEST_CASE("cuda: the model with MoE FFNs on the GPU matches the CPU: logits, loss, every gradient", "[cuda][moe]") {
+  require_gpu();
+  compare_with_cpu("moe_tiny.safetensors");
 }
 
 TEST_CASE("cuda: recomputing SwiGLU and attention in the backward gives the same bits", "[cuda]") {
