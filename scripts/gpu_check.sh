@@ -3,7 +3,8 @@
 # no package registry: builds l3c with the CUDA backend against the headers and libraries that
 # scripts/gpu_deps.sh put in .gpu_deps/ (carry that folder along with the checkout), runs the GPU test suite
 # (ctest -L cuda: every CUDA op against the CPU op, the whole model against the CPU), then the benchmarks
-# (l3c bench on configs/gpu/: the 124M dense Llama at T = 1024 and its L3 variant, bf16 and fp32; and the
+# (l3c bench on configs/gpu/: the 124M dense Llama at T = 1024 and its L3 variant, bf16 and fp32, and the
+# iso-sparse MoE model in fp32; and the
 # PyTorch baseline on the same model when python3 has torch: eager and torch.compile), and writes the logs and
 # summary.md into OUT_DIR.
 #
@@ -130,6 +131,7 @@ bench dense_124m configs/gpu/dense_124m.json fp32
 bench dense_124m_recompute configs/gpu/dense_124m.json bf16 --set train.recompute=all
 bench l3_124m configs/gpu/l3_124m.json bf16
 bench l3_124m configs/gpu/l3_124m.json fp32
+bench moe_124m configs/gpu/moe_124m.json fp32
 
 if [ "${SKIP_TORCH:-0}" != 1 ] && python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   for precision in bf16 fp32; do
