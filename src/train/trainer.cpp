@@ -31,7 +31,6 @@
 namespace l3c {
 
 namespace {
-DType dtype_from(const Config& config) { return config.train.dtype == "f64" ? DType::F64 : DType::F32; }
 
 // Per-layer MoE statistics summed over micro-batches, then scaled to their mean. The load extremes
 // average too: the step reports the mean of each micro-batch's max and min.
