@@ -167,7 +167,8 @@ MoeLayerStats MoeLayer::forward(const Weights& w, Activations& a, Tensor x, Tens
   stats.layer = layer_;
   ops::column_sum(a.probs_mean, a.probs);
   ops::scale_inplace(a.probs_mean, 1.0 / static_cast<double>(std::max<int64_t>(N, 1)));
-  const std::vector<int64_t> rows = rows_per_expert(a.expert_offsets);
+  a.expert_rows = rows_per_expert(a.expert_offsets);
+  const std::vector<int64_t>& rows = a.expert_rows;
   const std::vector<double> probs_mean = host_values(a.probs_mean);
   double balance = 0.0;
   stats.load_min = N > 0 ? 1.0 : 0.0;
@@ -203,7 +204,7 @@ void MoeLayer::backward(const Weights& w, const Weights& g, const Activations& a
 
   // router: through the weights, plus the load-balancing term (f_e fixed: d/dp_{n,e} of
   // alpha E sum_e f_e P_e is alpha E f_e / N) and the z-loss (beta / N * sum_n lse_n^2)
-  const std::vector<int64_t> rows = rows_per_expert(a.expert_offsets);
+  const std::vector<int64_t>& rows = a.expert_rows;  // f_e, as the forward counted it
   const double n_tokens = static_cast<double>(std::max<int64_t>(N, 1));
   std::vector<double> bias(static_cast<size_t>(E_));
   for (int64_t e = 0; e < E_; ++e) {

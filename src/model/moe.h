@@ -69,6 +69,7 @@ class MoeLayer {
     Tensor y_rows;                     // (M, d) each pair's expert output, before weighting
     Tensor shared_gate, shared_up, shared_act;  // (N, Fs) when there is a shared expert
     Tensor probs_mean;                 // (E) P_e, the mean router probability
+    std::vector<int64_t> expert_rows;  // (E) rows each expert received, read to the host once by the forward
   };
   Activations allocate_activations(Arena& arena, int64_t N, DType dtype) const;
 
