@@ -1,0 +1,57 @@
+# Shell helpers the scripts share (source it; it defines functions and sets nothing else):
+#   l3c_setup [TARGET...]  installs missing dependencies and builds the targets (default: l3c) in $BUILD_DIR
+#                          (default build), once per shell: a second call, or a script that calls another, reuses it
+#   l3c_bin                the path of the built l3c binary
+#   json_get FILE KEY...   prints the value at a path of keys in a JSON file (numbers and strings as they are,
+#                          objects and lists as JSON); an absent key is an error naming the file and the path
+#   json_last_line         reads a command's output on stdin and prints its last line, checked to be JSON (--json)
+#   die MESSAGE            prints "error: MESSAGE" to stderr and exits 2
+
+die() {
+  echo "error: $*" >&2
+  exit 2
+}
+
+l3c_bin() {
+  echo "${BUILD_DIR:-build}/l3c"
+}
+
+l3c_setup() {
+  local targets=("$@")
+  [ ${#targets[@]} -gt 0 ] || targets=(l3c)
+  local stamp="${BUILD_DIR:-build}:${targets[*]}"
+  if [ "${L3C_SETUP_DONE:-}" = "$stamp" ]; then return 0; fi
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  "$root/scripts/install_deps.sh"
+  cmake -S "$root" -B "${BUILD_DIR:-build}" -DCMAKE_BUILD_TYPE=Release ${L3C_CMAKE_ARGS:-} > /dev/null
+  cmake --build "${BUILD_DIR:-build}" -j "$(nproc)" --target "${targets[@]}" > /dev/null
+  export L3C_SETUP_DONE="$stamp"
+}
+
+json_get() {
+  python3 - "$@" <<'PY'
+import json, sys
+path, keys = sys.argv[1], sys.argv[2:]
+try:
+    value = json.load(open(path))
+except (OSError, ValueError) as e:
+    sys.exit(f"error: {path}: {e}")
+for key in keys:
+    try:
+        value = value[int(key)] if isinstance(value, list) else value[key]
+    except (KeyError, IndexError, ValueError):
+        sys.exit(f"error: {path}: no value at {'.'.join(keys)}")
+print(json.dumps(value) if isinstance(value, (dict, list, bool)) or value is None else value)
+PY
+}
+
+json_last_line() {
+  python3 -c '
+import json, sys
+lines = [l for l in sys.stdin.read().splitlines() if l.strip()]
+if not lines:
+    sys.exit("error: the command printed nothing")
+json.loads(lines[-1])
+print(lines[-1])'
+}
