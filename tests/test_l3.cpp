@@ -531,6 +531,41 @@ TEST_CASE("a model with L3 layers names its parameters as MODEL.md and counts ac
   CHECK(cost.matmul_params == dense_cost.matmul_params + active_rows + 2 * (6 * 4 + 8 * 14));
 }
 
+TEST_CASE("mix_init identity starts W_mix's h-part as the identity and draws its z-part as normal does",
+          "[l3][model]") {
+  ModelConfig config = l3_model(false, false);
+  const Llama normal_model(config);
+  config.l3.mix_init = "identity";
+  const Llama identity_model(config);
+  const ParamInfo& p = identity_model.registry().find("model.l3.1.w_mix.weight");
+  REQUIRE(p.offset == normal_model.registry().find("model.l3.1.w_mix.weight").offset);
+  FlatBuffer normal_params(normal_model.registry().total(), DType::F32);
+  FlatBuffer identity_params(identity_model.registry().total(), DType::F32);
+  init_params(normal_model.registry(), normal_params, 7);
+  init_params(identity_model.registry(), identity_params, 7);
+  const int64_t d = 8, d_up = 6;
+  const float* w = identity_params.ptr<float>() + p.offset;            // (d, d_up + d)
+  const float* w_normal = normal_params.ptr<float>() + p.offset;
+  int64_t z_part_nonzero = 0;
+  for (int64_t r = 0; r < d; ++r)
+    for (int64_t c = 0; c < d_up + d; ++c) {
+      const float value = w[r * (d_up + d) + c];
+      if (c >= d_up) {
+        CHECK(value == (c - d_up == r ? 1.0f : 0.0f));
+      } else {
+        CHECK(value == w_normal[r * (d_up + d) + c]);  // the z-part: the same draws as mix_init normal
+        z_part_nonzero += value != 0.0f;
+      }
+    }
+  CHECK(z_part_nonzero == d * d_up);
+  // Every other parameter is initialised exactly as with mix_init normal.
+  for (const ParamInfo& q : identity_model.registry().params()) {
+    if (q.name.find("w_mix") != std::string::npos) continue;
+    for (int64_t i = 0; i < q.numel; ++i)
+      REQUIRE(identity_params.ptr<float>()[q.offset + i] == normal_params.ptr<float>()[q.offset + i]);
+  }
+}
+
 TEST_CASE("a model with L3 layers refuses to run without an allocation and rejects bad ones", "[l3][model]") {
   Llama model(l3_model(false, false));
   FlatBuffer params(model.registry().total(), DType::F32);

@@ -108,6 +108,7 @@ const std::vector<Field>& schema() {
       field<&C::model, &ModelConfig::l3, &L3Config::tie_kv>("model.l3.tie_kv"),
       field<&C::model, &ModelConfig::l3, &L3Config::residual>("model.l3.residual"),
       field<&C::model, &ModelConfig::l3, &L3Config::init_std>("model.l3.init_std", {.min = 0, .min_open = true}),
+      field<&C::model, &ModelConfig::l3, &L3Config::mix_init>("model.l3.mix_init", {.one_of = {"normal", "identity"}}),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::method>(
           "model.l3.allocation.method", {.one_of = {"lzw", "uniform", "unigram"}}),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::data>("model.l3.allocation.data"),

@@ -34,6 +34,7 @@ struct L3Config {
   bool tie_kv = false;          // W_V = W_K (needs d_emb = d_model; only w_k is stored)
   bool residual = false;        // h' = h + W_mix [z; h] instead of W_mix [z; h]
   double init_std = 0.02;       // W_K, W_V, W_up, W_mix
+  std::string mix_init = "normal";  // "normal" | "identity": W_mix's h-part starts as the identity (z-part normal)
   L3AllocationConfig allocation;
 
   bool enabled() const { return !after_layers.empty(); }

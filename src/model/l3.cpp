@@ -39,6 +39,7 @@ L3Layer::L3Layer(const ModelConfig& model, int64_t index)
       d_up_(model.l3.d_up),
       tie_kv_(model.l3.tie_kv),
       residual_(model.l3.residual),
+      mix_identity_(model.l3.mix_init == "identity"),
       init_std_(model.l3.init_std),
       eps_(model.norm_eps) {
   L3C_CHECK(d_emb_ > 0 && d_up_ > 0, "model.l3 sizes not resolved: d_emb {}, d_up {}", d_emb_, d_up_);
@@ -53,7 +54,11 @@ void L3Layer::register_params(ParamRegistry& registry) const {
   if (!tie_kv_) registry.add(name("w_v"), {v_, d_emb_}, InitKind::Normal, init_std_, "l3_table");
   registry.add(name("w_up.weight"), {d_up_, d_emb_}, InitKind::Normal, init_std_, "l3");
   registry.add(name("norm_out.weight"), {d_up_}, InitKind::Ones, 0, "norm");
-  registry.add(name("w_mix.weight"), {d_, d_up_ + d_}, InitKind::Normal, init_std_, "l3");
+  // W_mix (d, d_up + d) multiplies [z ; h]: its h-part is columns [d_up, d_up + d).
+  if (mix_identity_)
+    registry.add_normal_identity(name("w_mix.weight"), d_, d_up_ + d_, /*identity_column=*/d_up_, init_std_, "l3");
+  else
+    registry.add(name("w_mix.weight"), {d_, d_up_ + d_}, InitKind::Normal, init_std_, "l3");
 }
 
 L3Layer::Weights L3Layer::weights(const FlatBuffer& buffer, const ParamRegistry& registry) const {

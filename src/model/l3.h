@@ -90,7 +90,7 @@ class L3Layer {
  private:
   int64_t index_, after_layer_;
   int64_t d_, v_, k_, d_emb_, d_up_;
-  bool tie_kv_, residual_;
+  bool tie_kv_, residual_, mix_identity_;
   double init_std_, eps_;
 };
 

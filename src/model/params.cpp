@@ -29,6 +29,14 @@ void ParamRegistry::add(std::string name, std::vector<int64_t> shape, InitKind i
   params_.push_back(std::move(p));
 }
 
+void ParamRegistry::add_normal_identity(std::string name, int64_t rows, int64_t cols, int64_t identity_column,
+                                        double init_std, std::string group) {
+  L3C_CHECK(identity_column >= 0 && identity_column + rows <= cols, "parameter {}: identity block [{}, {}) outside "
+            "{} columns", name, identity_column, identity_column + rows, cols);
+  add(std::move(name), {rows, cols}, InitKind::NormalIdentity, init_std, std::move(group));
+  params_.back().identity_column = identity_column;
+}
+
 const ParamInfo& ParamRegistry::find(const std::string& name) const {
   auto it = index_.find(name);
   if (it == index_.end()) fail("unknown parameter: {}", name);
@@ -75,6 +83,17 @@ void init_typed(const ParamRegistry& registry, T* base, uint64_t seed) {
       const Philox rng(seed, RngPurpose::Init, index);
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < p.numel; ++i) w[i] = static_cast<T>(p.init_std * rng.normal(static_cast<uint64_t>(i)));
+    } else if (p.init == InitKind::NormalIdentity) {
+      // The same draws as Normal outside the identity block, so that only the block differs.
+      const Philox rng(seed, RngPurpose::Init, index);
+      const int64_t rows = p.shape[0], cols = p.shape[1], first = p.identity_column;
+#pragma omp parallel for schedule(static)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t i = r * cols + c;
+          w[i] = c >= first && c < first + rows ? static_cast<T>(c - first == r ? 1 : 0)
+                                                : static_cast<T>(p.init_std * rng.normal(static_cast<uint64_t>(i)));
+        }
     } else {
       const T value = p.init == InitKind::Ones ? T(1) : T(0);
       for (int64_t i = 0; i < p.numel; ++i) w[i] = value;

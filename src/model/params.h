@@ -12,7 +12,9 @@
 
 namespace l3c {
 
-enum class InitKind { Normal, Ones, Zeros };
+// NormalIdentity: a 2-D (rows, cols) weight whose columns [identity_column, identity_column + rows) start as the
+// identity matrix and whose other columns are normal(0, init_std) (an L3 layer's W_mix with mix_init identity).
+enum class InitKind { Normal, Ones, Zeros, NormalIdentity };
 
 struct ParamInfo {
   std::string name;             // "model.layers.0.self_attn.q_proj.weight"
@@ -20,7 +22,8 @@ struct ParamInfo {
   int64_t offset = 0;           // in elements, into the flat buffer
   int64_t numel = 0;
   InitKind init = InitKind::Normal;
-  double init_std = 0.0;        // for InitKind::Normal
+  double init_std = 0.0;        // for InitKind::Normal and NormalIdentity
+  int64_t identity_column = 0;  // for InitKind::NormalIdentity: the first column of the identity block
   bool decay = true;            // AdamW weight decay applies (2-D weights by default)
   std::string group;            // component, for `inspect`: "embedding", "attention", "ffn", "norm", "lm_head"
 };
@@ -29,6 +32,10 @@ class ParamRegistry {
  public:
   // Appends a parameter after the previous one. Weight decay defaults to "2-D or more".
   void add(std::string name, std::vector<int64_t> shape, InitKind init, double init_std, std::string group);
+  // A (rows, cols) weight: normal(0, init_std), except columns [identity_column, identity_column + rows),
+  // which start as the identity.
+  void add_normal_identity(std::string name, int64_t rows, int64_t cols, int64_t identity_column, double init_std,
+                           std::string group);
 
   const std::vector<ParamInfo>& params() const { return params_; }
   const ParamInfo& find(const std::string& name) const;  // UserError naming the parameter if absent

@@ -152,7 +152,10 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
 
   StepResult result;
   result.lr = learning_rate(config_.train, step);
+  using Clock = std::chrono::steady_clock;
+  auto update_start = Clock::now();
   ops::fill_zero(grads_.all());
+  result.update_seconds = std::chrono::duration<double>(Clock::now() - update_start).count();
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     arena_.reset();
     batches(first_sequence(step * accum_steps_ + micro, B), tokens, targets);
@@ -163,6 +166,7 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
     if (micro == 0) result.moe = report.moe;
     else add_moe_stats(result.moe, report.moe);
   }
+  update_start = Clock::now();
   const double micro_batches = static_cast<double>(accum_steps_);
   result.loss /= micro_batches;
   result.aux_loss /= micro_batches;
@@ -180,6 +184,7 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   }
   clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
   optimizer_.step(params_, grads_, result.lr, device_.mixed_precision ? &master_ : nullptr);
+  result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
   return result;
 }
 

@@ -28,6 +28,9 @@ struct StepResult {
   double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
   bool skipped = false;    // non-finite loss or gradient with train.on_nonfinite = skip: no update was made
+  // Host seconds spent outside the forward and backward passes on whole-buffer work: zeroing the gradients,
+  // their norm, clipping and AdamW (on the GPU, the time to queue that work; `l3c bench` reports it on the CPU).
+  double update_seconds = 0.0;
   std::vector<MoeLayerStats> moe;  // per MoE layer, averaged over the micro-batches
 };
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Ablation: how the L3 rows are allocated to tokens. LZW (MODEL.md Algorithm 1, the paper's), uniform (the same
+# number of rows for every token) and unigram (rows by token frequency), with the dense model for the gain.
+# Environment: see scripts/reproduce/lib.sh (SCALE, SEEDS, JOBS, ...).
+source "$(dirname "$0")/lib.sh"
+repro_begin allocation "L3 row allocation: LZW vs uniform vs unigram"
+repro_model dense "$REPRO_CONFIGS/dense.json"
+repro_model l3 "$REPRO_CONFIGS/l3.json"
+repro_model l3-uniform "$REPRO_CONFIGS/l3.json" model.l3.allocation.method=uniform
+repro_model l3-unigram "$REPRO_CONFIGS/l3.json" model.l3.allocation.method=unigram
+repro_match l3 dense
+repro_run
