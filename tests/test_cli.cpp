@@ -3,7 +3,7 @@
 // generate and the Python safetensors package; inspect and bench print their JSON line.
 #include <catch2/catch.hpp>
 
-#include "test_util.h"
+#include "cli_test_util.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,16 +25,8 @@ namespace {
 
 using Result = l3c::test::CommandResult;
 
-// Runs the l3c binary with stdout and stderr together.
-Result run_l3c(const std::string& args) {
-  return l3c::test::run_command(std::string(L3C_BINARY_DIR) + "/l3c " + args + " 2>&1");
-}
-
-nlohmann::json last_json_line(const std::string& output) {
-  const auto end = output.find_last_not_of('\n');
-  const auto start = output.rfind('\n', end);
-  return nlohmann::json::parse(output.substr(start == std::string::npos ? 0 : start + 1, end - start));
-}
+using l3c::test::last_json_line;
+using l3c::test::run_l3c;
 
 fs::path fresh_dir(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("l3c_test_cli_" + std::to_string(::getpid()) + "_" + name);
