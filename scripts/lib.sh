@@ -1,7 +1,8 @@
 # Shell helpers the scripts share (source it; it defines functions and sets nothing else):
 #   l3c_setup [TARGET...]  installs missing dependencies and builds the targets (default: l3c) in $BUILD_DIR
-#                          (default build), once per shell: a second call, or a script that calls another, reuses it
-#   l3c_bin                the path of the built l3c binary
+#                          (default build), once per shell: a second call, or a script that calls another, reuses it;
+#                          with L3C_BIN set (a built l3c, as the tests pass it) it builds nothing
+#   l3c_bin                the path of the l3c binary: $L3C_BIN, else $BUILD_DIR/l3c
 #   json_get FILE KEY...   prints the value at a path of keys in a JSON file (numbers and strings as they are,
 #                          objects and lists as JSON); an absent key is an error naming the file and the path
 #   json_last_line         reads a command's output on stdin and prints its last line, checked to be JSON (--json)
@@ -13,7 +14,7 @@ die() {
 }
 
 l3c_bin() {
-  echo "${BUILD_DIR:-build}/l3c"
+  echo "${L3C_BIN:-${BUILD_DIR:-build}/l3c}"
 }
 
 l3c_setup() {
@@ -21,6 +22,10 @@ l3c_setup() {
   [ ${#targets[@]} -gt 0 ] || targets=(l3c)
   local stamp="${BUILD_DIR:-build}:${targets[*]}"
   if [ "${L3C_SETUP_DONE:-}" = "$stamp" ]; then return 0; fi
+  if [ -n "${L3C_BIN:-}" ]; then
+    [ -x "$L3C_BIN" ] || die "L3C_BIN=$L3C_BIN is not an executable"
+    return 0
+  fi
   local root
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   "$root/scripts/install_deps.sh"

@@ -4,9 +4,9 @@
 # Environment: see scripts/reproduce/lib.sh (SCALE, SEEDS, JOBS, ...).
 source "$(dirname "$0")/lib.sh"
 repro_begin allocation "L3 row allocation: LZW vs uniform vs unigram"
-repro_model dense "$REPRO_CONFIGS/dense.json"
-repro_model l3 "$REPRO_CONFIGS/l3.json"
-repro_model l3-uniform "$REPRO_CONFIGS/l3.json" model.l3.allocation.method=uniform
-repro_model l3-unigram "$REPRO_CONFIGS/l3.json" model.l3.allocation.method=unigram
+repro_model dense "$(repro_config dense)"
+repro_model l3 "$(repro_config l3)"
+repro_model l3-uniform "$(repro_config l3)" model.l3.allocation.method=uniform
+repro_model l3-unigram "$(repro_config l3)" model.l3.allocation.method=unigram
 repro_match l3 dense
 repro_run

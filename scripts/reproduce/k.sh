@@ -6,9 +6,9 @@
 # Environment: see scripts/reproduce/lib.sh (SCALE, SEEDS, JOBS, ...).
 source "$(dirname "$0")/lib.sh"
 repro_begin k "the most rows per token, k"
-k="$(json_get "$REPRO_CONFIGS/l3.json" model l3 k)"
-repro_model dense "$REPRO_CONFIGS/dense.json"
-for factor in 8 4; do repro_model "l3-k$((k / factor))" "$REPRO_CONFIGS/l3.json" "model.l3.k=$((k / factor))"; done
-repro_model l3 "$REPRO_CONFIGS/l3.json"
-repro_model "l3-k$((k * 8))" "$REPRO_CONFIGS/l3.json" "model.l3.k=$((k * 8))"
+k="$(json_get "$(repro_config l3)" model l3 k)"
+repro_model dense "$(repro_config dense)"
+for factor in 8 4; do repro_model "l3-k$((k / factor))" "$(repro_config l3)" "model.l3.k=$((k / factor))"; done
+repro_model l3 "$(repro_config l3)"
+repro_model "l3-k$((k * 8))" "$(repro_config l3)" "model.l3.k=$((k * 8))"
 repro_run

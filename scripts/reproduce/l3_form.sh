@@ -6,10 +6,10 @@
 source "$(dirname "$0")/lib.sh"
 repro_begin l3_form "replacing vs residual L3 layers, and W_mix's initialisation"
 REPRO_LENS=1
-repro_model dense "$REPRO_CONFIGS/dense.json"
-repro_model l3 "$REPRO_CONFIGS/l3.json"
-repro_model l3-residual "$REPRO_CONFIGS/l3.json" model.l3.residual=true
-repro_model l3-mix-identity "$REPRO_CONFIGS/l3.json" model.l3.mix_init=identity
-repro_model l3-residual-mix-identity "$REPRO_CONFIGS/l3.json" model.l3.residual=true model.l3.mix_init=identity
+repro_model dense "$(repro_config dense)"
+repro_model l3 "$(repro_config l3)"
+repro_model l3-residual "$(repro_config l3)" model.l3.residual=true
+repro_model l3-mix-identity "$(repro_config l3)" model.l3.mix_init=identity
+repro_model l3-residual-mix-identity "$(repro_config l3)" model.l3.residual=true model.l3.mix_init=identity
 repro_match l3 dense
 repro_run

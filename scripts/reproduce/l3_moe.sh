@@ -4,10 +4,10 @@
 # Environment: see scripts/reproduce/lib.sh (SCALE, SEEDS, JOBS, ...).
 source "$(dirname "$0")/lib.sh"
 repro_begin l3_moe "L3 layers and MoE FFNs in one model"
-repro_model dense "$REPRO_CONFIGS/dense.json"
-repro_model l3 "$REPRO_CONFIGS/l3.json"
-repro_model moe "$REPRO_CONFIGS/moe.json"
-repro_model l3-moe "$REPRO_CONFIGS/l3.json" 'model.moe.layers="all"' model.moe.experts=8 model.moe.top_k=2 \
+repro_model dense "$(repro_config dense)"
+repro_model l3 "$(repro_config l3)"
+repro_model moe "$(repro_config moe)"
+repro_model l3-moe "$(repro_config l3)" 'model.moe.layers="all"' model.moe.experts=8 model.moe.top_k=2 \
   model.moe.expert_hidden=64
 repro_fit l3-moe model.moe.expert_hidden dense
 for name in l3 moe l3-moe; do repro_match "$name" dense; done

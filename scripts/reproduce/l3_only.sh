@@ -6,9 +6,9 @@
 # they are compared like for like. Environment: see scripts/reproduce/lib.sh (SCALE, SEEDS, JOBS, ...).
 source "$(dirname "$0")/lib.sh"
 repro_begin l3_only "fresh L3 layers on a trained dense trunk, only the L3 parameters training"
-ffn="$(json_get "$REPRO_CONFIGS/dense.json" model ffn_hidden)"
-repro_model dense "$REPRO_CONFIGS/dense.json"
-repro_model dense-continued "$REPRO_CONFIGS/dense.json" init_from=dense
-repro_model dense-plus-l3 "$REPRO_CONFIGS/l3.json" init_from=dense "model.ffn_hidden=$ffn" \
+ffn="$(json_get "$(repro_config dense)" model ffn_hidden)"
+repro_model dense "$(repro_config dense)"
+repro_model dense-continued "$(repro_config dense)" init_from=dense
+repro_model dense-plus-l3 "$(repro_config l3)" init_from=dense "model.ffn_hidden=$ffn" \
   train.trainable=model.l3.
 repro_run

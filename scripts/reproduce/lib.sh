@@ -3,9 +3,9 @@
 #
 #   source "$(dirname "$0")/lib.sh"
 #   repro_begin main "dense vs L3 vs iso-sparse MoE at equal active parameters"
-#   repro_model dense "$REPRO_CONFIGS/dense.json"
-#   repro_model l3    "$REPRO_CONFIGS/l3.json"
-#   repro_model l3-uniform "$REPRO_CONFIGS/l3.json" model.l3.allocation.method=uniform
+#   repro_model dense "$(repro_config dense)"
+#   repro_model l3    "$(repro_config l3)"
+#   repro_model l3-uniform "$(repro_config l3)" model.l3.allocation.method=uniform
 #   repro_match l3 dense          # active parameters within 2% (l3c inspect --match), checked before training
 #   repro_run                     # prepare data, train, evaluate, report
 #
@@ -64,8 +64,8 @@ repro_begin() {
       REPRO_CONFIGS=configs/paper
       REPRO_TEXT="${REPRO_TEXT:-data/fineweb_edu/jsonl}"
       REPRO_VOCAB=180000
-      REPRO_DATA=data/reproduce/fineweb-edu-180k
-      REPRO_TOKENIZER=data/reproduce/tokenizer-fineweb-edu-180k
+      REPRO_DATA=data/fineweb-edu
+      REPRO_TOKENIZER=data/tokenizers/fineweb-edu-180k
       REPRO_HELDOUT="${REPRO_HELDOUT:-../shared/data/heldout}"
       REPRO_TASK_LIMIT="${REPRO_TASK_LIMIT:-0}"
       ;;
@@ -85,7 +85,13 @@ repro_begin() {
   done
   OUT="${OUT:-runs/reproduce/$SCALE}"
   REPRO_RESULTS="$OUT/results/$REPRO_EXPERIMENT"
-  [ -e "$REPRO_TEXT" ] || die "$REPRO_TEXT: no such file or folder (the $SCALE scale trains on it)"
+  if [ "$SCALE" = paper ] && [ ! -f "$REPRO_DATA/manifest.json" ]; then
+    die "$REPRO_DATA holds no shards: the paper scale trains on FineWeb-Edu, which needs a download first:" \
+      "python3 scripts/data/fineweb_edu.py --name sample-10BT --out $REPRO_TEXT (see the script), then" \
+      "l3c tokenizer train --vocab-size 180000 --out $REPRO_TOKENIZER $REPRO_TEXT and" \
+      "l3c prepare --tokenizer $REPRO_TOKENIZER --out $REPRO_DATA $REPRO_TEXT"
+  fi
+  [ "$SCALE" = paper ] || [ -e "$REPRO_TEXT" ] || die "$REPRO_TEXT: no such file or folder (the $SCALE scale trains on it)"
   [ -e "$REPRO_HELDOUT" ] || die "$REPRO_HELDOUT: no such file or folder (the held-out text)"
   mkdir -p "$OUT" "$REPRO_RESULTS"
   l3c_setup l3c
@@ -93,6 +99,15 @@ repro_begin() {
 }
 
 repro_phase() { [[ " $PHASES " == *" $1 "* ]]; }
+
+# repro_config dense|l3|moe: the scale's config of that model (the paper scale names its files by size: the
+# 800M-active models).
+repro_config() {
+  case "$SCALE" in
+    paper) echo "$REPRO_CONFIGS/$1_800m.json" ;;
+    *) echo "$REPRO_CONFIGS/$1.json" ;;
+  esac
+}
 
 # repro_model NAME CONFIG [init_from=OTHER] [KEY=VALUE ...]: a model of the experiment, the config with --set
 # overrides; init_from=OTHER starts it from the final checkpoint of model OTHER's run with the same seed

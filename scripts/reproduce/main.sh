@@ -4,9 +4,9 @@
 # trained on the same tokens in the same order. Environment: see scripts/reproduce/lib.sh (SCALE, SEEDS, JOBS, ...).
 source "$(dirname "$0")/lib.sh"
 repro_begin main "dense vs L3 vs iso-sparse MoE at equal active parameters"
-repro_model dense "$REPRO_CONFIGS/dense.json"
-repro_model l3 "$REPRO_CONFIGS/l3.json"
-repro_model moe "$REPRO_CONFIGS/moe.json"
+repro_model dense "$(repro_config dense)"
+repro_model l3 "$(repro_config l3)"
+repro_model moe "$(repro_config moe)"
 repro_match l3 dense
 repro_match moe dense
 repro_match moe l3

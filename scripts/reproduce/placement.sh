@@ -6,11 +6,11 @@
 source "$(dirname "$0")/lib.sh"
 repro_begin placement "where the L3 layers sit in the stack"
 REPRO_LENS=1
-n="$(json_get "$REPRO_CONFIGS/dense.json" model n_layers)"
-repro_model dense "$REPRO_CONFIGS/dense.json"
-repro_model l3-early "$REPRO_CONFIGS/l3.json" "model.l3.after_layers=[0,1]"
-repro_model l3 "$REPRO_CONFIGS/l3.json"
-repro_model l3-middle "$REPRO_CONFIGS/l3.json" "model.l3.after_layers=[$((n / 2 - 1)),$((n / 2))]"
-repro_model l3-late "$REPRO_CONFIGS/l3.json" "model.l3.after_layers=[$((n - 2)),$((n - 1))]"
+n="$(json_get "$(repro_config dense)" model n_layers)"
+repro_model dense "$(repro_config dense)"
+repro_model l3-early "$(repro_config l3)" "model.l3.after_layers=[0,1]"
+repro_model l3 "$(repro_config l3)"
+repro_model l3-middle "$(repro_config l3)" "model.l3.after_layers=[$((n / 2 - 1)),$((n / 2))]"
+repro_model l3-late "$(repro_config l3)" "model.l3.after_layers=[$((n - 2)),$((n - 1))]"
 for name in l3-early l3 l3-middle l3-late; do repro_match "$name" dense; done
 repro_run
