@@ -39,6 +39,42 @@ TEST_CASE("AdamW matches the PyTorch update, with decay only on 2-D weights", "[
   CHECK(adam.steps_taken() == 2);
 }
 
+TEST_CASE("L3 tables train with their own learning-rate factor and weight decay, as a PyTorch parameter group",
+          "[optim]") {
+  ParamRegistry r;
+  r.add("w", {2, 2}, InitKind::Normal, 1.0, "ffn");
+  r.add("model.l3.0.w_k", {3, 2}, InitKind::Normal, 1.0, "l3_table");
+  r.add("g", {2}, InitKind::Ones, 0.0, "norm");
+  const std::vector<double> w0 = {0.5, -1.0, 2.0, 0.1, 1.0, 1.5, -0.5, 0.25, 0.0, -2.0, 1.0, 1.0};
+  const std::vector<double> g = {0.1, -0.2, 0.3, 0.0, 1.0, -2.0, 0.5, 0.0, 0.0, 0.7, -0.1, 0.2};
+  for (const double table_decay : {-1.0, 0.0, 0.3}) {
+    FlatBuffer params(r.total(), DType::F64), grads(r.total(), DType::F64);
+    test::set_values(params.all(), w0);
+    test::set_values(grads.all(), g);
+    AdamWSettings s{0.9, 0.95, 1e-8, 0.1};
+    s.table_lr_scale = 4.0;
+    s.table_weight_decay = table_decay;
+    AdamW adam(r, DType::F64, s);
+    const double lr = 0.01;
+    adam.step(params, grads, lr);
+    adam.step(params, grads, lr);
+    for (size_t i = 0; i < w0.size(); ++i) {
+      const bool table = i >= 4 && i < 10;
+      const double step_lr = table ? 4.0 * lr : lr;
+      const double wd = i >= 10 ? 0.0 : table && table_decay >= 0 ? table_decay : 0.1;
+      double w = w0[i], m = 0, v = 0;
+      for (int t = 1; t <= 2; ++t) {
+        w -= step_lr * wd * w;
+        m = 0.9 * m + 0.1 * g[i];
+        v = 0.95 * v + 0.05 * g[i] * g[i];
+        w -= step_lr * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.95, t))) + 1e-8);
+      }
+      INFO("table weight decay " << table_decay << ", element " << i);
+      CHECK(test::get_value(params.all(), static_cast<int64_t>(i)) == Approx(w).epsilon(1e-12));
+    }
+  }
+}
+
 TEST_CASE("clipping scales gradients to the max norm, as clip_grad_norm_ does", "[optim]") {
   ParamRegistry r;
   r.add("w", {2, 2}, InitKind::Normal, 1.0, "ffn");

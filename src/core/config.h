@@ -104,6 +104,8 @@ struct TrainConfig {
   std::string schedule = "cosine";   // "cosine" | "wsd" | "constant"
   double decay_fraction = 0.2;  // wsd: fraction of steps spent in the final linear decay
   double weight_decay = 0.1;
+  double table_lr_scale = 1.0;       // the L3 tables (group l3_table) train at lr * table_lr_scale
+  double table_weight_decay = -1.0;  // the L3 tables' weight decay; -1: weight_decay
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;

@@ -21,10 +21,16 @@ void AdamW::build_runs(const std::vector<uint8_t>& trainable) {
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamInfo& p = params[i];
     if (!trainable.empty() && !trainable[i]) continue;  // frozen: no update, no decay, moments untouched
-    if (!runs_.empty() && runs_.back().decay == p.decay && runs_.back().offset + runs_.back().numel == p.offset)
-      runs_.back().numel += p.numel;
+    const bool table = p.group == "l3_table";
+    const double decay = !p.decay ? 0.0
+                         : table && settings_.table_weight_decay >= 0.0 ? settings_.table_weight_decay
+                                                                         : settings_.weight_decay;
+    const double lr_scale = table ? settings_.table_lr_scale : 1.0;
+    Run& last = runs_.empty() ? runs_.emplace_back(Run{p.offset, 0, decay, lr_scale}) : runs_.back();
+    if (last.weight_decay == decay && last.lr_scale == lr_scale && last.offset + last.numel == p.offset)
+      last.numel += p.numel;
     else
-      runs_.push_back({p.offset, p.numel, p.decay});
+      runs_.push_back({p.offset, p.numel, decay, lr_scale});
   }
 }
 
@@ -32,7 +38,6 @@ void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuf
   ++step_;
   // PyTorch order (ops::adamw_update): decoupled decay first, then the moments and the bias-corrected step.
   ops::AdamWStep s;
-  s.lr = lr;
   s.beta1 = settings_.beta1;
   s.beta2 = settings_.beta2;
   s.eps = settings_.eps;
@@ -41,7 +46,8 @@ void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuf
   const Tensor p = params.all(), g = grads.all(), m = m_.all(), v = v_.all();
   const Tensor w = master != nullptr ? master->all() : Tensor();
   for (const Run& run : runs_) {
-    s.weight_decay = run.decay ? settings_.weight_decay : 0.0;
+    s.lr = lr * run.lr_scale;
+    s.weight_decay = run.weight_decay;
     const int64_t begin = run.offset, end = run.offset + run.numel;
     ops::adamw_update(p.rows(begin, end), g.rows(begin, end), m.rows(begin, end), v.rows(begin, end),
                       master != nullptr ? w.rows(begin, end) : Tensor(), s);

@@ -14,8 +14,12 @@ namespace l3c {
 
 struct AdamWSettings {
   double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
+  // The L3 tables (ParamInfo::group "l3_table"): their own learning-rate factor and weight decay (-1: weight_decay).
+  // Each table row only gets gradient from the positions of its token, so its updates are rarer than a dense
+  // weight's; these let an experiment give the tables a larger step or no decay between their updates.
+  double table_lr_scale = 1.0, table_weight_decay = -1.0;
   static AdamWSettings from(const TrainConfig& train) {
-    return {train.beta1, train.beta2, train.eps, train.weight_decay};
+    return {train.beta1, train.beta2, train.eps, train.weight_decay, train.table_lr_scale, train.table_weight_decay};
   }
 };
 
@@ -41,9 +45,9 @@ class AdamW {
   FlatBuffer m_, v_;
   struct Run {
     int64_t offset, numel;
-    bool decay;
+    double weight_decay, lr_scale;
   };
-  // Consecutive trainable parameters with the same decay setting, in buffer order.
+  // Consecutive trainable parameters with the same weight decay and learning-rate factor, in buffer order.
   std::vector<Run> runs_;
   void build_runs(const std::vector<uint8_t>& trainable);
   int64_t step_ = 0;
