@@ -275,7 +275,7 @@ def main():
             layers = lens.get("layers", [])
             ax.plot(range(len(layers)), [l["kl"] for l in layers], "o-", color=colors[i % len(colors)], label=name)
             for k, l in enumerate(layers):
-                if str(l.get("name", "")).startswith("l3"):
+                if l.get("l3"):
                     ax.plot([k], [l["kl"]], "s", color=colors[i % len(colors)], markersize=9, fillstyle="none")
         names = [str(l.get("name", k)) for k, l in enumerate(lens_models[0][1].get("layers", []))]
         ax.set_xticks(range(len(names)))
