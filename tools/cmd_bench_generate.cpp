@@ -3,8 +3,9 @@
 // inference speed. B prompts of P random tokens are prefilled and decoded together for N new tokens (greedy), R
 // times after one warm-up; reports prefill tokens/s, decode tokens/s, the time of a decode step (median and p99),
 // the memory of trunk, tables, KV cache and activations, the process's peak resident memory, and the L3 table bytes
-// read per token. A config instead of a checkpoint gives random weights (and uniform L3 allocations), so that models
-// can be measured without training them; with --l3-tables mmap they are first written to a temporary folder.
+// read per token (--cold: the mmap tables' pages are dropped from the page cache before each repeat). A config
+// instead of a checkpoint gives random weights (and uniform L3 allocations), so that models can be measured without
+// training them; with --l3-tables mmap they are first written to a temporary folder.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -58,12 +59,12 @@ double percentile(std::vector<double> values, double q) {
 int bench_generate(const std::vector<std::string>& argv) {
   const cli::Args args = cli::parse(
       argv, {{"batch", "prompt-tokens", "new-tokens", "repeats", "l3-tables", "device", "precision", "threads"},
-             {"json", "generate"},
+             {"json", "generate", "cold"},
              1,
              1,
              "l3c bench --generate CHECKPOINT_OR_CONFIG [--batch B] [--prompt-tokens P] [--new-tokens N] [--repeats R]\n"
              "       [--l3-tables device|host|mmap] [--device cpu|cuda|auto] [--precision fp32|bf16] [--threads T]\n"
-             "       [--set key=value ...] [--json]"});
+             "       [--cold] [--set key=value ...] [--json]   (--cold: mmap tables read from the disk each repeat)"});
   const std::string source = args.positional[0];
   const int64_t batch = args.get_int("batch", 1, 1);
   const int64_t prompt_tokens = args.get_int("prompt-tokens", 128, 1);
@@ -118,7 +119,13 @@ int bench_generate(const std::vector<std::string>& argv) {
   }
   GenerationStats stats;
   std::vector<GeneratedSequence> last;
-  for (int64_t r = 0; r < repeats; ++r) last = generate(session, prompts, generation, {}, &stats);
+  const bool cold = args.flag("cold");
+  if (cold && options.tables != L3TableMode::Mmap) fail("--cold: only with --l3-tables mmap (it drops the mapped tables' pages)");
+  for (int64_t r = 0; r < repeats; ++r) {
+    if (cold)
+      for (int64_t j = 0; j < model->model_config().l3.num_layers(); ++j) model->tables(j).drop_page_cache();
+    last = generate(session, prompts, generation, {}, &stats);
+  }
 
   const double prefill_tps = stats.prefill_tokens / std::max(stats.prefill_seconds, 1e-12);
   const double decode_tps = stats.decode_tokens / std::max(stats.decode_seconds, 1e-12);
@@ -147,6 +154,7 @@ int bench_generate(const std::vector<std::string>& argv) {
                                         {"device", options.device == Device::CUDA ? "cuda" : "cpu"},
                                         {"precision", options.dtype == DType::BF16 ? "bf16" : "fp32"},
                                         {"l3_tables", l3_table_mode_name(options.tables)},
+                                        {"page_cache", cold ? "dropped" : "warm"},
                                         {"threads", threads},
                                         {"batch", batch},
                                         {"prompt_tokens", prompt_tokens},

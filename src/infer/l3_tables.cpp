@@ -1,10 +1,13 @@
 // L3 tables on the device, in host memory or mapped from the checkpoint, and the rows of a step.
 #include "infer/l3_tables.h"
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <cstdlib>
 #include <numeric>
 
@@ -139,6 +142,19 @@ void L3TableStore::copy_rows_to_host(const L3StepRows& rows, const Tensor& table
     if (source.dtype == target.dtype) ops::copy(target, source);
     else ops::convert(target, source);
   }
+}
+
+void L3TableStore::drop_page_cache() {
+  if (mode_ != L3TableMode::Mmap) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  for (const Tensor* table : {&w_k_, &w_v_}) {
+    const auto begin = reinterpret_cast<uintptr_t>(table->data), aligned = begin / page * page;
+    ::madvise(reinterpret_cast<void*>(aligned), begin - aligned + table->bytes(), MADV_DONTNEED);
+  }
+  const int fd = ::open(file_->path().c_str(), O_RDONLY);
+  if (fd < 0) fail("{}: cannot open: {}", file_->path(), std::strerror(errno));
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  ::close(fd);
 }
 
 void L3TableStore::prefetch(const L3StepRows& rows, Tensor step_k, Tensor step_v) {

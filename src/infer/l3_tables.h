@@ -68,6 +68,10 @@ class L3TableStore {
   // Bytes of table rows a step of `rows` step rows reads.
   size_t step_bytes(int64_t rows) const;
 
+  // mmap: evicts the tables' pages from this process and from the page cache (posix_fadvise DONTNEED on the file),
+  // so that the next reads come from the disk: for measuring a cold start. Other modes: nothing.
+  void drop_page_cache();
+
   // Starts bringing the step's rows closer (mmap: read-ahead; host on a GPU: the copy on the side stream).
   void prefetch(const L3StepRows& rows, Tensor step_k, Tensor step_v);
   // Fills step_k (R, d), step_v (R, d_emb) on the session's device with the step's rows (the copy prefetch started,

@@ -1,7 +1,9 @@
 // CPU matrix products in the nn.Linear layout, on Eigen maps of row-major buffers. Eigen's GEMM
 // splits the output among OpenMP threads (never the reduction dimension), so results are
-// deterministic for a fixed thread count. A product with a few rows only (decoding: one row per sequence) is a
-// matrix-vector product, which Eigen runs on one thread: it is split here by blocks of output columns instead.
+// deterministic for a fixed thread count. A product of few rows (decoding: one row per sequence; a prefill chunk)
+// is split here by blocks of output columns, one single-threaded Eigen product per thread: Eigen runs a
+// matrix-vector product on one thread, and its parallel GEMM synchronises its threads once per panel, which costs
+// much more than the work of a few rows when the cores are shared.
 // GCC 12 reports false "may be used uninitialized" warnings inside Eigen's AVX-512 kernels.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <omp.h>
@@ -17,8 +19,9 @@ namespace {
 template <typename T>
 using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-constexpr int64_t kFewRows = 16;          // at most this many rows: split the output columns among threads
-constexpr int64_t kSplitMinWork = 1 << 16;  // multiply-adds below which one thread is faster
+constexpr int64_t kFewRows = 128;         // at most this many rows: split the output columns among threads
+constexpr int64_t kSplitMinWork = 1 << 18;  // multiply-adds below which one thread is faster (a parallel region
+                                            // costs microseconds, more on a busy machine)
 
 template <typename T>
 void matmul_forward_impl(Tensor out, Tensor x, Tensor w, bool accumulate) {
