@@ -522,8 +522,8 @@ TEST_CASE("checkpoints are pruned to the newest checkpoint.keep plus every miles
   CHECK(read_text(dir / "run" / "checkpoints" / "latest") == "step_00000006\n");
 }
 
-TEST_CASE("export hf writes Llama for a dense model, L3LlamaForCausalLM with its modeling file for an L3 model; "
-          "import hf reads them back", "[checkpoint][l3]") {
+TEST_CASE("export hf writes Llama for a dense model and L3LlamaForCausalLM with its modeling file for an L3 model, "
+          "import hf reads both back", "[checkpoint][l3]") {
   const fs::path dir = fresh_dir("export");
   const fs::path dense = dense_config(dir, 2);
   REQUIRE(run_l3c("train " + dense.string() + run_dir_set(dir / "dense") + " --set model.tie_embeddings=true").exit_code == 0);
