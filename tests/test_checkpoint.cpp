@@ -603,7 +603,8 @@ TEST_CASE("export hf writes a Mixtral config for an MoE model and refuses MoE la
   CHECK_FALSE(fs::exists(dir / "hf2"));
 }
 
-TEST_CASE("exported dense, L3 and MoE models give l3c's logits in Hugging Face transformers", "[checkpoint][hf]") {
+TEST_CASE("exported dense, L3 and MoE models give l3c's logits in Hugging Face transformers, and imported Llama "
+          "models give transformers' logits in l3c", "[checkpoint][hf]") {
   // A Python that can import transformers and torch; the test is skipped (exit code 4) without one.
   std::string python;
   // scripts/install_deps.sh installs transformers for Debian's torch into .cache/python-hf.
@@ -630,6 +631,15 @@ TEST_CASE("exported dense, L3 and MoE models give l3c's logits in Hugging Face t
     INFO(check.output);
     CHECK(check.exit_code == 0);
     CHECK_THAT(check.output, Contains("\"ok\": true"));
+  }
+  // import hf: a Llama made by transformers gives transformers' logits in l3c (untied and tied)
+  for (const char* tied : {"", " --tied"}) {
+    const Result imported = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_import_check.py --l3c " +
+                                                   kL3c + " --work " + (dir / (std::string("import") + (*tied ? "_tied" : ""))).string() +
+                                                   tied + " 2>&1");
+    INFO(imported.output);
+    CHECK(imported.exit_code == 0);
+    CHECK_THAT(imported.output, Contains("\"ok\": true"));
   }
   // an L3 model through modeling_l3c.py (trust_remote_code)
   REQUIRE(run_l3c("train " + l3_config(dir, 3).string() + run_dir_set(dir / "run_l3")).exit_code == 0);
