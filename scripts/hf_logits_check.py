@@ -6,8 +6,9 @@ the same logits as l3c on the same tokens.
 
 Runs `l3c export hf CHECKPOINT WORK/hf` and `l3c logits --checkpoint CHECKPOINT --tokens ... --out
 WORK/l3c_logits.safetensors` on a fixed sequence of N token ids (default: the model's sequence length, at most 64),
-loads WORK/hf with `AutoModelForCausalLM.from_pretrained(..., torch_dtype=torch.float32)` (LlamaForCausalLM for
-dense models, MixtralForCausalLM for MoE ones), and compares the logits: the largest absolute difference over the
+loads WORK/hf with `AutoModelForCausalLM.from_pretrained(..., torch_dtype=torch.float32, trust_remote_code=True)`
+(LlamaForCausalLM for dense models, MixtralForCausalLM for MoE ones, L3LlamaForCausalLM from the exported
+modeling_l3c.py for L3 models), and compares the logits: the largest absolute difference over the
 largest absolute l3c logit must be at most the tolerance.
 
 Prints one human-readable line, then, as the last line, one JSON object
@@ -25,7 +26,7 @@ import sys
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--l3c", required=True, help="the l3c binary")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder (or run folder) of a dense or MoE model")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder (or run folder) of a dense, MoE or L3 model")
     parser.add_argument("--work", required=True, help="an empty or new folder for the export and the logits")
     parser.add_argument("--tokens", type=int, default=0, help="sequence length (default: min(seq_len, 64))")
     parser.add_argument("--tolerance", type=float, default=1e-4)
@@ -61,7 +62,9 @@ def main():
         return 2
     ours = load_file(logits_path)["logits"].astype(np.float64)  # (T, V)
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, torch_dtype=torch.float32)
+    # trust_remote_code: an L3 model's class is in the modeling_l3c.py the export wrote beside it.
+    model = transformers.AutoModelForCausalLM.from_pretrained(export_dir, torch_dtype=torch.float32,
+                                                              trust_remote_code=True)
     model.eval()
     with torch.no_grad():
         theirs = model(torch.tensor([ids], dtype=torch.long)).logits[0].double().numpy()

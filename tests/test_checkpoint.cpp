@@ -522,7 +522,8 @@ TEST_CASE("checkpoints are pruned to the newest checkpoint.keep plus every miles
   CHECK(read_text(dir / "run" / "checkpoints" / "latest") == "step_00000006\n");
 }
 
-TEST_CASE("export hf writes a Llama config and weights for a dense model and refuses an L3 model", "[checkpoint][l3]") {
+TEST_CASE("export hf writes Llama for a dense model and L3LlamaForCausalLM with its modeling file for an L3 model, "
+          "import hf reads both back", "[checkpoint][l3]") {
   const fs::path dir = fresh_dir("export");
   const fs::path dense = dense_config(dir, 2);
   REQUIRE(run_l3c("train " + dense.string() + run_dir_set(dir / "dense") + " --set model.tie_embeddings=true").exit_code == 0);
@@ -542,11 +543,38 @@ TEST_CASE("export hf writes a Llama config and weights for a dense model and ref
   check_user_error(run_l3c("export hf " + checkpoint(dir / "dense", 2).string() + " " + (dir / "hf").string()),
                    "already holds");
 
+  // import hf gives back the model: same weights, same logits
+  const Result imported = run_l3c("import hf " + (dir / "hf").string() + " " + (dir / "imported").string());
+  INFO(imported.output);
+  REQUIRE(imported.exit_code == 0);
+  const std::string tokens = " --tokens \"3 1 4 1 5 9 2 6\" --out ";
+  REQUIRE(run_l3c("logits --checkpoint " + checkpoint(dir / "dense", 2).string() + tokens + (dir / "a.safetensors").string())
+              .exit_code == 0);
+  REQUIRE(run_l3c("logits --checkpoint " + (dir / "imported").string() + tokens + (dir / "b.safetensors").string())
+              .exit_code == 0);
+  CHECK(tensors_of(dir / "a.safetensors").second == tensors_of(dir / "b.safetensors").second);
+  check_user_error(run_l3c("import hf " + (dir / "hf").string() + " " + (dir / "imported").string()), "already holds");
+  check_user_error(run_l3c("import hf " + (dir / "nothing").string() + " " + (dir / "x").string()), "config.json is missing");
+
   const fs::path l3 = l3_config(dir, 2);
   REQUIRE(run_l3c("train " + l3.string() + run_dir_set(dir / "l3")).exit_code == 0);
-  check_user_error(run_l3c("export hf " + checkpoint(dir / "l3", 2).string() + " " + (dir / "hf_l3").string()),
-                   "no Hugging Face transformers class computes them");
-  CHECK_FALSE(fs::exists(dir / "hf_l3"));
+  const Result l3_export = run_l3c("export hf " + checkpoint(dir / "l3", 2).string() + " " + (dir / "hf_l3").string());
+  INFO(l3_export.output);
+  REQUIRE(l3_export.exit_code == 0);
+  const auto hf_l3 = nlohmann::json::parse(read_text(dir / "hf_l3" / "config.json"));
+  CHECK(hf_l3["architectures"] == nlohmann::json{"L3LlamaForCausalLM"});
+  CHECK(hf_l3["auto_map"]["AutoModelForCausalLM"] == "modeling_l3c.L3LlamaForCausalLM");
+  CHECK(hf_l3["l3_after_layers"].size() >= 1);
+  CHECK_THAT(read_text(dir / "hf_l3" / "modeling_l3c.py"), Contains("class L3LlamaForCausalLM(LlamaForCausalLM)"));
+  const auto [l3_header, l3_data] = tensors_of(dir / "hf_l3" / "model.safetensors");
+  CHECK(l3_header.contains("model.l3.0.w_k"));
+  CHECK(l3_header["model.l3.0.alloc"]["dtype"] == "I32");
+  REQUIRE(run_l3c("import hf " + (dir / "hf_l3").string() + " " + (dir / "imported_l3").string()).exit_code == 0);
+  REQUIRE(run_l3c("logits --checkpoint " + checkpoint(dir / "l3", 2).string() + tokens + (dir / "c.safetensors").string())
+              .exit_code == 0);
+  REQUIRE(run_l3c("logits --checkpoint " + (dir / "imported_l3").string() + tokens + (dir / "d.safetensors").string())
+              .exit_code == 0);
+  CHECK(tensors_of(dir / "c.safetensors").second == tensors_of(dir / "d.safetensors").second);
 }
 
 TEST_CASE("export hf writes a Mixtral config for an MoE model and refuses MoE layouts Mixtral cannot run",
@@ -575,7 +603,8 @@ TEST_CASE("export hf writes a Mixtral config for an MoE model and refuses MoE la
   CHECK_FALSE(fs::exists(dir / "hf2"));
 }
 
-TEST_CASE("exported dense and MoE models give l3c's logits in Hugging Face transformers", "[checkpoint][hf]") {
+TEST_CASE("exported dense, L3 and MoE models give l3c's logits in Hugging Face transformers, and imported Llama "
+          "models give transformers' logits in l3c", "[checkpoint][hf]") {
   // A Python that can import transformers and torch; the test is skipped (exit code 4) without one.
   std::string python;
   // scripts/install_deps.sh installs transformers for Debian's torch into .cache/python-hf.
@@ -603,6 +632,23 @@ TEST_CASE("exported dense and MoE models give l3c's logits in Hugging Face trans
     CHECK(check.exit_code == 0);
     CHECK_THAT(check.output, Contains("\"ok\": true"));
   }
+  // import hf: a Llama made by transformers gives transformers' logits in l3c (untied and tied)
+  for (const char* tied : {"", " --tied"}) {
+    const Result imported = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_import_check.py --l3c " +
+                                                   kL3c + " --work " + (dir / (std::string("import") + (*tied ? "_tied" : ""))).string() +
+                                                   tied + " 2>&1");
+    INFO(imported.output);
+    CHECK(imported.exit_code == 0);
+    CHECK_THAT(imported.output, Contains("\"ok\": true"));
+  }
+  // an L3 model through modeling_l3c.py (trust_remote_code)
+  REQUIRE(run_l3c("train " + l3_config(dir, 3).string() + run_dir_set(dir / "run_l3")).exit_code == 0);
+  const Result l3_check = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_logits_check.py --l3c " +
+                                                 kL3c + " --checkpoint " + checkpoint(dir / "run_l3", 3).string() +
+                                                 " --work " + (dir / "work_l3").string() + " 2>&1");
+  INFO(l3_check.output);
+  CHECK(l3_check.exit_code == 0);
+  CHECK_THAT(l3_check.output, Contains("L3LlamaForCausalLM") && Contains("\"ok\": true"));
   const fs::path moe = moe_config(dir, 3);
   REQUIRE(run_l3c("train " + moe.string() + run_dir_set(dir / "run_moe")).exit_code == 0);
   const Result check = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_logits_check.py --l3c " +

@@ -182,6 +182,67 @@ TEST_CASE("inspect and bench print one JSON object as their last line", "[cli]")
   CHECK(b["mfu"].get<double>() > 0);
 }
 
+TEST_CASE("generate: prompts from a file in batches, L3 tables in memory or mapped alike, bench --generate, bad input",
+          "[cli][infer]") {
+  const fs::path dir = fresh_dir("generate");
+  std::vector<uint32_t> text(4000);
+  for (size_t i = 0; i < text.size(); ++i) text[i] = static_cast<uint32_t>("abcdefgh ,.\n"[(i * 7 + i / 5) % 12]);
+  l3c::write_shard((dir / "train.bin").string(), text);
+  const fs::path config = dir / "c.json";
+  write_text(config, R"({
+  "model": {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+            "l3": {"after_layers": [0], "v": 512, "k": 4, "d_emb": 16, "d_up": 32, "allocation": {"method": "uniform"}}},
+  "data": {"train": ")" + (dir / "train.bin").string() + R"(", "seq_len": 24},
+  "train": {"steps": 3, "batch_tokens": 96, "micro_batch": 4, "lr": 1e-3},
+  "run": {"dir": ")" + (dir / "run").string() + R"("}
+})");
+  REQUIRE(run_l3c("train " + config.string()).exit_code == 0);
+  const std::string run = (dir / "run").string();
+  write_text(dir / "prompts.txt", "abc\nhead, \nx\n");
+  auto generate_json = [&](const std::string& extra) {
+    const Result r = run_l3c("generate --checkpoint " + run + " --prompts " + (dir / "prompts.txt").string() +
+                             " --tokens 30 --temperature 0 --json " + extra);
+    INFO(r.output);
+    REQUIRE(r.exit_code == 0);
+    return last_json_line(r.output)["results"];
+  };
+  const auto in_memory = generate_json("--batch 2");
+  REQUIRE(in_memory.size() == 3);
+  CHECK(in_memory[1]["text"].get<std::string>().rfind("head, ", 0) == 0);
+  CHECK(in_memory[0]["generated_tokens"] == 30);  // past the context of 24: the window slides
+  CHECK(generate_json("--batch 3 --l3-tables mmap") == in_memory);
+  CHECK(generate_json("--batch 1 --l3-tables host") == in_memory);
+  const Result streamed = run_l3c("generate --checkpoint " + run + " --prompt abc --tokens 5 --temperature 0");
+  CHECK(streamed.exit_code == 0);
+  CHECK_THAT(streamed.output, Contains("abc"));  // the prompt, then the continuation's raw bytes as they come
+
+  const Result bench = run_l3c("bench --generate " + run + " --batch 2 --prompt-tokens 8 --new-tokens 8 --repeats 1 "
+                               "--l3-tables mmap --cold --json");
+  INFO(bench.output);
+  REQUIRE(bench.exit_code == 0);
+  const auto b = last_json_line(bench.output);
+  CHECK(b["decode_tokens_per_second"].get<double>() > 0);
+  CHECK(b["page_cache"] == "dropped");
+  CHECK(b["table_bytes_in_memory"] == 0);
+  CHECK(b["l3_bytes_per_token"].get<double>() > 0);
+  const Result random = run_l3c("bench --generate " + config.string() + " --prompt-tokens 4 --new-tokens 4 --repeats 1 --json");
+  REQUIRE(random.exit_code == 0);
+  CHECK(last_json_line(random.output)["random_weights"] == true);
+
+  write_text(dir / "empty.txt", "");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --prompts " + (dir / "empty.txt").string()), "no prompts");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --top-p 0"), "--top-p: must be in (0, 1], got 0");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --top-p 1.01"), "--top-p: must be in (0, 1]");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --prompt " + std::string(30, 'a')),
+                   "the prompt is 30 tokens long: the model's context (data.seq_len) is 24 positions");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --tokenizer " + (dir / "no_tokenizer").string()),
+                   "no_tokenizer");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --l3-tables disk"), "--l3-tables: must be device, host or mmap");
+  check_user_error(run_l3c("bench --generate " + run + " --batch 100000000 --prompt-tokens 8 --new-tokens 8"),
+                   "bytes: KV cache");
+  check_user_error(run_l3c("bench --generate " + run + " --cold"), "--cold: only with --l3-tables mmap");
+}
+
 TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram entropy", "[cli][train]") {
   const fs::path shakespeare = fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt";
   REQUIRE(fs::exists(shakespeare));

@@ -1,6 +1,7 @@
 // `l3c bench CONFIG [--steps N] [--warmup N] [--device cpu|cuda|auto] [--set k=v ...] [--json]`: times full
 // training steps (every micro-batch's forward and backward, clipping, AdamW) on synthetic tokens; reports
 // steady-state tokens/s and MFU against the measured CPU matrix-product peak, or the GPU's datasheet bf16 peak.
+// `l3c bench --generate ...` times inference instead (cmd_bench_generate.cpp).
 #include <algorithm>
 #include <chrono>
 
@@ -18,12 +19,14 @@
 namespace l3c::cmd {
 
 int bench(const std::vector<std::string>& argv) {
+  if (std::find(argv.begin(), argv.end(), "--generate") != argv.end()) return bench_generate(argv);
   const cli::Args args = cli::parse(
       argv, {{"steps", "warmup", "device"},
              {"json"},
              1,
              1,
-             "l3c bench CONFIG [--steps N] [--warmup N] [--device cpu|cuda|auto] [--set key=value ...] [--json]"});
+             "l3c bench CONFIG [--steps N] [--warmup N] [--device cpu|cuda|auto] [--set key=value ...] [--json]\n"
+             "       l3c bench --generate CHECKPOINT_OR_CONFIG [--batch B] [--prompt-tokens P] [--new-tokens N] ..."});
   const Config config = load_config(args.positional[0], args.overrides());
   const int64_t steps = args.get_int("steps", 10, 1);
   const int64_t warmup = args.get_int("warmup", 2, 0);

@@ -21,11 +21,14 @@ commands:
   eval --checkpoint DIR --data SHARDS [--json]      validation loss and perplexity of a trained model
   inspect CONFIG [--set key=value ...] [--json]     parameters, FLOPs per token and memory of a config
   bench CONFIG [--steps N] [--warmup N] [--json]    steady-state training throughput and MFU
+  bench --generate CHECKPOINT_OR_CONFIG [--batch B] inference speed: prefill and decode tokens/s, memory
   prepare --tokenizer DIR|bytes --out DIR INPUT...  text, JSONL files or folders -> token shards + manifest
-  generate --checkpoint DIR [--prompt TEXT]         sample text from a trained model (with the run's tokenizer)
+  generate --checkpoint DIR [--prompt TEXT]         sample text from a trained model (KV cache, batches with
+           [--prompts FILE] [--l3-tables MODE]      --prompts, L3 tables on the device, in host memory or mmap)
   allocate --data SHARDS --v N --k K --out FILE    L3 allocation (rows per token id) by LZW, unigram or uniform
   tokenizer train|encode|decode|bench ...           byte-level BPE: train a vocabulary, encode, decode, speed
   export hf CHECKPOINT OUT_DIR                      Hugging Face config.json + model.safetensors (transformers)
+  import hf HF_DIR OUT_DIR                          a Hugging Face Llama folder -> an l3c model folder
   logits --checkpoint DIR --tokens IDS --out FILE   logits of one sequence (safetensors), to compare implementations
 
 Every command that reads a config accepts --set key=value (e.g. --set train.lr=3e-4).
@@ -53,6 +56,7 @@ int main(int argc, char** argv) {
     if (command == "allocate") return l3c::cmd::allocate(args);
     if (command == "tokenizer") return l3c::cmd::tokenizer(args);
     if (command == "export") return l3c::cmd::export_model(args);
+    if (command == "import") return l3c::cmd::import_model(args);
     if (command == "logits") return l3c::cmd::logits(args);
     throw l3c::UserError(fmt::format("unknown command '{}'\n{}", command, kUsage));
   } catch (const l3c::UserError& e) {

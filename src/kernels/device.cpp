@@ -14,6 +14,13 @@ std::string device_description(int index);
 std::pair<size_t, size_t> memory_info();
 void* malloc_bytes(size_t bytes, const std::string& what);
 void free_bytes(void* p);
+void* malloc_host(size_t bytes, const std::string& what);
+void free_host(void* p);
+void* create_copy_stream();
+void destroy_copy_stream(void* handle);
+void copy_to_device_async(void* handle, void* dst, const void* src, size_t bytes);
+void copy_stream_record(void* handle);
+void default_stream_wait(void* handle);
 }  // namespace l3c::cuda
 #endif
 
@@ -76,6 +83,29 @@ std::pair<size_t, size_t> cuda_memory_info() {
   return {0, 0};
 #endif
 }
+
+#ifdef L3C_WITH_CUDA
+#define L3C_CUDA_ONLY(call) return cuda::call
+#else
+#define L3C_CUDA_ONLY(call) L3C_CHECK(false, "{}: the CUDA backend is not part of this build", #call)
+#endif
+
+void* cuda_malloc_host(size_t bytes, const std::string& what) {
+  L3C_CUDA_ONLY(malloc_host(bytes, what));
+  return nullptr;
+}
+void cuda_free_host(void* p) { L3C_CUDA_ONLY(free_host(p)); }
+void* cuda_create_copy_stream() {
+  L3C_CUDA_ONLY(create_copy_stream());
+  return nullptr;
+}
+void cuda_destroy_copy_stream(void* stream) { L3C_CUDA_ONLY(destroy_copy_stream(stream)); }
+void cuda_copy_to_device_async(void* stream, void* dst, const void* src, size_t bytes) {
+  L3C_CUDA_ONLY(copy_to_device_async(stream, dst, src, bytes));
+}
+void cuda_copy_stream_record(void* stream) { L3C_CUDA_ONLY(copy_stream_record(stream)); }
+void cuda_default_stream_wait(void* stream) { L3C_CUDA_ONLY(default_stream_wait(stream)); }
+#undef L3C_CUDA_ONLY
 
 size_t cuda_workspace_bytes(const CudaWorkspaceShape& shape) {
 #ifdef L3C_WITH_CUDA

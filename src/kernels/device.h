@@ -24,6 +24,18 @@ void cuda_free(void* p);
 // (free, total) bytes of the current GPU.
 std::pair<size_t, size_t> cuda_memory_info();
 
+// Pinned (page-locked) host memory, which the GPU copies from asynchronously; UserError naming `what` when refused.
+void* cuda_malloc_host(size_t bytes, const std::string& what);
+void cuda_free_host(void* p);
+// A copy stream beside the default stream the ops run on (inference: L3 rows served from host memory). Copies
+// issued on it overlap the ops' kernels; record marks the copies issued so far, and default_stream_wait makes the
+// ops issued afterwards wait for them (on the GPU, without blocking the host).
+void* cuda_create_copy_stream();
+void cuda_destroy_copy_stream(void* stream);
+void cuda_copy_to_device_async(void* stream, void* dst, const void* src, size_t bytes);  // src: pinned host memory
+void cuda_copy_stream_record(void* stream);
+void cuda_default_stream_wait(void* stream);
+
 // The CUDA ops' workspace: scratch shared by the ops (the classifier's logits block, L3's softmax gradients,
 // partial sums, the RoPE table). cuda_workspace_bytes is what the largest call of a training step needs for a
 // model of these sizes; reserving it up front means a step never allocates (0 without the backend).

@@ -349,6 +349,81 @@ void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, 
   cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
 }
 
+// ---- inference: RoPE at positions, the KV cache -----------------------------------------------------
+namespace {
+void check_rows_index(const char* op, const Tensor& start, const Tensor& slots, int64_t batch) {
+  require_i32(op, "start", start);
+  L3C_CHECK(start.numel() == batch, "ops::{}: start {} must have one entry per batch row ({})", op,
+            start.shape_string(), batch);
+  if (!slots.empty() || slots.ndim > 0) {
+    require_i32(op, "slots", slots);
+    L3C_CHECK(slots.numel() == batch, "ops::{}: slots {} must have one entry per batch row ({})", op,
+              slots.shape_string(), batch);
+  }
+}
+
+// On the CPU the indices are readable here: every row's positions must lie in the cache, its slot among its rows.
+void check_cache_bounds(const char* op, const Tensor& cache, const Tensor& slots, const Tensor& start, int64_t T) {
+  if (start.device != Device::CPU) return;
+  for (int64_t b = 0; b < start.numel(); ++b) {
+    const int64_t s = slots.ptr<int32_t>()[b], p = start.ptr<int32_t>()[b];
+    L3C_CHECK(s >= 0 && s < cache.shape[0] && p >= 0 && p + T <= cache.shape[1],
+              "ops::{}: row {} writes or reads positions {} .. {} of cache slot {}, outside the cache {}", op, b, p,
+              p + T - 1, s, cache.shape_string());
+  }
+}
+}  // namespace
+
+void rope_forward_at(Tensor x, double theta, Tensor start) {
+  const char* op = "rope_forward_at";
+  L3C_CHECK(x.ndim == 4 && x.shape[3] % 2 == 0, "ops::{}: x {} must be (B, T, nh, hd) with hd even", op,
+            x.shape_string());
+  L3C_CHECK(theta > 0, "ops::{}: theta must be > 0, got {}", op, theta);
+  check_rows_index(op, start, Tensor(), x.shape[0]);
+  const Device device = device_of(op, {&x, &start});
+  require_float(op, device, {&x});
+  if (x.numel() == 0) return;
+  require_data(op, {&x, &start});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(rope_forward_at(x, theta, start));
+  for (int64_t b = 0; b < start.numel(); ++b)
+    L3C_CHECK(start.ptr<int32_t>()[b] >= 0, "ops::{}: row {} starts at position {}", op, b, start.ptr<int32_t>()[b]);
+  cpu::rope_forward_at(x, theta, start);
+}
+
+void kv_cache_write(Tensor cache, Tensor x, Tensor slots, Tensor start) {
+  const char* op = "kv_cache_write";
+  L3C_CHECK(cache.ndim == 4 && x.ndim == 4 && cache.shape[2] == x.shape[2] && cache.shape[3] == x.shape[3],
+            "ops::{}: cache {} must be (S, Tmax, Hkv, hd) and x {} (B, T, Hkv, hd)", op, cache.shape_string(),
+            x.shape_string());
+  L3C_CHECK(cache.dtype == x.dtype, "ops::{}: cache {} and x {} dtypes differ", op, dtype_name(cache.dtype),
+            dtype_name(x.dtype));
+  check_rows_index(op, start, slots, x.shape[0]);
+  const Device device = device_of(op, {&cache, &x, &slots, &start});
+  require_float(op, device, {&cache, &x});
+  if (x.numel() == 0) return;
+  require_data(op, {&cache, &x, &slots, &start});
+  check_cache_bounds(op, cache, slots, start, x.shape[1]);
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(kv_cache_write(cache, x, slots, start));
+  cpu::kv_cache_write(cache, x, slots, start);
+}
+
+void attention_cached(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor start) {
+  const char* op = "attention_cached";
+  L3C_CHECK(q.ndim == 4 && k_cache.ndim == 4 && same_shape(out, q) && same_shape(k_cache, v_cache) &&
+                k_cache.shape[3] == q.shape[3] && k_cache.shape[2] > 0 && q.shape[2] % k_cache.shape[2] == 0,
+            "ops::{}: q {} and out {} must be (B, T, H, hd), k_cache {} and v_cache {} (S, Tmax, Hkv, hd) with H a "
+            "multiple of Hkv",
+            op, q.shape_string(), out.shape_string(), k_cache.shape_string(), v_cache.shape_string());
+  check_rows_index(op, start, slots, q.shape[0]);
+  const Device device = device_of(op, {&out, &q, &k_cache, &v_cache, &slots, &start});
+  require_float(op, device, {&out, &q, &k_cache, &v_cache});
+  if (q.numel() == 0) return;
+  require_data(op, {&out, &q, &k_cache, &v_cache, &slots, &start});
+  check_cache_bounds(op, k_cache, slots, start, q.shape[1]);
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(attention_cached(out, q, k_cache, v_cache, slots, start));
+  cpu::attention_cached(out, q, k_cache, v_cache, slots, start);
+}
+
 // ---- SwiGLU --------------------------------------------------------------------------------------
 void swiglu_forward(Tensor out, Tensor gate, Tensor up) {
   const char* op = "swiglu_forward";

@@ -73,6 +73,19 @@ void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v);
 void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                         Tensor out, Tensor lse);
 
+// ---- inference: positions past a start, and queries against a KV cache ----------------------------
+// The session of src/infer/ decodes a few new positions per sequence against keys and values cached from
+// earlier steps. start (B) and slots (B) are i32 on the op's device: batch row b holds positions
+// start[b] .. start[b] + T - 1 of the sequence whose cache is row slots[b] of the cache tensors.
+// RoPE of x (B, T, nh, hd) in place, row (b, t) at position start[b] + t (rope_forward is start = 0).
+void rope_forward_at(Tensor x, double theta, Tensor start);
+// cache (S, Tmax, Hkv, hd): cache[slots[b], start[b] + t] = x[b, t] for x (B, T, Hkv, hd); start[b] + T <= Tmax.
+void kv_cache_write(Tensor cache, Tensor x, Tensor slots, Tensor start);
+// out (B, T, H, hd): the query q[b, t] (B, T, H, hd), at position p = start[b] + t, attends over the keys and
+// values at positions 0 .. p of cache row slots[b] of k_cache and v_cache (S, Tmax, Hkv, hd):
+// softmax(q k^T / sqrt(hd)) v, query head h reading kv head h / (H / Hkv), as attention_forward. Overwrites out.
+void attention_cached(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor start);
+
 // ---- SwiGLU --------------------------------------------------------------------------------------
 // out (N, F) = silu(gate) * up, with gate, up (N, F). Overwrites out.
 void swiglu_forward(Tensor out, Tensor gate, Tensor up);

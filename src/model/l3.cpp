@@ -102,12 +102,16 @@ L3Layer::Scratch L3Layer::allocate_scratch(Arena& arena, int64_t N, DType dtype)
 }
 
 void L3Layer::forward(const Weights& w, Activations& a, Tensor h, const L3Routing& routing, const L3Rows& rows) const {
-  const int64_t N = routing.order.numel();
   L3C_CHECK(!rows.empty(), "L3 layer {}: no allocation set", index_);
+  forward(w, a, h, routing, rows.offsets_tensor(h.device));
+}
+
+void L3Layer::forward(const Weights& w, Activations& a, Tensor h, const L3Routing& routing, Tensor row_offsets) const {
+  const int64_t N = routing.order.numel();
   Tensor hn = h.view({N, d_});
   ops::gather_rows(a.h, hn, routing.order);                              // (N, d), grouped by token
   ops::rmsnorm_forward(a.x, a.rstd_in, a.h, w.norm_in, eps_);
-  ops::l3_lookup_forward(a.e, a.probs, a.x, w.w_k, w.w_v, routing.group_offsets, rows.offsets_tensor(h.device));
+  ops::l3_lookup_forward(a.e, a.probs, a.x, w.w_k, w.w_v, routing.group_offsets, row_offsets);
   ops::matmul_forward(a.u, a.e, w.w_up);                                 // (N, d_up)
   ops::rmsnorm_forward(a.z, a.rstd_out, a.u, w.norm_out, eps_);
   ops::concat_last_dim(a.zh, a.z, a.h);                                  // (N, d_up + d), z first

@@ -83,6 +83,9 @@ class L3Layer {
 
   // h (N, d) in position order is replaced by the layer's output h'.
   void forward(const Weights& w, Activations& a, Tensor h, const L3Routing& routing, const L3Rows& rows) const;
+  // The same with the table rows' offsets given as an i32 tensor on h's device, one entry more than the groups of
+  // routing.group_offsets: inference passes tables holding only the rows of a step's tokens (src/infer/).
+  void forward(const Weights& w, Activations& a, Tensor h, const L3Routing& routing, Tensor row_offsets) const;
   // dh (N, d): d loss / d h' on entry, d loss / d h on exit. Accumulates the parameter gradients into g.
   void backward(const Weights& w, const Weights& g, const Activations& a, Scratch& s, Tensor dh,
                 const L3Routing& routing, const L3Rows& rows) const;

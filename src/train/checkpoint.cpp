@@ -397,10 +397,18 @@ void load_checkpoint_state(const std::string& dir, Llama& model, FlatBuffer& par
   }
 }
 
+std::string init_from_weights(const std::string& dir) {
+  if (fs::exists(fs::path(dir) / "trainer.json")) {
+    const CheckpointCheck check = verify_checkpoint(dir);
+    if (!check.ok) fail("--init-from {}: the checkpoint cannot be loaded: {}", dir, check.reason);
+  } else if (!fs::exists(fs::path(dir) / kModelFile)) {
+    fail("--init-from {}: neither a checkpoint (trainer.json) nor a model folder ({})", dir, kModelFile);
+  }
+  return (fs::path(dir) / kModelFile).string();
+}
+
 void init_from_checkpoint(const std::string& dir, Llama& model, FlatBuffer& params) {
-  const CheckpointCheck check = verify_checkpoint(dir);
-  if (!check.ok) fail("--init-from {}: the checkpoint cannot be loaded: {}", dir, check.reason);
-  const SafetensorsFile file((fs::path(dir) / kModelFile).string());
+  const SafetensorsFile file(init_from_weights(dir));
   std::vector<std::string> loaded, fresh;
   for (const ParamInfo& p : model.registry().params()) {
     if (!file.contains(p.name)) {

@@ -100,6 +100,9 @@ void load_checkpoint_state(const std::string& dir, Llama& model, FlatBuffer& par
 // keep their initialisation, and both lists are logged. An L3 layer whose tables come from the checkpoint
 // takes the checkpoint's allocation too: table rows mean nothing under another allocation.
 void init_from_checkpoint(const std::string& dir, Llama& model, FlatBuffer& params);
+// The weights file --init-from reads: a checkpoint folder's (verified first) or a model folder's model.safetensors
+// (a run folder, or what `l3c import hf` writes). UserError naming the folder otherwise.
+std::string init_from_weights(const std::string& dir);
 
 // Compares the config a checkpoint was saved with to the config of the run that resumes it, key by key.
 // Keys that may change on resume (see resume_changeable_keys) are returned as notes ("train.steps: 100 ->

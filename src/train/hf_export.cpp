@@ -9,16 +9,16 @@
 
 #include "core/errors.h"
 #include "core/file_io.h"
+#include "modeling_l3c_py.h"
 #include "train/safetensors.h"
 
 namespace l3c {
 
 nlohmann::ordered_json hf_config(const Config& config) {
   const ModelConfig& m = config.model;
-  if (m.l3.enabled())
-    fail("export hf: this model has Large Lookup Layers (model.l3, after decoder layers {}), and no Hugging Face "
-         "transformers class computes them; export a dense or MoE model, or use the l3c checkpoint as it is "
-         "(l3c eval / l3c generate)", nlohmann::json(m.l3.after_layers).dump());
+  if (m.l3.enabled() && m.moe.enabled())
+    fail("export hf: this model has both Large Lookup Layers and MoE FFNs; the exported L3 class (L3LlamaForCausalLM, "
+         "modeling_l3c.py) extends Llama, whose FFNs are dense: use the l3c checkpoint as it is (l3c eval / l3c generate)");
   nlohmann::ordered_json j;
   // What HF's LlamaConfig reads; the keys also mean the same in MixtralConfig.
   j["architectures"] = {"LlamaForCausalLM"};
@@ -45,6 +45,20 @@ nlohmann::ordered_json hf_config(const Config& config) {
   j["bos_token_id"] = nullptr;
   j["eos_token_id"] = nullptr;
   j["torch_dtype"] = "float32";
+  if (m.l3.enabled()) {
+    // L3LlamaForCausalLM from the modeling file written beside the weights (trust_remote_code).
+    j["architectures"] = {"L3LlamaForCausalLM"};
+    j["model_type"] = "l3_llama";
+    j["auto_map"] = {{"AutoConfig", "modeling_l3c.L3LlamaConfig"},
+                     {"AutoModelForCausalLM", "modeling_l3c.L3LlamaForCausalLM"}};
+    j["l3_after_layers"] = m.l3.after_layers;
+    j["l3_v"] = m.l3.v;
+    j["l3_k"] = m.l3.k;
+    j["l3_d_emb"] = m.l3.d_emb;
+    j["l3_d_up"] = m.l3.d_up;
+    j["l3_tie_kv"] = m.l3.tie_kv;
+    j["l3_residual"] = m.l3.residual;
+  }
   if (m.moe.enabled()) {
     // MixtralForCausalLM: an MoE FFN in every layer, all alike, softmax over all experts then renormalised
     // top-k, no shared expert. Tensor names need no mapping (MODEL.md uses Mixtral's).
@@ -103,8 +117,14 @@ void export_hf(const Config& config, const Llama& model, const FlatBuffer& param
     }
     tensors.push_back({p.name, t});
   }
+  for (const L3Layer& layer : model.l3_layers()) {  // the allocations: a buffer of each exported L3 layer
+    const std::vector<int32_t>& counts = model.l3_allocation(layer.index());
+    tensors.push_back({layer.alloc_name(), Tensor(const_cast<int32_t*>(counts.data()), DType::I32,
+                                                  {static_cast<int64_t>(counts.size())})});
+  }
   write_safetensors((fs::path(out_dir) / "model.safetensors").string(), tensors, {{"format", "pt"}});
   write_file_atomic((fs::path(out_dir) / "config.json").string(), hf.dump(2) + "\n");
+  if (config.model.l3.enabled()) write_file_atomic((fs::path(out_dir) / "modeling_l3c.py").string(), kModelingL3cPy);
 }
 
 }  // namespace l3c

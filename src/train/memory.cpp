@@ -10,8 +10,6 @@
 
 namespace l3c {
 
-namespace {
-// MemAvailable from /proc/meminfo in bytes; 0 when unknown.
 size_t available_host_memory() {
   std::ifstream meminfo("/proc/meminfo");
   std::string key;
@@ -22,6 +20,7 @@ size_t available_host_memory() {
   return 0;
 }
 
+namespace {
 std::string breakdown(const MemoryEstimate& m) {
   auto b = [](size_t bytes) { return format_bytes(static_cast<double>(bytes)); };
   std::string text = "parameters " + b(m.params) + ", gradients " + b(m.grads) + ", optimizer " + b(m.optimizer) +

@@ -27,6 +27,9 @@ MemoryEstimate estimate_training_memory(const Llama& model, const Config& config
 // when "auto" would pick one here, else the CPU.
 Device planned_device(const Config& config);
 
+// MemAvailable from /proc/meminfo in bytes; 0 when unknown.
+size_t available_host_memory();
+
 // UserError when the estimate exceeds the memory available now, naming what to change.
 void check_fits_host_memory(const MemoryEstimate& estimate);
 void check_fits_device_memory(const MemoryEstimate& estimate);

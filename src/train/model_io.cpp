@@ -65,6 +65,16 @@ void load_params(const SafetensorsFile& file, const ParamRegistry& registry, Fla
 
 void load_model_state(const SafetensorsFile& file, Llama& model, FlatBuffer& params, ExtraTensors extra) {
   load_params(file, model.registry(), params, ExtraTensors::Ignore);
+  load_l3_allocations(file, model);
+  if (extra == ExtraTensors::Reject)
+    for (const auto& [name, tensor] : file.tensors()) {
+      bool known = model.registry().contains(name);
+      for (const L3Layer& layer : model.l3_layers()) known = known || name == layer.alloc_name();
+      if (!known) fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
+    }
+}
+
+void load_l3_allocations(const SafetensorsFile& file, Llama& model) {
   for (const L3Layer& layer : model.l3_layers()) {
     const std::string name = layer.alloc_name();
     if (!file.contains(name)) fail("{}: missing {} (the allocation of L3 layer {})", file.path(), name, layer.index());
@@ -75,35 +85,36 @@ void load_model_state(const SafetensorsFile& file, Llama& model, FlatBuffer& par
     model.set_l3_allocation(layer.index(), std::vector<int32_t>(t.ptr<int32_t>(), t.ptr<int32_t>() + t.numel()),
                             fmt::format("{}: {}", file.path(), name));
   }
-  if (extra == ExtraTensors::Reject)
-    for (const auto& [name, tensor] : file.tensors()) {
-      bool known = model.registry().contains(name);
-      for (const L3Layer& layer : model.l3_layers()) known = known || name == layer.alloc_name();
-      if (!known) fail("{}: unexpected tensor {} (not a parameter of this model)", file.path(), name);
-    }
 }
 
-LoadedModel load_model_dir(const std::string& dir) {
+ModelDir resolve_model_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   if (!fs::is_directory(dir)) fail("--checkpoint {}: not a folder", dir);
   const std::string config_path = (fs::path(dir) / "config.json").string();
-  const std::string weights_path = (fs::path(dir) / "model.safetensors").string();
-  LoadedModel loaded;
+  ModelDir found;
+  found.weights_path = (fs::path(dir) / "model.safetensors").string();
   if (fs::exists(fs::path(dir) / "trainer.json")) {
     // A checkpoint folder: every byte is checked before anything is loaded.
     const CheckpointCheck check = verify_checkpoint(dir);
     if (!check.ok) fail("checkpoint {} cannot be loaded: {}", dir, check.reason);
-    loaded.config = checkpoint_config(check.trainer, dir);
+    found.config = checkpoint_config(check.trainer, dir);
   } else {
     const char* holds = "a run folder holds config.json and model.safetensors; a checkpoint folder trainer.json too";
     if (!fs::exists(config_path)) fail("{}: missing ({})", config_path, holds);
-    if (!fs::exists(weights_path)) fail("{}: missing ({})", weights_path, holds);
-    loaded.config = config_from_json(read_json_file(config_path));
+    if (!fs::exists(found.weights_path)) fail("{}: missing ({})", found.weights_path, holds);
+    found.config = config_from_json(read_json_file(config_path));
   }
+  return found;
+}
+
+LoadedModel load_model_dir(const std::string& dir) {
+  ModelDir found = resolve_model_dir(dir);
+  LoadedModel loaded;
+  loaded.config = std::move(found.config);
   loaded.model = std::make_unique<Llama>(loaded.config.model);
   loaded.params = FlatBuffer(loaded.model->registry().total(),
                              loaded.config.train.dtype == "f64" ? DType::F64 : DType::F32);
-  load_model_state(SafetensorsFile(weights_path), *loaded.model, loaded.params);
+  load_model_state(SafetensorsFile(found.weights_path), *loaded.model, loaded.params);
   return loaded;
 }
 

@@ -39,14 +39,26 @@ void load_params(const SafetensorsFile& file, const ParamRegistry& registry, Fla
 void load_model_state(const SafetensorsFile& file, Llama& model, FlatBuffer& params,
                       ExtraTensors extra = ExtraTensors::Reject);
 
+// Sets every L3 layer's allocation of `model` from the file's model.l3.{j}.alloc tensors (UserError naming the file
+// and tensor when one is missing or malformed).
+void load_l3_allocations(const SafetensorsFile& file, Llama& model);
+
 struct LoadedModel {
   Config config;
   std::unique_ptr<Llama> model;
   FlatBuffer params;
 };
 
-// Reads DIR/config.json and DIR/model.safetensors (a run folder), or a checkpoint folder
-// (RUN/checkpoints/step_*: verified first, the config from its trainer.json).
+// The config and weights file of a run folder (DIR/config.json, DIR/model.safetensors) or of a checkpoint
+// folder (RUN/checkpoints/step_*: verified first, the config from its trainer.json). UserError naming what is
+// missing or corrupt.
+struct ModelDir {
+  Config config;
+  std::string weights_path;
+};
+ModelDir resolve_model_dir(const std::string& dir);
+
+// Reads the model of resolve_model_dir(dir) into memory.
 LoadedModel load_model_dir(const std::string& dir);
 
 // Writes the resolved config as pretty JSON (atomically).

@@ -1,6 +1,9 @@
 // safetensors reading and writing.
 #include "train/safetensors.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -74,22 +77,44 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   }
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) fail("{}: cannot open", path);
-  const auto size = static_cast<size_t>(in.tellg());
-  in.seekg(0);
-  bytes_.resize(size);
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes_.data()), static_cast<std::streamsize>(size)))
-    fail("{}: read error", path);
+SafetensorsFile::SafetensorsFile(const std::string& path, FileAccess access) : path_(path) {
+  size_t size = 0;
+  const std::byte* base = nullptr;
+  if (access == FileAccess::Map) {
+    const int fd = ::open(path.c_str(), O_RDONLY);
+    if (fd < 0) fail("{}: cannot open: {}", path, std::strerror(errno));
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) {
+      ::close(fd);
+      fail("{}: cannot stat: {}", path, std::strerror(errno));
+    }
+    size = static_cast<size_t>(info.st_size);
+    void* mapped = size > 0 ? ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : nullptr;
+    ::close(fd);
+    if (mapped == MAP_FAILED) fail("{}: cannot map: {}", path, std::strerror(errno));
+    mapping_ = std::shared_ptr<const std::byte>(static_cast<const std::byte*>(mapped),
+                                                [size](const std::byte* p) {
+                                                  if (p != nullptr) ::munmap(const_cast<std::byte*>(p), size);
+                                                });
+    base = mapping_.get();
+  } else {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    if (!in) fail("{}: cannot open", path);
+    size = static_cast<size_t>(in.tellg());
+    in.seekg(0);
+    bytes_.resize(size);
+    if (size > 0 && !in.read(reinterpret_cast<char*>(bytes_.data()), static_cast<std::streamsize>(size)))
+      fail("{}: read error", path);
+    base = bytes_.data();
+  }
   if (size < 8) fail("{}: not a safetensors file: {} bytes", path, size);
   uint64_t header_len = 0;
-  std::memcpy(&header_len, bytes_.data(), 8);
+  std::memcpy(&header_len, base, 8);
   if (header_len > size - 8) fail("{}: truncated safetensors file: header of {} bytes in a {}-byte file", path, header_len, size);
   nlohmann::json header;
   try {
-    header = nlohmann::json::parse(reinterpret_cast<const char*>(bytes_.data()) + 8,
-                                   reinterpret_cast<const char*>(bytes_.data()) + 8 + header_len);
+    header = nlohmann::json::parse(reinterpret_cast<const char*>(base) + 8,
+                                   reinterpret_cast<const char*>(base) + 8 + header_len);
   } catch (const nlohmann::json::exception& e) {
     fail("{}: corrupt safetensors header: {}", path, e.what());
   }
@@ -117,7 +142,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
       if (data_start + offsets[1] > size)
         fail("{}: truncated safetensors file: tensor {} ends at byte {} of a {}-byte file", path, name,
              data_start + offsets[1], size);
-      t.data = bytes_.data() + data_start + offsets[0];
+      t.data = const_cast<std::byte*>(base) + data_start + offsets[0];
       tensors_[name] = t;
     } catch (const nlohmann::json::exception& e) {
       fail("{}: tensor {}: corrupt header entry: {}", path, name, e.what());

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -25,10 +26,15 @@ std::string safetensors_header(const std::vector<NamedTensor>& tensors,
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
 
-// A whole file read into memory; tensors are views into it.
+// How SafetensorsFile holds the bytes: read into memory, or mapped read-only (pages are read when touched, so
+// a tensor nobody reads never enters memory: inference serves L3 tables from the file this way).
+enum class FileAccess { Read, Map };
+
+// A whole file, read into memory or mapped; tensors are views into it (read-only when mapped).
 class SafetensorsFile {
  public:
-  explicit SafetensorsFile(const std::string& path);  // validates header, offsets and size
+  // Validates header, offsets and size.
+  explicit SafetensorsFile(const std::string& path, FileAccess access = FileAccess::Read);
 
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
   const Tensor& get(const std::string& name) const;  // UserError naming file and tensor if absent
@@ -38,7 +44,8 @@ class SafetensorsFile {
 
  private:
   std::string path_;
-  std::vector<std::byte> bytes_;
+  std::vector<std::byte> bytes_;                   // FileAccess::Read
+  std::shared_ptr<const std::byte> mapping_;       // FileAccess::Map: the whole file, unmapped on destruction
   std::map<std::string, Tensor> tensors_;
   std::map<std::string, std::string> metadata_;
 };

@@ -421,10 +421,7 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
                  config.train.steps, progress.tokens_seen,
                  progress.skipped_steps ? fmt::format(", {} steps skipped", progress.skipped_steps) : "");
   }
-  if (!options.init_from.empty()) {
-    const CheckpointCheck check = verify_checkpoint(options.init_from);
-    if (!check.ok) fail("--init-from {}: the checkpoint cannot be loaded: {}", options.init_from, check.reason);
-  }
+  if (!options.init_from.empty()) init_from_weights(options.init_from);  // refuses a bad folder before anything starts
   if (options.stop_at > 0 && options.stop_at <= progress.step)
     fail("--stop-at {}: the run is already at step {}", options.stop_at, progress.step);
 

@@ -65,6 +65,12 @@ void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Att
 void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                         Tensor out, Tensor lse, AttentionTiles tiles = {});
 
+// ---- inference (rope.cpp, attention_cached.cpp) ---------------------------------------------------
+void rope_forward_at(Tensor x, double theta, Tensor start);
+void kv_cache_write(Tensor cache, Tensor x, Tensor slots, Tensor start);
+// Parallel over (row, query head); each query row walks its keys in tiles with an online softmax.
+void attention_cached(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor start);
+
 // ---- SwiGLU (swiglu.cpp) --------------------------------------------------------------------------
 void swiglu_forward(Tensor out, Tensor gate, Tensor up);
 void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);

@@ -1,9 +1,15 @@
 // CPU matrix products in the nn.Linear layout, on Eigen maps of row-major buffers. Eigen's GEMM
 // splits the output among OpenMP threads (never the reduction dimension), so results are
-// deterministic for a fixed thread count.
+// deterministic for a fixed thread count. A product of few rows (decoding: one row per sequence; a prefill chunk)
+// is split here by blocks of output columns, one single-threaded Eigen product per thread: Eigen runs a
+// matrix-vector product on one thread, and its parallel GEMM synchronises its threads once per panel, which costs
+// much more than the work of a few rows when the cores are shared.
 // GCC 12 reports false "may be used uninitialized" warnings inside Eigen's AVX-512 kernels.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <omp.h>
+
 #include <Eigen/Core>
+#include <algorithm>
 
 #include "kernels/cpu/cpu_ops.h"
 
@@ -13,9 +19,31 @@ namespace {
 template <typename T>
 using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+constexpr int64_t kFewRows = 128;         // at most this many rows: split the output columns among threads
+constexpr int64_t kSplitMinWork = 1 << 18;  // multiply-adds below which one thread is faster (a parallel region
+                                            // costs microseconds, more on a busy machine)
+
 template <typename T>
 void matmul_forward_impl(Tensor out, Tensor x, Tensor w, bool accumulate) {
   const int64_t m = w.dim(0), k = w.dim(1), n = x.numel() / k;
+  const int threads = omp_get_max_threads();
+  if (n <= kFewRows && threads > 1 && n * m * k >= kSplitMinWork && !omp_in_parallel()) {
+    const int64_t block = (m + threads - 1) / threads;
+    Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>> O(out.ptr<T>(), n, m, Eigen::OuterStride<>(m));
+    Eigen::Map<const RowMajor<T>> X(x.ptr<T>(), n, k);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int t = 0; t < threads; ++t) {
+      const int64_t c0 = std::min(m, t * block), c1 = std::min(m, c0 + block);
+      if (c1 <= c0) continue;
+      Eigen::Map<const RowMajor<T>> W(w.ptr<T>() + c0 * k, c1 - c0, k);  // (c1 - c0, K)
+      auto O_block = O.middleCols(c0, c1 - c0);
+      if (accumulate)
+        O_block.noalias() += X * W.transpose();
+      else
+        O_block.noalias() = X * W.transpose();
+    }
+    return;
+  }
   Eigen::Map<RowMajor<T>> O(out.ptr<T>(), n, m);          // (N, M)
   Eigen::Map<const RowMajor<T>> X(x.ptr<T>(), n, k);      // (N, K)
   Eigen::Map<const RowMajor<T>> W(w.ptr<T>(), m, k);      // (M, K)

@@ -1,7 +1,9 @@
 // CPU rotary position embedding, rotate-half pairing (Hugging Face Llama): for i < hd/2 the pair
 // (x[i], x[i + hd/2]) at position t turns by t * theta^(-2i/hd). Angles, cosines and sines are
-// computed in double, then rounded once to the tensor's type; the table for the last (T, hd, theta)
-// is kept per thread, since every layer asks for the same one.
+// computed in double, then rounded once to the tensor's type; the last table for (hd, theta) is kept per
+// thread, since every layer asks for the same one, and serves any call that needs no more positions (an entry
+// does not depend on the table's length). rope_forward_at (inference) rotates row b from position start[b] on.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -20,7 +22,7 @@ struct RopeTable {
 template <typename T>
 const RopeTable<T>& rope_table(int64_t positions, int64_t head_dim, double theta) {
   thread_local RopeTable<T> table;
-  if (table.positions == positions && table.head_dim == head_dim && table.theta == theta) return table;
+  if (table.positions >= positions && table.head_dim == head_dim && table.theta == theta) return table;
   const int64_t half = head_dim / 2;
   table.cos.resize(positions * half);
   table.sin.resize(positions * half);
@@ -40,16 +42,25 @@ const RopeTable<T>& rope_table(int64_t positions, int64_t head_dim, double theta
 
 // direction +1: forward rotation; -1: the inverse rotation (the backward, rotation matrices being
 // orthogonal: the gradient turns by the opposite angle).
+// start: (B) i32 first position of each batch row, or null (every row starts at 0).
 template <typename T>
-void rope_impl(Tensor x, double theta, T direction) {
+void rope_impl(Tensor x, double theta, T direction, const int32_t* start = nullptr) {
   const int64_t batch = x.dim(0), positions = x.dim(1), heads = x.dim(2), hd = x.dim(3), half = hd / 2;
-  const RopeTable<T>& table = rope_table<T>(positions, hd, theta);
+  int64_t table_positions = positions;
+  if (start != nullptr) {
+    int64_t last = 0;
+    for (int64_t b = 0; b < batch; ++b) last = std::max<int64_t>(last, start[b] + positions);
+    // Decoding asks for one more position per step: grow the table in powers of two, not one row at a time.
+    table_positions = 64;
+    while (table_positions < last) table_positions *= 2;
+  }
+  const RopeTable<T>& table = rope_table<T>(table_positions, hd, theta);
   const T* cos_table = table.cos.data();
   const T* sin_table = table.sin.data();
   T* data = x.ptr<T>();
 #pragma omp parallel for schedule(static) if (batch * positions * heads * hd > (1 << 14))
   for (int64_t bt = 0; bt < batch * positions; ++bt) {
-    const int64_t t = bt % positions;
+    const int64_t t = bt % positions + (start != nullptr ? start[bt / positions] : 0);
     const T* c = cos_table + t * half;
     const T* s = sin_table + t * half;
     for (int64_t h = 0; h < heads; ++h) {
@@ -71,6 +82,13 @@ void rope_forward(Tensor x, double theta) {
   dispatch_float(x.dtype, "rope_forward", [&](auto tag) {
     using T = decltype(tag);
     rope_impl<T>(x, theta, T(1));
+  });
+}
+
+void rope_forward_at(Tensor x, double theta, Tensor start) {
+  dispatch_float(x.dtype, "rope_forward_at", [&](auto tag) {
+    using T = decltype(tag);
+    rope_impl<T>(x, theta, T(1), start.ptr<int32_t>());
   });
 }
 

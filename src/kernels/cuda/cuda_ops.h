@@ -59,6 +59,11 @@ void matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool
 void rope_forward(Tensor x, double theta);
 void rope_backward(Tensor dx, double theta);
 
+// ---- inference: RoPE at positions, the KV cache and attention against it (inference.cu) -----------------
+void rope_forward_at(Tensor x, double theta, Tensor start);
+void kv_cache_write(Tensor cache, Tensor x, Tensor slots, Tensor start);
+void attention_cached(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor start);
+
 // ---- causal grouped-query attention (attention.cu) ----------------------------------------------------
 // Fused, flash-style: a block holds 32 query rows and streams the keys in tiles of 32 through shared memory
 // with an online softmax; no T x T matrix exists. The backward is two kernels without atomics: one per key

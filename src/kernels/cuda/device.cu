@@ -61,6 +61,54 @@ void free_bytes(void* p) {
   if (p != nullptr) L3C_CUDA_CHECK(cudaFree(p));
 }
 
+void* malloc_host(size_t bytes, const std::string& what) {
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, bytes == 0 ? 1 : bytes, cudaHostAllocDefault) != cudaSuccess) {
+    cudaGetLastError();
+    fail("out of pinned host memory: {} needs {}", what, format_bytes(static_cast<double>(bytes)));
+  }
+  return p;
+}
+
+void free_host(void* p) {
+  if (p != nullptr) L3C_CUDA_CHECK(cudaFreeHost(p));
+}
+
+// A copy stream and the event that marks the end of the copies issued on it so far.
+struct CopyStream {
+  cudaStream_t stream = nullptr;
+  cudaEvent_t done = nullptr;
+};
+
+void* create_copy_stream() {
+  auto* copies = new CopyStream;
+  L3C_CUDA_CHECK(cudaStreamCreateWithFlags(&copies->stream, cudaStreamNonBlocking));
+  L3C_CUDA_CHECK(cudaEventCreateWithFlags(&copies->done, cudaEventDisableTiming));
+  return copies;
+}
+
+void destroy_copy_stream(void* handle) {
+  auto* copies = static_cast<CopyStream*>(handle);
+  cudaStreamSynchronize(copies->stream);
+  cudaEventDestroy(copies->done);
+  cudaStreamDestroy(copies->stream);
+  delete copies;
+}
+
+void copy_to_device_async(void* handle, void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  L3C_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<CopyStream*>(handle)->stream));
+}
+
+void copy_stream_record(void* handle) {
+  auto* copies = static_cast<CopyStream*>(handle);
+  L3C_CUDA_CHECK(cudaEventRecord(copies->done, copies->stream));
+}
+
+void default_stream_wait(void* handle) {
+  L3C_CUDA_CHECK(cudaStreamWaitEvent(nullptr, static_cast<CopyStream*>(handle)->done, 0));
+}
+
 }  // namespace l3c::cuda
 
 namespace l3c::ops::cuda {
