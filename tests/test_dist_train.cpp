@@ -132,7 +132,7 @@ bool wait_until(const std::function<bool()>& condition, double seconds = 60) {
 
 // Starts `command` in the background; its output goes to `log`.
 void start(const std::string& command, const fs::path& log) {
-  REQUIRE(std::system((command + " > " + log.string() + " 2>&1; echo $? > " + log.string() + ".rc &").c_str()) == 0);
+  REQUIRE(std::system(("(" + command + " > " + log.string() + " 2>&1; echo $? > " + log.string() + ".rc) &").c_str()) == 0);
 }
 
 // Each rank's pid, written by the rank itself into dir/pid.RANK before it becomes l3c.
