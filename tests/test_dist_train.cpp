@@ -246,6 +246,36 @@ TEST_CASE("data parallel: a rank started with another config is refused, naming 
   CHECK_THAT(r.output, Contains("error: rank 1 was started differently from rank 0"));
   CHECK_THAT(r.output, Contains("config train.seed: 7 -> 8"));
   CHECK(!fs::exists(dir / "run" / "checkpoints"));
+  // Other data under the same config: data.train is relative, and the ranks start in folders whose shards differ.
+  for (const char* rank : {"0", "1"}) fs::create_directories(dir / rank);
+  fs::copy_file(dir / "train.bin", dir / "0" / "train.bin");
+  l3c::write_shard((dir / "1" / "train.bin").string(), std::vector<uint32_t>(3000, 5));
+  const auto data = l3c::test::run_command(kMpirun + "-np 2 sh -c 'cd " + dir.string() + "/$OMPI_COMM_WORLD_RANK && " +
+                                           kL3c + " train " + config.string() + " --set data.train=train.bin' 2>&1");
+  INFO(data.output);
+  CHECK(data.exit_code != 0);
+  CHECK_THAT(data.output, Contains("error: rank 1 was started differently from rank 0"));
+  CHECK_THAT(data.output, Contains("\"tokens\":5000}, this rank {\"shards\":[\"train.bin\"],\"tokens\":3000}"));
+  fs::remove_all(dir);
+}
+
+TEST_CASE("inspect --world-size: memory per rank with and without ZeRO-1, and the bytes a step reduces", "[dist]") {
+  const fs::path dir = fresh_dir("inspect");
+  const fs::path config = write_config(dir, Model::L3, 1, 128);
+  auto json_of = [&](const std::string& args) {
+    const auto r = l3c::test::run_command(kL3c + " inspect " + config.string() + " --json " + args + " 2>/dev/null");
+    REQUIRE(r.exit_code == 0);
+    std::string text = r.output;
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    return nlohmann::json::parse(text.substr(text.rfind('\n') + 1));  // the last line
+  };
+  const nlohmann::json one = json_of(""), four = json_of("--world-size 4 --set train.zero=1");
+  const int64_t params = one["total_params"];
+  CHECK(one["memory_bytes"]["optimizer"] == 2 * 4 * params);  // f32 moments, whole
+  CHECK(four["memory_bytes"]["optimizer"] == 2 * 4 * ((params + 3) / 4));  // one shard of four
+  CHECK(four["communication"]["payload_bytes"] == 4.0 * params);
+  CHECK(four["communication"]["ring_bytes_per_rank"] == 2.0 * 3 / 4 * 4.0 * params);
+  CHECK(four["communication"]["other_zero_total_bytes"] > four["memory_bytes"]["total"]);
   fs::remove_all(dir);
 }
 
