@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Data parallelism on the CPU, measured: for the tiny dense, L3 and MoE models (byte-level Tiny Shakespeare) and an
 # L3 model with an 8K BPE vocabulary (configs/cpu/l3.json with v = 65536 rows per layer, on Tiny Shakespeare in a
-# BPE trained here), tokens/s of 2 ranks x 1 thread (mpirun) against 1 rank x 2 threads at the same global batch,
+# BPE trained here; its LZW allocation, and a uniform one of 8 rows per token), tokens/s of 2 ranks x 1 thread (mpirun) against 1 rank x 2 threads at the same global batch,
 # and the bytes a step's gradient reduction passes to MPI (per rank, as the metrics record them): dense, L3 with
 # and without the row-sparse reduction, MoE. Then, for the paper configs, the bytes a step would move at 8 ranks
 # and the time that takes at NVLink (450 GB/s) and InfiniBand (50 GB/s) rates (l3c inspect --world-size 8).
 # Prints markdown tables.
 #
 #   bash scripts/bench_dist.sh [STEPS]         (default 12 steps per run; the first is left out of tokens/s)
+#   MODELS="dense l3" bash scripts/bench_dist.sh   (a subset of: dense l3 moe l3-bpe8k l3-bpe8k-uniform)
+#   WORK_DIR=DIR keeps the prepared data and runs there (default: a temporary folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
@@ -42,12 +44,14 @@ declare -A configs=(
   [moe]="configs/tiny/moe.json --set data.train=$bytes/train_000000.bin --set data.val="
   [l3-bpe8k]="configs/cpu/l3.json --set data.train=$bpe/train_000000.bin --set data.val= --set data.tokenizer=$work/tok8k \
 --set model.l3.allocation.data=$bpe/train_000000.bin --set model.l3.v=65536"
+  [l3-bpe8k-uniform]="configs/cpu/l3.json --set data.train=$bpe/train_000000.bin --set data.val= --set data.tokenizer=$work/tok8k \
+--set model.l3.allocation.method=uniform --set model.l3.allocation.data= --set model.l3.v=65536"
 )
 common="--set train.steps=$steps --set train.warmup_steps=1 --set checkpoint.every=0 --set eval.every=0"
 
 echo "| model | 1 rank x 2 threads (tok/s) | 2 ranks x 1 thread (tok/s) | ratio | reduction per step and rank | of which row tables | table rows reduced |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
-for model in dense l3 moe l3-bpe8k; do
+for model in ${MODELS:-dense l3 moe l3-bpe8k l3-bpe8k-uniform}; do
   args="${configs[$model]} $common"
   one="$work/run_${model}_one"; rm -rf "$one"
   "$l3c" train $args --set train.threads=2 --set run.dir="$one" > /dev/null 2>&1 || die "$model: 1 rank failed"

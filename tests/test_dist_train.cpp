@@ -59,10 +59,12 @@ fs::path fresh_dir(const std::string& name) {
 enum class Model { Dense, L3, Moe };
 
 // A tiny model of each kind on a shard of 5000 ids below 31; `batch_tokens` global tokens a step in micro-batches
-// of 2 x 16.
-fs::path write_config(const fs::path& dir, Model model, int steps, int batch_tokens) {
+// of 2 x 16. With `few_ids_per_window` the shard is runs of 40 equal ids out of 4 (0, 7, 14, 21), so that the
+// row-sparse reduction moves only part of the tables.
+fs::path write_config(const fs::path& dir, Model model, int steps, int batch_tokens, bool few_ids_per_window = false) {
   std::vector<uint32_t> tokens(5000);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<uint32_t>((i * 7 + i / 13) % 31);
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<uint32_t>(few_ids_per_window ? (i / 40 % 4) * 7 : (i * 7 + i / 13) % 31);
   const std::string shard = (dir / "train.bin").string();
   l3c::write_shard(shard, tokens);
   std::string layers;
@@ -155,7 +157,8 @@ TEST_CASE("data parallel: 2 ranks give one process's losses and weights with twi
   if (skip_without_mpi()) return;
   for (Model model : {Model::Dense, Model::L3, Model::Moe}) {
     const fs::path dir = fresh_dir("equal_" + std::to_string(static_cast<int>(model)));
-    const fs::path config = write_config(dir, model, 4, 128);  // 4 micro-batches: 4 x 1 rank, 2 x 2 ranks
+    // 4 micro-batches: 4 x 1 rank, 2 x 2 ranks
+    const fs::path config = write_config(dir, model, 4, 128, model == Model::L3);
     const auto one = train(1, config.string() + " --set run.dir=" + (dir / "one").string());
     REQUIRE(one.exit_code == 0);
     for (const std::string zero : {"0", "1"}) {
@@ -166,6 +169,11 @@ TEST_CASE("data parallel: 2 ranks give one process's losses and weights with twi
       CHECK_THAT(two.output, Contains("data parallel: 2 ranks (mpi)"));
       check_losses(run, dir / "one", 1e-6);
       check_weights(run / "model.safetensors", dir / "one" / "model.safetensors", 1e-5);
+      if (model == Model::L3 && zero == "0") {  // the tables went row-sparse: part of their rows moved
+        const auto reduced = losses(run / "metrics.jsonl", "table_rows_reduced"), rows = losses(run / "metrics.jsonl", "table_rows");
+        REQUIRE(!reduced.empty());
+        for (const auto& [step, count] : reduced) CHECK((count > 0 && count < rows.at(step) / 2));
+      }
     }
     fs::remove_all(dir);
   }

@@ -225,6 +225,71 @@ void log_run(const Config& config, const RunInputs& in, TrainingState& state, co
   }
 }
 
+// The steps from the run's start to train.steps (or a stop), with validation, checkpoints and the final model.
+// Every rank runs it in lockstep: the stop decision is reduced over the ranks after each step.
+TrainSummary train_loop(const Config& config, const TrainOptions& options, TrainingState& state, RunFolder& folder,
+                        StepLogger& log, const WindowLoader* val_data, const BatchSource& batches) {
+  TrainerProgress progress = folder.start();
+  TrainSummary summary;
+  summary.start_step = progress.step;
+  summary.resumed_from = folder.resume_dir();
+  summary.final_train_loss = std::numeric_limits<double>::quiet_NaN();
+  if (folder.resuming() && progress.step == config.train.steps)
+    spdlog::info("the checkpoint is at the last step ({}): nothing left to train", progress.step);
+
+  const int64_t step_pause_ms = test_hook_milliseconds("L3C_TEST_STEP_PAUSE_MS");
+  const StopSignals signals;
+  const auto run_start = clock::now();
+  for (int64_t step = progress.step; step < config.train.steps; ++step) {
+    const auto start = clock::now();
+    const StepResult r = state.step(step, batches);
+    progress.step = step + 1;
+    progress.tokens_seen += state.tokens_per_step();
+    if (r.skipped) ++progress.skipped_steps;
+    else summary.final_train_loss = r.loss;
+    log.step(step, r, std::chrono::duration<double>(clock::now() - start).count(), progress);
+    const bool last = step + 1 == config.train.steps;
+    if (val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0))) {
+      const auto val_start = clock::now();
+      summary.final_val_loss = state.evaluate(*val_data, config.eval.batches);
+      log.validation(step + 1, summary.final_val_loss, std::chrono::duration<double>(clock::now() - val_start).count());
+    }
+    if (step_pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_pause_ms));
+
+    // A signal to any rank stops every rank after this step (the largest signal number received wins).
+    const int signal_number = static_cast<int>(all_reduce_value(state.communicator(), StopSignals::received(), ReduceOp::Max));
+    const char* stop = StopSignals::name(signal_number);
+    if (!stop && options.stop_at == step + 1 && !last) stop = "--stop-at";
+    if (last || stop || (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0)) {
+      progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch, 0,
+                                              state.communicator().size());
+      summary.checkpoint = folder.checkpoint(state, progress);
+    }
+    if (stop && !last) {
+      summary.stopped = stop;
+      folder.write_metrics({{"event", "stopped"}, {"step", step + 1}, {"reason", stop}, {"checkpoint", summary.checkpoint}});
+      break;
+    }
+  }
+  summary.steps = progress.step;
+  summary.tokens = progress.tokens_seen;
+  summary.skipped_steps = progress.skipped_steps;
+  summary.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
+  summary.tokens_per_second = log.average_tokens_per_second();
+  summary.mfu = log.mfu(summary.tokens_per_second);
+  if (!summary.stopped.empty()) return summary;
+
+  folder.save_model(state);
+  auto number_or_null = [](double x) { return std::isnan(x) ? nlohmann::json() : nlohmann::json(x); };
+  folder.write_metrics({{"summary", true}, {"steps", summary.steps}, {"tokens", summary.tokens},
+                        {"skipped_steps", summary.skipped_steps},
+                        {"final_train_loss", number_or_null(summary.final_train_loss)},
+                        {"final_val_loss", number_or_null(summary.final_val_loss)},
+                        {"seconds", summary.seconds}, {"tokens_per_second", summary.tokens_per_second},
+                        {"mfu", summary.mfu}});
+  return summary;
+}
+
 }  // namespace
 
 TrainSummary run_training(const Config& config, const TrainOptions& options) {
@@ -270,67 +335,8 @@ TrainSummary run_training(const Config& config, const TrainOptions& options, Com
   const BatchSource batches = [&](int64_t first, Tensor tokens, Tensor targets) {
     in.train_data.fill(order, first, tokens, targets);
   };
-  TrainerProgress progress = folder.start();
-  StepLogger log(config, folder, progress.step, state.tokens_per_step(), peak, cost.flops_per_token);
-  TrainSummary summary;
-  summary.start_step = progress.step;
-  summary.resumed_from = folder.resume_dir();
-  summary.final_train_loss = std::numeric_limits<double>::quiet_NaN();
-  if (folder.resuming() && progress.step == config.train.steps)
-    spdlog::info("the checkpoint is at the last step ({}): nothing left to train", progress.step);
-
-  // The loop. Every rank runs it in lockstep: the stop decision is reduced over ranks after each step.
-  const int64_t step_pause_ms = test_hook_milliseconds("L3C_TEST_STEP_PAUSE_MS");
-  const StopSignals signals;
-  const auto run_start = clock::now();
-  for (int64_t step = progress.step; step < config.train.steps; ++step) {
-    const auto start = clock::now();
-    const StepResult r = state.step(step, batches);
-    progress.step = step + 1;
-    progress.tokens_seen += state.tokens_per_step();
-    if (r.skipped) ++progress.skipped_steps;
-    else summary.final_train_loss = r.loss;
-    log.step(step, r, std::chrono::duration<double>(clock::now() - start).count(), progress);
-    const bool last = step + 1 == config.train.steps;
-    if (in.val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0))) {
-      const auto val_start = clock::now();
-      summary.final_val_loss = state.evaluate(*in.val_data, config.eval.batches);
-      log.validation(step + 1, summary.final_val_loss, std::chrono::duration<double>(clock::now() - val_start).count());
-    }
-    if (step_pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_pause_ms));
-
-    // A signal to any rank stops every rank after this step (the largest signal number received wins).
-    const int signal_number = static_cast<int>(all_reduce_value(state.communicator(), StopSignals::received(), ReduceOp::Max));
-    const char* stop = StopSignals::name(signal_number);
-    if (!stop && options.stop_at == step + 1 && !last) stop = "--stop-at";
-    if (last || stop || (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0)) {
-      progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch, 0,
-                                              state.communicator().size());
-      summary.checkpoint = folder.checkpoint(state, progress);
-    }
-    if (stop && !last) {
-      summary.stopped = stop;
-      folder.write_metrics({{"event", "stopped"}, {"step", step + 1}, {"reason", stop}, {"checkpoint", summary.checkpoint}});
-      break;
-    }
-  }
-  summary.steps = progress.step;
-  summary.tokens = progress.tokens_seen;
-  summary.skipped_steps = progress.skipped_steps;
-  summary.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
-  summary.tokens_per_second = log.average_tokens_per_second();
-  summary.mfu = log.mfu(summary.tokens_per_second);
-  if (!summary.stopped.empty()) return summary;
-
-  folder.save_model(state);
-  auto number_or_null = [](double x) { return std::isnan(x) ? nlohmann::json() : nlohmann::json(x); };
-  folder.write_metrics({{"summary", true}, {"steps", summary.steps}, {"tokens", summary.tokens},
-                        {"skipped_steps", summary.skipped_steps},
-                        {"final_train_loss", number_or_null(summary.final_train_loss)},
-                        {"final_val_loss", number_or_null(summary.final_val_loss)},
-                        {"seconds", summary.seconds}, {"tokens_per_second", summary.tokens_per_second},
-                        {"mfu", summary.mfu}});
-  return summary;
+  StepLogger log(config, folder, folder.start().step, state.tokens_per_step(), peak, cost.flops_per_token);
+  return train_loop(config, options, state, folder, log, in.val_data.get(), batches);
 }
 
 }  // namespace l3c
