@@ -97,8 +97,11 @@ void GradientSync::reduce_tables(const Tensor& grads, ReduceReport& report) {
     for (const auto& [first, last] : token_runs) touched += (*t.row_offsets)[last] - (*t.row_offsets)[first];
     report.rows_total += t.rows;
     report.table_full_bytes += static_cast<uint64_t>(t.rows * t.width) * dtype_size(grads.dtype);
-    if (2 * touched > t.rows) {
-      segments.push_back({t.offset, t.offset + t.rows * t.width});
+    if (2 * touched > t.rows) {  // in place, as dense parameters are: packing would copy most of the table twice
+      const uint64_t dense_before = report.dense_bytes;
+      reduce_dense(grads, t.offset, t.offset + t.rows * t.width, report);
+      report.table_bytes += report.dense_bytes - dense_before;
+      report.dense_bytes = dense_before;
       report.rows_reduced += t.rows;
       continue;
     }
