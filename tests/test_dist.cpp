@@ -207,7 +207,7 @@ TEST_CASE("mpi communicator: a rank that hangs ends the others within dist.timeo
   CHECK(seconds < 20);
 }
 
-TEST_CASE("nccl communicator: builds with the CUDA backend; needs a GPU to run", "[dist][nccl]") {
+TEST_CASE("nccl communicator: built with the CUDA backend when NCCL is found, refused with a reason otherwise", "[dist][nccl]") {
   if (!built_with_nccl()) {
     CHECK_THAT(user_error([] { make_nccl_communicator(torchrun(0, 2, 1234), 1.0, [](std::vector<char>&) {}); }),
                Contains("built without it"));
