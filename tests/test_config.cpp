@@ -207,7 +207,7 @@ TEST_CASE("an unknown top-level section is an error listing the known ones", "[c
   json j = minimal();
   j["optimizer"] = json::object();
   CHECK_THAT(error_from_json(j), Contains("optimizer: unknown key (known keys at the top level: model, data, "
-                                          "train, eval, checkpoint, run, extends, description)"));
+                                          "train, eval, checkpoint, dist, run, extends, description)"));
 }
 
 TEST_CASE("a value of the wrong type is an error naming the expected type and the value", "[config]") {
@@ -456,7 +456,7 @@ TEST_CASE("a malformed or unknown override is an error naming it", "[config]") {
   CHECK_THAT(error_with("model.foo=1"), Contains("--set model.foo=1: unknown key (known keys in model: vocab_size, "
                                                  "d_model,"));
   CHECK_THAT(error_with("optim.lr=1"), Contains("--set optim.lr=1: unknown key (keys are SECTION.KEY; known "
-                                                "sections: model, data, train, eval, checkpoint, run)"));
+                                                "sections: model, data, train, eval, checkpoint, dist, run)"));
   CHECK_THAT(error_with("model=1"), Contains("--set model=1: unknown key (known keys in model: vocab_size"));
   CHECK_THAT(error_with("train.lr=abc"), Contains("--set train.lr=abc: train.lr: expected a number, got string "
                                                   "\"abc\""));
@@ -508,15 +508,16 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
 
   std::vector<std::string> sections;
   for (const auto& item : out.items()) sections.push_back(item.key());
-  CHECK(sections == std::vector<std::string>{"model", "data", "train", "eval", "checkpoint", "run"});
+  CHECK(sections == std::vector<std::string>{"model", "data", "train", "eval", "checkpoint", "dist", "run"});
   std::vector<std::string> model_keys;
   for (const auto& item : out["model"].items()) model_keys.push_back(item.key());
   CHECK(model_keys == std::vector<std::string>{"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                                "ffn_hidden", "rope_theta", "norm_eps", "tie_embeddings",
                                                "init_std"});
-  CHECK(out["train"].size() == 21);  // ... device, dtype, precision, recompute, on_nonfinite, trainable
+  CHECK(out["train"].size() == 22);  // ... device, dtype, precision, recompute, zero, on_nonfinite, trainable
   CHECK(out["checkpoint"].size() == 3);  // every, keep, milestone_every
   CHECK(out["data"].size() == 5);  // train, val, seq_len, shuffle, tokenizer
+  CHECK(out["dist"].size() == 5);  // timeout, bucket_mb, row_sparse, nccl_bootstrap, shared_dir
 
   // A saved config reads back through load_config too.
   TempDir dir;

@@ -56,12 +56,14 @@ IsoSparseSuggestion suggest_iso_sparse(const Config& config, const ModelCost& ta
 
 int inspect(const std::vector<std::string>& argv) {
   const cli::Args args = cli::parse(
-      argv, {{"match"}, {"json"}, 1, 1, "l3c inspect CONFIG [--match OTHER_CONFIG] [--set key=value ...] [--json]"});
+      argv, {{"match", "world-size"}, {"json"}, 1, 1,
+             "l3c inspect CONFIG [--match OTHER_CONFIG] [--world-size N] [--set key=value ...] [--json]"});
   const Config config = load_config(args.positional[0], args.sets);
+  const int world_size = static_cast<int>(args.get_int("world-size", 1, 1));
   const Llama model(config.model);
   const ModelCost cost = model.cost(config.data.seq_len);
   const Device device = planned_device(config);
-  const MemoryEstimate memory = estimate_training_memory(model, config, device);
+  const MemoryEstimate memory = estimate_training_memory(model, config, device, world_size);
 
   const bool all_moe = config.model.moe.enabled() && config.model.moe.layers.all;
   fmt::print("model: {} layers, d_model {}, {} heads ({} kv), {}vocab {}, {} embeddings\n", config.model.n_layers,
@@ -89,8 +91,9 @@ int inspect(const std::vector<std::string>& argv) {
     fmt::print("  {:<12} {:>14} ({:.1f}%)\n", group, count, 100.0 * count / cost.total_params);
   fmt::print("FLOPs per token (training, T={}): {:.4g} (6 x {} active matmul parameters + attention)\n", config.data.seq_len,
              cost.flops_per_token, cost.matmul_params);
-  fmt::print("training memory (micro-batch {} x {}, {}): {}\n", config.train.micro_batch, config.data.seq_len,
+  fmt::print("training memory (micro-batch {} x {}, {}{}): {}\n", config.train.micro_batch, config.data.seq_len,
              device == Device::CUDA ? fmt::format("GPU, {}", config.train.precision) : std::string("host"),
+             world_size > 1 ? fmt::format(", per rank of {}, train.zero {}", world_size, config.train.zero) : "",
              format_bytes(static_cast<double>(memory.total())));
   fmt::print("  parameters {} | gradients {} | optimizer {} | activations {}{}\n",
              format_bytes(static_cast<double>(memory.params)), format_bytes(static_cast<double>(memory.grads)),
@@ -99,6 +102,33 @@ int inspect(const std::vector<std::string>& argv) {
                                                   format_bytes(static_cast<double>(memory.master)),
                                                   format_bytes(static_cast<double>(memory.workspace)))
                                     : std::string());
+
+  nlohmann::json comm_json;
+  if (world_size > 1) {
+    // The other ZeRO setting, so that one command shows whether sharding makes the run fit.
+    Config other = config;
+    other.train.zero = 1 - config.train.zero;
+    const MemoryEstimate other_memory = estimate_training_memory(model, other, device, world_size);
+    fmt::print("  with train.zero {} instead: {} per rank (optimizer {}{})\n", other.train.zero,
+               format_bytes(static_cast<double>(other_memory.total())),
+               format_bytes(static_cast<double>(other_memory.optimizer)),
+               device == Device::CUDA ? ", master weights " + format_bytes(static_cast<double>(other_memory.master)) : "");
+    // What a step moves: the gradients, once (ring all-reduce: each rank sends and receives 2 (R - 1) / R of them);
+    // with dist.row_sparse the row tables only in the rows of the tokens present in the global batch.
+    const size_t element = memory.params / static_cast<size_t>(std::max<int64_t>(cost.total_params, 1));
+    int64_t table_params = 0;
+    for (const ParamInfo& p : model.registry().params())
+      if (p.group == "l3_table" || (p.group == "embedding" && !config.model.tie_embeddings)) table_params += p.numel;
+    const double payload = static_cast<double>(cost.total_params) * static_cast<double>(element);
+    const double ring = 2.0 * (world_size - 1) / world_size;
+    fmt::print("gradient reduction per step at {} ranks: {} payload ({} of it row tables), {} sent per rank by a ring "
+               "all-reduce: {:.1f} ms at 450 GB/s (NVLink), {:.1f} ms at 50 GB/s (InfiniBand)\n", world_size,
+               format_bytes(payload), format_bytes(static_cast<double>(table_params) * static_cast<double>(element)),
+               format_bytes(ring * payload), 1e3 * ring * payload / 450e9, 1e3 * ring * payload / 50e9);
+    comm_json = {{"world_size", world_size}, {"payload_bytes", payload},
+                 {"table_bytes", static_cast<double>(table_params) * static_cast<double>(element)},
+                 {"ring_bytes_per_rank", ring * payload}, {"other_zero_total_bytes", other_memory.total()}};
+  }
 
   nlohmann::json match_json;
   if (args.has("match")) {
@@ -153,6 +183,7 @@ int inspect(const std::vector<std::string>& argv) {
                                           {"device", device == Device::CUDA ? "cuda" : "cpu"},
                                           {"total", memory.total()}}}};
     if (!match_json.is_null()) out["match"] = match_json;
+    if (!comm_json.is_null()) out["communication"] = comm_json;
     cli::print_json_line(out.dump());
   }
   return 0;

@@ -6,6 +6,8 @@
 
 #include "cli.h"
 #include "commands.h"
+#include "dist/bootstrap.h"
+#include "train/device.h"
 #include "train/perf.h"
 #include "train/trainer.h"
 
@@ -22,7 +24,25 @@ int train(const std::vector<std::string>& argv) {
   options.init_from = args.get("init-from", "");
   options.stop_at = args.get_int("stop-at", 0, 1);
   if (args.has("resume") && options.resume.empty()) fail("--resume: expected auto or a checkpoint folder");
-  const TrainSummary s = run_training(config, options);
+  // Launched as one of several ranks (mpirun, srun, torchrun-style): the communicator joins them. The other
+  // ranks log warnings and errors only, each line naming the rank; rank 0 logs the run.
+  const LaunchInfo launch = detect_launch();
+  if (launch.size > 1) {
+    spdlog::default_logger()->set_pattern(fmt::format("%^%H:%M:%S%$ [rank {}] %v", launch.rank));
+    if (launch.rank != 0) spdlog::set_level(spdlog::level::warn);
+  }
+  std::unique_ptr<Communicator> comm;
+  TrainSummary s;
+  try {
+    comm = make_communicator(launch, config.dist, resolve_run_device(config.train).device, config.run.dir);
+    s = run_training(config, options, *comm);
+  } catch (const UserError& e) {
+    // The error line names the rank that saw the problem (the launcher then ends the others).
+    if (launch.size > 1 && std::string_view(e.what()).substr(0, 5) != "rank ")
+      throw UserError(fmt::format("rank {}: {}", launch.rank, e.what()));
+    throw;
+  }
+  if (!comm->is_root()) return 0;
   if (!s.stopped.empty()) {
     spdlog::info("stopped after step {} of {} ({}): checkpoint {}; continue with: l3c train {} --resume auto", s.steps,
                  config.train.steps, s.stopped, s.checkpoint, args.positional[0]);

@@ -159,6 +159,7 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::trainable>("train.trainable"),  // empty: everything trains
       field<&C::train, &TrainConfig::precision>("train.precision", {.one_of = {"fp32", "bf16"}}),
       field<&C::train, &TrainConfig::recompute>("train.recompute", {.one_of = {"none", "swiglu", "attention", "all"}}),
+      field<&C::train, &TrainConfig::zero>("train.zero", {.min = 0, .max = 1}),
 
       field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0}),
       field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1}),
@@ -166,6 +167,12 @@ const std::vector<Field>& schema() {
       field<&C::checkpoint, &CheckpointConfig::every>("checkpoint.every", {.min = 0}),
       field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint.keep", {.min = 1}),
       field<&C::checkpoint, &CheckpointConfig::milestone_every>("checkpoint.milestone_every", {.min = 0}),
+
+      field<&C::dist, &DistConfig::timeout>("dist.timeout", {.min = 0, .min_open = true}),
+      field<&C::dist, &DistConfig::bucket_mb>("dist.bucket_mb", {.min = 1}),
+      field<&C::dist, &DistConfig::row_sparse>("dist.row_sparse"),
+      field<&C::dist, &DistConfig::nccl_bootstrap>("dist.nccl_bootstrap", {.one_of = {"auto", "mpi", "tcp", "file"}}),
+      field<&C::dist, &DistConfig::shared_dir>("dist.shared_dir"),
 
       field<&C::run, &RunConfig::dir>("run.dir", {.non_empty = true}),
   };

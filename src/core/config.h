@@ -124,8 +124,14 @@ struct TrainConfig {
   // Activations recomputed in the backward instead of kept: "none" | "swiglu" (the SwiGLU product) |
   // "attention" (the attention output) | "all".
   std::string recompute = "none";
+  // Data parallelism: 0 keeps AdamW state and master weights whole on every rank; 1 (ZeRO-1) shards them over
+  // the ranks as contiguous ranges of the flat buffer (a no-op at world size 1).
+  int64_t zero = 0;
 
-  int64_t grad_accum_steps(int64_t seq_len) const { return batch_tokens / (micro_batch * seq_len); }
+  // Micro-batches each rank accumulates per step: batch_tokens is the global batch, over all `ranks`.
+  int64_t grad_accum_steps(int64_t seq_len, int64_t ranks = 1) const {
+    return batch_tokens / (micro_batch * seq_len * ranks);
+  }
 };
 
 struct EvalConfig {
@@ -139,6 +145,15 @@ struct CheckpointConfig {
   int64_t milestone_every = 0;  // also keep every checkpoint whose step is a multiple of this; 0: none
 };
 
+// How the ranks of a data-parallel job talk (src/dist). Nothing here changes what is computed.
+struct DistConfig {
+  double timeout = 300.0;       // seconds a collective or the bootstrap waits for the other ranks before failing
+  int64_t bucket_mb = 32;       // gradients are all-reduced in buckets of this many MiB
+  bool row_sparse = true;       // L3 tables (and an untied embedding): all-reduce only the rows of tokens present
+  std::string nccl_bootstrap = "auto";  // how the NCCL id travels: "auto" | "mpi" | "tcp" | "file"
+  std::string shared_dir;       // "file" bootstrap: a folder every rank sees ("": run.dir)
+};
+
 struct RunConfig {
   std::string dir = "runs/default";
 };
@@ -149,6 +164,7 @@ struct Config {
   TrainConfig train;
   EvalConfig eval;
   CheckpointConfig checkpoint;
+  DistConfig dist;
   RunConfig run;
 };
 

@@ -77,7 +77,8 @@ class FlatBuffer {
 };
 
 // Fills params by each parameter's InitKind; normal draws come from the counter-based generator keyed
-// by (seed, parameter index, element index), so initialisation is the same on any thread count.
+// by (seed, parameter index, element index), so initialisation is the same on any thread count. Elements past
+// the registry's (padding) are left as they are.
 void init_params(const ParamRegistry& registry, FlatBuffer& params, uint64_t seed);
 
 }  // namespace l3c

@@ -1,17 +1,21 @@
 // AdamW update and gradient clipping over flat buffers.
 #include "optim/adamw.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "core/errors.h"
 
 #include "kernels/ops.h"
 
 namespace l3c {
 
-AdamW::AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device)
+AdamW::AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device, BufferRange range)
     : registry_(registry),
       settings_(settings),
-      m_(registry.total(), dtype, device),
-      v_(registry.total(), dtype, device) {
+      range_(range.size() > 0 ? range : BufferRange{0, registry.total()}),
+      m_(range_.size(), dtype, device),
+      v_(range_.size(), dtype, device) {
   build_runs({});
 }
 
@@ -21,20 +25,30 @@ void AdamW::build_runs(const std::vector<uint8_t>& trainable) {
   for (size_t i = 0; i < params.size(); ++i) {
     const ParamInfo& p = params[i];
     if (!trainable.empty() && !trainable[i]) continue;  // frozen: no update, no decay, moments untouched
+    const int64_t begin = std::max(p.offset, range_.begin), end = std::min(p.offset + p.numel, range_.end);
+    if (begin >= end) continue;  // outside this optimizer's range
     const bool table = p.group == "l3_table";
     const double decay = !p.decay ? 0.0
                          : table && settings_.table_weight_decay >= 0.0 ? settings_.table_weight_decay
                                                                          : settings_.weight_decay;
     const double lr_scale = table ? settings_.table_lr_scale : 1.0;
-    Run& last = runs_.empty() ? runs_.emplace_back(Run{p.offset, 0, decay, lr_scale}) : runs_.back();
-    if (last.weight_decay == decay && last.lr_scale == lr_scale && last.offset + last.numel == p.offset)
-      last.numel += p.numel;
+    if (!runs_.empty() && runs_.back().weight_decay == decay && runs_.back().lr_scale == lr_scale &&
+        runs_.back().offset + runs_.back().numel == begin)
+      runs_.back().numel += end - begin;
     else
-      runs_.push_back({p.offset, p.numel, decay, lr_scale});
+      runs_.push_back({begin, end - begin, decay, lr_scale});
   }
 }
 
 void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master) {
+  step_range(params, grads.all().rows(range_.begin, range_.end), lr,
+             master != nullptr ? master->all().rows(range_.begin, range_.end) : Tensor());
+}
+
+void AdamW::step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor range_master) {
+  L3C_CHECK(range_grads.numel() == range_.size(), "AdamW: {} gradients for a range of {}", range_grads.numel(),
+            range_.size());
+  const bool has_master = range_master.data != nullptr;
   ++step_;
   // PyTorch order (ops::adamw_update): decoupled decay first, then the moments and the bias-corrected step.
   ops::AdamWStep s;
@@ -43,14 +57,15 @@ void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuf
   s.eps = settings_.eps;
   s.bias1 = 1.0 - std::pow(settings_.beta1, static_cast<double>(step_));
   s.bias2 = 1.0 - std::pow(settings_.beta2, static_cast<double>(step_));
-  const Tensor p = params.all(), g = grads.all(), m = m_.all(), v = v_.all();
-  const Tensor w = master != nullptr ? master->all() : Tensor();
+  const Tensor p = params.all(), m = m_.all(), v = v_.all();
   for (const Run& run : runs_) {
     s.lr = lr * run.lr_scale;
     s.weight_decay = run.weight_decay;
-    const int64_t begin = run.offset, end = run.offset + run.numel;
-    ops::adamw_update(p.rows(begin, end), g.rows(begin, end), m.rows(begin, end), v.rows(begin, end),
-                      master != nullptr ? w.rows(begin, end) : Tensor(), s);
+    const int64_t begin = run.offset, end = run.offset + run.numel;  // in the parameters
+    const int64_t local_begin = begin - range_.begin, local_end = end - range_.begin;  // in the range
+    ops::adamw_update(p.rows(begin, end), range_grads.rows(local_begin, local_end), m.rows(local_begin, local_end),
+                      v.rows(local_begin, local_end),
+                      has_master ? range_master.rows(local_begin, local_end) : Tensor(), s);
   }
 }
 

@@ -23,16 +23,31 @@ struct AdamWSettings {
   }
 };
 
+// Elements [begin, end) of the flat buffer: the part of the parameters an optimizer updates (ZeRO-1 shards them
+// over ranks; the whole buffer otherwise).
+struct BufferRange {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+
 class AdamW {
  public:
-  // dtype: the moments' dtype (f32 for f32 or bf16 parameters, f64 for f64).
-  AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device = Device::CPU);
+  // dtype: the moments' dtype (f32 for f32 or bf16 parameters, f64 for f64). `range`: the elements this optimizer
+  // updates and keeps moments for (ZeRO-1: this rank's shard); the whole registry when empty.
+  AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device = Device::CPU,
+        BufferRange range = {});
 
   // One update with learning rate lr; grads are used as they are (clip them first). step_ counts from 1.
   // master: the f32 weights behind bf16 parameters (mixed precision), else null.
   void step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master = nullptr);
+  // The same over range() only: range_grads (range().size()) are the gradients of the range, range_master
+  // (range().size(), or empty) its f32 master weights; params is the whole buffer.
+  void step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor range_master = Tensor());
+  const BufferRange& range() const { return range_; }
 
   int64_t steps_taken() const { return step_; }
+  // The moments of range() (the whole buffer unless sharded): element i is the moment of element
+  // range().begin + i of the parameters.
   FlatBuffer& first_moment() { return m_; }
   FlatBuffer& second_moment() { return v_; }
   void set_steps_taken(int64_t steps) { step_ = steps; }
@@ -42,12 +57,14 @@ class AdamW {
  private:
   const ParamRegistry& registry_;
   AdamWSettings settings_;
+  BufferRange range_;
   FlatBuffer m_, v_;
   struct Run {
     int64_t offset, numel;
     double weight_decay, lr_scale;
   };
-  // Consecutive trainable parameters with the same weight decay and learning-rate factor, in buffer order.
+  // Consecutive trainable parameters with the same weight decay and learning-rate factor, in buffer order, cut to
+  // range_.
   std::vector<Run> runs_;
   void build_runs(const std::vector<uint8_t>& trainable);
   int64_t step_ = 0;

@@ -450,11 +450,12 @@ const std::vector<std::string>& resume_changeable_keys() {
       "train.steps",    "train.min_lr",       "train.decay_fraction", "train.on_nonfinite", "train.threads",
       "eval.",          "checkpoint.",        "data.val",             "data.tokenizer",     "run.dir",
       "model.l3.allocation.",  // the allocation is part of the checkpoint; its source no longer matters
+      "train.zero",     "dist.",  // how ranks share the work: the checkpoint's format is the same for any
   };
   return keys;
 }
 
-std::vector<std::string> check_resume_config(const Config& saved, const Config& now) {
+std::map<std::string, std::pair<json, json>> config_differences(const Config& a, const Config& b) {
   // Both configs flattened to "section.key" -> value.
   std::map<std::string, json> before, after;
   std::function<void(const json&, const std::string&, std::map<std::string, json>&)> flatten =
@@ -465,14 +466,23 @@ std::vector<std::string> check_resume_config(const Config& saved, const Config& 
           else out[path] = value;
         }
       };
-  flatten(json(config_to_json(saved)), "", before);
-  flatten(json(config_to_json(now)), "", after);
+  flatten(json(config_to_json(a)), "", before);
+  flatten(json(config_to_json(b)), "", after);
   std::map<std::string, std::pair<json, json>> changed;
   for (const auto& [key, value] : before)
     if (!after.count(key) || after[key] != value) changed[key] = {value, after.count(key) ? after[key] : json()};
   for (const auto& [key, value] : after)
     if (!before.count(key)) changed[key] = {json(), value};
+  return changed;
+}
 
+std::string describe_difference(const std::string& key, const std::pair<json, json>& values) {
+  return fmt::format("{}: {} -> {}", key, values.first.is_null() ? "(absent)" : values.first.dump(),
+                     values.second.is_null() ? "(absent)" : values.second.dump());
+}
+
+std::vector<std::string> check_resume_config(const Config& saved, const Config& now) {
+  const std::map<std::string, std::pair<json, json>> changed = config_differences(saved, now);
   auto changeable = [](const std::string& key) {
     for (const std::string& allowed : resume_changeable_keys())
       if (allowed.back() == '.' ? key.rfind(allowed, 0) == 0 : key == allowed) return true;
@@ -480,8 +490,7 @@ std::vector<std::string> check_resume_config(const Config& saved, const Config& 
   };
   std::vector<std::string> notes, refused;
   for (const auto& [key, values] : changed) {
-    const std::string line = fmt::format("{}: {} -> {}", key, values.first.is_null() ? "(absent)" : values.first.dump(),
-                                         values.second.is_null() ? "(absent)" : values.second.dump());
+    const std::string line = describe_difference(key, values);
     (changeable(key) ? notes : refused).push_back(line);
   }
   if (!refused.empty()) {

@@ -15,6 +15,7 @@
 // Reading: verify_checkpoint checks every byte against trainer.json before anything is loaded.
 #pragma once
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -108,6 +109,10 @@ std::string init_from_weights(const std::string& dir);
 // Keys that may change on resume (see resume_changeable_keys) are returned as notes ("train.steps: 100 ->
 // 200"); any other change is a UserError listing every changed key with its old and new value.
 std::vector<std::string> check_resume_config(const Config& saved, const Config& now);
+// Every key whose value differs between two configs ("section.key" -> {value in a, value in b}; null when
+// absent), and one such difference as "key: a -> b".
+std::map<std::string, std::pair<nlohmann::json, nlohmann::json>> config_differences(const Config& a, const Config& b);
+std::string describe_difference(const std::string& key, const std::pair<nlohmann::json, nlohmann::json>& values);
 const std::vector<std::string>& resume_changeable_keys();
 
 // Test-only hook: L3C_TEST_CHECKPOINT_PAUSE_MS=N makes write_checkpoint sleep N ms after each file, so a

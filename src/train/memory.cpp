@@ -51,7 +51,7 @@ Device planned_device(const Config& config) {
   return Device::CPU;
 }
 
-MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device) {
+MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device, int world_size) {
   const bool bf16 = device == Device::CUDA && config.train.precision == "bf16";
   const DType dtype = bf16 ? DType::BF16 : (config.train.dtype == "f64" ? DType::F64 : DType::F32);
   const size_t element = dtype_size(dtype), moment = bf16 ? sizeof(float) : element;
@@ -64,6 +64,13 @@ MemoryEstimate estimate_training_memory(const Llama& model, const Config& config
   m.grads = n * element;
   m.optimizer = 2 * n * moment;
   m.master = bf16 ? n * sizeof(float) : 0;
+  if (config.train.zero == 1 && world_size > 1) {
+    // ZeRO-1: moments and master weights of one shard; the summed gradients of the shard beside the full ones.
+    const size_t shard = (n + static_cast<size_t>(world_size) - 1) / static_cast<size_t>(world_size);
+    m.optimizer = 2 * shard * moment;
+    m.master = bf16 ? shard * sizeof(float) : 0;
+    m.grads += shard * element;
+  }
   m.activations = sized.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype, true);
   m.workspace = device == Device::CUDA ? cuda_workspace_bytes(workspace_shape(config, dtype)) : 0;
   return m;

@@ -1,4 +1,4 @@
-// Memory a training run needs: parameters, gradients, AdamW moments, the activation arena of one micro-batch,
+// Memory a training run needs (per rank): parameters, gradients, AdamW moments, the activation arena of one micro-batch,
 // and on the GPU the f32 master weights (bf16 precision) and the CUDA ops' workspace. `inspect` prints it;
 // training checks it against the memory available (host: MemAvailable; GPU: free device memory) before
 // allocating anything.
@@ -19,9 +19,10 @@ struct MemoryEstimate {
   size_t total() const { return params + grads + optimizer + activations + master + workspace; }
 };
 
-// For a run of `config` on `device` (train.precision and train.dtype decide the dtypes, train.recompute the
-// activations).
-MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device = Device::CPU);
+// For one rank of a run of `config` on `device` (train.precision and train.dtype decide the dtypes, train.recompute
+// the activations; with train.zero 1 and world_size > 1 the optimizer state and master weights are one shard).
+MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device = Device::CPU,
+                                        int world_size = 1);
 
 // The device `inspect` sizes for: the GPU when the config asks for it (train.device cuda, bf16 precision) or
 // when "auto" would pick one here, else the CPU.

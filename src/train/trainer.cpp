@@ -1,32 +1,17 @@
-// The training loop: steps, validation, checkpoints, resume, stop signals.
+// The training state: one optimizer step over the micro-batches of every rank, validation, and the parameters
+// and optimizer as checkpoints see them.
 #include "train/trainer.h"
 
-#include <signal.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
-#include <csignal>
-#include <filesystem>
-#include <optional>
-#include <thread>
 
-#include <fmt/format.h>
-#include <spdlog/spdlog.h>
-
+#include "core/errors.h"
 #include "data/allocation.h"
-#include "data/prepare.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
-#include "core/file_io.h"
 #include "optim/schedule.h"
-#include "train/checkpoint.h"
 #include "train/memory.h"
-#include "train/metrics.h"
-#include "train/model_io.h"
-#include "train/perf.h"
 
 namespace l3c {
 
@@ -53,19 +38,32 @@ void scale_moe_stats(std::vector<MoeLayerStats>& stats, double s) {
   }
 }
 
-nlohmann::json moe_stats_json(const std::vector<MoeLayerStats>& stats) {
-  nlohmann::json layers = nlohmann::json::array();
-  for (const MoeLayerStats& m : stats)
-    layers.push_back({{"layer", m.layer}, {"load_balance_loss", m.load_balance_loss}, {"z_loss", m.z_loss},
-                      {"load_max", m.load_max}, {"load_min", m.load_min}, {"router_entropy", m.router_entropy}});
-  return layers;
+// The step's sums over micro-batches as one vector (loss, aux loss, then 5 values per MoE layer), to be summed
+// over ranks in one all-reduce, and back.
+std::vector<double> step_sums(const StepResult& r) {
+  std::vector<double> v = {r.loss, r.aux_loss};
+  for (const MoeLayerStats& m : r.moe)
+    v.insert(v.end(), {m.load_balance_loss, m.z_loss, m.load_max, m.load_min, m.router_entropy});
+  return v;
+}
+void set_step_sums(StepResult& r, const std::vector<double>& v) {
+  r.loss = v[0];
+  r.aux_loss = v[1];
+  for (size_t j = 0; j < r.moe.size(); ++j) {
+    const double* m = &v[2 + 5 * j];
+    r.moe[j].load_balance_loss = m[0], r.moe[j].z_loss = m[1], r.moe[j].load_max = m[2], r.moe[j].load_min = m[3];
+    r.moe[j].router_entropy = m[4];
+  }
 }
 
-// A copy of a host buffer (to load a checkpoint into before the parameters take it over).
-FlatBuffer host_copy(const FlatBuffer& buffer) {
-  FlatBuffer copy(buffer.numel(), buffer.dtype());
-  ops::copy(copy.all(), buffer.all());
-  return copy;
+// The number of elements the parameter and gradient buffers hold: the registry's, padded for ZeRO-1.
+int64_t buffer_elements(const Config& config, const ParamRegistry& registry, const Communicator& comm) {
+  const bool sharded = config.train.zero == 1 && comm.size() > 1;
+  return sharded ? zero_padded_size(registry.total(), comm.size()) : registry.total();
+}
+BufferRange optimizer_range(const Config& config, const ParamRegistry& registry, const Communicator& comm) {
+  const bool sharded = config.train.zero == 1 && comm.size() > 1;
+  return sharded ? zero_shard(registry.total(), comm.rank(), comm.size()) : BufferRange{0, registry.total()};
 }
 
 // The model as the run computes it: on its device, with its recomputation setting.
@@ -89,19 +87,28 @@ std::pair<Tensor, Tensor> batch_on_device(Tensor tokens, Tensor targets, const F
 }
 }  // namespace
 
-TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation)
+TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation, Communicator* comm)
     : config_(config),
+      comm_(comm != nullptr ? *comm : local_comm_),
       device_(resolve_run_device(config.train)),
       model_(make_model(config, device_.device)),
       dtype_(device_.param_dtype),
-      params_(model_.registry().total(), dtype_, device_.device),
-      master_(device_.mixed_precision ? model_.registry().total() : 0, DType::F32, device_.device),
-      grads_(model_.registry().total(), dtype_, device_.device),
-      optimizer_(model_.registry(), device_.moment_dtype, AdamWSettings::from(config.train), device_.device),
+      params_(buffer_elements(config, model_.registry(), comm_), dtype_, device_.device),
+      grads_(buffer_elements(config, model_.registry(), comm_), dtype_, device_.device),
+      optimizer_(model_.registry(), device_.moment_dtype, AdamWSettings::from(config.train), device_.device,
+                 optimizer_range(config, model_.registry(), comm_)),
       arena_(model_.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype_, true), "activation",
              device_.device) {
+  const int64_t total = model_.registry().total();
   init_params(model_.registry(), params_, config.train.seed);
-  if (device_.mixed_precision) init_params(model_.registry(), master_, config.train.seed);
+  if (device_.mixed_precision) {
+    // The f32 master weights of this rank's range: all of them, or its ZeRO-1 shard.
+    const BufferRange range = optimizer_.range();
+    FlatBuffer full(total, DType::F32, device_.device);
+    init_params(model_.registry(), full, config.train.seed);
+    master_ = FlatBuffer(range.size(), DType::F32, device_.device);
+    ops::copy(master_.all(), full.all().rows(range.begin, range.end));
+  }
   if (config.model.l3.enabled()) {
     if (l3_allocation) model_.set_l3_allocations(*l3_allocation, "the L3 allocation");
     else model_.set_l3_allocations(allocation_for_model(config.model).counts, "model.l3.allocation");
@@ -114,12 +121,20 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
     device_targets_ = FlatBuffer(micro_tokens, DType::I32, Device::CUDA);
     cuda_reserve_workspace(cuda_workspace_bytes(workspace_shape(config, dtype_)));
   }
-  accum_steps_ = config.train.grad_accum_steps(config.data.seq_len);
-  tokens_per_step_ = accum_steps_ * micro_tokens;
+  // train.batch_tokens is the global batch: each of the ranks accumulates its share of the micro-batches.
+  const int64_t ranks = comm_.size();
+  if (config.train.batch_tokens % (micro_tokens * ranks) != 0)
+    fail("train.batch_tokens ({}) must be a multiple of train.micro_batch * data.seq_len * ranks ({} x {} x {} = {}): "
+         "the global batch is split evenly over the {} ranks", config.train.batch_tokens, config.train.micro_batch,
+         config.data.seq_len, ranks, micro_tokens * ranks, ranks);
+  accum_steps_ = config.train.grad_accum_steps(config.data.seq_len, ranks);
+  tokens_per_step_ = accum_steps_ * micro_tokens * ranks;
   if (!config.train.trainable.empty()) {
     trainable_ = trainable_mask(model_.registry(), config.train.trainable);
     optimizer_.set_trainable(trainable_);
   }
+  sync_ = std::make_unique<GradientSync>(comm_, model_, config_);
+  if (sync_->sharded()) shard_grads_ = FlatBuffer(optimizer_.range().size(), dtype_, device_.device);
 }
 
 std::vector<uint8_t> trainable_mask(const ParamRegistry& registry, const std::vector<std::string>& trainable) {
@@ -142,12 +157,14 @@ std::vector<uint8_t> trainable_mask(const ParamRegistry& registry, const std::ve
   return mask;
 }
 
+
 StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   const int64_t B = config_.train.micro_batch, T = config_.data.seq_len;
+  const int rank = comm_.rank(), ranks = comm_.size();
   Tensor tokens(tokens_.data(), DType::I32, {B, T});
   Tensor targets(targets_.data(), DType::I32, {B, T});
-  // The step's loss is the mean over all its tokens, so each micro-batch's summed loss is scaled by
-  // 1 / (tokens per step).
+  // The step's loss is the mean over all its tokens (of every rank), so each micro-batch's summed loss is scaled
+  // by 1 / (tokens per step), and the ranks' gradients are summed.
   const double grad_scale = 1.0 / static_cast<double>(tokens_per_step_);
 
   StepResult result;
@@ -156,9 +173,11 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   auto update_start = Clock::now();
   ops::fill_zero(grads_.all());
   result.update_seconds = std::chrono::duration<double>(Clock::now() - update_start).count();
+  sync_->begin_step();
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     arena_.reset();
-    batches(first_sequence(step * accum_steps_ + micro, B), tokens, targets);
+    batches(first_sequence(step * accum_steps_ + micro, B, rank, ranks), tokens, targets);
+    sync_->note_tokens(tokens);
     const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens_, device_targets_);
     const LossReport report = model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_);
     result.loss += report.cross_entropy;
@@ -167,31 +186,64 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
     else add_moe_stats(result.moe, report.moe);
   }
   update_start = Clock::now();
-  const double micro_batches = static_cast<double>(accum_steps_);
+  // Means over the micro-batches of all ranks.
+  set_step_sums(result, all_reduce_values(comm_, step_sums(result)));
+  const double micro_batches = static_cast<double>(accum_steps_ * ranks);
   result.loss /= micro_batches;
   result.aux_loss /= micro_batches;
   scale_moe_stats(result.moe, 1.0 / micro_batches);
   // Frozen parameters (train.trainable) take no part in the norm, the clipping or the update.
   for (size_t i = 0; i < trainable_.size(); ++i)
     if (!trainable_[i]) ops::fill_zero(grads_.view(model_.registry().params()[i]));
-  result.grad_norm = global_grad_norm(grads_);
+  result.reduce = sync_->reduce(grads_, shard_grads_.all());
+  // The norm of the summed gradients: each rank holds all of them, or (ZeRO-1) its shard.
+  result.grad_norm = sync_->sharded()
+                         ? std::sqrt(all_reduce_value(comm_, ops::sum_squares(shard_grads_.all())))
+                         : global_grad_norm(grads_);
   if (!std::isfinite(result.loss + result.aux_loss) || !std::isfinite(result.grad_norm)) {
     if (config_.train.on_nonfinite == "stop")
       fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps, or set "
            "train.on_nonfinite=skip to skip such steps", step + 1, result.loss + result.aux_loss, result.grad_norm);
-    result.skipped = true;  // no update: weights and AdamW state stay as they were
+    result.skipped = true;  // no update: weights and AdamW state stay as they were (on every rank: same values)
     return result;
   }
-  clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
-  optimizer_.step(params_, grads_, result.lr, device_.mixed_precision ? &master_ : nullptr);
+  if (!sync_->sharded()) {
+    clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
+    optimizer_.step(params_, grads_, result.lr, device_.mixed_precision ? &master_ : nullptr);
+  } else {
+    // ZeRO-1: clip and update this rank's shard, then every rank gathers the others' shards of the parameters.
+    const double clip = config_.train.grad_clip > 0 ? config_.train.grad_clip / (result.grad_norm + 1e-6) : 1.0;
+    if (clip < 1.0) ops::scale_inplace(shard_grads_.all(), clip);
+    optimizer_.step_range(params_, shard_grads_.all(), result.lr, device_.mixed_precision ? master_.all() : Tensor());
+    const int64_t chunk = params_.numel() / ranks;
+    comm_.all_gather(params_.all().rows(rank * chunk, (rank + 1) * chunk), params_.all());
+  }
   result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
   return result;
 }
 
+void TrainingState::gather_shards(const Tensor& shard, FlatBuffer& full) {
+  const int64_t padded = zero_padded_size(model_.registry().total(), comm_.size());
+  const int64_t chunk = padded / comm_.size(), begin = comm_.rank() * chunk;
+  if (full.numel() != padded || full.dtype() != shard.dtype || full.device() != shard.device)
+    full = FlatBuffer(padded, shard.dtype, shard.device);
+  if (shard.numel() > 0) ops::copy(full.all().rows(begin, begin + shard.numel()), shard);
+  comm_.all_gather(full.all().rows(begin, begin + chunk), full.all());
+}
+
 const FlatBuffer& TrainingState::host_params() {
   if (device_.device == Device::CPU) return params_;
+  const int64_t total = model_.registry().total();
   if (host_copy_.numel() != params_.numel()) host_copy_ = FlatBuffer(params_.numel(), DType::F32);
-  ops::copy(host_copy_.all(), (device_.mixed_precision ? master_ : params_).all());
+  if (!device_.mixed_precision) {
+    ops::copy(host_copy_.all(), params_.all());
+  } else if (!sync_->sharded()) {
+    ops::copy(host_copy_.all(), master_.all());
+  } else {
+    FlatBuffer full;
+    gather_shards(master_.all(), full);
+    ops::copy(host_copy_.all().rows(0, total), full.all().rows(0, total));
+  }
   return host_copy_;
 }
 
@@ -203,17 +255,57 @@ void TrainingState::set_params(const FlatBuffer& host) {
     return;
   }
   L3C_CHECK(host.dtype() == DType::F32, "set_params: f32 values for the GPU, got {}", dtype_name(host.dtype()));
-  FlatBuffer& f32 = device_.mixed_precision ? master_ : params_;
+  if (!device_.mixed_precision) {
+    ops::copy(params_.all(), host.all());
+    return;
+  }
+  const BufferRange range = optimizer_.range();
+  ops::copy(master_.all(), host.all().rows(range.begin, range.end));
+  FlatBuffer f32(params_.numel(), DType::F32, device_.device);
   ops::copy(f32.all(), host.all());
-  if (device_.mixed_precision) ops::convert(params_.all(), master_.all());
+  ops::convert(params_.all(), f32.all());
+}
+
+AdamW& TrainingState::io_optimizer() {
+  if (!sync_->sharded()) return optimizer_;
+  if (!io_optimizer_) {
+    io_optimizer_ = std::make_unique<AdamW>(model_.registry(), device_.moment_dtype, AdamWSettings::from(config_.train),
+                                            Device::CPU);
+    if (!trainable_.empty()) io_optimizer_->set_trainable(trainable_);
+  }
+  return *io_optimizer_;
+}
+
+void TrainingState::gather_optimizer() {
+  if (!sync_->sharded()) return;
+  AdamW& whole = io_optimizer();
+  const int64_t total = model_.registry().total();
+  FlatBuffer full;
+  for (auto [shard, out] : {std::pair{&optimizer_.first_moment(), &whole.first_moment()},
+                            std::pair{&optimizer_.second_moment(), &whole.second_moment()}}) {
+    gather_shards(shard->all(), full);
+    ops::copy(out->all(), full.all().rows(0, total));
+  }
+  whole.set_steps_taken(optimizer_.steps_taken());
+}
+
+void TrainingState::scatter_optimizer() {
+  if (!sync_->sharded()) return;
+  const AdamW& whole = io_optimizer();
+  const BufferRange range = optimizer_.range();
+  ops::copy(optimizer_.first_moment().all(), io_optimizer_->first_moment().all().rows(range.begin, range.end));
+  ops::copy(optimizer_.second_moment().all(), io_optimizer_->second_moment().all().rows(range.begin, range.end));
+  optimizer_.set_steps_taken(whole.steps_taken());
 }
 
 double TrainingState::evaluate(const WindowLoader& loader, int64_t batches) {
-  return evaluate_loss(model_, params_, loader, config_.train.micro_batch, batches, arena_);
+  const double share = evaluate_loss(model_, params_, loader, config_.train.micro_batch, batches, arena_, comm_.rank(),
+                                     comm_.size());
+  return all_reduce_value(comm_, share);
 }
 
 double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
-                     int64_t batches, Arena& arena) {
+                     int64_t batches, Arena& arena, int64_t rank, int64_t ranks) {
   const int64_t T = loader.seq_len();
   const int64_t windows = batches == 0 ? loader.num_windows() : std::min(batches * micro_batch, loader.num_windows());
   std::vector<int32_t> tokens_data(static_cast<size_t>(micro_batch * T)), targets_data(tokens_data.size());
@@ -223,7 +315,7 @@ double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowL
     device_targets = FlatBuffer(micro_batch * T, DType::I32, Device::CUDA);
   }
   double loss_sum = 0.0;
-  for (int64_t first = 0; first < windows; first += micro_batch) {
+  for (int64_t first = rank * micro_batch; first < windows; first += ranks * micro_batch) {
     const int64_t B = std::min(micro_batch, windows - first);
     Tensor tokens(tokens_data.data(), DType::I32, {B, T});
     Tensor targets(targets_data.data(), DType::I32, {B, T});
@@ -235,378 +327,5 @@ double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowL
   return loss_sum / static_cast<double>(windows);
 }
 
-
-namespace {
-
-// The run folder must not already hold a run: nothing saved is ever overwritten.
-void prepare_run_dir(const std::string& dir) {
-  namespace fs = std::filesystem;
-  for (const char* name : {"metrics.jsonl", "model.safetensors", "checkpoints"})
-    if (fs::exists(fs::path(dir) / name))
-      fail("run.dir {} already holds a run ({} exists); choose another folder with --set run.dir=..., or continue it "
-           "with --resume auto", dir, name);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail("run.dir {}: cannot create the folder: {}", dir, ec.message());
-}
-
-bool holds_run(const std::string& dir) {
-  namespace fs = std::filesystem;
-  for (const char* name : {"metrics.jsonl", "model.safetensors", "checkpoints"})
-    if (fs::exists(fs::path(dir) / name)) return true;
-  return false;
-}
-
-bool same_folder(const std::string& a, const std::string& b) {
-  std::error_code ec;
-  return std::filesystem::equivalent(a, b, ec);
-}
-
-// Keeps the records of metrics.jsonl up to `step` (and drops a torn last line and any summary), so that a
-// resumed run reads as one run.
-void truncate_metrics(const std::string& path, int64_t step) {
-  if (!std::filesystem::exists(path)) return;
-  const std::string text = read_file_bytes(path);
-  std::string kept;
-  size_t begin = 0;
-  while (begin < text.size()) {
-    size_t end = text.find('\n', begin);
-    if (end == std::string::npos) break;  // a line without its newline was torn by a crash
-    const std::string line = text.substr(begin, end - begin);
-    begin = end + 1;
-    const nlohmann::json record = nlohmann::json::parse(line, nullptr, false);
-    if (record.is_discarded() || !record.is_object() || record.contains("summary")) continue;
-    if (record.contains("step") && record["step"].is_number_integer() && record["step"].get<int64_t>() > step) continue;
-    kept += line + "\n";
-  }
-  write_file_atomic(path, kept);
-}
-
-// Signals: the first SIGINT or SIGTERM asks the loop to stop after the current step (with a checkpoint);
-// a second one ends the process at once with the default action.
-std::atomic<int> g_stop_signal{0};
-
-extern "C" void on_stop_signal(int signal_number) {
-  if (g_stop_signal.exchange(signal_number) != 0) {
-    std::signal(signal_number, SIG_DFL);
-    std::raise(signal_number);
-    return;
-  }
-  static const char message[] =
-      "\nstop requested: finishing the current step, then writing a checkpoint (signal again to stop at once)\n";
-  [[maybe_unused]] const ssize_t n = ::write(STDERR_FILENO, message, sizeof message - 1);
-}
-
-class StopSignals {
- public:
-  StopSignals() {
-    g_stop_signal = 0;
-    struct sigaction action {};
-    action.sa_handler = on_stop_signal;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = SA_RESTART;
-    sigaction(SIGINT, &action, &old_int_);
-    sigaction(SIGTERM, &action, &old_term_);
-  }
-  ~StopSignals() {
-    sigaction(SIGINT, &old_int_, nullptr);
-    sigaction(SIGTERM, &old_term_, nullptr);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  static const char* requested() {
-    const int s = g_stop_signal.load();
-    return s == SIGTERM ? "SIGTERM" : s == SIGINT ? "SIGINT" : nullptr;
-  }
-
- private:
-  struct sigaction old_int_ {}, old_term_ {};
-};
-
-// The checkpoint `l3c train --resume` continues from, verified; nullopt for "auto" in a folder that holds
-// no run yet (a new run starts).
-std::optional<CheckpointCheck> find_resume(const Config& config, const std::string& resume, std::string& dir) {
-  if (resume != "auto") {
-    CheckpointCheck check = verify_checkpoint(resume);
-    if (!check.ok) fail("--resume {}: the checkpoint cannot be loaded: {}", resume, check.reason);
-    dir = resume;
-    return check;
-  }
-  remove_stale_temporaries(config.run.dir);
-  std::vector<std::string> passed_over;
-  CheckpointCheck check;
-  const std::optional<std::string> found = find_resume_checkpoint(config.run.dir, &passed_over, &check);
-  if (!found) {
-    if (holds_run(config.run.dir)) {
-      std::string reasons;
-      for (const std::string& line : passed_over) reasons += "\n  " + line;
-      fail("--resume auto: run.dir {} holds a run but no complete checkpoint to resume from{}{}", config.run.dir,
-           passed_over.empty() ? " (none was written)" : ":", reasons);
-    }
-    spdlog::info("resume: run.dir {} holds no run yet; starting a new run", config.run.dir);
-    return std::nullopt;
-  }
-  dir = *found;
-  return check;
-}
-
-}  // namespace
-
-TrainSummary run_training(const Config& config, const TrainOptions& options) {
-  namespace fs = std::filesystem;
-  using clock = std::chrono::steady_clock;
-  const int threads = configure_threads(config.train.threads);
-  if (!options.resume.empty() && !options.init_from.empty())
-    fail("--resume and --init-from exclude each other (--resume continues a run; --init-from starts a new one)");
-
-  // Everything that can be wrong with the input is checked before the first step.
-  WindowLoader train_data(config.data.train, "data.train", config.data.seq_len, config.model.vocab_size);
-  std::unique_ptr<WindowLoader> val_data;
-  if (!config.data.val.empty())
-    val_data = std::make_unique<WindowLoader>(config.data.val, "data.val", config.data.seq_len, config.model.vocab_size);
-  {
-    const std::unique_ptr<Tokenizer> tokenizer = load_data_tokenizer(config.data.tokenizer, config.model.vocab_size);
-    check_shards_tokenizer(*tokenizer, train_data.paths(), "data.train");
-    if (val_data) check_shards_tokenizer(*tokenizer, val_data->paths(), "data.val");
-  }
-  const RunDevice run_device = resolve_run_device(config.train);
-  const Llama sizing_model(config.model);
-  const MemoryEstimate memory = estimate_training_memory(sizing_model, config, run_device.device);
-  if (run_device.device == Device::CUDA) check_fits_device_memory(memory);
-  else check_fits_host_memory(memory);
-  if (!config.train.trainable.empty()) trainable_mask(sizing_model.registry(), config.train.trainable);
-
-  // Where the run starts: a checkpoint (resume), trained weights (init-from), or the initialisation.
-  TrainerProgress progress;
-  progress.threads = threads;
-  std::string resume_dir;
-  std::optional<CheckpointCheck> resume_check;
-  const auto verify_start = clock::now();
-  if (!options.resume.empty()) resume_check = find_resume(config, options.resume, resume_dir);
-  const double verify_seconds = std::chrono::duration<double>(clock::now() - verify_start).count();
-  bool same_run = false;
-  if (resume_check) {
-    const Config saved = checkpoint_config(resume_check->trainer, resume_dir);
-    for (const std::string& note : check_resume_config(saved, config)) spdlog::info("resume: config change {}", note);
-    const TrainerProgress saved_progress = checkpoint_progress(resume_check->trainer);
-    progress.step = saved_progress.step;
-    progress.tokens_seen = saved_progress.tokens_seen;
-    progress.skipped_steps = saved_progress.skipped_steps;
-    if (progress.step > config.train.steps)
-      fail("--resume {}: the checkpoint is at step {}, past train.steps = {}", resume_dir, progress.step,
-           config.train.steps);
-    if (saved_progress.threads != threads)
-      spdlog::warn("resume: the checkpoint was written with {} threads, this run has {}: training continues, but not "
-                   "bit for bit as it would have with the same thread count", saved_progress.threads, threads);
-    same_run = same_folder(fs::path(resume_dir).parent_path().parent_path().string(), config.run.dir);
-    if (same_run) {
-      // Newer step folders are either valid (then resuming from an older one would overwrite them) or were
-      // passed over as incomplete or corrupt (then they are moved aside, out of the way of new checkpoints).
-      for (int64_t step : checkpoint_steps(config.run.dir)) {
-        if (step <= progress.step) continue;
-        const fs::path newer = fs::path(checkpoints_dir(config.run.dir)) / checkpoint_name(step);
-        const CheckpointCheck check = verify_checkpoint(newer.string());
-        if (check.ok)
-          fail("--resume {}: run.dir holds a newer checkpoint, {}, which continuing from step {} would overwrite; "
-               "resume from it (--resume auto), or continue in another folder (--set run.dir=...)", resume_dir,
-               newer.string(), progress.step);
-        const fs::path aside = newer.parent_path() / ("rejected_" + newer.filename().string());
-        std::error_code ec;
-        fs::remove_all(aside, ec);
-        fs::rename(newer, aside, ec);
-        spdlog::warn("resume: moved {} aside to {} ({})", newer.string(), aside.string(), check.reason);
-      }
-    }
-    spdlog::info("resume: continuing from {} (step {} of {}, {} tokens seen{})", resume_dir, progress.step,
-                 config.train.steps, progress.tokens_seen,
-                 progress.skipped_steps ? fmt::format(", {} steps skipped", progress.skipped_steps) : "");
-  }
-  if (!options.init_from.empty()) init_from_weights(options.init_from);  // refuses a bad folder before anything starts
-  if (options.stop_at > 0 && options.stop_at <= progress.step)
-    fail("--stop-at {}: the run is already at step {}", options.stop_at, progress.step);
-
-  // The L3 allocation: read or computed now, so that a bad allocation stops the run before it starts. A
-  // resumed run takes its allocations from the checkpoint.
-  std::optional<Allocation> l3_allocation;
-  if (config.model.l3.enabled() && !resume_check) {
-    const auto start = clock::now();
-    l3_allocation = allocation_for_model(config.model);
-    const nlohmann::ordered_json summary = allocation_summary(*l3_allocation, 5);
-    spdlog::info("L3 allocation ({}): {} rows for {} token ids, at most {} per token{}; {:.1f}s", l3_allocation->method,
-                 l3_allocation->v, config.model.vocab_size, l3_allocation->k,
-                 l3_allocation->corpus ? fmt::format(", from {} tokens ({} codewords)", l3_allocation->corpus->tokens_parsed,
-                                                     l3_allocation->corpus->codewords)
-                                       : std::string(),
-                 std::chrono::duration<double>(clock::now() - start).count());
-    spdlog::info("L3 allocation: most rows {}; histogram {}", summary["most_rows"].dump(), summary["histogram"].dump());
-  }
-  if (!same_run) prepare_run_dir(config.run.dir);
-
-  spdlog::info("resolved config:\n{}", config_to_json(config).dump(2));
-  write_config_json((fs::path(config.run.dir) / "config.json").string(), config);
-  const std::string metrics_path = (fs::path(config.run.dir) / "metrics.jsonl").string();
-  if (same_run) truncate_metrics(metrics_path, progress.step);
-  MetricsWriter metrics(metrics_path);
-  if (resume_check) metrics.write({{"event", "resume"}, {"step", progress.step}, {"checkpoint", resume_dir}});
-
-  if (l3_allocation) write_allocation_file((fs::path(config.run.dir) / "allocation.safetensors").string(), *l3_allocation);
-  // A resumed L3 model starts from a placeholder allocation that the checkpoint's replaces.
-  const std::vector<int32_t> placeholder =
-      resume_check && config.model.l3.enabled()
-          ? uniform_allocation(config.model.vocab_size, config.model.l3.v, config.model.l3.k)
-          : std::vector<int32_t>();
-  TrainingState state(config, l3_allocation ? &l3_allocation->counts : resume_check ? &placeholder : nullptr);
-  if (resume_check) {
-    const auto load_start = clock::now();
-    FlatBuffer host = host_copy(state.host_params());
-    load_checkpoint_state(resume_dir, state.mutable_model(), host, state.optimizer());
-    state.set_params(host);
-    const double load_seconds = std::chrono::duration<double>(clock::now() - load_start).count();
-    uint64_t bytes = 0;
-    for (const auto& [file, entry] : resume_check->trainer["files"].items()) bytes += entry["bytes"].get<uint64_t>();
-    spdlog::info("resume: checkpoint of {:.1f} MB verified in {:.2f}s and loaded in {:.2f}s ({:.0f} MB/s in all)",
-                 bytes / 1e6, verify_seconds, load_seconds, bytes / 1e6 / std::max(verify_seconds + load_seconds, 1e-9));
-  }
-  if (!options.init_from.empty()) {
-    FlatBuffer host = host_copy(state.host_params());
-    init_from_checkpoint(options.init_from, state.mutable_model(), host);
-    state.set_params(host);
-  }
-  const ModelCost cost = state.model().cost(config.data.seq_len);
-  // MFU: against the measured CPU peak, or the GPU's datasheet bf16 peak (0 when unknown: MFU is then 0).
-  const bool on_gpu = run_device.device == Device::CUDA;
-  const double peak = on_gpu ? gpu_peak_flops(run_device.description) : measure_cpu_peak_flops();
-  auto mfu_of = [&](double tokens_per_second) { return peak > 0 ? tokens_per_second * cost.flops_per_token / peak : 0.0; };
-  spdlog::info("model: {:.2f}M parameters, {:.1f} MFLOP/token; data: {} train tokens in {} shards{}; memory {}{}",
-               cost.total_params / 1e6, cost.flops_per_token / 1e6, train_data.num_tokens(), train_data.num_shards(),
-               val_data ? fmt::format(", {} val tokens", val_data->num_tokens()) : "",
-               format_bytes(static_cast<double>(memory.total())), on_gpu ? " on the GPU" : "");
-  if (on_gpu)
-    spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation) on {} ({}{}), peak {:.0f} TFLOP/s",
-                 config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
-                 config.train.grad_accum_steps(config.data.seq_len), run_device.description, config.train.precision,
-                 config.train.recompute == "none" ? "" : ", recompute " + config.train.recompute, peak / 1e12);
-  else
-    spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation), {} threads, CPU peak {:.1f} GFLOP/s",
-                 config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
-                 config.train.grad_accum_steps(config.data.seq_len), threads, peak / 1e9);
-  if (!config.train.trainable.empty()) {
-    int64_t frozen = 0, total = 0;
-    const std::vector<uint8_t> mask = trainable_mask(state.model().registry(), config.train.trainable);
-    for (size_t i = 0; i < mask.size(); ++i) {
-      total += state.model().registry().params()[i].numel;
-      if (!mask[i]) frozen += state.model().registry().params()[i].numel;
-    }
-    spdlog::info("train.trainable: {:.2f}M of {:.2f}M parameters train; the others are frozen", (total - frozen) / 1e6,
-                 total / 1e6);
-  }
-
-  // Training reads windows in the order of (train.seed, epoch, position); validation in file order.
-  const WindowOrder order(train_data.num_windows(), config.train.seed, config.data.shuffle);
-  const double epochs = static_cast<double>(config.train.steps * state.tokens_per_step()) /
-                        static_cast<double>(train_data.num_windows() * config.data.seq_len);
-  spdlog::info("data: {} training windows of {} + 1 tokens, {}; the run reads {:.2f} epochs", train_data.num_windows(),
-               config.data.seq_len, order.shuffled() ? fmt::format("shuffled per epoch (seed {})", config.train.seed)
-                                                     : std::string("in file order (data.shuffle is false)"), epochs);
-  const BatchSource batches = [&](int64_t first, Tensor tokens, Tensor targets) {
-    train_data.fill(order, first, tokens, targets);
-  };
-  auto validate = [&](int64_t step) {
-    const auto start = clock::now();
-    const double loss = state.evaluate(*val_data, config.eval.batches);
-    const double seconds = std::chrono::duration<double>(clock::now() - start).count();
-    spdlog::info("step {:>6} | val loss {:.4f} | val ppl {:.2f} | {:.1f}s", step, loss, std::exp(loss), seconds);
-    metrics.write({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
-    return loss;
-  };
-  auto checkpoint = [&]() {
-    progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch);
-    return write_checkpoint(config.run.dir, {config, state.model(), state.host_params(), state.optimizer(), progress});
-  };
-
-  TrainSummary summary;
-  summary.start_step = progress.step;
-  summary.resumed_from = resume_dir;
-  summary.final_train_loss = std::numeric_limits<double>::quiet_NaN();
-  if (resume_check && progress.step == config.train.steps)
-    spdlog::info("the checkpoint is at the last step ({}): nothing left to train", progress.step);
-  const int64_t step_pause_ms = test_hook_milliseconds("L3C_TEST_STEP_PAUSE_MS");
-  const StopSignals signals;
-  const auto run_start = clock::now();
-  double timed_seconds = 0.0;
-  int64_t timed_tokens = 0, timed_steps = 0;
-  for (int64_t step = progress.step; step < config.train.steps; ++step) {
-    const auto start = clock::now();
-    const StepResult r = state.step(step, batches);
-    const double seconds = std::chrono::duration<double>(clock::now() - start).count();
-    progress.step = step + 1;
-    progress.tokens_seen += state.tokens_per_step();
-    const double tokens_per_second = static_cast<double>(state.tokens_per_step()) / seconds;
-    const double mfu = mfu_of(tokens_per_second);
-    // The first step of a process warms caches and is left out of the throughput average.
-    if (step > summary.start_step || config.train.steps - summary.start_step == 1) {
-      timed_seconds += seconds;
-      timed_tokens += state.tokens_per_step();
-      ++timed_steps;
-    }
-    const double average_step = timed_steps > 0 ? timed_seconds / static_cast<double>(timed_steps) : seconds;
-    const double eta = average_step * static_cast<double>(config.train.steps - step - 1);
-    nlohmann::json record = {{"step", step + 1}, {"loss", r.loss}, {"lr", r.lr}, {"grad_norm", r.grad_norm},
-                             {"tokens", progress.tokens_seen}, {"tokens_per_second", tokens_per_second},
-                             {"mfu", mfu}, {"step_seconds", seconds}};
-    if (!r.moe.empty()) {
-      record["aux_loss"] = r.aux_loss;
-      record["total_loss"] = r.loss + r.aux_loss;
-      record["moe"] = moe_stats_json(r.moe);
-    }
-    if (r.skipped) {
-      ++progress.skipped_steps;
-      record["skipped"] = true;
-      record["skipped_steps"] = progress.skipped_steps;
-      spdlog::warn("step {:>6}/{} | non-finite loss ({}) or gradient norm ({}): step skipped, weights unchanged "
-                   "({} skipped so far)", step + 1, config.train.steps, r.loss + r.aux_loss, r.grad_norm,
-                   progress.skipped_steps);
-    } else {
-      // With MoE layers the loss shown is the total that is optimised, then its cross-entropy part.
-      const std::string loss_text = r.moe.empty() ? fmt::format("loss {:.4f}", r.loss)
-                                                  : fmt::format("loss {:.4f} (ce {:.4f})", r.loss + r.aux_loss, r.loss);
-      spdlog::info("step {:>6}/{} | {} | lr {:.2e} | grad norm {:.3f} | {:.0f} tok/s | MFU {:.1f}% | ETA {}", step + 1,
-                   config.train.steps, loss_text, r.lr, r.grad_norm, tokens_per_second, 100.0 * mfu,
-                   format_duration(eta));
-      summary.final_train_loss = r.loss;
-    }
-    metrics.write(record);
-    const bool last = step + 1 == config.train.steps;
-    if (val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0)))
-      summary.final_val_loss = validate(step + 1);
-    if (step_pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_pause_ms));
-
-    const char* stop = StopSignals::requested();
-    if (!stop && options.stop_at == step + 1 && !last) stop = "--stop-at";
-    if (last || stop || (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0))
-      summary.checkpoint = checkpoint();
-    if (stop && !last) {
-      summary.stopped = stop;
-      metrics.write({{"event", "stopped"}, {"step", step + 1}, {"reason", stop}, {"checkpoint", summary.checkpoint}});
-      break;
-    }
-  }
-  summary.steps = progress.step;
-  summary.tokens = progress.tokens_seen;
-  summary.skipped_steps = progress.skipped_steps;
-  summary.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
-  summary.tokens_per_second = timed_seconds > 0 ? static_cast<double>(timed_tokens) / timed_seconds : 0.0;
-  summary.mfu = mfu_of(summary.tokens_per_second);
-  if (!summary.stopped.empty()) return summary;
-
-  save_model((fs::path(config.run.dir) / "model.safetensors").string(), state.model(), state.host_params(), config);
-  auto number_or_null = [](double x) { return std::isnan(x) ? nlohmann::json() : nlohmann::json(x); };
-  metrics.write({{"summary", true}, {"steps", summary.steps}, {"tokens", summary.tokens},
-                 {"skipped_steps", summary.skipped_steps},
-                 {"final_train_loss", number_or_null(summary.final_train_loss)},
-                 {"final_val_loss", number_or_null(summary.final_val_loss)},
-                 {"seconds", summary.seconds}, {"tokens_per_second", summary.tokens_per_second}, {"mfu", summary.mfu}});
-  return summary;
-}
 
 }  // namespace l3c

@@ -1,37 +1,44 @@
-// Training: the optimizer step (micro-batches with gradient accumulation, clipping, AdamW), periodic
-// validation, logging, and the run folder. `bench` times the same step on synthetic tokens.
+// Training: the optimizer step (micro-batches with gradient accumulation, the reduction over data-parallel
+// ranks, clipping, AdamW, ZeRO-1), validation, and run_training, the whole job (src/train/run_training.cpp, with
+// the run folder in run_folder.h and the step log in step_logger.h). `bench` times the same step on synthetic
+// tokens.
 #pragma once
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "core/arena.h"
 #include "core/config.h"
 #include "data/dataloader.h"
+#include "dist/communicator.h"
 #include "model/llama.h"
 #include "model/params.h"
 #include "optim/adamw.h"
 #include "train/device.h"
+#include "train/grad_sync.h"
 
 namespace l3c {
 
 // Fills tokens and targets (B, T) with the micro-batch whose first sequence is at global position
 // `first_position` of the training order (first_sequence() in src/data/dataloader.h: micro-batch m of
-// step s starts at first_sequence(s * accumulation + m, B)).
+// step s on rank r of R starts at first_sequence(s * accumulation + m, B, r, R)).
 using BatchSource = std::function<void(int64_t first_position, Tensor tokens, Tensor targets)>;
 
 struct StepResult {
-  double loss = 0.0;       // mean cross-entropy over the step's tokens
+  double loss = 0.0;       // mean cross-entropy over the step's tokens (of all ranks)
   double aux_loss = 0.0;   // MoE auxiliary losses, mean over the micro-batches (0 without MoE layers)
   double grad_norm = 0.0;  // before clipping
   double lr = 0.0;
   bool skipped = false;    // non-finite loss or gradient with train.on_nonfinite = skip: no update was made
-  // Host seconds spent outside the forward and backward passes on whole-buffer work: zeroing the gradients,
-  // their norm, clipping and AdamW (on the GPU, the time to queue that work; `l3c bench` reports it on the CPU).
+  // Host seconds spent outside the forward and backward passes on whole-buffer work: zeroing the gradients, their
+  // reduction over ranks, their norm, clipping and AdamW (on the GPU, the time to queue that work; `l3c bench`
+  // reports it on the CPU).
   double update_seconds = 0.0;
-  std::vector<MoeLayerStats> moe;  // per MoE layer, averaged over the micro-batches
+  std::vector<MoeLayerStats> moe;  // per MoE layer, averaged over the micro-batches of all ranks
+  ReduceReport reduce;     // what the gradient reduction over ranks moved (nothing at world size 1)
 };
 
 // Everything one optimizer step touches: model, weights, gradients, AdamW state, the activation arena
@@ -39,14 +46,22 @@ struct StepResult {
 // the token batches are filled on the host and copied over per micro-batch, and the loss and the gradient norm
 // are read back; with train.precision bf16 the parameters, gradients and activations are bf16 and AdamW
 // updates f32 master weights.
+//
+// Data parallelism: with a communicator of R ranks, train.batch_tokens is the global batch; each rank runs its
+// share of the micro-batches (accum_steps() of them), the gradients are summed over ranks (GradientSync), and
+// the loss, the MoE statistics and the gradient norm are those of the global batch, the same on every rank.
+// With train.zero 1 each rank keeps AdamW moments (and master weights) for its shard of the flat buffer only,
+// updates that shard, and the parameters are all-gathered.
 class TrainingState {
  public:
   // A model with L3 layers needs an allocation: `l3_allocation` (rows per token id, used by every L3
-  // layer), or, when null, the one model.l3.allocation describes (computed or read here).
-  explicit TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation = nullptr);
+  // layer), or, when null, the one model.l3.allocation describes (computed or read here). `comm`: the ranks of
+  // the run (null: one process).
+  explicit TrainingState(const Config& config, const std::vector<int32_t>* l3_allocation = nullptr,
+                         Communicator* comm = nullptr);
 
   StepResult step(int64_t step, const BatchSource& batches);
-  // Mean validation loss over `batches` micro-batches from the start of the loader.
+  // Mean validation loss over `batches` micro-batches from the start of the loader, split over the ranks.
   double evaluate(const WindowLoader& loader, int64_t batches);
 
   const Llama& model() const { return model_; }
@@ -59,8 +74,16 @@ class TrainingState {
   FlatBuffer& params() { return params_; }
   Llama& mutable_model() { return model_; }
   AdamW& optimizer() { return optimizer_; }
+  // The optimizer as a checkpoint reads and writes it, whole: optimizer() itself, or with ZeRO-1 a host copy of
+  // all shards (gather_optimizer fills it from every rank's shard: a collective; scatter_optimizer copies this
+  // rank's range back after loading).
+  AdamW& io_optimizer();
+  void gather_optimizer();
+  void scatter_optimizer();
+  Communicator& communicator() { return comm_; }
+  const GradientSync& gradient_sync() const { return *sync_; }
   // The parameters in host memory, f32 (or f64): params() itself on the CPU; on the GPU a copy of the f32
-  // parameters or master weights, refreshed by each call. For saving.
+  // parameters or master weights, refreshed by each call. For saving. With ZeRO-1 master weights a collective.
   const FlatBuffer& host_params();
   // Replaces the parameters with host values (f32, or the run's CPU dtype): on the GPU they are copied over, and
   // with bf16 parameters they become the f32 master weights and their rounded copy.
@@ -69,12 +92,23 @@ class TrainingState {
   int64_t accum_steps() const { return accum_steps_; }
 
  private:
+  // The whole buffer, all-gathered from the ranks' ZeRO-1 shards of `shard` (range() of the optimizer) into
+  // `full` (zero_padded_size elements, on the shard's device).
+  void gather_shards(const Tensor& shard, FlatBuffer& full);
+
   Config config_;
+  LocalCommunicator local_comm_;
+  Communicator& comm_;
   RunDevice device_;
   Llama model_;
   DType dtype_;
-  FlatBuffer params_, master_, grads_;  // master_: the f32 weights behind bf16 params_ (mixed precision only)
+  // params_ and grads_ hold the registry's elements (padded to a multiple of the world size with ZeRO-1);
+  // master_: the f32 weights behind bf16 params_ (mixed precision only; this rank's shard with ZeRO-1).
+  FlatBuffer params_, master_, grads_;
   AdamW optimizer_;
+  std::unique_ptr<AdamW> io_optimizer_;  // ZeRO-1: the gathered optimizer, in host memory
+  std::unique_ptr<GradientSync> sync_;
+  FlatBuffer shard_grads_;               // ZeRO-1: the summed gradients of this rank's shard
   Arena arena_;
   std::vector<int32_t> tokens_, targets_;
   std::vector<uint8_t> trainable_;  // per parameter (registry order), from train.trainable
@@ -85,9 +119,11 @@ class TrainingState {
 };
 
 // Mean loss of `batches` micro-batches of B sequences from the start of `loader` (all windows when
-// batches is 0), without gradients.
+// batches is 0), without gradients. Split over `ranks`: rank r computes micro-batches r, r + ranks, ... and
+// returns the sum of its losses divided by the number of windows of all ranks, so that the sum over ranks is
+// the mean.
 double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
-                     int64_t batches, Arena& arena);
+                     int64_t batches, Arena& arena, int64_t rank = 0, int64_t ranks = 1);
 
 // Which parameters train.trainable selects (per parameter, registry order): an entry names a registry group
 // ("attention", "l3_table") or a name prefix ("model.l3.1."); empty selects all. UserError for an entry that
@@ -120,7 +156,10 @@ struct TrainSummary {
 // Runs a whole training job as the config says, writing config.json, metrics.jsonl, checkpoints (every
 // checkpoint.every steps, at the end, and when stopped) and model.safetensors into run.dir. SIGINT and
 // SIGTERM finish the current step, write a checkpoint and return with `stopped` set; a second one ends
-// the process at once.
+// the process at once. With a communicator of several ranks every rank calls it: rank 0 alone writes the run
+// folder, a signal to any rank stops all of them after the same step, and a rank whose config, data or binary
+// differs from rank 0's is refused before the first step.
 TrainSummary run_training(const Config& config, const TrainOptions& options = {});
+TrainSummary run_training(const Config& config, const TrainOptions& options, Communicator& comm);
 
 }  // namespace l3c
