@@ -18,6 +18,8 @@
 
 #include "data/allocation.h"
 #include "data/prepare.h"
+#include "eval/during_training.h"
+#include "eval/loss.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
 #include "core/file_io.h"
@@ -204,32 +206,8 @@ void TrainingState::set_params(const FlatBuffer& host) {
 }
 
 double TrainingState::evaluate(const WindowLoader& loader, int64_t batches) {
-  return evaluate_loss(model_, params_, loader, config_.train.micro_batch, batches, arena_);
+  return evaluate_loss(model_, params_, loader, config_.train.micro_batch, batches);
 }
-
-double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
-                     int64_t batches, Arena& arena) {
-  const int64_t T = loader.seq_len();
-  const int64_t windows = batches == 0 ? loader.num_windows() : std::min(batches * micro_batch, loader.num_windows());
-  std::vector<int32_t> tokens_data(static_cast<size_t>(micro_batch * T)), targets_data(tokens_data.size());
-  FlatBuffer device_tokens, device_targets;  // the batch on the GPU when the model computes there
-  if (params.device() == Device::CUDA) {
-    device_tokens = FlatBuffer(micro_batch * T, DType::I32, Device::CUDA);
-    device_targets = FlatBuffer(micro_batch * T, DType::I32, Device::CUDA);
-  }
-  double loss_sum = 0.0;
-  for (int64_t first = 0; first < windows; first += micro_batch) {
-    const int64_t B = std::min(micro_batch, windows - first);
-    Tensor tokens(tokens_data.data(), DType::I32, {B, T});
-    Tensor targets(targets_data.data(), DType::I32, {B, T});
-    loader.fill(first, tokens, targets);
-    arena.reset();
-    const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens, device_targets);
-    loss_sum += model.forward_backward(params, nullptr, tok, tgt, 0.0, arena).cross_entropy * static_cast<double>(B);
-  }
-  return loss_sum / static_cast<double>(windows);
-}
-
 
 namespace {
 
@@ -364,6 +342,7 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
     check_shards_tokenizer(*tokenizer, train_data.paths(), "data.train");
     if (val_data) check_shards_tokenizer(*tokenizer, val_data->paths(), "data.val");
   }
+  const TrainingEvaluator downstream(config);  // eval.tasks, eval.text
   const RunDevice run_device = resolve_run_device(config.train);
   const Llama sizing_model(config.model);
   const MemoryEstimate memory = estimate_training_memory(sizing_model, config, run_device.device);
@@ -511,10 +490,21 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   };
   auto validate = [&](int64_t step) {
     const auto start = clock::now();
-    const double loss = state.evaluate(*val_data, config.eval.batches);
-    const double seconds = std::chrono::duration<double>(clock::now() - start).count();
-    spdlog::info("step {:>6} | val loss {:.4f} | val ppl {:.2f} | {:.1f}s", step, loss, std::exp(loss), seconds);
-    metrics.write({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
+    nlohmann::json record = {{"step", step}};
+    double loss = std::numeric_limits<double>::quiet_NaN();
+    if (val_data) {
+      loss = state.evaluate(*val_data, config.eval.batches);
+      const double seconds = std::chrono::duration<double>(clock::now() - start).count();
+      spdlog::info("step {:>6} | val loss {:.4f} | val ppl {:.2f} | {:.1f}s", step, loss, std::exp(loss), seconds);
+      record["val_loss"] = loss;
+      record["val_ppl"] = std::exp(loss);
+    }
+    if (downstream.enabled()) {
+      spdlog::info("step {:>6} | evaluation (eval.tasks, eval.text):", step);
+      const nlohmann::ordered_json sections = downstream.run(state.model(), state.params());
+      for (const auto& [key, value] : sections.items()) record[key] = value;
+    }
+    metrics.write(record);
     return loss;
   };
   auto checkpoint = [&]() {
@@ -575,7 +565,7 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
     }
     metrics.write(record);
     const bool last = step + 1 == config.train.steps;
-    if (val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0)))
+    if ((val_data || downstream.enabled()) && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0)))
       summary.final_val_loss = validate(step + 1);
     if (step_pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_pause_ms));
 
