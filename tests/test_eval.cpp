@@ -229,16 +229,16 @@ TEST_CASE("l3c eval: held-out text, hand-made and real tasks, the lens, the refe
               "l3": {"after_layers": [0], "v": 1024, "k": 8, "allocation": {"method": "uniform"}},
               "moe": {"layers": [1], "experts": 4, "top_k": 2, "expert_hidden": 64}},
     "data": {"train": ")" + (dir / "data").string() + R"(", "val": ")" + (dir / "data" / "val_000000.bin").string() +
-                           R"(", "seq_len": 64, "tokenizer": "bytes"},
-    "train": {"steps": 150, "micro_batch": 8, "lr": 1e-2, "warmup_steps": 10, "weight_decay": 0},
-    "eval": {"every": 100, "batches": 2, "tasks": ["colors", "which"], "tasks_dir": ")" + tasks.string() +
+                           R"(", "seq_len": 48, "tokenizer": "bytes"},
+    "train": {"steps": 100, "micro_batch": 8, "lr": 1e-2, "warmup_steps": 10, "weight_decay": 0},
+    "eval": {"every": 50, "batches": 2, "tasks": ["colors", "which"], "tasks_dir": ")" + tasks.string() +
                            R"(", "text": [")" + (dir / "heldout.txt").string() + R"("]},
     "run": {"dir": ")" + (dir / "run").string() + R"("}})";
   write_text(dir / "c.json", config);
   const Result train = run_l3c("train " + (dir / "c.json").string());
   INFO(train.output);
   REQUIRE(train.exit_code == 0);
-  {  // metrics.jsonl: the tasks and the text next to the validation loss, at step 100 and at the end
+  {  // metrics.jsonl: the tasks and the text next to the validation loss, at step 50 and at the end
     std::ifstream metrics(dir / "run" / "metrics.jsonl");
     std::string line;
     std::vector<int64_t> steps;
@@ -250,7 +250,7 @@ TEST_CASE("l3c eval: held-out text, hand-made and real tasks, the lens, the refe
       CHECK(j["tasks"]["which"].contains("acc_stderr"));
       CHECK(j["text"]["bits_per_byte"].get<double>() > 0);
     }
-    CHECK(steps == std::vector<int64_t>{100, 150});
+    CHECK(steps == std::vector<int64_t>{50, 100});
   }
   const std::string run = (dir / "run").string();
 
