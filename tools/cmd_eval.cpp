@@ -4,6 +4,7 @@
 // object with a section per kind.
 #include <cmath>
 #include <fstream>
+#include <optional>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -90,7 +91,8 @@ int eval(const std::vector<std::string>& argv) {
                                 {"seq_len", T},
                                 {"parameters", model->model().registry().total()}};
   if (tokenizer) out["tokenizer"] = {{"spec", tokenizer->description()}, {"checksum", tokenizer->checksum()}};
-  Scorer scorer(model->model(), model->params(), batch_tokens);
+  std::optional<Scorer> scorer;  // for text, tasks and the lens (--data sizes its own by --micro-batch)
+  if (args.has("text") || !tasks.empty()) scorer.emplace(model->model(), model->params(), batch_tokens);
 
   if (args.has("data")) {
     const int64_t micro_batch = args.get_int("micro-batch", config.train.micro_batch, 1);
@@ -108,7 +110,7 @@ int eval(const std::vector<std::string>& argv) {
   }
   TextOptions text_options{T, stride_arg, max_bytes, true};
   if (args.has("text")) {
-    const TextResult text = evaluate_text(scorer, corpus, text_options);
+    const TextResult text = evaluate_text(*scorer, corpus, text_options);
     spdlog::info("text: {} tokens, {} bytes in {} files (windows of {}, stride {}) | loss {:.4f} | ppl {:.3f} | "
                  "{:.4f} bits per byte | {:.1f}s", text.tokens, text.bytes, text.files.size(), T, text.stride,
                  text.loss(), text.perplexity(), text.bits_per_byte(), text.seconds);
@@ -122,7 +124,7 @@ int eval(const std::vector<std::string>& argv) {
       if (!details) fail("--details: cannot write {}", args.get("details", ""));
     }
     for (const TaskSpec& task : tasks) {
-      const TaskResult r = evaluate_task(scorer, *tokenizer, task, {T, limit, true});
+      const TaskResult r = evaluate_task(*scorer, *tokenizer, task, {T, limit, true});
       if (task.format == TaskFormat::LastWord)
         spdlog::info("{}: acc {:.4f} ± {:.4f} | ppl {:.3f} ± {:.3f} | {} examples in {:.1f}s ({:.1f}/s)", task.name, r.acc,
                      r.acc_stderr, r.ppl, r.ppl_stderr, r.examples, r.seconds, r.examples / std::max(r.seconds, 1e-9));
@@ -137,7 +139,7 @@ int eval(const std::vector<std::string>& argv) {
     out["tasks"] = tasks_json;
   }
   if (lens) {
-    const LensResult result = evaluate_lens(scorer, corpus, text_options, lens_tokens);
+    const LensResult result = evaluate_lens(*scorer, corpus, text_options, lens_tokens);
     spdlog::info("{}", result.table());
     out["lens"] = result.to_json();
     if (args.has("plot")) {
