@@ -116,6 +116,10 @@ TEST_CASE("a minimal config reads with every default filled in", "[config]") {
   CHECK(c.train.recompute == "none");
   CHECK(c.eval.every == 0);
   CHECK(c.eval.batches == 8);
+  CHECK(c.eval.tasks.empty());
+  CHECK(c.eval.text.empty());
+  CHECK(c.eval.tasks_dir == "../shared/data/evals");
+  CHECK(c.eval.limit == 0);
   CHECK(c.checkpoint.every == 0);
   CHECK(c.checkpoint.keep == 2);
   CHECK(c.run.dir == "runs/default");
@@ -257,6 +261,8 @@ TEST_CASE("an out-of-range value is an error naming the bound and the value", "[
   CHECK_THAT(error_from_json(with("train", "micro_batch", 0)), Contains("train.micro_batch: must be >= 1, got 0"));
   CHECK_THAT(error_from_json(with("eval", "every", -1)), Contains("eval.every: must be >= 0, got -1"));
   CHECK_THAT(error_from_json(with("eval", "batches", 0)), Contains("eval.batches: must be >= 1, got 0"));
+  CHECK_THAT(error_from_json(with("eval", "limit", -1)), Contains("eval.limit: must be >= 0, got -1"));
+  CHECK_THAT(error_from_json(with("eval", "tasks", 3)), Contains("eval.tasks"));
   CHECK_THAT(error_from_json(with("checkpoint", "keep", 0)), Contains("checkpoint.keep: must be >= 1, got 0"));
   CHECK_THAT(error_from_json(with("data", "train", "")), Contains("data.train: must not be empty"));
   CHECK_THAT(error_from_json(with("run", "dir", "")), Contains("run.dir: must not be empty"));

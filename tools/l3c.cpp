@@ -18,7 +18,7 @@ constexpr const char* kUsage = R"(usage: l3c COMMAND [ARGS]
 commands:
   train CONFIG [--set key=value ...] [--json]       train a model as the config says
         [--resume auto|CHECKPOINT] [--init-from CHECKPOINT] [--stop-at STEP]
-  eval --checkpoint DIR --data SHARDS [--json]      validation loss and perplexity of a trained model
+  eval --checkpoint DIR [--data|--text|--tasks|--lens] held-out text, zero-shot tasks, logit lens, val loss
   inspect CONFIG [--set key=value ...] [--json]     parameters, FLOPs per token and memory of a config
   bench CONFIG [--steps N] [--warmup N] [--json]    steady-state training throughput and MFU
   bench --generate CHECKPOINT_OR_CONFIG [--batch B] inference speed: prefill and decode tokens/s, memory

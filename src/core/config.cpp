@@ -163,6 +163,11 @@ const std::vector<Field>& schema() {
 
       field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0}),
       field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1}),
+      field<&C::eval, &EvalConfig::tasks>("eval.tasks"),  // empty: none
+      field<&C::eval, &EvalConfig::text>("eval.text"),    // empty: none
+      field<&C::eval, &EvalConfig::tasks_dir>("eval.tasks_dir", {.non_empty = true}),
+      field<&C::eval, &EvalConfig::limit>("eval.limit", {.min = 0}),
+      field<&C::eval, &EvalConfig::text_max_bytes>("eval.text_max_bytes", {.min = 0}),
 
       field<&C::checkpoint, &CheckpointConfig::every>("checkpoint.every", {.min = 0}),
       field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint.keep", {.min = 1}),

@@ -137,6 +137,12 @@ struct TrainConfig {
 struct EvalConfig {
   int64_t every = 0;            // steps between validation passes; 0: only at the end
   int64_t batches = 8;          // micro-batches per validation pass
+  // Scored with the validation loss (src/eval): zero-shot tasks by name, held-out text files or folders.
+  std::vector<std::string> tasks;
+  std::vector<std::string> text;
+  std::string tasks_dir = "../shared/data/evals";
+  int64_t limit = 0;            // examples per task; 0: all
+  int64_t text_max_bytes = 0;   // bytes per held-out document; 0: all
 };
 
 struct CheckpointConfig {

@@ -102,13 +102,49 @@ Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
   return w;
 }
 
-Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype) const {
+Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype, bool inference) const {
   const int64_t N = B * T, d = config_.d_model, F = config_.ffn_hidden, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
   const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;  // rstd, lse, losses (ops.h)
   Activations a;
   if (recompute_.attention) a.att_shared = arena.alloc(dtype, {B, T, H, hd});
   if (recompute_.swiglu) a.act_shared = arena.alloc(dtype, {N, F});
+  if (inference) {
+    // Layer i reads its residual stream from one buffer and writes the next into the other; nothing else of a
+    // layer outlives it (a layer's input is not read after its attention block copies it).
+    const Tensor resid[2] = {arena.alloc(dtype, {N, d}), arena.alloc(dtype, {N, d})};
+    LayerActivations shared;
+    shared.ln1 = arena.alloc(dtype, {N, d});
+    shared.rstd1 = arena.alloc(stats, {N});
+    shared.q = arena.alloc(dtype, {B, T, H, hd});
+    shared.k = arena.alloc(dtype, {B, T, Hkv, hd});
+    shared.v = arena.alloc(dtype, {B, T, Hkv, hd});
+    shared.att = arena.alloc(dtype, {B, T, H, hd});
+    shared.lse = arena.alloc(stats, {B, H, T});
+    shared.resid_mid = arena.alloc(dtype, {N, d});
+    shared.ln2 = arena.alloc(dtype, {N, d});
+    shared.rstd2 = arena.alloc(stats, {N});
+    if (static_cast<int64_t>(moe_layers_.size()) < config_.n_layers) {
+      shared.gate = arena.alloc(dtype, {N, F});
+      shared.up = arena.alloc(dtype, {N, F});
+      shared.act = arena.alloc(dtype, {N, F});
+    }
+    for (int64_t i = 0; i < config_.n_layers; ++i) {
+      a.layers.push_back(shared);
+      a.layers.back().resid_in = resid[i % 2];
+    }
+    a.resid_out = resid[config_.n_layers % 2];
+    a.lnf = arena.alloc(dtype, {N, d});
+    a.rstdf = arena.alloc(stats, {N});
+    if (!l3_layers_.empty()) {
+      a.routing.order = arena.alloc(DType::I32, {N});
+      a.routing.group_offsets = arena.alloc(DType::I32, {config_.vocab_size + 1});
+      const L3Layer::Activations l3 = l3_layers_.front().allocate_activations(arena, N, dtype);
+      a.l3.assign(l3_layers_.size(), l3);
+    }
+    if (!moe_layers_.empty()) a.moe.assign(moe_layers_.size(), moe_layers_.front().allocate_activations(arena, N, dtype));
+    return a;
+  }
   for (int64_t i = 0; i < config_.n_layers; ++i) {
     LayerActivations l;
     l.resid_in = arena.alloc(dtype, {N, d});
@@ -170,7 +206,7 @@ size_t Llama::activation_bytes(int64_t B, int64_t T, DType dtype, bool training)
 }
 
 void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T,
-                          LossReport& report) const {
+                          LossReport& report, const ResidualObserver& observe) const {
   const int64_t N = B * T, d = config_.d_model, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
   const double eps = config_.norm_eps, theta = config_.rope_theta;
@@ -208,9 +244,12 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
       ops::swiglu_forward(l.act, l.gate, l.up);
       ops::matmul_forward(resid_out, l.act, lw.w_down, /*accumulate=*/true);
     }
+    if (observe) observe(i, false, resid_out);
     // an L3 layer after this one replaces its output in place
-    if (const L3Layer* l3 = l3_after(i))
+    if (const L3Layer* l3 = l3_after(i)) {
       l3->forward(w.l3[l3->index()], a.l3[l3->index()], resid_out, a.routing, l3_rows_[l3->index()]);
+      if (observe) observe(i, true, resid_out);
+    }
   }
   ops::rmsnorm_forward(a.lnf, a.rstdf, a.resid_out, w.final_norm, eps);
   (void)d;
@@ -306,6 +345,35 @@ void Llama::forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logit
   LossReport unused;
   forward_trunk(w, a, tokens, B, T, unused);
   ops::matmul_forward(logits, a.lnf, w.lm_head);
+}
+
+size_t Llama::inference_bytes(int64_t B, int64_t T, DType dtype) const {
+  Arena measuring;
+  allocate_activations(measuring, B, T, dtype, /*inference=*/true);
+  return measuring.peak();
+}
+
+void Llama::forward_hidden(const FlatBuffer& params, Tensor tokens, Tensor hidden, Arena& arena,
+                           const ResidualObserver& observe) const {
+  const int64_t B = tokens.dim(0), T = tokens.dim(1);
+  L3C_CHECK(params.device() == device_ && arena.device() == device_ && tokens.device == device_ &&
+                hidden.device == device_, "Llama::forward_hidden: the model computes on {}; parameters, arena, tokens "
+            "and output must live there", device_name(device_));
+  const Weights w = weights(params);
+  Activations a = allocate_activations(arena, B, T, params.dtype(), /*inference=*/true);
+  LossReport unused;
+  forward_trunk(w, a, tokens, B, T, unused, observe);
+  ops::copy(hidden, a.lnf);
+}
+
+void Llama::output_logits(const FlatBuffer& params, Tensor hidden, Tensor logits) const {
+  ops::matmul_forward(logits, hidden, weights(params).lm_head);
+}
+
+void Llama::lens_logits(const FlatBuffer& params, Tensor resid, Tensor normed, Tensor rstd, Tensor logits) const {
+  const Weights w = weights(params);
+  ops::rmsnorm_forward(normed, rstd, resid, w.final_norm, config_.norm_eps);
+  ops::matmul_forward(logits, normed, w.lm_head);
 }
 
 ModelCost Llama::cost(int64_t seq_len) const {

@@ -10,6 +10,7 @@
 // optimizer never sees it), is set once before the first forward, and is saved with the weights.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -90,6 +91,22 @@ class Llama {
   // Logits (B*T, V) for every position: for generation and reference tests.
   void forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const;
 
+  // ---- inference (src/eval): a forward pass that keeps no state for a backward ---------------------------------
+  // Where the residual stream is read (the logit lens): after decoder layer `layer` (its FFN block), and, when an
+  // L3 layer follows it, after that L3 layer (after_l3).
+  using ResidualObserver = std::function<void(int64_t layer, bool after_l3, Tensor resid)>;
+  // Bytes of arena forward_hidden needs for B x T tokens: the activations of one layer, shared by all of them.
+  size_t inference_bytes(int64_t B, int64_t T, DType dtype) const;
+  // hidden (B*T, d) = the final norm's output for tokens (B, T), on the model's device; observe, when set, sees the
+  // residual stream (B*T, d) at every point named above, in order. Position t of a row depends on tokens 0..t only.
+  void forward_hidden(const FlatBuffer& params, Tensor tokens, Tensor hidden, Arena& arena,
+                      const ResidualObserver& observe = {}) const;
+  // logits (N, V) of the rows hidden (N, d) of forward_hidden (the output projection alone).
+  void output_logits(const FlatBuffer& params, Tensor hidden, Tensor logits) const;
+  // logits (N, V) the final norm and output projection give on residual-stream rows resid (N, d): the logit
+  // lens. normed (N, d) and rstd (N) are scratch.
+  void lens_logits(const FlatBuffer& params, Tensor resid, Tensor normed, Tensor rstd, Tensor logits) const;
+
   const std::vector<MoeLayer>& moe_layers() const { return moe_layers_; }
 
   // Parameter counts by component and training FLOPs per token at sequence length seq_len.
@@ -123,10 +140,12 @@ class Llama {
   };
 
   Weights weights(const FlatBuffer& buffer) const;
-  Activations allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype) const;
+  // inference: one layer's buffers serve every layer (the residual stream alternates between two).
+  Activations allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype, bool inference = false) const;
   Scratch allocate_scratch(Arena& arena, int64_t B, int64_t T, DType dtype) const;
   // Runs everything up to the final norm; appends each MoE layer's statistics to report.
-  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T, LossReport& report) const;
+  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T, LossReport& report,
+                     const ResidualObserver& observe = {}) const;
   // aux_scale: the weight of the MoE auxiliary losses in the differentiated objective.
   void backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
                       int64_t B, int64_t T, double aux_scale) const;

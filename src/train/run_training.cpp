@@ -19,6 +19,7 @@
 #include "core/sha256.h"
 #include "data/allocation.h"
 #include "data/prepare.h"
+#include "eval/during_training.h"
 #include "train/checkpoint.h"
 #include "train/memory.h"
 #include "train/perf.h"
@@ -150,6 +151,7 @@ struct RunInputs {
   std::unique_ptr<WindowLoader> val_data;
   RunDevice device;
   MemoryEstimate memory;
+  std::unique_ptr<TrainingEvaluator> downstream;  // eval.tasks, eval.text (src/eval/during_training.h)
 };
 
 RunInputs check_inputs(const Config& config, Communicator& comm) {
@@ -168,6 +170,7 @@ RunInputs check_inputs(const Config& config, Communicator& comm) {
   if (in.device.device == Device::CUDA) check_fits_device_memory(in.memory);
   else check_fits_host_memory(in.memory);
   if (!config.train.trainable.empty()) trainable_mask(sizing_model.registry(), config.train.trainable);
+  in.downstream = std::make_unique<TrainingEvaluator>(config);
   if (config.train.zero == 1 && comm.size() == 1)
     spdlog::info("train.zero 1 with one rank: nothing to shard, the optimizer state stays whole");
   return in;
@@ -228,7 +231,8 @@ void log_run(const Config& config, const RunInputs& in, TrainingState& state, co
 // The steps from the run's start to train.steps (or a stop), with validation, checkpoints and the final model.
 // Every rank runs it in lockstep: the stop decision is reduced over the ranks after each step.
 TrainSummary train_loop(const Config& config, const TrainOptions& options, TrainingState& state, RunFolder& folder,
-                        StepLogger& log, const WindowLoader* val_data, const BatchSource& batches) {
+                        StepLogger& log, const WindowLoader* val_data, const TrainingEvaluator& downstream,
+                        const BatchSource& batches) {
   TrainerProgress progress = folder.start();
   TrainSummary summary;
   summary.start_step = progress.step;
@@ -249,10 +253,20 @@ TrainSummary train_loop(const Config& config, const TrainOptions& options, Train
     else summary.final_train_loss = r.loss;
     log.step(step, r, std::chrono::duration<double>(clock::now() - start).count(), progress);
     const bool last = step + 1 == config.train.steps;
-    if (val_data && (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0))) {
+    if ((val_data || downstream.enabled()) &&
+        (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0))) {
       const auto val_start = clock::now();
-      summary.final_val_loss = state.evaluate(*val_data, config.eval.batches);
-      log.validation(step + 1, summary.final_val_loss, std::chrono::duration<double>(clock::now() - val_start).count());
+      const double loss = val_data ? state.evaluate(*val_data, config.eval.batches)
+                                   : std::numeric_limits<double>::quiet_NaN();
+      if (val_data) summary.final_val_loss = loss;
+      const double seconds = std::chrono::duration<double>(clock::now() - val_start).count();
+      // The tasks and held-out text: every rank scores them (no collective waits on a long evaluation), rank 0 logs.
+      nlohmann::ordered_json sections;
+      if (downstream.enabled()) {
+        spdlog::info("step {:>6} | evaluation (eval.tasks, eval.text):", step + 1);
+        sections = downstream.run(state.model(), state.params());
+      }
+      log.validation(step + 1, loss, seconds, sections);
     }
     if (step_pause_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(step_pause_ms));
 
@@ -336,7 +350,7 @@ TrainSummary run_training(const Config& config, const TrainOptions& options, Com
     in.train_data.fill(order, first, tokens, targets);
   };
   StepLogger log(config, folder, folder.start().step, state.tokens_per_step(), peak, cost.flops_per_token);
-  return train_loop(config, options, state, folder, log, in.val_data.get(), batches);
+  return train_loop(config, options, state, folder, log, in.val_data.get(), *in.downstream, batches);
 }
 
 }  // namespace l3c

@@ -86,9 +86,15 @@ void StepLogger::step(int64_t step, const StepResult& r, double seconds, const T
   folder_.write_metrics(record);
 }
 
-void StepLogger::validation(int64_t step, double loss, double seconds) {
-  spdlog::info("step {:>6} | val loss {:.4f} | val ppl {:.2f} | {:.1f}s", step, loss, std::exp(loss), seconds);
-  folder_.write_metrics({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
+void StepLogger::validation(int64_t step, double loss, double seconds, const nlohmann::ordered_json& sections) {
+  nlohmann::json record = {{"step", step}};
+  if (!std::isnan(loss)) {
+    spdlog::info("step {:>6} | val loss {:.4f} | val ppl {:.2f} | {:.1f}s", step, loss, std::exp(loss), seconds);
+    record["val_loss"] = loss;
+    record["val_ppl"] = std::exp(loss);
+  }
+  for (const auto& [key, value] : sections.items()) record[key] = value;
+  folder_.write_metrics(record);
 }
 
 }  // namespace l3c

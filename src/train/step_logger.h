@@ -4,6 +4,8 @@
 #pragma once
 #include <cstdint>
 
+#include <nlohmann/json.hpp>
+
 #include "train/run_folder.h"
 #include "train/trainer.h"
 
@@ -17,7 +19,9 @@ class StepLogger {
 
   // Logs step `step` (0-based) that took `seconds`; `progress` is after it (skipped steps counted there).
   void step(int64_t step, const StepResult& result, double seconds, const TrainerProgress& progress);
-  void validation(int64_t step, double loss, double seconds);
+  // A validation pass after step `step`: the loss of data.val (NaN without it) and the sections eval.tasks and
+  // eval.text gave ({"tasks": ..., "text": ...}; empty without them), in one metrics.jsonl record.
+  void validation(int64_t step, double loss, double seconds, const nlohmann::ordered_json& sections = {});
 
   double mfu(double tokens_per_second) const;
   // Tokens per second over the timed steps (0 before any).

@@ -8,6 +8,7 @@
 
 #include "core/errors.h"
 #include "data/allocation.h"
+#include "eval/loss.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
 #include "optim/schedule.h"
@@ -299,33 +300,9 @@ void TrainingState::scatter_optimizer() {
 }
 
 double TrainingState::evaluate(const WindowLoader& loader, int64_t batches) {
-  const double share = evaluate_loss(model_, params_, loader, config_.train.micro_batch, batches, arena_, comm_.rank(),
+  const double share = evaluate_loss(model_, params_, loader, config_.train.micro_batch, batches, comm_.rank(),
                                      comm_.size());
   return all_reduce_value(comm_, share);
 }
-
-double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
-                     int64_t batches, Arena& arena, int64_t rank, int64_t ranks) {
-  const int64_t T = loader.seq_len();
-  const int64_t windows = batches == 0 ? loader.num_windows() : std::min(batches * micro_batch, loader.num_windows());
-  std::vector<int32_t> tokens_data(static_cast<size_t>(micro_batch * T)), targets_data(tokens_data.size());
-  FlatBuffer device_tokens, device_targets;  // the batch on the GPU when the model computes there
-  if (params.device() == Device::CUDA) {
-    device_tokens = FlatBuffer(micro_batch * T, DType::I32, Device::CUDA);
-    device_targets = FlatBuffer(micro_batch * T, DType::I32, Device::CUDA);
-  }
-  double loss_sum = 0.0;
-  for (int64_t first = rank * micro_batch; first < windows; first += ranks * micro_batch) {
-    const int64_t B = std::min(micro_batch, windows - first);
-    Tensor tokens(tokens_data.data(), DType::I32, {B, T});
-    Tensor targets(targets_data.data(), DType::I32, {B, T});
-    loader.fill(first, tokens, targets);
-    arena.reset();
-    const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens, device_targets);
-    loss_sum += model.forward_backward(params, nullptr, tok, tgt, 0.0, arena).cross_entropy * static_cast<double>(B);
-  }
-  return loss_sum / static_cast<double>(windows);
-}
-
 
 }  // namespace l3c

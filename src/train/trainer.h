@@ -118,13 +118,6 @@ class TrainingState {
   int64_t tokens_per_step_ = 0;
 };
 
-// Mean loss of `batches` micro-batches of B sequences from the start of `loader` (all windows when
-// batches is 0), without gradients. Split over `ranks`: rank r computes micro-batches r, r + ranks, ... and
-// returns the sum of its losses divided by the number of windows of all ranks, so that the sum over ranks is
-// the mean.
-double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowLoader& loader, int64_t micro_batch,
-                     int64_t batches, Arena& arena, int64_t rank = 0, int64_t ranks = 1);
-
 // Which parameters train.trainable selects (per parameter, registry order): an entry names a registry group
 // ("attention", "l3_table") or a name prefix ("model.l3.1."); empty selects all. UserError for an entry that
 // matches nothing.
