@@ -1,9 +1,11 @@
 // `l3c eval --checkpoint DIR --data SHARDS [--batches N] [--micro-batch B] [--device cpu|cuda|auto] [--json]`
+#include <algorithm>
 #include <cmath>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "kernels/device.h"
@@ -22,7 +24,9 @@ int eval(const std::vector<std::string>& argv) {
              "l3c eval --checkpoint DIR --data SHARDS [--batches N (0: all)] [--micro-batch B] "
              "[--device cpu|cuda|auto] [--json]"});
   LoadedModel loaded = load_model_dir(args.require("checkpoint"));
-  configure_threads(args.get_int("threads", loaded.config.train.threads, 0));
+  configure_threads(args.has("threads") ? args.get_int("threads", 0, 0)
+                                         : std::min<int64_t>(loaded.config.train.threads, limits::max_threads()),
+                    "--threads");
   const int64_t micro_batch = args.get_int("micro-batch", loaded.config.train.micro_batch, 1);
   const int64_t batches = args.get_int("batches", 0, 0);
   const WindowLoader data(args.require("data"), "--data", loaded.config.data.seq_len, loaded.config.model.vocab_size);

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "core/errors.h"
@@ -27,7 +28,9 @@ int generate(const std::vector<std::string>& argv) {
              "             [--tokenizer SPEC (default: the run's data.tokenizer)]"});
   const std::string checkpoint = args.require("checkpoint");
   LoadedModel loaded = load_model_dir(checkpoint);
-  configure_threads(args.get_int("threads", loaded.config.train.threads, 0));
+  configure_threads(args.has("threads") ? args.get_int("threads", 0, 0)
+                                         : std::min<int64_t>(loaded.config.train.threads, limits::max_threads()),
+                    "--threads");
   const int64_t V = loaded.config.model.vocab_size, T = loaded.config.data.seq_len;
   std::unique_ptr<Tokenizer> tokenizer;
   const std::string spec = args.get("tokenizer", loaded.config.data.tokenizer);
@@ -64,6 +67,13 @@ int generate(const std::vector<std::string>& argv) {
   std::vector<float> logits_f32(static_cast<size_t>(T * V));
   std::vector<int32_t> context(static_cast<size_t>(T));
   std::vector<double> probs(static_cast<size_t>(V));
+  // Without --json the text appears as it is sampled: the prompt first, then each token's bytes.
+  const bool stream = !args.flag("json");
+  auto show = [](const std::string& bytes) {
+    std::fwrite(bytes.data(), 1, bytes.size(), stdout);
+    std::fflush(stdout);
+  };
+  if (stream) show(tokenizer->decode(std::span<const uint32_t>(ids).subspan(context_start)));
 
   for (int64_t n = 0; n < new_tokens; ++n) {
     const int64_t length = std::min<int64_t>(static_cast<int64_t>(ids.size()), T);
@@ -107,6 +117,7 @@ int generate(const std::vector<std::string>& argv) {
       break;
     }
     ids.push_back(next);
+    if (stream) show(tokenizer->decode(std::span<const uint32_t>(&next, 1)));
   }
   const std::string text = tokenizer->decode(std::span<const uint32_t>(ids).subspan(context_start));
   if (args.flag("json")) {
@@ -118,8 +129,7 @@ int generate(const std::vector<std::string>& argv) {
                                         {"stopped_at_eot", stopped_at_eot}}
                              .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
   } else {
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fputc('\n', stdout);
+    show("\n");
   }
   return 0;
 }

@@ -273,11 +273,10 @@ Allocation compute_allocation(const AllocationRequest& request, const ProgressFn
   bool in_document = false;
   constexpr int64_t kProgressEvery = 1 << 20;
   for (const TokenShard& shard : shards) {
-    const int64_t n = shard.size();
-    for (int64_t begin = 0; begin < n; begin += kProgressEvery) {
-      const int64_t end = std::min(n, begin + kProgressEvery);
-      for (int64_t i = begin; i < end; ++i) {
-        const uint32_t t = shard[i];
+    shard.for_each_chunk(kProgressEvery, [&](int64_t begin, std::span<const uint32_t> tokens) {
+      for (size_t j = 0; j < tokens.size(); ++j) {
+        const uint32_t t = tokens[j];
+        const int64_t i = begin + static_cast<int64_t>(j);
         checksum = (checksum ^ t) * kFnvPrime;
         if (static_cast<int64_t>(t) == eot) {  // a document boundary, not parsed itself
           if (lzw) dictionary->end_document();
@@ -292,9 +291,9 @@ Allocation compute_allocation(const AllocationRequest& request, const ProgressFn
         else ++token_counts[t];
         ++stats.tokens_parsed;
       }
-      done += end - begin;
+      done += static_cast<int64_t>(tokens.size());
       if (progress) progress(done, stats.tokens);
-    }
+    });
   }
   if (lzw) dictionary->end_document();
   if (stats.tokens_parsed == 0) fail("{}: the shards hold no tokens to parse", request.what);

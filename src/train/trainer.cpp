@@ -27,6 +27,7 @@
 #include "train/metrics.h"
 #include "train/model_io.h"
 #include "train/perf.h"
+#include "train/run_lock.h"
 
 namespace l3c {
 
@@ -233,16 +234,18 @@ double evaluate_loss(const Llama& model, const FlatBuffer& params, const WindowL
 
 namespace {
 
-// The run folder must not already hold a run: nothing saved is ever overwritten.
+// The run folder must not already hold a run, nor any file a new run writes: nothing saved, and nothing the user
+// put there (their own config.json), is ever overwritten. Called with the folder locked (RunLock).
 void prepare_run_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   for (const char* name : {"metrics.jsonl", "model.safetensors", "checkpoints"})
     if (fs::exists(fs::path(dir) / name))
       fail("run.dir {} already holds a run ({} exists); choose another folder with --set run.dir=..., or continue it "
            "with --resume auto", dir, name);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail("run.dir {}: cannot create the folder: {}", dir, ec.message());
+  for (const char* name : {"config.json", "allocation.safetensors"})
+    if (fs::exists(fs::path(dir) / name))
+      fail("run.dir {} holds a {} but no run: a new run writes its own {} there and does not overwrite files it did "
+           "not write; move the file, or choose another folder with --set run.dir=...", dir, name, name);
 }
 
 bool holds_run(const std::string& dir) {
@@ -376,6 +379,7 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   progress.threads = threads;
   std::string resume_dir;
   std::optional<CheckpointCheck> resume_check;
+  const RunLock run_lock(config.run.dir);  // from here on this process alone reads and changes run.dir
   const auto verify_start = clock::now();
   if (!options.resume.empty()) resume_check = find_resume(config, options.resume, resume_dir);
   const double verify_seconds = std::chrono::duration<double>(clock::now() - verify_start).count();
@@ -441,10 +445,10 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   if (!same_run) prepare_run_dir(config.run.dir);
 
   spdlog::info("resolved config:\n{}", config_to_json(config).dump(2));
-  write_config_json((fs::path(config.run.dir) / "config.json").string(), config);
   const std::string metrics_path = (fs::path(config.run.dir) / "metrics.jsonl").string();
   if (same_run) truncate_metrics(metrics_path, progress.step);
-  MetricsWriter metrics(metrics_path);
+  MetricsWriter metrics(metrics_path);  // first: a folder with metrics.jsonl holds a run, so config.json is the run's
+  write_config_json((fs::path(config.run.dir) / "config.json").string(), config);
   if (resume_check) metrics.write({{"event", "resume"}, {"step", progress.step}, {"checkpoint", resume_dir}});
 
   if (l3_allocation) write_allocation_file((fs::path(config.run.dir) / "allocation.safetensors").string(), *l3_allocation);
@@ -501,25 +505,48 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
 
   // Training reads windows in the order of (train.seed, epoch, position); validation in file order.
   const WindowOrder order(train_data.num_windows(), config.train.seed, config.data.shuffle);
-  const double epochs = static_cast<double>(config.train.steps * state.tokens_per_step()) /
-                        static_cast<double>(train_data.num_windows() * config.data.seq_len);
+  const double epochs = static_cast<double>(config.train.steps) * static_cast<double>(state.tokens_per_step()) /
+                        (static_cast<double>(train_data.num_windows()) * static_cast<double>(config.data.seq_len));
   spdlog::info("data: {} training windows of {} + 1 tokens, {}; the run reads {:.2f} epochs", train_data.num_windows(),
                config.data.seq_len, order.shuffled() ? fmt::format("shuffled per epoch (seed {})", config.train.seed)
                                                      : std::string("in file order (data.shuffle is false)"), epochs);
   const BatchSource batches = [&](int64_t first, Tensor tokens, Tensor targets) {
     train_data.fill(order, first, tokens, targets);
   };
+  int64_t checkpointed_step = progress.step;  // the newest step saved in a checkpoint (0: none)
+  auto checkpoint = [&]() {
+    progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch);
+    checkpointed_step = progress.step;
+    return write_checkpoint(config.run.dir, {config, state.model(), state.host_params(), state.optimizer(), progress});
+  };
+  // A shard changed under the run (src/data/shard.h) ends it, after a checkpoint of the last completed step: the
+  // error comes before a step updates anything, so the weights and moments are those of progress.step.
+  auto stop_for_changed_shard = [&](const ShardChangedError& e) {
+    std::string saved = progress.step == 0 ? "no step had completed" : "";
+    if (progress.step > checkpointed_step) {
+      try {
+        saved = fmt::format("wrote checkpoint {} for step {}", checkpoint(), progress.step);
+      } catch (const UserError& failed) {
+        saved = fmt::format("could not write a checkpoint for step {}: {}", progress.step, failed.what());
+      }
+    } else if (progress.step > 0) {
+      saved = fmt::format("step {} is already in a checkpoint", progress.step);
+    }
+    metrics.write({{"event", "stopped"}, {"step", progress.step}, {"reason", "a shard changed"}});
+    fail("{}; {}; replace the shard, then continue with --resume auto", e.what(), saved);
+  };
   auto validate = [&](int64_t step) {
     const auto start = clock::now();
-    const double loss = state.evaluate(*val_data, config.eval.batches);
+    double loss = 0.0;
+    try {
+      loss = state.evaluate(*val_data, config.eval.batches);
+    } catch (const ShardChangedError& e) {
+      stop_for_changed_shard(e);
+    }
     const double seconds = std::chrono::duration<double>(clock::now() - start).count();
     spdlog::info("step {:>6} | val loss {:.4f} | val ppl {:.2f} | {:.1f}s", step, loss, std::exp(loss), seconds);
     metrics.write({{"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}});
     return loss;
-  };
-  auto checkpoint = [&]() {
-    progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch);
-    return write_checkpoint(config.run.dir, {config, state.model(), state.host_params(), state.optimizer(), progress});
   };
 
   TrainSummary summary;
@@ -535,7 +562,12 @@ TrainSummary run_training(const Config& config, const TrainOptions& options) {
   int64_t timed_tokens = 0, timed_steps = 0;
   for (int64_t step = progress.step; step < config.train.steps; ++step) {
     const auto start = clock::now();
-    const StepResult r = state.step(step, batches);
+    StepResult r;
+    try {
+      r = state.step(step, batches);
+    } catch (const ShardChangedError& e) {
+      stop_for_changed_shard(e);
+    }
     const double seconds = std::chrono::duration<double>(clock::now() - start).count();
     progress.step = step + 1;
     progress.tokens_seen += state.tokens_per_step();
