@@ -476,7 +476,8 @@ void rewrite_safetensors_header(const fs::path& path, const std::function<void(n
 }
 }  // namespace
 
-TEST_CASE("thread counts beyond the machine are refused before OpenMP starts them", "[cli][limits]") {
+TEST_CASE("thread counts beyond the machine and sizes beyond l3c's limits are refused before anything starts",
+          "[cli][limits]") {
   const fs::path dir = fresh_dir("threads");
   const fs::path config = dir / "c.json";
   write_text(config, small_config(dir));
@@ -490,6 +491,13 @@ TEST_CASE("thread counts beyond the machine are refused before OpenMP starts the
   check_one_user_error(run_l3c("tokenizer train --vocab-size 300 --out " + (dir / "tok").string() +
                                " --threads 100000 " + (dir / "text.txt").string()),
                        "--threads: 100000 threads is more than");
+  // Sizes from the command line are bounded like those of a config.
+  check_one_user_error(run_l3c("allocate --data " + (dir / "train.bin").string() + " --v 64 --k 99999999 --out " +
+                               (dir / "a.safetensors").string()),
+                       "--k: must be <= 1048576 (l3c's limit), got 99999999");
+  check_one_user_error(run_l3c("tokenizer train --vocab-size 999999999999 --out " + (dir / "tok").string() + " " +
+                               (dir / "text.txt").string()),
+                       "--vocab-size: must be <= 16777216");
   CHECK_FALSE(fs::exists(dir / "run"));
 }
 

@@ -27,8 +27,8 @@ int eval(const std::vector<std::string>& argv) {
   configure_threads(args.has("threads") ? args.get_int("threads", 0, 0)
                                          : std::min<int64_t>(loaded.config.train.threads, limits::max_threads()),
                     "--threads");
-  const int64_t micro_batch = args.get_int("micro-batch", loaded.config.train.micro_batch, 1);
-  const int64_t batches = args.get_int("batches", 0, 0);
+  const int64_t micro_batch = args.get_int("micro-batch", loaded.config.train.micro_batch, 1, limits::kMaxMicroBatch);
+  const int64_t batches = args.get_int("batches", 0, 0, limits::kMaxSteps);
   const WindowLoader data(args.require("data"), "--data", loaded.config.data.seq_len, loaded.config.model.vocab_size);
   // Evaluation computes in the saved weights' precision (f32, or f64 on the CPU), on the device asked for
   // (default: the GPU when there is one), whatever device the run trained on.

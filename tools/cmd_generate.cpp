@@ -47,7 +47,7 @@ int generate(const std::vector<std::string>& argv) {
     fail("tokenizer {} has {} ids but the model's vocabulary (model.vocab_size) is {}: not the run's tokenizer",
          tokenizer->description(), sample_vocab, V);
   const std::optional<uint32_t> eot = tokenizer->eot_id();
-  const int64_t new_tokens = args.get_int("tokens", 200, 1);
+  const int64_t new_tokens = args.get_int("tokens", 200, 1, limits::kMaxSeqLen);
   const double temperature = args.get_double("temperature", 0.8);
   if (!(temperature >= 0.0)) fail("--temperature: must be >= 0, got {}", temperature);
   const int64_t top_k = args.get_int("top-k", 0, 0);

@@ -65,7 +65,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 int tokenizer_train(const std::vector<std::string>& argv) {
   const cli::Args args = cli::parse(argv, {{"vocab-size", "out", "threads"}, {"json"}, 1, 1 << 20,
                                            "l3c tokenizer train --vocab-size N --out DIR [--threads T] [--json] INPUT..."});
-  const int64_t vocab_size = args.get_int("vocab-size", 0, 257);
+  const int64_t vocab_size = args.get_int("vocab-size", 0, 257, limits::kMaxVocabSize);
   if (!args.has("vocab-size")) fail("missing required option --vocab-size");
   const std::string out = args.require("out");
   const int threads = std::max(1, limits::checked_threads(args.get_int("threads", default_threads(), 1), "--threads"));

@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "core/errors.h"
+#include "core/limits.h"
 #include "data/shard.h"
 #include "train/safetensors.h"
 
@@ -198,7 +199,10 @@ std::vector<int32_t> uniform_allocation(int64_t vocab_size, int64_t v, int64_t k
 
 void check_allocation_sizes(int64_t vocab_size, int64_t v, int64_t k, const std::string& what) {
   if (vocab_size < 1) fail("{}: the vocabulary size must be >= 1, got {}", what, vocab_size);
+  if (vocab_size > limits::kMaxVocabSize)
+    fail("{}: the vocabulary size must be <= {} (l3c's limit), got {}", what, limits::kMaxVocabSize, vocab_size);
   if (k < 1) fail("{}: k must be >= 1, got {}", what, k);
+  if (k > limits::kMaxWidth) fail("{}: k must be <= {} (l3c's limit), got {}", what, limits::kMaxWidth, k);
   if (v < vocab_size)
     fail("{}: v = {} is smaller than the vocabulary size {}: every token owns at least one row (need V <= v <= V*k)",
          what, v, vocab_size);
