@@ -9,7 +9,6 @@
 #   sanitized_build DIR TARGET...  installs clang and libFuzzer if missing, configures DIR as clang's build with
 #                          L3C_FUZZ=ON (AddressSanitizer, UndefinedBehaviorSanitizer, the fuzz targets; no CUDA) and
 #                          builds the targets: scripts/sanitize.sh and scripts/fuzz.sh share it
-#   sanitized_test_targets the test executables of the CPU tests (the tests labelled "fast" are among them)
 
 die() {
   echo "error: $*" >&2
@@ -69,13 +68,4 @@ sanitized_build() {
   cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DL3C_FUZZ=ON -DL3C_CUDA=OFF \
     -DL3C_EMULATED_GPU_TESTS=OFF -DL3C_NATIVE=OFF ${L3C_CMAKE_ARGS:-} > /dev/null
   cmake --build "$dir" -j "$(nproc)" --target "$@"
-}
-
-sanitized_test_targets() {
-  local root file name
-  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-  for file in "$root"/tests/test_*.cpp; do
-    name="$(basename "$file" .cpp)"
-    [[ "$name" == test_cuda* ]] || echo "$name"
-  done
 }

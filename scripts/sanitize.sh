@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib.sh
 build_dir="${1:-build-sanitize}"
-sanitized_build "$build_dir" l3c $(sanitized_test_targets)
+sanitized_build "$build_dir" fast_tests
 # ASan's leak checker is off: the trainer keeps its arenas to the end of the process by design.
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"

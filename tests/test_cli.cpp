@@ -193,7 +193,7 @@ TEST_CASE("inspect and bench print one JSON object as their last line", "[cli]")
   CHECK(b["mfu"].get<double>() > 0);
 }
 
-TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram entropy", "[cli][train]") {
+TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram entropy", "[cli][train][slow]") {
   const fs::path shakespeare = fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt";
   REQUIRE(fs::exists(shakespeare));
   const fs::path dir = fresh_dir("shakespeare");
@@ -319,7 +319,7 @@ TEST_CASE("l3c allocate writes an allocation and its summary, and sizes outside 
   CHECK(last_json_line(m.output)["method"] == "unigram");
 }
 
-TEST_CASE("training an L3 model computes its allocation, saves it with the weights, and evaluates", "[cli][l3]") {
+TEST_CASE("training an L3 model computes its allocation, saves it with the weights, and evaluates", "[cli][l3][slow]") {
   const fs::path dir = fresh_dir("l3_train");
   const fs::path config = dir / "c.json";
   write_text(config, small_l3_config(dir));
@@ -390,7 +390,7 @@ TEST_CASE("bad L3 configs and allocation files exit 2 before anything is written
 // ---- Mixture-of-Experts: train, log the routing, inspect --match, bad inputs ---------------------------------
 
 TEST_CASE("training a model with MoE and L3 layers logs each loss term and the expert load, and evaluates",
-          "[cli][moe]") {
+          "[cli][moe][slow]") {
   const fs::path dir = fresh_dir("moe_train");
   nlohmann::json config = nlohmann::json::parse(small_l3_config(dir));
   config["model"]["moe"] = {{"layers", {0}}, {"experts", 4}, {"top_k", 2}, {"expert_hidden", 32},
