@@ -26,14 +26,15 @@ for target in "${targets[@]}"; do
   mkdir -p "$work/$target"
   log="$work/$target.log"
   # Replay: every committed input once. Then fuzz from the corpus and what earlier runs found. A single input may
-  # take 10 s at most and allocate 2 GB at most (a larger allocation is reported as a finding).
+  # take 10 s at most and allocate 2 GB at most (a larger allocation is reported as a finding); inputs grow to 16 KB
+  # (libFuzzer's default stops at the largest seed).
   if ! "$build_dir/fuzz/$target" -runs=0 -timeout=10 -rss_limit_mb=2048 "$corpus" > "$work/$target.replay.log" 2>&1; then
     echo "fuzz: $target: replaying $corpus failed (see $work/$target.replay.log):" >&2
     tail -n 30 "$work/$target.replay.log" >&2
     status=1
     continue
   fi
-  if ! "$build_dir/fuzz/$target" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  if ! "$build_dir/fuzz/$target" -max_total_time="$seconds" -max_len=16384 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$work/crashes/$target-" "$work/$target" "$corpus" > "$log" 2>&1; then
     echo "fuzz: $target: found a failing input (see $log and $work/crashes/):" >&2
     grep -A 30 -m 1 "ERROR\|Exception\|==.*==" "$log" >&2 || tail -n 30 "$log" >&2
