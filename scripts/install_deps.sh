@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the build, the tests and the reference scripts need, if any is missing.
+# Usage: scripts/install_deps.sh [PACKAGE...]   (more Debian packages to install with them, e.g. clang for fuzzing)
 set -euo pipefail
 packages=(cmake g++ make libeigen3-dev nlohmann-json3-dev libspdlog-dev libfmt-dev catch2 python3-torch python3-numpy
           python3-matplotlib  # the reproduction reports' plots (scripts/reproduce/report.py)
-          libopenmpi-dev openmpi-bin)  # Open MPI: data parallelism across processes (src/dist)
+          libopenmpi-dev openmpi-bin  # Open MPI: data parallelism across processes (src/dist)
+          "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

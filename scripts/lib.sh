@@ -7,6 +7,9 @@
 #                          objects and lists as JSON); an absent key is an error naming the file and the path
 #   json_last_line         reads a command's output on stdin and prints its last line, checked to be JSON (--json)
 #   die MESSAGE            prints "error: MESSAGE" to stderr and exits 2
+#   sanitized_build DIR TARGET...  installs clang and libFuzzer if missing, configures DIR as clang's build with
+#                          L3C_FUZZ=ON (AddressSanitizer, UndefinedBehaviorSanitizer, the fuzz targets; no CUDA) and
+#                          builds the targets: scripts/sanitize.sh and scripts/fuzz.sh share it
 
 die() {
   echo "error: $*" >&2
@@ -59,4 +62,15 @@ if not lines:
     sys.exit("error: the command printed nothing")
 json.loads(lines[-1])
 print(lines[-1])'
+}
+
+sanitized_build() {
+  local dir="$1"
+  shift
+  local root
+  root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  "$root/scripts/install_deps.sh" clang libclang-rt-14-dev libomp-14-dev
+  cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DL3C_FUZZ=ON -DL3C_CUDA=OFF \
+    -DL3C_EMULATED_GPU_TESTS=OFF -DL3C_NATIVE=OFF ${L3C_CMAKE_ARGS:-} > /dev/null
+  cmake --build "$dir" -j "$(nproc)" --target "$@"
 }

@@ -5,13 +5,16 @@
 
 #include "cli_test_util.h"
 
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include <nlohmann/json.hpp>
 
@@ -243,7 +246,7 @@ TEST_CASE("generate: prompts from a file in batches, L3 tables in memory or mapp
   check_user_error(run_l3c("bench --generate " + run + " --cold"), "--cold: only with --l3-tables mmap");
 }
 
-TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram entropy", "[cli][train]") {
+TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram entropy", "[cli][train][slow]") {
   const fs::path shakespeare = fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt";
   REQUIRE(fs::exists(shakespeare));
   const fs::path dir = fresh_dir("shakespeare");
@@ -369,7 +372,7 @@ TEST_CASE("l3c allocate writes an allocation and its summary, and sizes outside 
   CHECK(last_json_line(m.output)["method"] == "unigram");
 }
 
-TEST_CASE("training an L3 model computes its allocation, saves it with the weights, and evaluates", "[cli][l3]") {
+TEST_CASE("training an L3 model computes its allocation, saves it with the weights, and evaluates", "[cli][l3][slow]") {
   const fs::path dir = fresh_dir("l3_train");
   const fs::path config = dir / "c.json";
   write_text(config, small_l3_config(dir));
@@ -440,7 +443,7 @@ TEST_CASE("bad L3 configs and allocation files exit 2 before anything is written
 // ---- Mixture-of-Experts: train, log the routing, inspect --match, bad inputs ---------------------------------
 
 TEST_CASE("training a model with MoE and L3 layers logs each loss term and the expert load, and evaluates",
-          "[cli][moe]") {
+          "[cli][moe][slow]") {
   const fs::path dir = fresh_dir("moe_train");
   nlohmann::json config = nlohmann::json::parse(small_l3_config(dir));
   config["model"]["moe"] = {{"layers", {0}}, {"experts", 4}, {"top_k", 2}, {"expert_hidden", 32},
@@ -494,4 +497,120 @@ TEST_CASE("inspect --match compares two models and sizes the experts for iso-spa
                    "model.moe.top_k (6) must be <= model.moe.experts (5)");
   check_user_error(run_l3c("inspect " + (source / "moe.json").string() + " --set model.moe.layers=[7]"),
                    "model.moe.layers: layer 7 does not exist");
+}
+
+// ---- hostile input: every file and option l3c reads ---------------------------------------------------------
+
+namespace {
+// Exit 2 with exactly one `error:` line naming the problem (and no internal error).
+void check_one_user_error(const Result& r, const std::string& message) {
+  check_user_error(r, message);
+  size_t lines = 0;
+  for (size_t at = r.output.find("error: "); at != std::string::npos; at = r.output.find("error: ", at + 1))
+    lines += at == 0 || r.output[at - 1] == '\n';
+  CHECK(lines == 1);
+}
+
+// Rewrites the JSON header of a safetensors file (the data bytes stay as they are).
+void rewrite_safetensors_header(const fs::path& path, const std::function<void(nlohmann::json&)>& change) {
+  std::ifstream in(path, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  in.close();
+  uint64_t length = 0;
+  std::memcpy(&length, bytes.data(), 8);
+  nlohmann::json header = nlohmann::json::parse(bytes.substr(8, length));
+  change(header);
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  const uint64_t new_length = text.size();
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(&new_length), 8);
+  out << text << bytes.substr(8 + length);
+}
+}  // namespace
+
+TEST_CASE("thread counts beyond the machine and sizes beyond l3c's limits are refused before anything starts",
+          "[cli][limits]") {
+  const fs::path dir = fresh_dir("threads");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_config(dir));
+  // 100000 threads crashed inside OpenMP.
+  check_one_user_error(run_l3c("train " + config.string() + " --set train.threads=100000"),
+                       "train.threads: 100000 threads is more than");
+  write_text(dir / "text.txt", "hello world\n");
+  check_one_user_error(run_l3c("prepare --tokenizer bytes --out " + (dir / "out").string() + " --threads 100000 " +
+                               (dir / "text.txt").string()),
+                       "--threads: 100000 threads is more than");
+  check_one_user_error(run_l3c("tokenizer train --vocab-size 300 --out " + (dir / "tok").string() +
+                               " --threads 100000 " + (dir / "text.txt").string()),
+                       "--threads: 100000 threads is more than");
+  // Sizes from the command line are bounded like those of a config.
+  check_one_user_error(run_l3c("allocate --data " + (dir / "train.bin").string() + " --v 64 --k 99999999 --out " +
+                               (dir / "a.safetensors").string()),
+                       "--k: must be <= 1048576 (l3c's limit), got 99999999");
+  check_one_user_error(run_l3c("tokenizer train --vocab-size 999999999999 --out " + (dir / "tok").string() + " " +
+                               (dir / "text.txt").string()),
+                       "--vocab-size: must be <= 16777216");
+  CHECK_FALSE(fs::exists(dir / "run"));
+}
+
+TEST_CASE("JSON that no parser state can hold is a user error naming the file", "[cli][limits]") {
+  const fs::path dir = fresh_dir("json_limits");
+  const fs::path config = dir / "c.json";
+  std::string text = small_config(dir);
+  text.replace(text.find("\"lr\": 1e-3"), 10, "\"lr\": 1e400");
+  write_text(config, text);
+  check_one_user_error(run_l3c("train " + config.string()), "c.json: malformed JSON: number overflow parsing '1e400'");
+  write_text(config, "{\"model\": " + std::string(100000, '[') + std::string(100000, ']') + "}");
+  check_one_user_error(run_l3c("inspect " + config.string()), "nested deeper than 128 levels");
+  // A JSONL document with such a number.
+  write_text(dir / "docs.jsonl", "{\"text\": \"fine\"}\n{\"text\": \"x\", \"score\": 1e400}\n");
+  check_one_user_error(run_l3c("prepare --tokenizer bytes --out " + (dir / "out").string() + " " +
+                               (dir / "docs.jsonl").string()),
+                       "docs.jsonl:2: not a JSON object (number overflow");
+}
+
+TEST_CASE("prepare names a device or a FIFO as what it is, not as missing", "[cli]") {
+  const fs::path dir = fresh_dir("special_files");
+  check_one_user_error(run_l3c("prepare --tokenizer bytes --out " + (dir / "a").string() + " /dev/null"),
+                       "/dev/null: a character device, not a file or folder");
+  const fs::path fifo = dir / "pipe";
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  check_one_user_error(run_l3c("prepare --tokenizer bytes --out " + (dir / "b").string() + " " + fifo.string()),
+                       "pipe: a FIFO (named pipe), not a file or folder");
+}
+
+TEST_CASE("a weights file whose offsets wrap around is refused by eval, export and generate", "[cli][safetensors]") {
+  const fs::path dir = fresh_dir("wrapped_offsets");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_config(dir));
+  const Result trained = run_l3c("train " + config.string());
+  INFO(trained.output);
+  REQUIRE(trained.exit_code == 0);
+  const fs::path weights = dir / "run" / "model.safetensors";
+  // data_offsets near 2^64: data start + end wrapped around to a small number and passed the size check, and the
+  // tensor pointed far outside the file.
+  rewrite_safetensors_header(weights, [](nlohmann::json& header) {
+    const uint64_t bytes = header["model.norm.weight"]["data_offsets"][1].get<uint64_t>() -
+                           header["model.norm.weight"]["data_offsets"][0].get<uint64_t>();
+    const uint64_t end = ~uint64_t{0} - 7;
+    header["model.norm.weight"]["data_offsets"] = {end - bytes, end};
+  });
+  const std::string data = (dir / "train.bin").string();
+  check_one_user_error(run_l3c("eval --checkpoint " + (dir / "run").string() + " --data " + data),
+                       "tensor model.norm.weight: data_offsets");
+  check_one_user_error(run_l3c("export hf " + (dir / "run").string() + " " + (dir / "hf").string()), "overflows");
+  check_one_user_error(run_l3c("generate --tokens 3 --checkpoint " + (dir / "run").string()), "overflows");
+  rewrite_safetensors_header(weights, [](nlohmann::json& header) { header["model.norm.weight"]["shape"] = {-1}; });
+  check_one_user_error(run_l3c("eval --checkpoint " + (dir / "run").string() + " --data " + data),
+                       "must be a non-negative integer, got -1");
+}
+
+TEST_CASE("a run folder that cannot be created or written names the system's reason", "[cli]") {
+  const fs::path dir = fresh_dir("unwritable");
+  const fs::path config = dir / "c.json";
+  write_text(config, small_config(dir));
+  write_text(dir / "file", "not a folder");
+  check_one_user_error(run_l3c("train " + config.string() + " --set run.dir=" + (dir / "file" / "run").string()),
+                       "Not a directory");
 }

@@ -10,6 +10,8 @@
 
 #include "core/config.h"
 #include "core/errors.h"
+#include "core/json_input.h"
+#include "model/llama.h"
 
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
@@ -566,7 +568,7 @@ TEST_CASE("model.l3 reads with derived sizes and defaults, and absent means a de
   // The round trip keeps model.l3, nested, after the other model keys.
   nlohmann::ordered_json out = l3c::config_to_json(c);
   CHECK(out["model"]["l3"]["allocation"]["method"] == "uniform");
-  CHECK(out["model"]["l3"]["after_layers"] == json::array({0, 1}));
+  CHECK(json(out["model"]["l3"]["after_layers"]) == json::array({0, 1}));
   CHECK(l3c::config_to_json(l3c::config_from_json(out)) == out);
   std::vector<std::string> keys;
   for (const auto& item : out["model"]["l3"].items()) keys.push_back(item.key());
@@ -644,4 +646,46 @@ TEST_CASE("the shipped L3 configs load, and extends merges model.l3 into the den
   CHECK(paper.model.l3.after_layers == std::vector<int64_t>{3, 15});
   CHECK(paper.model.l3.k == 512);
   CHECK(paper.model.vocab_size == 180000);
+}
+
+TEST_CASE("sizes beyond l3c's limits are refused before anything is allocated for them", "[config][limits]") {
+  // n_layers or experts in the billions grew memory without bound before the memory check ran.
+  CHECK_THAT(error_from_json(with("model", "n_layers", 2000000000)),
+             Contains("model.n_layers: must be <= 1024") && Contains("limits.h") && Contains("got 2000000000"));
+  json moe = minimal();
+  moe["model"]["moe"] = {{"layers", "all"}, {"experts", 1000000000}, {"expert_hidden", 64}};
+  CHECK_THAT(error_from_json(moe), Contains("model.moe.experts: must be <= 4096"));
+  CHECK_THAT(error_from_json(with("model", "vocab_size", int64_t{1} << 40)), Contains("model.vocab_size: must be <= "));
+  CHECK_THAT(error_from_json(with("data", "seq_len", int64_t{1} << 50)), Contains("data.seq_len: must be <= "));
+  json l3 = minimal();
+  l3["model"]["l3"] = {{"after_layers", {0, 5000}}, {"v", 256}, {"k", 4}};
+  CHECK_THAT(error_from_json(l3), Contains("model.l3.after_layers") && Contains("<= 1024"));
+  // Within every per-field limit, a model whose parameter count overflows is refused while it is described.
+  json huge = minimal();
+  huge["model"]["vocab_size"] = int64_t{1} << 24;
+  huge["model"]["d_model"] = int64_t{1} << 20;
+  huge["model"]["n_heads"] = 1 << 10;
+  const l3c::Config config = l3c::config_from_json(huge);
+  CHECK_THAT(user_error([&] { l3c::Llama model(config.model); }),
+             Contains("more than 4398046511104 parameters") && Contains("model.embed_tokens.weight"));
+}
+
+TEST_CASE("numbers no double holds and nesting beyond the limit are errors naming the file", "[config][limits]") {
+  TempDir dir;
+  // 1e400 was an internal error (exit 1): nlohmann::json reports it as out_of_range, not as a parse error.
+  const std::string big = dir.write("big.json", R"({"model": {"vocab_size": 1e400}})");
+  CHECK_THAT(user_error([&] { l3c::load_config(big); }), Contains("big.json") && Contains("malformed JSON") &&
+                                                             Contains("1e400"));
+  CHECK_THAT(user_error([&] { l3c::read_json_file(big); }), Contains("big.json: malformed JSON"));
+  // 100,000 levels overflowed the stack while the error message was built.
+  const std::string deep =
+      dir.write("deep.json", R"({"model": {"vocab_size": )" + std::string(100000, '[') + std::string(100000, ']') + "}}");
+  CHECK_THAT(user_error([&] { l3c::load_config(deep); }), Contains("deep.json:1:") && Contains("nested deeper than 128"));
+  const std::string fine = dir.write("fine.json", minimal().dump());
+  CHECK_THAT(user_error([&] { l3c::load_config(fine, {"train.lr=" + std::string(100000, '[')}); }),
+             Contains("train.lr") && Contains("nested deeper than 128"));
+  CHECK_THAT(user_error([&] { l3c::load_config(fine, {"train.lr=1e400"}); }), Contains("train.lr: expected a number"));
+  // Escaped quotes and brackets inside strings do not count as nesting.
+  CHECK(l3c::json_depth_exceeded(R"({"a": "[[[[\"[[[["})", 2) == std::string_view::npos);
+  CHECK(l3c::json_depth_exceeded("[[[1]]]", 2) == 2);
 }

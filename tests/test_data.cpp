@@ -1,8 +1,10 @@
 // Token shards (llm.c format), data paths, windows, and the safetensors files of the run folder.
 #include <catch2/catch.hpp>
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 #include <unistd.h>
 
 #include "data/dataloader.h"
@@ -20,6 +22,14 @@ fs::path fresh_dir(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir;
+}
+
+// A safetensors file written by hand: the 8-byte length, the header text as given, then `data_bytes` bytes.
+void write_raw_safetensors(const std::string& path, const std::string& header, size_t data_bytes) {
+  std::ofstream out(path, std::ios::binary);
+  const uint64_t length = header.size();
+  out.write(reinterpret_cast<const char*>(&length), 8);
+  out << header << std::string(data_bytes, '\0');
 }
 
 std::vector<uint32_t> counting(uint32_t n, uint32_t modulo) {
@@ -41,11 +51,10 @@ TEST_CASE("a shard round-trips, uint16 for small ids and uint32 beyond", "[data]
   write_shard((dir / "b.bin").string(), {1, 70000, 5});
   TokenShard a((dir / "a.bin").string());
   CHECK(a.size() == 1000);
-  CHECK(a[299] == 299);
-  CHECK(a[300] == 0);
+  CHECK(a.read(299, 2) == std::vector<uint32_t>{299, 0});
   CHECK(fs::file_size(dir / "a.bin") == 1024 + 2000);
   TokenShard b((dir / "b.bin").string());
-  CHECK(b[1] == 70000);
+  CHECK(b.read(0, 3) == std::vector<uint32_t>{1, 70000, 5});
   CHECK(fs::file_size(dir / "b.bin") == 1024 + 12);
   CHECK(b.max_token() == std::pair<uint32_t, int64_t>{70000, 1});
   CHECK_FALSE(fs::exists(dir / "a.bin.tmp"));
@@ -67,12 +76,51 @@ TEST_CASE("bad shards are rejected with the file and the reason", "[data]") {
     fs::resize_file(path, 1024 + 150);
     CHECK_THROWS_WITH(TokenShard(path), Contains("truncated shard") && Contains("100 tokens"));
   }
+  SECTION("a token count smaller than the body") {
+    patch_int(path, 2, 60);
+    CHECK_THROWS_WITH(TokenShard(path), Contains(path) && Contains("header says 60 tokens") &&
+                                            Contains("does not match the body"));
+  }
+  SECTION("a negative token count") {
+    patch_int(path, 2, -1);
+    CHECK_THROWS_WITH(TokenShard(path), Contains("negative token count"));
+  }
+  SECTION("a folder or a FIFO instead of a file") {
+    CHECK_THROWS_WITH(TokenShard(dir.string()), Contains("not a regular file"));
+  }
   SECTION("shorter than the header") {
     fs::resize_file(path, 10);
     CHECK_THROWS_WITH(TokenShard(path), Contains("truncated shard"));
   }
   SECTION("missing") {
     CHECK_THROWS_WITH(TokenShard((dir / "nope.bin").string()), Contains("cannot open shard"));
+  }
+}
+
+TEST_CASE("a shard truncated or rewritten while it is read is an error naming it, not a crash", "[data]") {
+  const fs::path dir = fresh_dir("changed");
+  const std::string path = (dir / "s.bin").string();
+  write_shard(path, counting(5000, 50));
+  const TokenShard shard(path);
+  CHECK(shard.read(4990, 10).back() == 4999 % 50);
+  SECTION("truncated") {
+    fs::resize_file(path, 1024 + 2 * 100);  // a memory map would die of SIGBUS here
+    CHECK_THROWS_AS(shard.read(4000, 10), ShardChangedError);
+    CHECK_THROWS_WITH(shard.read(4000, 10), Contains(path) && Contains("changed while it was being read"));
+    CHECK_THROWS_WITH(shard.read(0, 10), Contains(path) && Contains("changed while it was being read"));
+  }
+  SECTION("overwritten in place with the same size") {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a later modification time
+    patch_int(path, 300, 7);
+    CHECK_THROWS_WITH(shard.read(0, 10), Contains(path) && Contains("rewritten in place"));
+  }
+  SECTION("a loader over it stops with the same error") {
+    WindowLoader loader(path, "data.train", 16, 50);
+    std::vector<int32_t> x(16), y(16);
+    loader.copy_window(3, x.data(), y.data());
+    CHECK(x[0] == 48);
+    fs::resize_file(path, 1024 + 2 * 100);
+    CHECK_THROWS_AS(loader.copy_window(200, x.data(), y.data()), ShardChangedError);
   }
 }
 
@@ -145,4 +193,45 @@ TEST_CASE("safetensors files round-trip and bad files are named precisely", "[da
   SECTION("missing") {
     CHECK_THROWS_WITH(SafetensorsFile((dir / "none.safetensors").string()), Contains("cannot open"));
   }
+}
+
+TEST_CASE("hostile safetensors headers are refused before any tensor points outside the file", "[data][safetensors]") {
+  const fs::path dir = fresh_dir("safetensors_hostile");
+  const std::string path = (dir / "h.safetensors").string();
+  auto refused = [&](const std::string& header, size_t data_bytes = 64) {
+    write_raw_safetensors(path, header, data_bytes);
+    try {
+      SafetensorsFile file(path);
+    } catch (const UserError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  // Offsets whose sum with the data start wraps around 2^64 passed the size check before.
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [18446744073709551600, 18446744073709551608]}})"),
+             Contains("tensor w") && Contains("overflows"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [2.5, 2], "data_offsets": [0, 16]}})"),
+             Contains("tensor w") && Contains("dimension 0 must be a non-negative integer, got 2.5"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})"),
+             Contains("must be a non-negative integer, got -1"));
+  // A shape whose byte count wraps to the size of its offsets.
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 0]}})"),
+             Contains("tensor w: shape") && Contains("overflows"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [2, 10]}})"), Contains("not a multiple of its 4-byte"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}})"), Contains("end before they begin"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8.0]}})"),
+             Contains("two non-negative integers"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [1e400], "data_offsets": [0, 8]}})"), Contains("malformed JSON"));
+  CHECK_THAT(refused(R"({"w": [1, 2]})"), Contains("corrupt header entry"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "__metadata__": )" +
+                     std::string(100000, '[') + std::string(100000, ']') + "}"),
+             Contains("nested deeper than"));
+  CHECK_THAT(refused(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})", 4), Contains("truncated"));
+  {  // a header length far beyond the file
+    std::ofstream out(path, std::ios::binary);
+    const uint64_t length = ~uint64_t{0} - 4;
+    out.write(reinterpret_cast<const char*>(&length), 8);
+  }
+  CHECK_THROWS_WITH(SafetensorsFile(path), Contains("a header of"));
+  CHECK(refused(R"({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})") == "accepted");
 }

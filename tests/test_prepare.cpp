@@ -49,9 +49,7 @@ std::string read_bytes(const fs::path& path) {
 
 std::vector<uint32_t> shard_tokens(const fs::path& path) {
   TokenShard shard(path.string());
-  std::vector<uint32_t> ids(static_cast<size_t>(shard.size()));
-  for (int64_t i = 0; i < shard.size(); ++i) ids[i] = shard[i];
-  return ids;
+  return shard.read(0, shard.size());
 }
 
 // The bytes of a byte-level shard as text.

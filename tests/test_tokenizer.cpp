@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdio>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -397,6 +398,19 @@ TEST_CASE("bad tokenizer files give one clear error naming the file and position
   const std::string no_bytes = folder("no_bytes", &small_encoder, &two_spaces);
   message = user_error([&] { l3c::load_tokenizer(no_bytes); });
   CHECK_THAT(message, Contains("encoder.json") && Contains("no token for the byte 0x00"));
+
+  // An id far beyond the tokens given made the loader allocate for every id below it (2^28: until memory ran out).
+  for (const std::string id : {"268435456", "16777216", "600"}) {
+    const std::string huge_id = R"({"a": 0, "b": )" + id + "}";
+    const std::string huge = folder("huge_id_" + id, &huge_id, &two_spaces);
+    const auto start = std::chrono::steady_clock::now();
+    message = user_error([&] { l3c::load_tokenizer(huge); });
+    CHECK_THAT(message, Contains("encoder.json") && Contains("token 'b'") && Contains("got " + id));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(5));
+  }
+  const std::string float_id = R"({"a": 0, "b": 1e400})";
+  message = user_error([&] { l3c::load_tokenizer(folder("float_id", &float_id, &two_spaces)); });
+  CHECK_THAT(message, Contains("encoder.json") && Contains("malformed JSON"));
 
   message = user_error([&] { gpt2().decode(std::vector<uint32_t>{464, 50257}); });
   CHECK_THAT(message, Contains("token id 50257") && Contains("50257 ids"));

@@ -19,7 +19,7 @@ std::string Args::require(const std::string& name) const {
   return it->second;
 }
 
-int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min_value) const {
+int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min_value, int64_t max_value) const {
   auto it = options.find(name);
   if (it == options.end()) return fallback;
   size_t used = 0;
@@ -31,6 +31,7 @@ int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min_val
   }
   if (used == 0 || used != it->second.size()) fail("--{}: expected an integer, got '{}'", name, it->second);
   if (value < min_value) fail("--{}: must be >= {}, got {}", name, min_value, value);
+  if (value > max_value) fail("--{}: must be <= {} (l3c's limit), got {}", name, max_value, value);
   return value;
 }
 

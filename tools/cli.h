@@ -1,6 +1,8 @@
 // Command-line parsing shared by the `l3c` subcommands: positional arguments, `--name value` options,
 // `--flag` switches and repeated `--set key=value` overrides. Anything unknown is a UserError.
 #pragma once
+#include <cstdint>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -26,7 +28,10 @@ struct Args {
   bool has(const std::string& name) const { return options.count(name) != 0; }
   std::string get(const std::string& name, const std::string& fallback) const;
   std::string require(const std::string& name) const;
-  int64_t get_int(const std::string& name, int64_t fallback, int64_t min_value) const;
+  // An integer option in [min_value, max_value] (the upper bound: a limit of src/core/limits.h, so that a value from
+  // the command line cannot size an allocation or overflow a product); UserError naming the option otherwise.
+  int64_t get_int(const std::string& name, int64_t fallback, int64_t min_value,
+                  int64_t max_value = std::numeric_limits<int64_t>::max()) const;
   double get_double(const std::string& name, double fallback) const;
   // The config overrides: every --set, then --device D as train.device=D (when the command takes --device).
   std::vector<std::string> overrides() const;

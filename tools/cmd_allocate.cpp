@@ -3,6 +3,7 @@
 // shards, written as FILE (format in src/data/allocation.h) plus a JSON summary beside it
 // (FILE with .json for .safetensors). The vocabulary size and the end-of-text id default to the
 // manifest.json beside the shards (`l3c prepare` writes one); --eot -1 means no end-of-text id.
+#include <limits>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "core/errors.h"
@@ -71,8 +73,8 @@ int allocate(const std::vector<std::string>& argv) {
   if (method != "lzw" && method != "uniform" && method != "unigram")
     fail("--method: must be lzw, uniform or unigram, got '{}'", method);
   const std::string out = args.require("out");
-  const int64_t v = args.get_int("v", 0, 1);
-  const int64_t k = args.get_int("k", 0, 1);
+  const int64_t v = args.get_int("v", 0, 1, std::numeric_limits<int32_t>::max());
+  const int64_t k = args.get_int("k", 0, 1, limits::kMaxWidth);
   if (!args.has("v")) fail("missing required option --v (table rows per L3 layer)\nusage: {}", usage);
   if (!args.has("k")) fail("missing required option --k (the most rows one token owns)\nusage: {}", usage);
 
@@ -85,7 +87,7 @@ int allocate(const std::vector<std::string>& argv) {
   // Vocabulary size and end-of-text id: the options, else the manifest beside the shards.
   std::optional<ManifestTokenizer> manifest;
   if (!data.empty()) manifest = read_manifest_tokenizer(data.front(), "--data");
-  int64_t vocab_size = args.get_int("vocab-size", 0, 1);
+  int64_t vocab_size = args.get_int("vocab-size", 0, 1, limits::kMaxVocabSize);
   if (!args.has("vocab-size")) {
     if (!manifest)
       fail("--vocab-size is required: there is no manifest.json beside {} to take it from", data.front());
@@ -94,7 +96,7 @@ int allocate(const std::vector<std::string>& argv) {
     fail("--vocab-size {}: {} says the shards were made with a vocabulary of {}", vocab_size, manifest->path,
          manifest->vocab_size);
   }
-  int64_t eot = args.get_int("eot", -1, -1);
+  int64_t eot = args.get_int("eot", -1, -1, limits::kMaxVocabSize);
   if (!args.has("eot") && manifest && manifest->eot_id) eot = *manifest->eot_id;
   if (eot >= vocab_size) fail("--eot: {} is outside the vocabulary of {}", eot, vocab_size);
   check_allocation_sizes(vocab_size, v, k, "allocate");

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "core/rng.h"
@@ -28,8 +29,8 @@ int bench(const std::vector<std::string>& argv) {
              "l3c bench CONFIG [--steps N] [--warmup N] [--device cpu|cuda|auto] [--set key=value ...] [--json]\n"
              "       l3c bench --generate CHECKPOINT_OR_CONFIG [--batch B] [--prompt-tokens P] [--new-tokens N] ..."});
   const Config config = load_config(args.positional[0], args.overrides());
-  const int64_t steps = args.get_int("steps", 10, 1);
-  const int64_t warmup = args.get_int("warmup", 2, 0);
+  const int64_t steps = args.get_int("steps", 10, 1, limits::kMaxSteps);
+  const int64_t warmup = args.get_int("warmup", 2, 0, limits::kMaxSteps);
   const int threads = configure_threads(config.train.threads);
   const RunDevice device = resolve_run_device(config.train);
   const MemoryEstimate memory = estimate_training_memory(Llama(config.model), config, device.device);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "core/arena.h"

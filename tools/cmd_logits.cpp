@@ -1,11 +1,13 @@
 // `l3c logits --checkpoint DIR --tokens "ID ID ..." --out FILE`: the logits (T, V) of one sequence, as a
 // float32 safetensors file (tensors `logits` and `tokens`): for comparing l3c with other implementations
 // (scripts/hf_logits_check.py).
+#include <algorithm>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "core/arena.h"
@@ -20,7 +22,9 @@ int logits(const std::vector<std::string>& argv) {
   const cli::Args args = cli::parse(argv, {{"checkpoint", "tokens", "out", "threads"}, {"json"}, 0, 0,
                                            "l3c logits --checkpoint DIR --tokens \"ID ID ...\" --out FILE.safetensors"});
   LoadedModel loaded = load_model_dir(args.require("checkpoint"));
-  configure_threads(args.get_int("threads", loaded.config.train.threads, 0));
+  configure_threads(args.has("threads") ? args.get_int("threads", 0, 0)
+                                         : std::min<int64_t>(loaded.config.train.threads, limits::max_threads()),
+                    "--threads");
   const int64_t V = loaded.config.model.vocab_size;
   std::vector<int32_t> ids;
   std::istringstream in(args.require("tokens"));

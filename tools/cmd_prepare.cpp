@@ -3,6 +3,7 @@
 // JSONL files -> train_*.bin / val_*.bin token shards and manifest.json (src/data/prepare.h).
 #include <nlohmann/json.hpp>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "core/errors.h"
@@ -26,7 +27,7 @@ int prepare(const std::vector<std::string>& argv) {
   options.field = args.get("field", options.field);
   options.shard_tokens = args.get_int("shard-tokens", options.shard_tokens, 2);
   options.seed = static_cast<uint64_t>(args.get_int("seed", static_cast<int64_t>(options.seed), 0));
-  options.threads = static_cast<int>(args.get_int("threads", 0, 0));
+  options.threads = limits::checked_threads(args.get_int("threads", 0, 0), "--threads");
   options.progress = !args.flag("no-progress");
   const std::string invalid = args.get("invalid-utf8", "error");
   if (invalid != "error" && invalid != "replace") fail("--invalid-utf8: must be error or replace, got '{}'", invalid);

@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/limits.h"
 #include "cli.h"
 #include "commands.h"
 #include "core/errors.h"
@@ -64,10 +65,10 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 int tokenizer_train(const std::vector<std::string>& argv) {
   const cli::Args args = cli::parse(argv, {{"vocab-size", "out", "threads"}, {"json"}, 1, 1 << 20,
                                            "l3c tokenizer train --vocab-size N --out DIR [--threads T] [--json] INPUT..."});
-  const int64_t vocab_size = args.get_int("vocab-size", 0, 257);
+  const int64_t vocab_size = args.get_int("vocab-size", 0, 257, limits::kMaxVocabSize);
   if (!args.has("vocab-size")) fail("missing required option --vocab-size");
   const std::string out = args.require("out");
-  const int threads = static_cast<int>(args.get_int("threads", default_threads(), 1));
+  const int threads = std::max(1, limits::checked_threads(args.get_int("threads", default_threads(), 1), "--threads"));
   const auto start = std::chrono::steady_clock::now();
   const std::vector<std::string> files = BpeTrainer::input_files(args.positional);
   BpeTrainer trainer(threads);
@@ -104,7 +105,7 @@ int tokenizer_encode(const std::vector<std::string>& argv) {
   const cli::Args args = cli::parse(argv, {{"tokenizer", "threads"}, {"json"}, 0, 1,
                                            "l3c tokenizer encode --tokenizer DIR [--threads T] [--json] [FILE]"});
   const auto tokenizer = load_bpe(args);
-  const int threads = static_cast<int>(args.get_int("threads", default_threads(), 1));
+  const int threads = std::max(1, limits::checked_threads(args.get_int("threads", default_threads(), 1), "--threads"));
   const std::string text = read_all(args.positional.empty() ? "" : args.positional[0]);
   const auto start = std::chrono::steady_clock::now();
   const std::vector<uint32_t> ids = tokenizer->encode_parallel(text, threads);
@@ -159,7 +160,7 @@ int tokenizer_bench(const std::vector<std::string>& argv) {
       cli::parse(argv, {{"tokenizer", "threads", "repeat", "ids-out"}, {"json"}, 1, 1 << 20,
                         "l3c tokenizer bench --tokenizer DIR [--threads T] [--repeat R] [--ids-out FILE] [--json] FILE..."});
   const auto tokenizer = load_bpe(args);
-  const int threads = static_cast<int>(args.get_int("threads", 1, 1));
+  const int threads = std::max(1, limits::checked_threads(args.get_int("threads", 1, 1), "--threads"));
   const int64_t repeat = args.get_int("repeat", 3, 1);
   std::vector<std::string> texts;
   size_t bytes = 0;

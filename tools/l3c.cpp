@@ -3,6 +3,7 @@
 #include <csignal>
 #include <cstdio>
 #include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,11 @@ int main(int argc, char** argv) {
     throw l3c::UserError(fmt::format("unknown command '{}'\n{}", command, kUsage));
   } catch (const l3c::UserError& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
+    return 2;
+  } catch (const std::bad_alloc&) {
+    // Sizes are checked against limits and the memory estimate first (src/core/limits.h); what still does not fit
+    // comes from the input too.
+    std::fprintf(stderr, "error: out of memory: the input asks for more memory than this machine has\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "internal error: %s\n", e.what());

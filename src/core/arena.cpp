@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "core/checked.h"
 #include "kernels/device.h"
 
 namespace l3c {
@@ -33,8 +34,10 @@ Arena::Arena(size_t capacity_bytes, std::string name, Device device)
 
 Tensor Arena::alloc(DType dtype, std::initializer_list<int64_t> shape) {
   Tensor t(nullptr, dtype, shape, device_);
+  // Shapes follow from config sizes: a sum that does not fit is an error, never a wrapped-around offset.
   const size_t offset = (used_ + kAlignment - 1) / kAlignment * kAlignment;
-  const size_t end = offset + t.bytes();
+  const auto numel = static_cast<size_t>(checked_numel(std::span(shape.begin(), shape.size()), "activation memory"));
+  const size_t end = checked_add(offset, checked_mul(numel, dtype_size(dtype), "activation memory"), "activation memory");
   if (!measuring()) {
     L3C_CHECK(end <= capacity_, "{} arena overflow: {} of {} bytes", name_, end, capacity_);
     t.data = storage_.get() + offset;

@@ -21,7 +21,10 @@
 #include <utility>
 #include <variant>
 
+#include "core/checked.h"
 #include "core/errors.h"
+#include "core/json_input.h"
+#include "core/limits.h"
 
 namespace l3c {
 namespace {
@@ -47,6 +50,7 @@ struct Rule {
   bool min_open = false;
   std::optional<double> max = {};  // upper bound, inclusive unless max_open
   bool max_open = false;
+  std::optional<double> limit = {};  // upper bound of a size (src/core/limits.h), inclusive; named as a limit
   std::vector<std::string> one_of = {};
   bool non_empty = false;
   std::string hint = {};
@@ -85,26 +89,38 @@ const std::vector<OptionalObject>& optional_objects() {
 // here is checked when training starts (src/train/device.h), not when the config is read.
 const Rule kDeviceRule = {.one_of = {"auto", "cpu", "cuda"}};
 
+// Upper bounds of the sizes a config gives (src/core/limits.h), as the schema's rules take them.
+constexpr double kVocab = static_cast<double>(limits::kMaxVocabSize);
+constexpr double kWidth = static_cast<double>(limits::kMaxWidth);
+constexpr double kLayers = static_cast<double>(limits::kMaxLayers);
+constexpr double kExperts = static_cast<double>(limits::kMaxExperts);
+constexpr double kSeqLen = static_cast<double>(limits::kMaxSeqLen);
+constexpr double kMicroBatch = static_cast<double>(limits::kMaxMicroBatch);
+constexpr double kSteps = static_cast<double>(limits::kMaxSteps);
+// A thread count above the machine's limit is refused where the threads start (limits::checked_threads), so
+// that a config saved on a larger machine still loads here; this only bounds the number.
+constexpr double kThreads = 1 << 20;
+
 // The schema: sections and keys in the order config_to_json writes them.
 const std::vector<Field>& schema() {
   using C = Config;
   static const std::vector<Field> fields = {
-      field<&C::model, &ModelConfig::vocab_size>("model.vocab_size", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::d_model>("model.d_model", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::n_layers>("model.n_layers", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::n_heads>("model.n_heads", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::n_kv_heads>("model.n_kv_heads", {.min = 0}),  // 0: n_heads
-      field<&C::model, &ModelConfig::ffn_hidden>("model.ffn_hidden", {.required = true, .min = 1}),
+      field<&C::model, &ModelConfig::vocab_size>("model.vocab_size", {.required = true, .min = 1, .limit = kVocab}),
+      field<&C::model, &ModelConfig::d_model>("model.d_model", {.required = true, .min = 1, .limit = kWidth}),
+      field<&C::model, &ModelConfig::n_layers>("model.n_layers", {.required = true, .min = 1, .limit = kLayers}),
+      field<&C::model, &ModelConfig::n_heads>("model.n_heads", {.required = true, .min = 1, .limit = kWidth}),
+      field<&C::model, &ModelConfig::n_kv_heads>("model.n_kv_heads", {.min = 0, .limit = kWidth}),  // 0: n_heads
+      field<&C::model, &ModelConfig::ffn_hidden>("model.ffn_hidden", {.required = true, .min = 1, .limit = kWidth}),
       field<&C::model, &ModelConfig::rope_theta>("model.rope_theta", {.min = 0, .min_open = true}),
       field<&C::model, &ModelConfig::norm_eps>("model.norm_eps", {.min = 0, .min_open = true}),
       field<&C::model, &ModelConfig::tie_embeddings>("model.tie_embeddings"),
       field<&C::model, &ModelConfig::init_std>("model.init_std", {.min = 0, .min_open = true}),
       field<&C::model, &ModelConfig::l3, &L3Config::after_layers>("model.l3.after_layers",
-                                                                  {.required = true, .min = 0, .non_empty = true}),
+                                                                  {.required = true, .min = 0, .limit = kLayers, .non_empty = true}),
       field<&C::model, &ModelConfig::l3, &L3Config::v>("model.l3.v", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::l3, &L3Config::k>("model.l3.k", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::l3, &L3Config::d_emb>("model.l3.d_emb", {.min = 0}),  // 0: derived
-      field<&C::model, &ModelConfig::l3, &L3Config::d_up>("model.l3.d_up", {.min = 0}),    // 0: derived
+      field<&C::model, &ModelConfig::l3, &L3Config::k>("model.l3.k", {.required = true, .min = 1, .limit = kWidth}),
+      field<&C::model, &ModelConfig::l3, &L3Config::d_emb>("model.l3.d_emb", {.min = 0, .limit = kWidth}),  // 0: derived
+      field<&C::model, &ModelConfig::l3, &L3Config::d_up>("model.l3.d_up", {.min = 0, .limit = kWidth}),    // 0: derived
       field<&C::model, &ModelConfig::l3, &L3Config::tie_kv>("model.l3.tie_kv"),
       field<&C::model, &ModelConfig::l3, &L3Config::residual>("model.l3.residual"),
       field<&C::model, &ModelConfig::l3, &L3Config::init_std>("model.l3.init_std", {.min = 0, .min_open = true}),
@@ -114,15 +130,15 @@ const std::vector<Field>& schema() {
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::data>("model.l3.allocation.data"),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::path>("model.l3.allocation.path"),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::eot>(
-          "model.l3.allocation.eot", {.min = -1, .hint = "-1: the shards' manifest.json says, else none"}),
+          "model.l3.allocation.eot", {.min = -1, .limit = kVocab, .hint = "-1: the shards' manifest.json says, else none"}),
       field<&C::model, &ModelConfig::moe, &MoeConfig::layers>("model.moe.layers",
-                                                              {.required = true, .min = 0, .non_empty = true}),
-      field<&C::model, &ModelConfig::moe, &MoeConfig::experts>("model.moe.experts", {.required = true, .min = 1}),
-      field<&C::model, &ModelConfig::moe, &MoeConfig::top_k>("model.moe.top_k", {.min = 1}),
+                                                              {.required = true, .min = 0, .limit = kLayers, .non_empty = true}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::experts>("model.moe.experts", {.required = true, .min = 1, .limit = kExperts}),
+      field<&C::model, &ModelConfig::moe, &MoeConfig::top_k>("model.moe.top_k", {.min = 1, .limit = kExperts}),
       field<&C::model, &ModelConfig::moe, &MoeConfig::expert_hidden>("model.moe.expert_hidden",
-                                                                     {.required = true, .min = 1}),
+                                                                     {.required = true, .min = 1, .limit = kWidth}),
       field<&C::model, &ModelConfig::moe, &MoeConfig::shared_expert_hidden>("model.moe.shared_expert_hidden",
-                                                                            {.min = 0}),
+                                                                            {.min = 0, .limit = kWidth}),
       field<&C::model, &ModelConfig::moe, &MoeConfig::normalize_topk>("model.moe.normalize_topk"),
       field<&C::model, &ModelConfig::moe, &MoeConfig::aux_loss>("model.moe.aux_loss", {.min = 0}),
       field<&C::model, &ModelConfig::moe, &MoeConfig::z_loss>("model.moe.z_loss", {.min = 0}),
@@ -131,16 +147,16 @@ const std::vector<Field>& schema() {
 
       field<&C::data, &DataConfig::train>("data.train", {.required = true, .non_empty = true}),
       field<&C::data, &DataConfig::val>("data.val"),
-      field<&C::data, &DataConfig::seq_len>("data.seq_len", {.required = true, .min = 1}),
+      field<&C::data, &DataConfig::seq_len>("data.seq_len", {.required = true, .min = 1, .limit = kSeqLen}),
       field<&C::data, &DataConfig::shuffle>("data.shuffle"),
       field<&C::data, &DataConfig::tokenizer>("data.tokenizer", {.non_empty = true}),
 
-      field<&C::train, &TrainConfig::steps>("train.steps", {.required = true, .min = 1}),
-      field<&C::train, &TrainConfig::batch_tokens>("train.batch_tokens", {.min = 0}),  // 0: one micro-batch
-      field<&C::train, &TrainConfig::micro_batch>("train.micro_batch", {.min = 1}),
+      field<&C::train, &TrainConfig::steps>("train.steps", {.required = true, .min = 1, .limit = kSteps}),
+      field<&C::train, &TrainConfig::batch_tokens>("train.batch_tokens", {.min = 0, .limit = kSteps}),  // 0: one micro-batch
+      field<&C::train, &TrainConfig::micro_batch>("train.micro_batch", {.min = 1, .limit = kMicroBatch}),
       field<&C::train, &TrainConfig::lr>("train.lr", {.min = 0, .min_open = true}),
       field<&C::train, &TrainConfig::min_lr>("train.min_lr", {.min = 0}),
-      field<&C::train, &TrainConfig::warmup_steps>("train.warmup_steps", {.min = 0}),
+      field<&C::train, &TrainConfig::warmup_steps>("train.warmup_steps", {.min = 0, .limit = kSteps}),
       field<&C::train, &TrainConfig::schedule>("train.schedule", {.one_of = {"cosine", "wsd", "constant"}}),
       field<&C::train, &TrainConfig::decay_fraction>("train.decay_fraction", {.min = 0, .max = 1}),
       field<&C::train, &TrainConfig::weight_decay>("train.weight_decay", {.min = 0}),
@@ -152,7 +168,7 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::eps>("train.eps", {.min = 0, .min_open = true}),
       field<&C::train, &TrainConfig::grad_clip>("train.grad_clip", {.min = 0}),  // 0: no clipping
       field<&C::train, &TrainConfig::seed>("train.seed"),
-      field<&C::train, &TrainConfig::threads>("train.threads", {.min = 0}),  // 0: all cores
+      field<&C::train, &TrainConfig::threads>("train.threads", {.min = 0, .limit = kThreads}),  // 0: all cores
       field<&C::train, &TrainConfig::device>("train.device", kDeviceRule),
       field<&C::train, &TrainConfig::dtype>("train.dtype", {.one_of = {"f32", "f64"}}),
       field<&C::train, &TrainConfig::on_nonfinite>("train.on_nonfinite", {.one_of = {"stop", "skip"}}),
@@ -161,17 +177,17 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::recompute>("train.recompute", {.one_of = {"none", "swiglu", "attention", "all"}}),
       field<&C::train, &TrainConfig::zero>("train.zero", {.min = 0, .max = 1}),
 
-      field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0}),
-      field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1}),
+      field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0, .limit = kSteps}),
+      field<&C::eval, &EvalConfig::batches>("eval.batches", {.min = 1, .limit = kSteps}),
       field<&C::eval, &EvalConfig::tasks>("eval.tasks"),  // empty: none
       field<&C::eval, &EvalConfig::text>("eval.text"),    // empty: none
       field<&C::eval, &EvalConfig::tasks_dir>("eval.tasks_dir", {.non_empty = true}),
       field<&C::eval, &EvalConfig::limit>("eval.limit", {.min = 0}),
       field<&C::eval, &EvalConfig::text_max_bytes>("eval.text_max_bytes", {.min = 0}),
 
-      field<&C::checkpoint, &CheckpointConfig::every>("checkpoint.every", {.min = 0}),
-      field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint.keep", {.min = 1}),
-      field<&C::checkpoint, &CheckpointConfig::milestone_every>("checkpoint.milestone_every", {.min = 0}),
+      field<&C::checkpoint, &CheckpointConfig::every>("checkpoint.every", {.min = 0, .limit = kSteps}),
+      field<&C::checkpoint, &CheckpointConfig::keep>("checkpoint.keep", {.min = 1, .limit = kSteps}),
+      field<&C::checkpoint, &CheckpointConfig::milestone_every>("checkpoint.milestone_every", {.min = 0, .limit = kSteps}),
 
       field<&C::dist, &DistConfig::timeout>("dist.timeout", {.min = 0, .min_open = true}),
       field<&C::dist, &DistConfig::bucket_mb>("dist.bucket_mb", {.min = 1}),
@@ -369,6 +385,13 @@ bool within_bounds(const Rule& rule, double x) {
   return !below && !above;
 }
 
+// A size above its limit is refused here, before anything is allocated for it.
+void check_limit(const Field& f, double x) {
+  if (f.rule.limit && x > *f.rule.limit)
+    fail("{}: must be <= {} (l3c's limit for this size, src/core/limits.h), got {}", f.path(),
+         static_cast<int64_t>(*f.rule.limit), static_cast<int64_t>(x));
+}
+
 // Checks the field's value in c against its rule (bounds, allowed values, non-empty).
 void check_rule(const Field& f, Config& c) {
   const Rule& rule = f.rule;
@@ -387,17 +410,22 @@ void check_rule(const Field& f, Config& c) {
             if (entry.empty()) fail("{}: entries must not be empty{}", f.path(), with_hint(rule));
         } else if constexpr (std::is_same_v<T, IntList>) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
-          for (int64_t entry : *value)
+          for (int64_t entry : *value) {
             if (!within_bounds(rule, static_cast<double>(entry)))
               fail("{}: every entry must be {}, got {}{}", f.path(), bound_text(rule), entry, with_hint(rule));
+            check_limit(f, static_cast<double>(entry));
+          }
         } else if constexpr (std::is_same_v<T, LayerSelection>) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
-          for (int64_t entry : value->layers)
+          for (int64_t entry : value->layers) {
             if (!within_bounds(rule, static_cast<double>(entry)))
               fail("{}: every entry must be {}, got {}{}", f.path(), bound_text(rule), entry, with_hint(rule));
+            check_limit(f, static_cast<double>(entry));
+          }
         } else if constexpr (!std::is_same_v<T, bool>) {
           if (!within_bounds(rule, static_cast<double>(*value)))
             fail("{}: must be {}, got {}{}", f.path(), bound_text(rule), *value, with_hint(rule));
+          check_limit(f, static_cast<double>(*value));
         }
       },
       f.slot(c));
@@ -440,11 +468,6 @@ void read_present_fields(const json& j, Config& c, bool allow_extends) {
     if (const json* v = lookup(j, f)) read_value(f, *v, c);
 }
 
-int64_t checked_product(int64_t a, int64_t b, const char* what) {
-  int64_t product = 0;
-  if (__builtin_mul_overflow(a, b, &product)) fail("{} ({} * {}) is too large", what, a, b);
-  return product;
-}
 
 // model.l3: derived sizes, then the rules that relate it to the rest of the model.
 void resolve_and_check_l3(ModelConfig& m) {
@@ -459,13 +482,13 @@ void resolve_and_check_l3(ModelConfig& m) {
            json(l3.after_layers).dump());
   }
   if (l3.d_emb == 0) l3.d_emb = l3.tie_kv ? m.d_model : std::max<int64_t>(1, m.d_model / 2);
-  if (l3.d_up == 0) l3.d_up = checked_product(4, m.d_model, "4 * model.d_model (the default model.l3.d_up)");
+  if (l3.d_up == 0) l3.d_up = checked_mul<int64_t>(4, m.d_model, "4 * model.d_model (the default model.l3.d_up)");
   if (l3.tie_kv && l3.d_emb != m.d_model)
     fail("model.l3.tie_kv: tied keys and values need model.l3.d_emb == model.d_model ({}), got d_emb {}", m.d_model,
          l3.d_emb);
   if (l3.v < m.vocab_size)
     fail("model.l3.v: must be >= model.vocab_size ({}) so that every token owns a row, got {}", m.vocab_size, l3.v);
-  const int64_t most = checked_product(m.vocab_size, l3.k, "model.vocab_size * model.l3.k");
+  const int64_t most = checked_mul<int64_t>(m.vocab_size, l3.k, "model.vocab_size * model.l3.k");
   if (l3.v > most)
     fail("model.l3.v: must be <= model.vocab_size * model.l3.k = {} * {} = {} (no token owns more than k rows), "
          "got {}", m.vocab_size, l3.k, most, l3.v);
@@ -509,7 +532,7 @@ void resolve_and_check_relations(Config& c) {
   TrainConfig& t = c.train;
   if (m.n_kv_heads == 0) m.n_kv_heads = m.n_heads;
   int64_t micro_batch_tokens =
-      checked_product(t.micro_batch, c.data.seq_len, "train.micro_batch * data.seq_len");
+      checked_mul<int64_t>(t.micro_batch, c.data.seq_len, "train.micro_batch * data.seq_len");
   if (t.batch_tokens == 0) t.batch_tokens = micro_batch_tokens;
 
   if (m.d_model % m.n_heads != 0)
@@ -599,6 +622,8 @@ std::vector<std::string> split_list(const std::string& text) {
 // string literal is taken as JSON, so "run.dir=2024" means the folder "2024", not a number; a list of
 // strings may also be given as "a,b".
 json override_value(const Field& f, const std::string& text) {
+  if (json_depth_exceeded(text, limits::kMaxJsonDepth) != std::string::npos)
+    fail("{}: the value is nested deeper than {} levels", f.path(), limits::kMaxJsonDepth);
   json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
   Config scratch;
   bool string_field = std::holds_alternative<std::string*>(f.slot(scratch));
@@ -653,6 +678,8 @@ bool LayerSelection::contains(int64_t layer) const {
 nlohmann::json read_json_file(const std::string& path) {
   std::error_code error;
   if (fs::is_directory(path, error)) fail("{}: is a folder, expected a JSON file", path);
+  if (fs::exists(path, error) && !fs::is_regular_file(path, error))
+    fail("{}: not a regular file (a device or a FIFO), expected a JSON file", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     if (!fs::exists(path, error)) fail("file not found: {}", path);
@@ -660,26 +687,7 @@ nlohmann::json read_json_file(const std::string& path) {
   }
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) fail("{}: read error", path);
-  try {
-    return json::parse(text);
-  } catch (const json::parse_error& e) {
-    // e.byte is the 1-based offset of the last character read: the one the parser stopped at.
-    size_t offset = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
-    size_t line = 1, line_start = 0;
-    for (size_t i = 0; i < offset; ++i)
-      if (text[i] == '\n') ++line, line_start = i + 1;
-    size_t column = offset - line_start + 1;
-    // what(): "[json.exception.parse_error.101] parse error at line 3, column 8: <what went wrong>".
-    std::string what = e.what();
-    size_t at = what.find("parse error at line ");
-    size_t colon = at == std::string::npos ? std::string::npos : what.find(": ", at);
-    if (colon != std::string::npos) {
-      what = what.substr(colon + 2);
-    } else if (size_t bracket = what.find("] "); bracket != std::string::npos) {
-      what = what.substr(bracket + 2);
-    }
-    fail("{}:{}:{}: malformed JSON: {}", path, line, column, what);
-  }
+  return parse_json(text, path);
 }
 
 Config config_from_json(const nlohmann::json& j) {

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -36,6 +37,10 @@ void write_file_atomic(const std::string& path, std::string_view contents) {
 }
 
 std::string read_file_bytes(const std::string& path) {
+  // A device or a FIFO could be read forever (/dev/zero) or block: only regular files are read whole.
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    fail("{}: not a regular file", path);
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("{}: cannot open for reading", path);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -11,6 +11,7 @@
 
 #include "core/config.h"
 #include "core/errors.h"
+#include "core/limits.h"
 #include "data/shard.h"
 #include "train/safetensors.h"
 
@@ -198,7 +199,10 @@ std::vector<int32_t> uniform_allocation(int64_t vocab_size, int64_t v, int64_t k
 
 void check_allocation_sizes(int64_t vocab_size, int64_t v, int64_t k, const std::string& what) {
   if (vocab_size < 1) fail("{}: the vocabulary size must be >= 1, got {}", what, vocab_size);
+  if (vocab_size > limits::kMaxVocabSize)
+    fail("{}: the vocabulary size must be <= {} (l3c's limit), got {}", what, limits::kMaxVocabSize, vocab_size);
   if (k < 1) fail("{}: k must be >= 1, got {}", what, k);
+  if (k > limits::kMaxWidth) fail("{}: k must be <= {} (l3c's limit), got {}", what, limits::kMaxWidth, k);
   if (v < vocab_size)
     fail("{}: v = {} is smaller than the vocabulary size {}: every token owns at least one row (need V <= v <= V*k)",
          what, v, vocab_size);
@@ -273,11 +277,10 @@ Allocation compute_allocation(const AllocationRequest& request, const ProgressFn
   bool in_document = false;
   constexpr int64_t kProgressEvery = 1 << 20;
   for (const TokenShard& shard : shards) {
-    const int64_t n = shard.size();
-    for (int64_t begin = 0; begin < n; begin += kProgressEvery) {
-      const int64_t end = std::min(n, begin + kProgressEvery);
-      for (int64_t i = begin; i < end; ++i) {
-        const uint32_t t = shard[i];
+    shard.for_each_chunk(kProgressEvery, [&](int64_t begin, std::span<const uint32_t> tokens) {
+      for (size_t j = 0; j < tokens.size(); ++j) {
+        const uint32_t t = tokens[j];
+        const int64_t i = begin + static_cast<int64_t>(j);
         checksum = (checksum ^ t) * kFnvPrime;
         if (static_cast<int64_t>(t) == eot) {  // a document boundary, not parsed itself
           if (lzw) dictionary->end_document();
@@ -292,9 +295,9 @@ Allocation compute_allocation(const AllocationRequest& request, const ProgressFn
         else ++token_counts[t];
         ++stats.tokens_parsed;
       }
-      done += end - begin;
+      done += static_cast<int64_t>(tokens.size());
       if (progress) progress(done, stats.tokens);
-    }
+    });
   }
   if (lzw) dictionary->end_document();
   if (stats.tokens_parsed == 0) fail("{}: the shards hold no tokens to parse", request.what);

@@ -19,6 +19,7 @@
 
 #include "core/config.h"
 #include "core/errors.h"
+#include "core/limits.h"
 #include "core/file_io.h"
 #include "core/sha256.h"
 #include "data/unicode_tables.h"
@@ -563,9 +564,13 @@ std::unique_ptr<BpeTokenizer> BpeTokenizer::load(const std::string& dir) {
   if (!encoder.is_object() || encoder.empty())
     fail("{}: expected a JSON object mapping tokens to ids", encoder_path);
   int64_t max_id = -1;
+  // Ids size the tables below: bounded by the vocabulary limit, and by the number of tokens given, so that a small
+  // file cannot make the loader allocate for ids it does not use.
+  const auto most_ids = std::min<uint64_t>(limits::kMaxVocabSize, 2 * encoder.size() + 256);
   for (auto it = encoder.begin(); it != encoder.end(); ++it) {
-    if (!it.value().is_number_unsigned() || it.value().get<uint64_t>() >= (uint64_t{1} << 31))
-      fail("{}: token '{}': expected an id in [0, 2^31), got {}", encoder_path, it.key(), it.value().dump());
+    if (!it.value().is_number_unsigned() || it.value().get<uint64_t>() >= most_ids)
+      fail("{}: token '{}': expected an id in [0, {}) ({} tokens are given; ids lie below min(2^24, 2 x tokens + "
+           "256)), got {}", encoder_path, it.key(), most_ids, encoder.size(), it.value().dump());
     max_id = std::max<int64_t>(max_id, it.value().get<int64_t>());
   }
   const size_t vocab = static_cast<size_t>(max_id + 1);

@@ -1,4 +1,4 @@
-// Window loading over memory-mapped shards, and the shuffled training order.
+// Window loading over token shards, and the shuffled training order.
 #include "data/dataloader.h"
 
 #include <algorithm>
@@ -53,7 +53,7 @@ int64_t WindowOrder::window_at(int64_t position) const {
 }
 
 WindowLoader::WindowLoader(const std::string& spec, const std::string& what, int64_t seq_len, int64_t vocab_size)
-    : seq_len_(seq_len) {
+    : seq_len_(seq_len), vocab_size_(vocab_size) {
   first_window_of_shard_.push_back(0);
   for (const std::string& path : expand_shard_paths(spec, what)) {
     TokenShard shard(path);
@@ -80,9 +80,18 @@ void WindowLoader::copy_window(int64_t window, int32_t* x, int32_t* y) const {
   const TokenShard& shard = shards_[shard_index];
   const int64_t T = seq_len_;
   const int64_t start = (window - first_window_of_shard_[shard_index]) * T;
+  // The window's T + 1 tokens land in x and y's first slot: x holds T, y[0] the last one.
+  thread_local std::vector<uint32_t> window_tokens;
+  window_tokens.resize(static_cast<size_t>(T + 1));
+  shard.read(start, T + 1, window_tokens.data());
+  for (int64_t t = 0; t <= T; ++t)
+    if (window_tokens[t] >= static_cast<uint64_t>(vocab_size_))  // checked when opened: the file was rewritten
+      throw ShardChangedError(fmt::format("{}: token id {} at position {} is out of range for model.vocab_size {} (the "
+                                          "shard changed after it was opened)", shard.path(), window_tokens[t],
+                                          start + t, vocab_size_));
   for (int64_t t = 0; t < T; ++t) {
-    x[t] = static_cast<int32_t>(shard[start + t]);
-    y[t] = static_cast<int32_t>(shard[start + t + 1]);
+    x[t] = static_cast<int32_t>(window_tokens[t]);
+    y[t] = static_cast<int32_t>(window_tokens[t + 1]);
   }
 }
 

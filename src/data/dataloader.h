@@ -1,9 +1,10 @@
-// Windows of seq_len + 1 tokens over a set of memory-mapped shards, and the order training reads them in.
+// Windows of seq_len + 1 tokens over a set of token shards, and the order training reads them in.
 //
 // Window w yields inputs x[0..T) and targets x[1..T+1). A shard of n tokens holds (n - 1) / T windows
 // starting at 0, T, 2T, ... (consecutive windows share one token: the last target of one is the first
 // input of the next), so windows never cross a shard boundary. Every token id is checked against the
-// model's vocabulary once, when the shards are opened.
+// model's vocabulary when the shards are opened, and again as each window is read (a shard
+// changed under the trainer is a ShardChangedError naming it).
 //
 // The training order (WindowOrder) maps a global sequence position p = 0, 1, 2, ... to a window: epoch
 // e = p / W and i = p % W (W windows) give window perm_e(i), where perm_e is a bijection of [0, W)
@@ -91,6 +92,7 @@ class WindowLoader {
   std::vector<std::string> paths_;
   std::vector<int64_t> first_window_of_shard_;  // prefix sums, one entry per shard plus the total
   int64_t seq_len_ = 0;
+  int64_t vocab_size_ = 0;
   int64_t total_windows_ = 0;
   int64_t total_tokens_ = 0;
 };

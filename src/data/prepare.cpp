@@ -17,6 +17,7 @@
 
 #include "core/config.h"
 #include "core/errors.h"
+#include "core/limits.h"
 #include "core/file_io.h"
 #include "core/rng.h"
 #include "data/shard.h"
@@ -206,7 +207,7 @@ PrepareResult prepare_dataset(const PrepareOptions& options, const Tokenizer& to
     fail("--shard-tokens: must be in [2, {}], got {}", INT32_MAX, options.shard_tokens);
   if (options.field.empty()) fail("--field: must not be empty");
   if (options.inputs.empty()) fail("no inputs: give text files, folders or .jsonl files");
-  const int threads = options.threads > 0 ? options.threads : omp_get_max_threads();
+  const int threads = limits::checked_threads(options.threads, "--threads") > 0 ? options.threads : omp_get_max_threads();
 
   const std::vector<TextInput> inputs = expand_text_inputs(options.inputs);
   const fs::path out(options.out);

@@ -1,9 +1,8 @@
-// Token shard reading (mmap) and writing.
+// Token shard reading (pread) and writing.
 #include "data/shard.h"
 
 #include <fcntl.h>
 #include <glob.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,24 +16,34 @@
 
 namespace l3c {
 
+namespace {
+int64_t modification_ns(const struct stat& st) {
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1000000000 + st.st_mtim.tv_nsec;
+}
+}  // namespace
+
 TokenShard::TokenShard(const std::string& path) : path_(path) {
-  const int fd = ::open(path.c_str(), O_RDONLY);
-  if (fd < 0) fail("{}: cannot open shard: {}", path, std::strerror(errno));
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) fail("{}: cannot open shard: {}", path, std::strerror(errno));
+  try {
+    check_header();
+  } catch (...) {
+    ::close(fd_);
+    throw;
+  }
+}
+
+void TokenShard::check_header() {
+  const std::string& path = path_;
   struct stat st {};
-  ::fstat(fd, &st);
-  map_bytes_ = static_cast<size_t>(st.st_size);
-  const size_t header_bytes = kShardHeaderInts * sizeof(int32_t);
-  if (map_bytes_ < header_bytes) {
-    ::close(fd);
-    fail("{}: truncated shard: {} bytes, shorter than the {}-byte header", path, map_bytes_, header_bytes);
-  }
-  map_ = ::mmap(nullptr, map_bytes_, PROT_READ, MAP_PRIVATE, fd, 0);
-  ::close(fd);
-  if (map_ == MAP_FAILED) {
-    map_ = nullptr;
-    fail("{}: cannot map shard: {}", path, std::strerror(errno));
-  }
-  const auto* header = static_cast<const int32_t*>(map_);
+  if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) fail("{}: not a regular file", path);
+  file_bytes_ = static_cast<int64_t>(st.st_size);
+  modified_ns_ = modification_ns(st);
+  constexpr int64_t header_bytes = kShardHeaderInts * sizeof(int32_t);
+  if (file_bytes_ < header_bytes)
+    fail("{}: truncated shard: {} bytes, shorter than the {}-byte header", path, file_bytes_, header_bytes);
+  int32_t header[kShardHeaderInts];
+  if (::pread(fd_, header, header_bytes, 0) != header_bytes) fail("{}: cannot read the shard header", path);
   const int32_t magic = header[0], version = header[1];
   if (magic == kShardMagicU16 && version == kShardVersionU16) {
     wide_ = false;
@@ -46,35 +55,90 @@ TokenShard::TokenShard(const std::string& path) : path_(path) {
     fail("{}: not a token shard: bad magic {} (expected {} or {})", path, magic, kShardMagicU16, kShardMagicU32);
   }
   num_tokens_ = header[2];
-  const size_t expected = header_bytes + static_cast<size_t>(num_tokens_) * (wide_ ? 4 : 2);
-  if (num_tokens_ < 0 || map_bytes_ < expected)
+  if (num_tokens_ < 0) fail("{}: corrupt shard: negative token count {} in the header", path, num_tokens_);
+  const int64_t expected = header_bytes + num_tokens_ * (wide_ ? 4 : 2);  // < 2^34: no overflow
+  if (file_bytes_ < expected)
     fail("{}: truncated shard: header says {} tokens ({} bytes) but the file has {} bytes", path, num_tokens_,
-         expected, map_bytes_);
-  const auto* body = static_cast<const char*>(map_) + header_bytes;
-  tokens16_ = reinterpret_cast<const uint16_t*>(body);
-  tokens32_ = reinterpret_cast<const uint32_t*>(body);
+         expected, file_bytes_);
+  if (file_bytes_ > expected)
+    fail("{}: corrupt shard: header says {} tokens ({} bytes) but the file has {} bytes (the token count does not "
+         "match the body)", path, num_tokens_, expected, file_bytes_);
 }
 
 TokenShard::~TokenShard() {
-  if (map_ != nullptr) ::munmap(map_, map_bytes_);
+  if (fd_ >= 0) ::close(fd_);
 }
 
 TokenShard::TokenShard(TokenShard&& other) noexcept
-    : path_(std::move(other.path_)), map_(other.map_), map_bytes_(other.map_bytes_),
-      num_tokens_(other.num_tokens_), wide_(other.wide_), tokens16_(other.tokens16_), tokens32_(other.tokens32_) {
-  other.map_ = nullptr;
+    : path_(std::move(other.path_)), fd_(other.fd_), file_bytes_(other.file_bytes_), modified_ns_(other.modified_ns_),
+      num_tokens_(other.num_tokens_), wide_(other.wide_) {
+  other.fd_ = -1;
+}
+
+void TokenShard::check_unchanged() const {
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) throw ShardChangedError(fmt::format("{}: cannot read its size: {}", path_, std::strerror(errno)));
+  if (static_cast<int64_t>(st.st_size) != file_bytes_ || modification_ns(st) != modified_ns_)
+    throw ShardChangedError(fmt::format(
+        "{}: the shard changed while it was being read ({} bytes when opened, {} now{}); shards must not change under "
+        "a running command (write new shards under new names)", path_, file_bytes_, static_cast<int64_t>(st.st_size),
+        static_cast<int64_t>(st.st_size) == file_bytes_ ? ", rewritten in place" : ""));
+}
+
+void TokenShard::read(int64_t first, int64_t count, uint32_t* out) const {
+  L3C_CHECK(first >= 0 && count >= 0 && first + count <= num_tokens_, "{}: tokens [{}, {}) of {}", path_, first,
+            first + count, num_tokens_);
+  const int64_t width = wide_ ? 4 : 2;
+  auto* bytes = reinterpret_cast<char*>(out);
+  const int64_t total = count * width;
+  int64_t done = 0;
+  while (done < total) {
+    const ssize_t n = ::pread(fd_, bytes + done, static_cast<size_t>(total - done),
+                              static_cast<off_t>(kShardHeaderInts * 4 + first * width + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      check_unchanged();  // a shorter file says so
+      throw ShardChangedError(
+          fmt::format("{}: cannot read tokens {} to {}: {}", path_, first, first + count,
+                      n < 0 ? std::strerror(errno) : "unexpected end of file"));
+    }
+    done += n;
+  }
+  check_unchanged();
+  if (!wide_) {  // widen in place, from the end, so that no uint16 is overwritten before it is read
+    const auto* narrow = reinterpret_cast<const uint16_t*>(out);
+    for (int64_t i = count - 1; i >= 0; --i) {
+      const uint16_t t = narrow[i];
+      out[i] = t;
+    }
+  }
+}
+
+std::vector<uint32_t> TokenShard::read(int64_t first, int64_t count) const {
+  std::vector<uint32_t> tokens(static_cast<size_t>(count));
+  read(first, count, tokens.data());
+  return tokens;
+}
+
+void TokenShard::for_each_chunk(int64_t chunk, const std::function<void(int64_t, std::span<const uint32_t>)>& visit) const {
+  std::vector<uint32_t> buffer(static_cast<size_t>(std::min(chunk, num_tokens_)));
+  for (int64_t first = 0; first < num_tokens_; first += chunk) {
+    const int64_t count = std::min(chunk, num_tokens_ - first);
+    read(first, count, buffer.data());
+    visit(first, std::span<const uint32_t>(buffer.data(), static_cast<size_t>(count)));
+  }
 }
 
 std::pair<uint32_t, int64_t> TokenShard::max_token() const {
   uint32_t best = 0;
   int64_t where = 0;
-  for (int64_t i = 0; i < num_tokens_; ++i) {
-    const uint32_t t = (*this)[i];
-    if (t > best) {
-      best = t;
-      where = i;
-    }
-  }
+  for_each_chunk(int64_t{1} << 20, [&](int64_t first, std::span<const uint32_t> tokens) {
+    for (size_t i = 0; i < tokens.size(); ++i)
+      if (tokens[i] > best) {
+        best = tokens[i];
+        where = first + static_cast<int64_t>(i);
+      }
+  });
   return {best, where};
 }
 

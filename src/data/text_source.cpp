@@ -12,6 +12,8 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/json_input.h"
+#include "core/limits.h"
 #include "core/sha256.h"
 
 namespace l3c {
@@ -96,6 +98,16 @@ std::vector<TextInput> expand_text_inputs(const std::vector<std::string>& inputs
       for (const fs::path& path : inside) files.push_back(make_input(path));
     } else if (fs::is_regular_file(input, ec)) {
       files.push_back(make_input(input));
+    } else if (fs::exists(input, ec)) {
+      // A device, FIFO or socket: prepare reads each input twice (checksums, then tokens), which only files allow.
+      const fs::file_type type = fs::status(input, ec).type();
+      const char* kind = type == fs::file_type::character ? "a character device"
+                         : type == fs::file_type::block   ? "a block device"
+                         : type == fs::file_type::fifo    ? "a FIFO (named pipe)"
+                         : type == fs::file_type::socket  ? "a socket"
+                                                          : "not a regular file";
+      fail("{}: {}, not a file or folder; prepare reads each input twice, so it needs files (save the text to a "
+           "file first)", input, kind);
     } else {
       fail("{}: no such file or folder", input);
     }
@@ -213,9 +225,12 @@ bool DocumentReader::next_jsonl_line(Document& doc) {
     if (line.find_first_not_of(" \t\n\r") == std::string::npos) continue;  // blank lines are no documents
 
     nlohmann::json j;
+    if (json_depth_exceeded(line, limits::kMaxJsonDepth) != std::string::npos)
+      fail("{}: JSON nested deeper than {} levels; a .jsonl file holds one JSON object per line", where,
+           limits::kMaxJsonDepth);
     try {
       j = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::parse_error& e) {
+    } catch (const nlohmann::json::exception& e) {  // parse_error, or out_of_range for a number such as 1e400
       std::string what = e.what();
       if (const size_t colon = what.find("]: "); colon != std::string::npos) what = what.substr(colon + 3);
       else if (const size_t bracket = what.find("] "); bracket != std::string::npos) what = what.substr(bracket + 2);

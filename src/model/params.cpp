@@ -4,6 +4,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/checked.h"
+#include "core/limits.h"
 #include "core/rng.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
@@ -14,11 +16,17 @@ void ParamRegistry::add(std::string name, std::vector<int64_t> shape, InitKind i
                         std::string group) {
   L3C_CHECK(!contains(name), "parameter {} registered twice", name);
   L3C_CHECK(!shape.empty() && shape.size() <= Tensor::kMaxDims, "parameter {}: bad rank", name);
+  // Sizes come from a config: a model too large to describe is refused before its buffers exist.
+  if (static_cast<int64_t>(params_.size()) >= limits::kMaxParamTensors)
+    fail("the model has more than {} parameter tensors (at {}); lower model.n_layers or model.moe.experts",
+         limits::kMaxParamTensors, name);
   ParamInfo p;
+  p.numel = checked_numel(shape, fmt::format("parameter {}: the element count of its shape", name));
+  if (checked_add(total_, p.numel, "the model's parameter count") > limits::kMaxParameters)
+    fail("the model has more than {} parameters (at {}, {} elements); choose smaller model sizes",
+         limits::kMaxParameters, name, p.numel);
   p.name = std::move(name);
   p.shape = std::move(shape);
-  p.numel = 1;
-  for (int64_t d : p.shape) p.numel *= d;
   p.offset = total_;
   p.init = init;
   p.init_std = init_std;

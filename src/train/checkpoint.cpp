@@ -18,6 +18,7 @@
 
 #include "core/errors.h"
 #include "core/file_io.h"
+#include "core/limits.h"
 #include "core/sha256.h"
 #include "optim/schedule.h"
 #include "train/model_io.h"
@@ -350,17 +351,24 @@ void prune_checkpoints(const std::string& run_dir, int64_t keep, int64_t milesto
 }
 
 TrainerProgress checkpoint_progress(const json& trainer) {
+  // Each count must be an integer in [least, limits::kMaxSteps]: a fraction would be truncated, a negative step
+  // would start the loop before the first window.
+  auto count = [&](const json& object, const char* key, const char* name, int64_t least) {
+    const auto it = object.is_object() ? object.find(key) : object.end();
+    if (it == object.end()) fail("trainer.json: {}: missing", name);
+    if (!it->is_number_integer() || (!it->is_number_unsigned() && it->get<int64_t>() < least) ||
+        (it->is_number_unsigned() && it->get<uint64_t>() > static_cast<uint64_t>(limits::kMaxSteps) * 1024))
+      fail("trainer.json: {}: expected an integer >= {}, got {}", name, least, it->dump());
+    return it->get<int64_t>();
+  };
+  if (!trainer.is_object()) fail("trainer.json: expected a JSON object");
   TrainerProgress p;
-  try {
-    p.step = trainer.at("step").get<int64_t>();
-    p.tokens_seen = trainer.at("tokens_seen").get<int64_t>();
-    p.skipped_steps = trainer.at("skipped_steps").get<int64_t>();
-    p.data_position = trainer.at("data").at("position").get<int64_t>();
-    p.threads = trainer.at("threads").get<int64_t>();
-    p.world_size = trainer.at("world_size").get<int64_t>();
-  } catch (const json::exception& e) {
-    fail("trainer.json: missing or malformed field: {}", e.what());
-  }
+  p.step = count(trainer, "step", "step", 0);
+  p.tokens_seen = count(trainer, "tokens_seen", "tokens_seen", 0);
+  p.skipped_steps = count(trainer, "skipped_steps", "skipped_steps", 0);
+  p.data_position = count(trainer.value("data", json()), "position", "data.position", 0);
+  p.threads = count(trainer, "threads", "threads", 0);
+  p.world_size = count(trainer, "world_size", "world_size", 1);
   return p;
 }
 
@@ -390,11 +398,10 @@ void load_checkpoint_state(const std::string& dir, Llama& model, FlatBuffer& par
   }
   const auto step = moments.metadata().find("step");
   if (step == moments.metadata().end()) fail("{}: no AdamW step in the metadata", moments.path());
-  try {
-    optimizer.set_steps_taken(std::stoll(step->second));
-  } catch (const std::exception&) {
-    fail("{}: malformed AdamW step '{}' in the metadata", moments.path(), step->second);
-  }
+  const std::string& text = step->second;
+  if (text.empty() || text.size() > 15 || !std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    fail("{}: malformed AdamW step '{}' in the metadata (expected a count of steps)", moments.path(), text);
+  optimizer.set_steps_taken(std::stoll(text));
 }
 
 std::string init_from_weights(const std::string& dir) {

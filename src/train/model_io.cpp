@@ -6,7 +6,9 @@
 #include <fstream>
 
 #include "core/errors.h"
+#include "core/file_io.h"
 #include "train/checkpoint.h"
+#include "train/memory.h"
 
 namespace l3c {
 
@@ -112,22 +114,18 @@ LoadedModel load_model_dir(const std::string& dir) {
   LoadedModel loaded;
   loaded.config = std::move(found.config);
   loaded.model = std::make_unique<Llama>(loaded.config.model);
-  loaded.params = FlatBuffer(loaded.model->registry().total(),
-                             loaded.config.train.dtype == "f64" ? DType::F64 : DType::F32);
+  const DType dtype = loaded.config.train.dtype == "f64" ? DType::F64 : DType::F32;
+  // The config comes from the folder: its weights must fit before they are allocated.
+  MemoryEstimate weights;
+  weights.params = static_cast<size_t>(loaded.model->registry().total()) * dtype_size(dtype);
+  check_fits_host_memory(weights);
+  loaded.params = FlatBuffer(loaded.model->registry().total(), dtype);
   load_model_state(SafetensorsFile(found.weights_path), *loaded.model, loaded.params);
   return loaded;
 }
 
 void write_config_json(const std::string& path, const Config& config) {
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp);
-    out << config_to_json(config).dump(2) << "\n";
-    if (!out.flush()) fail("{}: cannot write", path);
-  }
-  std::error_code ec;
-  std::filesystem::rename(temp, path, ec);
-  if (ec) fail("{}: cannot write: {}", path, ec.message());
+  write_file_atomic(path, config_to_json(config).dump(2) + "\n");  // errors name the system's reason
 }
 
 }  // namespace l3c

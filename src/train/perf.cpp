@@ -13,10 +13,12 @@
 #include <Eigen/Dense>
 #include <fmt/format.h>
 
+#include "core/limits.h"
+
 namespace l3c {
 
-int configure_threads(int64_t requested) {
-  if (requested > 0) omp_set_num_threads(static_cast<int>(requested));
+int configure_threads(int64_t requested, std::string_view what) {
+  if (limits::checked_threads(requested, what) > 0) omp_set_num_threads(static_cast<int>(requested));
   return omp_get_max_threads();
 }
 

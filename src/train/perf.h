@@ -3,11 +3,13 @@
 #pragma once
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace l3c {
 
-// Sets the OpenMP thread count (0: all cores) and returns the count in force.
-int configure_threads(int64_t requested);
+// Sets the OpenMP thread count (0: all cores) and returns the count in force. A count above limits::max_threads()
+// is a UserError naming `what` (OpenMP fails inside its runtime with 100000 threads).
+int configure_threads(int64_t requested, std::string_view what = "train.threads");
 
 // FLOP/s of a large single-precision matrix product on the current thread count (Eigen), the best of
 // a few repetitions: the CPU "peak" against which MFU is reported. L3C_CPU_PEAK_GFLOPS=X in the

@@ -11,6 +11,7 @@
 #include "core/file_io.h"
 #include "kernels/ops.h"
 #include "train/model_io.h"
+#include "train/run_lock.h"
 
 namespace l3c {
 
@@ -19,16 +20,18 @@ namespace {
 namespace fs = std::filesystem;
 using clock = std::chrono::steady_clock;
 
-// The run folder must not already hold a run: nothing saved is ever overwritten.
+// The run folder must not already hold a run, nor any file a new run writes: nothing saved, and nothing the user
+// put there (their own config.json), is ever overwritten. Called with the folder locked (RunLock).
 void prepare_run_dir(const std::string& dir) {
   namespace fs = std::filesystem;
   for (const char* name : {"metrics.jsonl", "model.safetensors", "checkpoints"})
     if (fs::exists(fs::path(dir) / name))
       fail("run.dir {} already holds a run ({} exists); choose another folder with --set run.dir=..., or continue it "
            "with --resume auto", dir, name);
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail("run.dir {}: cannot create the folder: {}", dir, ec.message());
+  for (const char* name : {"config.json", "allocation.safetensors"})
+    if (fs::exists(fs::path(dir) / name))
+      fail("run.dir {} holds a {} but no run: a new run writes its own {} there and does not overwrite files it did "
+           "not write; move the file, or choose another folder with --set run.dir=...", dir, name, name);
 }
 
 bool holds_run(const std::string& dir) {
@@ -106,6 +109,8 @@ RunFolder::RunFolder(const Config& config, const TrainOptions& options, Communic
   start_.world_size = comm.size();
   if (!options.resume.empty() && !options.init_from.empty())
     fail("--resume and --init-from exclude each other (--resume continues a run; --init-from starts a new one)");
+  // From here on this process alone reads and changes run.dir (rank 0: the others do not touch the folder).
+  if (writer_) lock_ = std::make_unique<RunLock>(config.run.dir);
   // Rank 0 finds the checkpoint (cleaning up after interrupted writes); the others verify the one it names.
   const auto verify_start = clock::now();
   if (!options.resume.empty()) {
@@ -173,10 +178,11 @@ void RunFolder::open(const std::optional<Allocation>& l3_allocation) {
   spdlog::info("resolved config:\n{}", config_to_json(config_).dump(2));
   if (!writer_) return;
   if (!same_run_) prepare_run_dir(config_.run.dir);
-  write_config_json((fs::path(config_.run.dir) / "config.json").string(), config_);
   const std::string metrics_path = (fs::path(config_.run.dir) / "metrics.jsonl").string();
   if (same_run_) truncate_metrics(metrics_path, start_.step);
+  // metrics.jsonl first: a folder holding it holds a run, so the config.json written next is the run's own.
   metrics_ = std::make_unique<MetricsWriter>(metrics_path);
+  write_config_json((fs::path(config_.run.dir) / "config.json").string(), config_);
   if (resume_check_) metrics_->write({{"event", "resume"}, {"step", start_.step}, {"checkpoint", resume_dir_}});
   if (l3_allocation) write_allocation_file((fs::path(config_.run.dir) / "allocation.safetensors").string(), *l3_allocation);
 }

@@ -19,6 +19,7 @@
 #include "dist/communicator.h"
 #include "train/checkpoint.h"
 #include "train/metrics.h"
+#include "train/run_lock.h"
 #include "train/trainer.h"
 
 namespace l3c {
@@ -60,6 +61,7 @@ class RunFolder {
   double verify_seconds_ = 0.0;
   bool same_run_ = false;  // resuming a checkpoint of run.dir itself
   std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<RunLock> lock_;  // rank 0: held from the start until the run ends
 };
 
 }  // namespace l3c

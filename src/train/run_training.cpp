@@ -244,9 +244,37 @@ TrainSummary train_loop(const Config& config, const TrainOptions& options, Train
   const int64_t step_pause_ms = test_hook_milliseconds("L3C_TEST_STEP_PAUSE_MS");
   const StopSignals signals;
   const auto run_start = clock::now();
+  int64_t checkpointed_step = progress.step;  // the newest step saved in a checkpoint (0: none)
+  auto checkpoint = [&]() {
+    progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch, 0,
+                                            state.communicator().size());
+    checkpointed_step = progress.step;
+    return folder.checkpoint(state, progress);
+  };
+  // A shard changed under the run (src/data/shard.h) ends it, after a checkpoint of the last completed step: the
+  // error comes before a step updates anything, so the weights and moments are those of progress.step.
+  auto stop_for_changed_shard = [&](const ShardChangedError& e) {
+    std::string saved = progress.step == 0 ? "no step had completed" : "";
+    if (progress.step > checkpointed_step) {
+      try {
+        saved = fmt::format("wrote checkpoint {} for step {}", checkpoint(), progress.step);
+      } catch (const UserError& failed) {
+        saved = fmt::format("could not write a checkpoint for step {}: {}", progress.step, failed.what());
+      }
+    } else if (progress.step > 0) {
+      saved = fmt::format("step {} is already in a checkpoint", progress.step);
+    }
+    folder.write_metrics({{"event", "stopped"}, {"step", progress.step}, {"reason", "a shard changed"}});
+    fail("{}; {}; replace the shard, then continue with --resume auto", e.what(), saved);
+  };
   for (int64_t step = progress.step; step < config.train.steps; ++step) {
     const auto start = clock::now();
-    const StepResult r = state.step(step, batches);
+    StepResult r;
+    try {
+      r = state.step(step, batches);
+    } catch (const ShardChangedError& e) {
+      stop_for_changed_shard(e);
+    }
     progress.step = step + 1;
     progress.tokens_seen += state.tokens_per_step();
     if (r.skipped) ++progress.skipped_steps;
@@ -256,8 +284,12 @@ TrainSummary train_loop(const Config& config, const TrainOptions& options, Train
     if ((val_data || downstream.enabled()) &&
         (last || (config.eval.every > 0 && (step + 1) % config.eval.every == 0))) {
       const auto val_start = clock::now();
-      const double loss = val_data ? state.evaluate(*val_data, config.eval.batches)
-                                   : std::numeric_limits<double>::quiet_NaN();
+      double loss = std::numeric_limits<double>::quiet_NaN();
+      try {
+        if (val_data) loss = state.evaluate(*val_data, config.eval.batches);
+      } catch (const ShardChangedError& e) {
+        stop_for_changed_shard(e);
+      }
       if (val_data) summary.final_val_loss = loss;
       const double seconds = std::chrono::duration<double>(clock::now() - val_start).count();
       // The tasks and held-out text: every rank scores them (no collective waits on a long evaluation), rank 0 logs.
@@ -274,11 +306,8 @@ TrainSummary train_loop(const Config& config, const TrainOptions& options, Train
     const int signal_number = static_cast<int>(all_reduce_value(state.communicator(), StopSignals::received(), ReduceOp::Max));
     const char* stop = StopSignals::name(signal_number);
     if (!stop && options.stop_at == step + 1 && !last) stop = "--stop-at";
-    if (last || stop || (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0)) {
-      progress.data_position = first_sequence(progress.step * state.accum_steps(), config.train.micro_batch, 0,
-                                              state.communicator().size());
-      summary.checkpoint = folder.checkpoint(state, progress);
-    }
+    if (last || stop || (config.checkpoint.every > 0 && (step + 1) % config.checkpoint.every == 0))
+      summary.checkpoint = checkpoint();
     if (stop && !last) {
       summary.stopped = stop;
       folder.write_metrics({{"event", "stopped"}, {"step", step + 1}, {"reason", stop}, {"checkpoint", summary.checkpoint}});
@@ -341,8 +370,8 @@ TrainSummary run_training(const Config& config, const TrainOptions& options, Com
 
   // Training reads windows in the order of (train.seed, epoch, position); validation in file order.
   const WindowOrder order(in.train_data.num_windows(), config.train.seed, config.data.shuffle);
-  const double epochs = static_cast<double>(config.train.steps * state.tokens_per_step()) /
-                        static_cast<double>(in.train_data.num_windows() * config.data.seq_len);
+  const double epochs = static_cast<double>(config.train.steps) * static_cast<double>(state.tokens_per_step()) /
+                        (static_cast<double>(in.train_data.num_windows()) * static_cast<double>(config.data.seq_len));
   spdlog::info("data: {} training windows of {} + 1 tokens, {}; the run reads {:.2f} epochs", in.train_data.num_windows(),
                config.data.seq_len, order.shuffled() ? fmt::format("shuffled per epoch (seed {})", config.train.seed)
                                                      : std::string("in file order (data.shuffle is false)"), epochs);
