@@ -522,7 +522,7 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
   CHECK(model_keys == std::vector<std::string>{"vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads",
                                                "ffn_hidden", "rope_theta", "norm_eps", "tie_embeddings",
                                                "init_std"});
-  CHECK(out["train"].size() == 22);  // ... device, dtype, precision, recompute, zero, on_nonfinite, trainable
+  CHECK(out["train"].size() == 24);  // ... table_lr_scale, table_weight_decay, ..., zero, on_nonfinite, trainable
   CHECK(out["checkpoint"].size() == 3);  // every, keep, milestone_every
   CHECK(out["data"].size() == 5);  // train, val, seq_len, shuffle, tokenizer
   CHECK(out["dist"].size() == 5);  // timeout, bucket_mb, row_sparse, nccl_bootstrap, shared_dir
@@ -573,7 +573,7 @@ TEST_CASE("model.l3 reads with derived sizes and defaults, and absent means a de
   std::vector<std::string> keys;
   for (const auto& item : out["model"]["l3"].items()) keys.push_back(item.key());
   CHECK(keys == std::vector<std::string>{"after_layers", "v", "k", "d_emb", "d_up", "tie_kv", "residual", "init_std",
-                                         "allocation"});
+                                         "mix_init", "allocation"});
 }
 
 TEST_CASE("model.l3 errors name the field", "[config][l3]") {
@@ -604,7 +604,7 @@ TEST_CASE("model.l3 errors name the field", "[config][l3]") {
              Contains("model.l3.allocation.method: must be one of lzw, uniform, unigram; got \"bpe\""));
   CHECK_THAT(error_from_json(with_l3({{"vv", 3}})),
              Contains("model.l3.vv: unknown key (known keys in model.l3: after_layers, v, k, d_emb, d_up, tie_kv, "
-                      "residual, init_std, allocation)"));
+                      "residual, init_std, mix_init, allocation)"));
   CHECK_THAT(error_from_json(with_l3({{"allocation", {{"file", "x"}}}})),
              Contains("model.l3.allocation.file: unknown key (known keys in model.l3.allocation: method, data, path, "
                       "eot)"));
