@@ -685,6 +685,9 @@ TEST_CASE("numbers no double holds and nesting beyond the limit are errors namin
   CHECK_THAT(user_error([&] { l3c::load_config(fine, {"train.lr=" + std::string(100000, '[')}); }),
              Contains("train.lr") && Contains("nested deeper than 128"));
   CHECK_THAT(user_error([&] { l3c::load_config(fine, {"train.lr=1e400"}); }), Contains("train.lr: expected a number"));
+  // A value that is not valid UTF-8 (found by fuzz_config): the message shows it with U+FFFD instead of throwing
+  // from inside the error path.
+  CHECK_THAT(user_error([&] { l3c::load_config(fine, {"train.lr=4e-\x7f\x8e"}); }), Contains("train.lr: expected a number"));
   // Escaped quotes and brackets inside strings do not count as nesting.
   CHECK(l3c::json_depth_exceeded(R"({"a": "[[[[\"[[[["})", 2) == std::string_view::npos);
   CHECK(l3c::json_depth_exceeded("[[[1]]]", 2) == 2);

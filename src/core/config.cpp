@@ -259,10 +259,13 @@ std::string join(const std::vector<std::string>& items) {
 }
 
 // A JSON value as an error message shows it: numbers bare, others with their type ("string \"abc\"").
+// JSON text for an error message: never throws (a string that is not valid UTF-8 is shown with U+FFFD).
+std::string dump_for_message(const json& v) { return v.dump(-1, ' ', false, json::error_handler_t::replace); }
+
 std::string describe(const json& v) {
-  if (v.is_number()) return v.dump();
+  if (v.is_number()) return dump_for_message(v);
   if (v.is_null()) return "null";
-  std::string text = v.dump();
+  std::string text = dump_for_message(v);
   if (text.size() > 60) text = text.substr(0, 57) + "...";
   return fmt::format("{} {}", v.type_name(), text);
 }
@@ -402,7 +405,7 @@ void check_rule(const Field& f, Config& c) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
           if (!rule.one_of.empty() &&
               std::find(rule.one_of.begin(), rule.one_of.end(), *value) == rule.one_of.end())
-            fail("{}: must be one of {}; got {}{}", f.path(), join(rule.one_of), json(*value).dump(),
+            fail("{}: must be one of {}; got {}{}", f.path(), join(rule.one_of), dump_for_message(json(*value)),
                  with_hint(rule));
         } else if constexpr (std::is_same_v<T, StringList>) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
