@@ -145,6 +145,11 @@ int generate(const std::vector<std::string>& argv) {
   }
   GenerationStats stats;
   const std::vector<GeneratedSequence> results = generate(session, prompts, options, on_token, &stats);
+  if (stream) {  // the rest of the text and its newline, before the log line on stderr
+    std::fwrite(generated[0].data() + streamed, 1, generated[0].size() - streamed, stdout);
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+  }
   spdlog::info("generate: prefill {} tokens in {:.3f}s, decode {} tokens in {:.3f}s ({:.1f} tokens/s), L3 rows read "
                "{} per position",
                stats.prefill_tokens, stats.prefill_seconds, stats.decode_tokens, stats.decode_seconds,
@@ -152,11 +157,7 @@ int generate(const std::vector<std::string>& argv) {
                format_bytes(session.positions_computed() > 0
                                 ? static_cast<double>(session.l3_bytes_read()) / static_cast<double>(session.positions_computed())
                                 : 0.0));
-  if (stream) {
-    std::fwrite(generated[0].data() + streamed, 1, generated[0].size() - streamed, stdout);
-    std::fputc('\n', stdout);
-    return 0;
-  }
+  if (stream) return 0;
   if (args.flag("json")) {
     nlohmann::json outputs = nlohmann::json::array();
     for (size_t p = 0; p < prompts.size(); ++p)
