@@ -115,7 +115,7 @@ int inspect(const std::vector<std::string>& argv) {
                device == Device::CUDA ? ", master weights " + format_bytes(static_cast<double>(other_memory.master)) : "");
     // What a step moves: the gradients, once (ring all-reduce: each rank sends and receives 2 (R - 1) / R of them);
     // with dist.row_sparse the row tables only in the rows of the tokens present in the global batch.
-    const size_t element = memory.params / static_cast<size_t>(std::max<int64_t>(cost.total_params, 1));
+    const size_t element = memory.grad_element;
     int64_t table_params = 0;
     for (const ParamInfo& p : model.registry().params())
       if (p.group == "l3_table" || (p.group == "embedding" && !config.model.tie_embeddings)) table_params += p.numel;

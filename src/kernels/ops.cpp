@@ -57,6 +57,16 @@ void require_float(const char* op, Device device, std::initializer_list<const Te
               dtype_name(t->dtype));
 }
 
+// Parameter gradients (the outputs that accumulate over micro-batches: dtable, dweight, dw, dW, dw_k, dw_v) have the
+// call's dtype, or f32 in a bf16 call: mixed precision accumulates its gradients in fp32, since a bf16 sum that
+// every micro-batch and every classifier row block adds into loses about 3 significant digits per thousand adds.
+void require_param_grad(const char* op, DType dtype, std::initializer_list<const Tensor*> grads) {
+  for (const Tensor* g : grads)
+    L3C_CHECK(g->dtype == dtype || (dtype == DType::BF16 && g->dtype == DType::F32),
+              "ops::{}: a parameter gradient {} is {}, expected {} for a {} call", op, g->shape_string(),
+              dtype_name(g->dtype), dtype == DType::BF16 ? "bf16 or f32" : dtype_name(dtype), dtype_name(dtype));
+}
+
 // Statistics (rstd, lse, losses, L3 probs) have the call's dtype, except that a bf16 call keeps them in f32.
 void require_stats(const char* op, DType dtype, std::initializer_list<const Tensor*> tensors) {
   const DType expected = dtype == DType::BF16 ? DType::F32 : dtype;
@@ -157,7 +167,8 @@ void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, 
             "ops::{}: param {}, grad {}, m {}, v {} and master {} must have one size", op, param.shape_string(),
             grad.shape_string(), m.shape_string(), v.shape_string(), master.shape_string());
   const Device device = device_of(op, {&param, &grad, &m, &v, &master});
-  require_float(op, device, {&param, &grad});
+  require_float(op, device, {&param});
+  require_param_grad(op, param.dtype, {&grad});
   if (device == Device::CUDA) {
     require_stats(op, DType::BF16, {&m, &v});  // f32 moments
     L3C_CHECK(master.empty() == (param.dtype == DType::F32), "ops::{}: a {} parameter needs {}", op,
@@ -194,7 +205,8 @@ void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) {
             "ops::{}: dout {} must be (N, d) for dtable (V, d) {} and tokens (N) {}", op,
             dout.shape_string(), dtable.shape_string(), tokens.shape_string());
   const Device device = device_of(op, {&dtable, &dout, &tokens});
-  require_float(op, device, {&dtable, &dout});
+  require_float(op, device, {&dout});
+  require_param_grad(op, dout.dtype, {&dtable});
   require_i32(op, "tokens", tokens);
   if (dout.numel() == 0) return;
   require_data(op, {&dtable, &dout, &tokens});
@@ -228,7 +240,8 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor w
             x.shape_string(), dx.shape_string(), dout.shape_string(), rstd.shape_string(),
             weight.shape_string(), dweight.shape_string());
   const Device device = device_of(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
-  require_float(op, device, {&dx, &dweight, &dout, &x, &weight});
+  require_float(op, device, {&dx, &dout, &x, &weight});
+  require_param_grad(op, x.dtype, {&dweight});
   require_stats(op, x.dtype, {&rstd});
   if (x.numel() == 0) return;
   require_data(op, {&dx, &dweight, &dout, &x, &weight, &rstd});
@@ -264,7 +277,7 @@ void matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, bool
   const Device device = device_of(op, {&dx, &dw, &dout, &x, &w});
   require_float(op, device, {&dout, &x, &w});
   if (!dx.empty()) require_float(op, device, {&dout, &dx});
-  if (!dw.empty()) require_float(op, device, {&dout, &dw});
+  if (!dw.empty()) require_param_grad(op, dout.dtype, {&dw});
   if (dx.empty() && dw.empty()) return;
   require_data(op, {&dout, &x, &w});
   if (device == Device::CUDA) L3C_RUN_ON_CUDA(matmul_backward(dx, dw, dout, x, w, accumulate_dx));
@@ -469,7 +482,7 @@ void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, 
   require_float(op, device, {&x, &W});
   require_stats(op, x.dtype, {&losses});
   if (!dx.empty()) require_float(op, device, {&x, &dx});
-  if (!dW.empty()) require_float(op, device, {&x, &dW});
+  if (!dW.empty()) require_param_grad(op, x.dtype, {&dW});
   require_i32(op, "targets", targets);
   if (n == 0) return;
   require_data(op, {&losses, &x, &W, &targets});
@@ -606,7 +619,8 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
   L3C_CHECK((w_v.data == w_k.data) == (dw_v.data == dw_k.data),
             "ops::{}: with tied tables (w_v is w_k) dw_v must be dw_k, and only then", op);
   L3C_CHECK(device_of(op, {&dx, &dw_k, &dw_v, &dout, &x}) == device, "ops::{}: tensors on different devices", op);
-  require_float(op, device, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v});
+  require_float(op, device, {&dx, &dout, &x, &w_k, &w_v});
+  require_param_grad(op, x.dtype, {&dw_k, &dw_v});
   if (x.numel() == 0) return;
   require_data(op, {&dx, &dw_k, &dw_v, &dout, &x, &w_k, &w_v, &probs});
   if (device == Device::CUDA)
@@ -734,7 +748,7 @@ void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor
   const Device device = device_of(op, {&dx, &dw, &dout, &x, &w, &offsets});
   require_float(op, device, {&dout, &x, &w});
   if (!dx.empty()) require_float(op, device, {&dx, &x});
-  if (!dw.empty()) require_float(op, device, {&dw, &x});
+  if (!dw.empty()) require_param_grad(op, x.dtype, {&dw});
   require_moe_dtype(op, device, x);
   if (dout.numel() == 0) return;
   require_data(op, {&dout, &x, &w});

@@ -30,10 +30,12 @@ RunDevice resolve_run_device(const TrainConfig& train) {
   if (r.device == Device::CUDA) {
     r.mixed_precision = train.precision == "bf16";
     r.param_dtype = r.mixed_precision ? DType::BF16 : DType::F32;
+    // Gradients sum over every micro-batch and classifier row block: in bf16 each add would round to 8 bits.
+    r.grad_dtype = DType::F32;
     r.moment_dtype = DType::F32;
     r.description = cuda_device_description(0);
   } else {
-    r.param_dtype = r.moment_dtype = train.dtype == "f64" ? DType::F64 : DType::F32;
+    r.param_dtype = r.grad_dtype = r.moment_dtype = train.dtype == "f64" ? DType::F64 : DType::F32;
     r.description = "cpu";
   }
   return r;

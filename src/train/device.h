@@ -11,7 +11,8 @@ namespace l3c {
 
 struct RunDevice {
   Device device = Device::CPU;
-  DType param_dtype = DType::F32;  // parameters, gradients and activations
+  DType param_dtype = DType::F32;  // parameters and activations
+  DType grad_dtype = DType::F32;   // gradients: param_dtype, except f32 with bf16 parameters (fp32 accumulation)
   DType moment_dtype = DType::F32; // AdamW moments (and the master weights with bf16 parameters)
   bool mixed_precision = false;    // bf16 parameters with f32 master weights
   std::string description;         // "cpu" or the GPU's name, for the log

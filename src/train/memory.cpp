@@ -54,14 +54,16 @@ Device planned_device(const Config& config) {
 MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device, int world_size) {
   const bool bf16 = device == Device::CUDA && config.train.precision == "bf16";
   const DType dtype = bf16 ? DType::BF16 : (config.train.dtype == "f64" ? DType::F64 : DType::F32);
-  const size_t element = dtype_size(dtype), moment = bf16 ? sizeof(float) : element;
+  // bf16 parameters keep f32 gradients, moments and master weights.
+  const size_t element = dtype_size(dtype), moment = bf16 ? sizeof(float) : element, grad = moment;
   const auto n = static_cast<size_t>(model.registry().total());
   Llama sized = model;  // with the run's recomputation setting
   sized.set_recompute(Recompute::from(config.train.recompute));
   MemoryEstimate m;
   m.device = device;
   m.params = n * element;
-  m.grads = n * element;
+  m.grads = n * grad;
+  m.grad_element = grad;
   m.optimizer = 2 * n * moment;
   m.master = bf16 ? n * sizeof(float) : 0;
   if (config.train.zero == 1 && world_size > 1) {
@@ -69,7 +71,7 @@ MemoryEstimate estimate_training_memory(const Llama& model, const Config& config
     const size_t shard = (n + static_cast<size_t>(world_size) - 1) / static_cast<size_t>(world_size);
     m.optimizer = 2 * shard * moment;
     m.master = bf16 ? shard * sizeof(float) : 0;
-    m.grads += shard * element;
+    m.grads += shard * grad;
   }
   m.activations = sized.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype, true);
   m.workspace = device == Device::CUDA ? cuda_workspace_bytes(workspace_shape(config, dtype)) : 0;

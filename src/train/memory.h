@@ -16,6 +16,7 @@ struct MemoryEstimate {
   size_t params = 0, grads = 0, optimizer = 0, activations = 0;
   size_t master = 0;     // f32 master weights behind bf16 parameters
   size_t workspace = 0;  // the CUDA ops' scratch
+  size_t grad_element = 4;  // bytes per gradient element (what a step's reduction moves per parameter)
   size_t total() const { return params + grads + optimizer + activations + master + workspace; }
 };
 

@@ -95,7 +95,7 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
       model_(make_model(config, device_.device)),
       dtype_(device_.param_dtype),
       params_(buffer_elements(config, model_.registry(), comm_), dtype_, device_.device),
-      grads_(buffer_elements(config, model_.registry(), comm_), dtype_, device_.device),
+      grads_(buffer_elements(config, model_.registry(), comm_), device_.grad_dtype, device_.device),
       optimizer_(model_.registry(), device_.moment_dtype, AdamWSettings::from(config.train), device_.device,
                  optimizer_range(config, model_.registry(), comm_)),
       arena_(model_.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype_, true), "activation",
@@ -135,7 +135,7 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
     optimizer_.set_trainable(trainable_);
   }
   sync_ = std::make_unique<GradientSync>(comm_, model_, config_);
-  if (sync_->sharded()) shard_grads_ = FlatBuffer(optimizer_.range().size(), dtype_, device_.device);
+  if (sync_->sharded()) shard_grads_ = FlatBuffer(optimizer_.range().size(), device_.grad_dtype, device_.device);
 }
 
 std::vector<uint8_t> trainable_mask(const ParamRegistry& registry, const std::vector<std::string>& trainable) {

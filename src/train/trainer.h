@@ -44,8 +44,8 @@ struct StepResult {
 // Everything one optimizer step touches: model, weights, gradients, AdamW state, the activation arena
 // and the batch buffers, all allocated once, on the run's device (train.device: src/train/device.h). On the GPU
 // the token batches are filled on the host and copied over per micro-batch, and the loss and the gradient norm
-// are read back; with train.precision bf16 the parameters, gradients and activations are bf16 and AdamW
-// updates f32 master weights.
+// are read back; with train.precision bf16 the parameters and activations are bf16, the gradients accumulate in
+// f32, and AdamW updates f32 master weights.
 //
 // Data parallelism: with a communicator of R ranks, train.batch_tokens is the global batch; each rank runs its
 // share of the micro-batches (accum_steps() of them), the gradients are summed over ranks (GradientSync), and

@@ -22,8 +22,8 @@ __global__ void embedding_forward_kernel(T* __restrict__ out, const T* __restric
 }
 
 // Block u (grid-stride over tokens) owns table row u; its positions are order[offsets[u] .. offsets[u + 1]).
-template <typename T>
-__global__ void embedding_backward_kernel(T* __restrict__ dtable, const T* __restrict__ dout,
+template <typename T, typename G>
+__global__ void embedding_backward_kernel(G* __restrict__ dtable, const T* __restrict__ dout,
                                           const int32_t* __restrict__ order, const int32_t* __restrict__ offsets,
                                           int64_t vocab, int64_t d) {
   for (int64_t u = blockIdx.x; u < vocab; u += gridDim.x) {
@@ -32,7 +32,7 @@ __global__ void embedding_backward_kernel(T* __restrict__ dtable, const T* __res
     for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
       float acc = to_float(dtable[u * d + c]);
       for (int32_t p = begin; p < end; ++p) acc += to_float(dout[static_cast<int64_t>(order[p]) * d + c]);
-      dtable[u * d + c] = from_float<T>(acc);
+      dtable[u * d + c] = from_float<G>(acc);
     }
   }
 }
@@ -58,10 +58,11 @@ void embedding_backward(Tensor dtable, Tensor dout, Tensor tokens) {
   int32_t* offsets = carve.take<int32_t>(vocab + 1);
   const int64_t valid = group_by_key_device(order, offsets, static_cast<const int32_t*>(tokens.data), n, vocab);
   L3C_CHECK(valid == n, "ops::embedding_backward: {} of {} token ids are outside [0, {})", n - valid, n, vocab);
-  dispatch_float(dtable.dtype, "embedding_backward", [&](auto tag) {
+  dispatch_gradient(dout.dtype, dtable.dtype, "embedding_backward", [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     const unsigned blocks = static_cast<unsigned>(vocab < kMaxGridBlocks ? vocab : kMaxGridBlocks);
-    launch(embedding_backward_kernel<T>, blocks, 128, 0, static_cast<T*>(dtable.data), static_cast<const T*>(dout.data),
+    launch(embedding_backward_kernel<T, G>, blocks, 128, 0, static_cast<G*>(dtable.data), static_cast<const T*>(dout.data),
            order, offsets, vocab, d);
   });
 }

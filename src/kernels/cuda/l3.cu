@@ -129,8 +129,8 @@ __global__ void l3_backward_rows_kernel(T* __restrict__ dx, float* __restrict__ 
 
 // Per table row: dV += sum_i p_ij de_i, then dK += sum_i ds_ij x_i (the order the CPU adds them in, which matters
 // when the tables are tied and both land in one row).
-template <typename T>
-__global__ void l3_backward_table_kernel(T* dw_k, T* dw_v, const T* __restrict__ x, const T* __restrict__ dout,
+template <typename T, typename G>
+__global__ void l3_backward_table_kernel(G* dw_k, G* dw_v, const T* __restrict__ x, const T* __restrict__ dout,
                                          const float* __restrict__ probs, const float* __restrict__ ds,
                                          const int32_t* __restrict__ group_offsets,
                                          const int32_t* __restrict__ row_offsets, int64_t table_rows, int64_t groups,
@@ -148,18 +148,18 @@ __global__ void l3_backward_table_kernel(T* dw_k, T* dw_v, const T* __restrict__
           value_sum += probs[i * width + j] * to_float(dout[i * d_emb + c]);
           key_sum += ds[i * width + j] * to_float(x[i * d + c]);
         }
-        dw_k[r * d + c] = from_float<T>(to_float(dw_k[r * d + c]) + value_sum + key_sum);
+        dw_k[r * d + c] = from_float<G>(to_float(dw_k[r * d + c]) + value_sum + key_sum);
       }
     } else {
       for (int64_t c = threadIdx.x; c < d_emb; c += blockDim.x) {
         float acc = 0.0f;
         for (int64_t i = g0; i < g1; ++i) acc += probs[i * width + j] * to_float(dout[i * d_emb + c]);
-        dw_v[r * d_emb + c] = from_float<T>(to_float(dw_v[r * d_emb + c]) + acc);
+        dw_v[r * d_emb + c] = from_float<G>(to_float(dw_v[r * d_emb + c]) + acc);
       }
       for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
         float acc = 0.0f;
         for (int64_t i = g0; i < g1; ++i) acc += ds[i * width + j] * to_float(x[i * d + c]);
-        dw_k[r * d + c] = from_float<T>(to_float(dw_k[r * d + c]) + acc);
+        dw_k[r * d + c] = from_float<G>(to_float(dw_k[r * d + c]) + acc);
       }
     }
   }
@@ -191,8 +191,9 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
   const int64_t groups = group_offsets.numel() - 1, table_rows = w_k.dim(0);
   float* ds = static_cast<float*>(workspace(static_cast<size_t>(n * width) * sizeof(float)));
   const size_t shared = static_cast<size_t>(width) * sizeof(float);
-  dispatch_float(x.dtype, "l3_lookup_backward", [&](auto tag) {
+  dispatch_gradient(x.dtype, dw_k.dtype, "l3_lookup_backward", [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     const int32_t* go = static_cast<const int32_t*>(group_offsets.data);
     const int32_t* ro = static_cast<const int32_t*>(row_offsets.data);
     auto* rows_kernel = l3_backward_rows_kernel<T>;
@@ -200,8 +201,8 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
     launch(rows_kernel, grid_for(n), kThreads, shared, static_cast<T*>(dx.data), ds, static_cast<const T*>(dout.data),
            static_cast<const T*>(w_k.data), static_cast<const T*>(w_v.data), static_cast<const float*>(probs.data), go,
            ro, n, groups, d, d_emb, width);
-    launch(l3_backward_table_kernel<T>, grid_for(table_rows), kThreads, 0, static_cast<T*>(dw_k.data),
-           static_cast<T*>(dw_v.data), static_cast<const T*>(x.data), static_cast<const T*>(dout.data),
+    launch(l3_backward_table_kernel<T, G>, grid_for(table_rows), kThreads, 0, static_cast<G*>(dw_k.data),
+           static_cast<G*>(dw_v.data), static_cast<const T*>(x.data), static_cast<const T*>(dout.data),
            static_cast<const float*>(probs.data), ds, go, ro, table_rows, groups, d, d_emb, width);
   });
 }

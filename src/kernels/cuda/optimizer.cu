@@ -40,10 +40,11 @@ void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, 
                          static_cast<float>(1.0 - s.lr * s.weight_decay)};
   const int64_t n = param.numel();
   float* master_data = master.empty() ? nullptr : static_cast<float*>(master.data);
-  dispatch_float(param.dtype, "adamw_update", [&](auto tag) {
+  dispatch_gradient(param.dtype, grad.dtype, "adamw_update", [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
-    launch(adamw_kernel<T, T>, capped_blocks(n, kThreads), kThreads, 0, static_cast<T*>(param.data),
-           static_cast<const T*>(grad.data), static_cast<float*>(m.data), static_cast<float*>(v.data), master_data, k, n);
+    using G = typename decltype(grad_tag)::type;
+    launch(adamw_kernel<T, G>, capped_blocks(n, kThreads), kThreads, 0, static_cast<T*>(param.data),
+           static_cast<const G*>(grad.data), static_cast<float*>(m.data), static_cast<float*>(v.data), master_data, k, n);
   });
 }
 

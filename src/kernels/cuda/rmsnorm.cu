@@ -65,14 +65,14 @@ __global__ void rmsnorm_dweight_partial_kernel(double* __restrict__ partial, con
   partial[chunk * d + c] = acc;
 }
 
-template <typename T>
-__global__ void rmsnorm_dweight_reduce_kernel(T* __restrict__ dweight, const double* __restrict__ partial,
+template <typename G>
+__global__ void rmsnorm_dweight_reduce_kernel(G* __restrict__ dweight, const double* __restrict__ partial,
                                               int64_t chunks, int64_t d) {
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= d) return;
   double acc = 0.0;
   for (int64_t k = 0; k < chunks; ++k) acc += partial[k * d + c];
-  dweight[c] = from_float<T>(static_cast<float>(static_cast<double>(to_float(dweight[c])) + acc));
+  dweight[c] = from_float<G>(static_cast<float>(static_cast<double>(to_float(dweight[c])) + acc));
 }
 
 unsigned row_blocks(int64_t n) { return static_cast<unsigned>(n < 65535 ? n : 65535); }
@@ -92,8 +92,9 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor w
   const int64_t d = x.dim(-1), n = x.numel() / d;
   const int64_t chunks = (n + kChunkRows - 1) / kChunkRows;
   double* partial = static_cast<double*>(workspace(static_cast<size_t>(chunks * d) * sizeof(double)));
-  dispatch_float(x.dtype, "rmsnorm_backward", [&](auto tag) {
+  dispatch_gradient(x.dtype, dweight.dtype, "rmsnorm_backward", [&](auto tag, auto grad_tag) {
     using T = typename decltype(tag)::type;
+    using G = typename decltype(grad_tag)::type;
     const T* g = static_cast<const T*>(dout.data);
     const T* xs = static_cast<const T*>(x.data);
     const float* r = static_cast<const float*>(rstd.data);
@@ -101,7 +102,7 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, Tensor dout, Tensor x, Tensor w
            static_cast<const T*>(weight.data), r, n, d);
     launch(rmsnorm_dweight_partial_kernel<T>, dim3(static_cast<unsigned>(chunks), blocks_for(d, kThreads)), kThreads, 0,
            partial, g, xs, r, n, d);
-    launch(rmsnorm_dweight_reduce_kernel<T>, blocks_for(d, kThreads), kThreads, 0, static_cast<T*>(dweight.data),
+    launch(rmsnorm_dweight_reduce_kernel<G>, blocks_for(d, kThreads), kThreads, 0, static_cast<G*>(dweight.data),
            partial, chunks, d);
   });
 }
