@@ -364,17 +364,27 @@ TEST_CASE("cuda: the fused classifier matches the CPU: losses, dx, dW accumulati
 }
 
 #ifdef L3C_WITH_CUDA
-TEST_CASE("cuda: the classifier gives the same results with blocks that cut the rows unevenly", "[cuda]") {
+TEST_CASE("cuda: the classifier gives the same results with row blocks and class chunks that cut unevenly",
+          "[cuda]") {
   require_gpu();
   const int64_t N = 37, d = 16, V = 90;
   Pair x = random_pair(DType::F32, {N, d}, 30), W = random_pair(DType::F32, {V, d}, 31);
   Pair targets = pair_of(tokens_of({N}, V, 32));
-  Pair losses = zero_pair(DType::F32, {N}), dx = zero_pair(DType::F32, {N, d}), dW = zero_pair(DType::F32, {V, d});
-  ops::cuda::classifier_forward_backward(losses.gpu, dx.gpu, dW.gpu, x.gpu, W.gpu, targets.gpu, 0.5, 10);
+  Pair losses = zero_pair(DType::F32, {N}), dx = zero_pair(DType::F32, {N, d}), dW = random_pair(DType::F32, {V, d}, 35);
+  const TestTensor dW_before = dW.gpu.host();
   ops::classifier_forward_backward(losses.cpu, dx.cpu, dW.cpu, x.cpu, W.cpu, targets.cpu, 0.5);
-  CHECK(gpu_error(losses.gpu, losses.cpu) <= kF32);
-  CHECK(gpu_error(dx.gpu, dx.cpu) <= kF32);
-  CHECK(gpu_error(dW.gpu, dW.cpu) <= kF32);
+  // (rows per block, classes per chunk): whole rows, chunks of 32 + 32 + 26 classes (the online max and sum), both
+  // cut, a chunk of one class.
+  for (auto [block_rows, chunk] : {std::pair<int64_t, int64_t>{10, 0}, {0, 32}, {10, 32}, {37, 1}}) {
+    INFO("block_rows " << block_rows << ", vocab_chunk " << chunk);
+    DeviceTensor gpu_dW(dW_before.tensor());
+    ops::fill_zero(dx.gpu);
+    ops::cuda::classifier_forward_backward(losses.gpu, dx.gpu, gpu_dW, x.gpu, W.gpu, targets.gpu, 0.5, block_rows,
+                                           chunk);
+    CHECK(gpu_error(losses.gpu, losses.cpu) <= kF32);
+    CHECK(gpu_error(dx.gpu, dx.cpu) <= kF32);
+    CHECK(gpu_error(gpu_dW, dW.cpu) <= kF32);
+  }
 }
 #endif
 
@@ -749,4 +759,8 @@ TEST_CASE("cuda: ops refuse tensors on two devices and dtypes CUDA does not comp
   REQUIRE_THROWS_WITH(ops::matmul_forward(o64, x64, w64), Contains("f32 or bf16 on CUDA") && Contains("f64"));
   DeviceTensor xb(DType::BF16, {4, 8}), rstd_bf16(DType::BF16, {4}), wb(DType::BF16, {8});
   REQUIRE_THROWS_WITH(ops::rmsnorm_forward(xb, rstd_bf16, xb, wb, 1e-5), Contains("statistics") && Contains("f32"));
+  // A parameter gradient may be f32 in a bf16 call (mixed precision accumulates in fp32), never bf16 in an f32 call.
+  DeviceTensor dout32(DType::F32, {4, 5}), x32(DType::F32, {4, 8}), w32(DType::F32, {5, 8}), dw_bf16(DType::BF16, {5, 8});
+  REQUIRE_THROWS_WITH(ops::matmul_backward(Tensor(), dw_bf16, dout32, x32, w32),
+                      Contains("parameter gradient") && Contains("is bf16, expected f32"));
 }

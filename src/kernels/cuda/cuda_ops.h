@@ -77,11 +77,13 @@ void swiglu_forward(Tensor out, Tensor gate, Tensor up);
 void swiglu_backward(Tensor dgate, Tensor dup, Tensor dout, Tensor gate, Tensor up);
 
 // ---- fused classifier (classifier.cu) -----------------------------------------------------------------
-// Blocks of rows: logits (fp32, in the workspace) by cuBLAS, one kernel for the loss and dlogits per row,
-// then two cuBLAS products for dx and dW. block_rows 0: as many rows as 256 MiB of logits hold.
-// A target outside [0, V) gives a NaN loss (and no gradient) instead of reading out of bounds.
+// Blocks of rows by chunks of classes: logits (fp32, in the workspace) by cuBLAS, an online max and sum per row over
+// the chunks, then per chunk dlogits and two cuBLAS products for dx and dW. block_rows and vocab_chunk 0: the whole
+// micro-batch in one block where 256 MiB of logits hold chunks of at least 1024 classes (all of V when they hold
+// it), else fewer rows; a test may set either. A target outside [0, V) gives a NaN loss (and no gradient) instead of
+// reading out of bounds.
 void classifier_forward_backward(Tensor losses, Tensor dx, Tensor dW, Tensor x, Tensor W, Tensor targets,
-                                 double grad_scale, int64_t block_rows = 0);
+                                 double grad_scale, int64_t block_rows = 0, int64_t vocab_chunk = 0);
 
 // ---- concatenation, group by key, gather / scatter (grouping.cu) ----------------------------------------
 void concat_last_dim(Tensor out, Tensor x_a, Tensor x_b);
