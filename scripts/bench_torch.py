@@ -136,6 +136,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     ap.add_argument("--micro-batch", type=int, default=None,
                     help="sequences per forward/backward (default: the config's train.micro_batch)")
+    ap.add_argument("--batch-tokens", type=int, default=None,
+                    help="tokens per optimizer step (default: the config's train.batch_tokens)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
     ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                     help="cuda only: bf16 autocast for the forward and backward (default fp32)")
@@ -168,7 +170,7 @@ def main():
     if micro_batch < 1:
         fail(f"micro batch must be >= 1, got {micro_batch}")
     tokens_per_micro = micro_batch * seq_len
-    batch_tokens = train["batch_tokens"] or tokens_per_micro
+    batch_tokens = args.batch_tokens or train["batch_tokens"] or tokens_per_micro
     if batch_tokens % tokens_per_micro:
         fail(f"train.batch_tokens ({batch_tokens}) must be a multiple of micro_batch * seq_len "
              f"({micro_batch} * {seq_len})")

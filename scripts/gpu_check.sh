@@ -1,158 +1,191 @@
 #!/usr/bin/env bash
-# The GPU check, for a machine with an NVIDIA GPU, the CUDA toolkit (nvcc, cuBLAS), CMake and a C++ compiler, and
-# no package registry: builds l3c with the CUDA backend against the headers and libraries that
-# scripts/gpu_deps.sh put in .gpu_deps/ (carry that folder along with the checkout), runs the GPU test suite
-# (ctest -L cuda: every CUDA op against the CPU op, the whole model against the CPU), then the benchmarks
-# (l3c bench on configs/gpu/: the 124M dense Llama at T = 1024 and its L3 variant, bf16 and fp32, and the
-# iso-sparse MoE model in fp32; and the
-# PyTorch baseline on the same model when python3 has torch: eager and torch.compile), and writes the logs and
-# summary.md into OUT_DIR.
+# The GPU check: one command, on a machine with an NVIDIA GPU, the CUDA toolkit, CMake and a C++ compiler but no
+# package registry, that fits in 8 minutes. It needs the checkout and the folder .gpu_deps/ that
+# scripts/gpu_deps.sh fills here (packages and prebuilt binaries, under 60 MB). In order, each part bounded in time:
+#   machine     nvidia-smi, nvcc, compute-sanitizer: what is there
+#   binaries    the carried .gpu_deps/bin when they start there and were built for this GPU, else a build from
+#               source (l3c and the real-GPU tests only, for this GPU's architecture) against .gpu_deps/root
+#   tests       every real-GPU test executable (each CUDA op against the CPU op, the whole model against the CPU,
+#               bf16 gradient accumulation, resume, inference, evaluation, NCCL)
+#   bench       l3c bench of the 124M dense, L3 and MoE configs in bf16 (3 steps of 8 micro-batches after 1 warm-up)
+#   sanitizer   compute-sanitizer memcheck, racecheck, synccheck and initcheck over the op tests
+#   torch       the PyTorch baseline of the dense config (scripts/bench_torch.py), when time is left
+# A part that runs out of its time is stopped and reported so; the later parts still run. Writes OUT_DIR/summary.md
+# (printed last), OUT_DIR/logs/ and OUT_DIR/logs.tar.gz (the logs in one file); exits 1 when a part failed.
 #
 # Usage: scripts/gpu_check.sh OUT_DIR
-# Environment: CUDA_ARCH (CMAKE_CUDA_ARCHITECTURES; default: the GPU's own, from nvidia-smi, else "80;90"),
-#              BENCH_STEPS (10), SKIP_TORCH=1 (no PyTorch baseline), BUILD_DIR (build-gpu).
-# Every step runs even when an earlier one failed (a build failure ends the run); summary.md says which failed.
+# Environment: GPU_CHECK_SECONDS (total time, default 450), GPU_CHECK_BUILD=1 (build even when carried binaries
+#              start), CUDA_ARCH (the build's architecture; default the GPU's), BUILD_DIR (build-gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${1:?usage: scripts/gpu_check.sh OUT_DIR}"
-mkdir -p "$out"
+source scripts/lib.sh
+out="${1:-}"
+[ -n "$out" ] || die "usage: scripts/gpu_check.sh OUT_DIR"
+mkdir -p "$out/logs" || die "cannot create $out/logs"
 out="$(cd "$out" && pwd)"
-build="${BUILD_DIR:-build-gpu}"
-steps="${BENCH_STEPS:-10}"
-summary="$out/summary.md"
+logs="$out/logs"
+budget="${GPU_CHECK_SECONDS:-450}"
+[[ "$budget" =~ ^[1-9][0-9]*$ ]] || die "GPU_CHECK_SECONDS must be a positive number of seconds, got '$budget'"
+build="${BUILD_DIR:-build-gpu-check}"
+deps="$(pwd)/.gpu_deps"
 status=0
+rows=()  # summary rows: "part | result | seconds | detail"
 
-log() { echo "gpu_check: $*" | tee -a "$out/gpu_check.log"; }
-section() { printf '\n## %s\n\n' "$1" >> "$summary"; }
+# bounded SECONDS: the smaller of SECONDS and what is left of the budget (at least 1)
+bounded() {
+  local left=$(( budget - SECONDS ))
+  [ "$left" -lt "$1" ] && echo $(( left > 1 ? left : 1 )) || echo "$1"
+}
+row() { rows+=("| $1 | $2 | $3 | $4 |"); }
+fail_row() { status=1; row "$1" "**$2**" "$3" "$4"; }
+# run_bounded LOG SECONDS COMMAND...: runs the command with a time limit, output to LOG; returns its status (124:
+# stopped at the limit)
+run_bounded() {
+  local log="$1" seconds="$2"
+  shift 2
+  timeout --kill-after=5 "$seconds" "$@" > "$log" 2>&1
+}
 
+# --- machine ----------------------------------------------------------------------------------------------------
+gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
+compute_cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '.')"
+driver="$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
+nvidia-smi > "$logs/nvidia-smi.txt" 2>&1
+nvcc --version > "$logs/nvcc.txt" 2>&1
+sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/compute-sanitizer/compute-sanitizer 2>/dev/null | head -n 1)"
+[ -n "$sanitizer" ] && "$sanitizer" --version > "$logs/compute-sanitizer.txt" 2>&1
+# NCCL from the Python wheel (nvidia-nccl-*), where the CUDA toolkit has none.
+NCCL_ROOT="${NCCL_ROOT:-$(python3 -c 'import nvidia.nccl as m; print(m.__path__[0])' 2>/dev/null)}"
+export NCCL_ROOT
+lib_path="$deps/root/usr/lib/x86_64-linux-gnu${NCCL_ROOT:+:$NCCL_ROOT/lib}"
+export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if [ -n "$gpu_name" ]; then
+  row machine ok 0 "$gpu_name (sm_$compute_cap), driver $driver; $(nvcc --version 2>/dev/null | tail -n 1 | cut -d, -f2-); $(nproc) cores; compute-sanitizer ${sanitizer:+found}${sanitizer:-missing}; NCCL ${NCCL_ROOT:-from the toolkit}"
+else
+  fail_row machine "no GPU" 0 "nvidia-smi found no GPU: the GPU parts below report skipped or failed"
+fi
+
+# --- binaries ---------------------------------------------------------------------------------------------------
+part_start=$SECONDS
+bin=""
+carried_arch="$(sed -n 's/^cuda_arch: //p' "$deps/bin/MANIFEST" 2>/dev/null)"
+if [ "${GPU_CHECK_BUILD:-0}" != 1 ] && [ -x "$deps/bin/l3c" ]; then
+  if [ -n "$compute_cap" ] && [ "$carried_arch" != "$compute_cap" ]; then
+    echo "carried binaries are for sm_$carried_arch, this GPU is sm_$compute_cap: building" > "$logs/carried.log"
+  elif "$deps/bin/l3c" inspect configs/gpu/dense_124m.json > "$logs/carried.log" 2>&1 &&
+       "$deps/bin/test_cuda_ops" --list-test-names-only >> "$logs/carried.log" 2>&1; then
+    bin="$deps/bin"
+    row binaries "carried" $(( SECONDS - part_start )) "$(sed -n 's/^commit: //p' "$deps/bin/MANIFEST" | cut -c1-12), sm_$carried_arch, built $(sed -n 's/^built: //p' "$deps/bin/MANIFEST")"
+  fi
+fi
+if [ -z "$bin" ]; then
+  arch="${CUDA_ARCH:-${compute_cap:-90}}"
+  mapfile -t cmake_args < <(gpu_cmake_args "$deps/root" "$arch")
+  generator=()
+  command -v ninja > /dev/null && generator=(-G Ninja)
+  if run_bounded "$logs/configure.log" "$(bounded 60)" cmake -S . -B "$build" "${generator[@]}" "${cmake_args[@]}" &&
+     run_bounded "$logs/build.log" "$(bounded 300)" cmake --build "$build" -j "$(nproc)" --target gpu_check_binaries; then
+    bin="$build"
+    mkdir -p "$build/check-bin"
+    for f in "$build/l3c" "$build"/tests/test_cuda_* "$build"/tests/test_nccl; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$build/check-bin/"; done
+    bin="$build/check-bin"
+    row binaries "built" $(( SECONDS - part_start )) "sm_$arch from source ($(grep -c . "$logs/build.log") build lines)"
+  else
+    fail_row binaries "build failed" $(( SECONDS - part_start )) "see logs/configure.log, logs/build.log: $(tail -n 1 "$logs/build.log" 2>/dev/null | cut -c1-100)"
+  fi
+fi
+
+# --- tests ------------------------------------------------------------------------------------------------------
+# A Catch2 executable's result: the summary line ("All tests passed (...)" or "test cases: ...").
+catch_summary() { grep -E "^All tests passed|^test cases:" "$1" | tail -n 1 | tr -s ' '; }
+if [ -n "$bin" ]; then
+  for test in "$bin"/test_cuda_* "$bin"/test_nccl; do
+    name="$(basename "$test")"
+    part_start=$SECONDS
+    L3C_TEST_SOURCE_DIR="$(pwd)" OMP_NUM_THREADS=8 run_bounded "$logs/$name.log" "$(bounded 90)" "$test"
+    code=$?
+    case "$code" in
+      0) row "test $name" passed $(( SECONDS - part_start )) "$(catch_summary "$logs/$name.log")" ;;
+      4) fail_row "test $name" skipped $(( SECONDS - part_start )) "$(grep -m 1 -i "skip\|no gpu\|needs" "$logs/$name.log" | cut -c1-120)" ;;
+      124|137) fail_row "test $name" "timed out" $(( SECONDS - part_start )) "stopped at the time limit: $(catch_summary "$logs/$name.log")" ;;
+      *) fail_row "test $name" "FAILED ($code)" $(( SECONDS - part_start )) "$(catch_summary "$logs/$name.log"); first: $(grep -m 1 -B 2 "FAILED" "$logs/$name.log" | head -n 1 | cut -c1-100)" ;;
+    esac
+  done
+fi
+
+# --- benchmarks -------------------------------------------------------------------------------------------------
+if [ -n "$bin" ]; then
+  for model in dense l3 moe; do
+    config="configs/gpu/${model}_124m.json"
+    log="$logs/bench_${model}_124m_bf16.log"
+    part_start=$SECONDS
+    run_bounded "$log" "$(bounded 75)" "$bin/l3c" bench "$config" --device cuda --steps 3 --warmup 1 \
+      --set train.precision=bf16 --set train.batch_tokens=131072 --json
+    code=$?
+    if [ "$code" = 0 ] && line="$(json_last_line < "$log" 2>/dev/null)"; then
+      summary="$(python3 -c '
+import json, sys
+j = json.loads(sys.argv[1]); mfu = j.get("mfu")
+print(f"{j[\"tokens_per_second\"]:.0f} tokens/s, {1e3 * j[\"step_seconds\"]:.0f} ms/step of {j[\"tokens_per_step\"]} tokens, "
+      f"MFU {\"?\" if mfu is None else f\"{100 * mfu:.1f}%\"}")' "$line")"
+      row "bench ${model}_124m bf16" ok $(( SECONDS - part_start )) "$summary"
+    elif [ "$code" = 124 ] || [ "$code" = 137 ]; then
+      fail_row "bench ${model}_124m bf16" "timed out" $(( SECONDS - part_start )) "see logs/$(basename "$log")"
+    else
+      fail_row "bench ${model}_124m bf16" "FAILED ($code)" $(( SECONDS - part_start )) "$(grep -m 1 -i "error" "$log" | cut -c1-120)"
+    fi
+  done
+fi
+
+# --- compute-sanitizer ------------------------------------------------------------------------------------------
+if [ -n "$bin" ] && [ -n "$sanitizer" ]; then
+  for tool in memcheck racecheck synccheck initcheck; do
+    log="$logs/sanitizer_$tool.log"
+    part_start=$SECONDS
+    # The out-of-memory test asks for more than the GPU has, on purpose: not for the sanitizer.
+    L3C_TEST_SOURCE_DIR="$(pwd)" run_bounded "$log" "$(bounded 45)" "$sanitizer" --tool "$tool" --error-exitcode 99 \
+      "$bin/test_cuda_ops" "~*running out of GPU memory*"
+    code=$?
+    errors="$(grep -m 1 "ERROR SUMMARY" "$log" | sed 's/.*ERROR SUMMARY: //')"
+    case "$code" in
+      0) row "sanitizer $tool" clean $(( SECONDS - part_start )) "${errors:-0 errors}; $(catch_summary "$log")" ;;
+      124|137) row "sanitizer $tool" "stopped at the limit" $(( SECONDS - part_start )) "no error reported before: $(grep -c "^-----" "$log") test lines" ;;
+      *) fail_row "sanitizer $tool" "FOUND ($code)" $(( SECONDS - part_start )) "${errors:-see log}; first: $(grep -m 1 "=========" "$log" | cut -c1-120)" ;;
+    esac
+  done
+elif [ -n "$bin" ]; then
+  fail_row sanitizer missing 0 "compute-sanitizer not found"
+fi
+
+# --- the PyTorch baseline, with the time left --------------------------------------------------------------------
+if [ $(( budget - SECONDS )) -ge 60 ] && python3 -c "import torch; assert torch.cuda.is_available()" 2> /dev/null; then
+  log="$logs/torch_dense_124m_bf16.log"
+  part_start=$SECONDS
+  if run_bounded "$log" "$(bounded 90)" python3 scripts/bench_torch.py configs/gpu/dense_124m.json --device cuda \
+       --precision bf16 --steps 3 --warmup 1 --batch-tokens 131072 && line="$(json_last_line < "$log" 2>/dev/null)"; then
+    row "torch dense_124m bf16" ok $(( SECONDS - part_start )) "$(python3 -c '
+import json, sys
+j = json.loads(sys.argv[1])
+print(f"{j[\"tokens_per_second\"]:.0f} tokens/s (eager PyTorch, same config)")' "$line")"
+  else
+    row "torch dense_124m bf16" "not run" $(( SECONDS - part_start )) "see logs/$(basename "$log")"
+  fi
+else
+  row "torch dense_124m bf16" "not run" 0 "less than a minute left, or no PyTorch with CUDA"
+fi
+
+# --- summary ----------------------------------------------------------------------------------------------------
 {
   echo "# l3c GPU check"
   echo
-  echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "- commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
-  echo "- host: $(uname -n), $(nproc) cores"
-} > "$summary"
-
-# --- the machine -----------------------------------------------------------------------------------------
-if ! command -v nvidia-smi >/dev/null; then
-  log "nvidia-smi not found: no NVIDIA driver here"
-fi
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
-compute_cap="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '.')"
-nvcc --version > "$out/nvcc.txt" 2>&1 || log "nvcc not found"
-echo "- GPU: ${gpu_name:-none found}; driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)" >> "$summary"
-echo "- nvcc: $(nvcc --version 2>/dev/null | tail -1)" >> "$summary"
-
-# --- dependencies -----------------------------------------------------------------------------------------
-deps="$(pwd)/.gpu_deps/root"
-if [ ! -f "$deps/.complete" ] && [ -d .gpu_deps/debs ]; then  # carried as .deb files only: unpack them
-  mkdir -p "$deps"
-  for deb in .gpu_deps/debs/*.deb; do dpkg -x "$deb" "$deps"; done && touch "$deps/.complete"
-fi
-prefix_args=()
-if [ -f "$deps/.complete" ]; then
-  prefix_args=(-DCMAKE_PREFIX_PATH="$deps/usr" -DEigen3_DIR="$deps/usr/share/eigen3/cmake")
-  export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  log "dependencies from $deps"
-else
-  log "no .gpu_deps folder (scripts/gpu_deps.sh makes one): using the system's packages"
-fi
-
-# --- build ------------------------------------------------------------------------------------------------
-arch="${CUDA_ARCH:-${compute_cap:-80;90}}"
-generator=()
-command -v ninja >/dev/null && generator=(-G Ninja)
-start=$(date +%s)
-if cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DL3C_CUDA=ON \
-     -DCMAKE_CUDA_ARCHITECTURES="$arch" "${prefix_args[@]}" > "$out/configure.log" 2>&1 &&
-   cmake --build "$build" -j "$(nproc)" > "$out/build.log" 2>&1; then
-  build_ok=1
-else
-  build_ok=0
-  status=1
-fi
-build_seconds=$(( $(date +%s) - start ))
-section "Build"
-echo "CUDA architectures ${arch}; $( [ $build_ok = 1 ] && echo "built in ${build_seconds} s" || echo "**FAILED** after ${build_seconds} s: see configure.log, build.log")" >> "$summary"
-if [ $build_ok = 0 ]; then
-  log "build failed; see $out/configure.log and $out/build.log"
-  tail -30 "$out/build.log" 2>/dev/null | sed 's/^/    /' >> "$summary"
-  exit 1
-fi
-l3c="$build/l3c"
-"$l3c" inspect configs/gpu/dense_124m.json > "$out/inspect_dense_124m.txt" 2>&1 || true
-
-# --- GPU tests --------------------------------------------------------------------------------------------
-section "GPU tests (ctest -L cuda)"
-if ctest --test-dir "$build" -L cuda --output-on-failure --timeout 900 > "$out/ctest_cuda.log" 2>&1; then
-  skipped=$(grep -c '\*\*\*Skipped' "$out/ctest_cuda.log")
-  if [ "$skipped" -gt 0 ]; then
-    status=1
-    echo "**$skipped skipped**: the tests saw no GPU ($(grep -E 'tests passed' "$out/ctest_cuda.log"))" >> "$summary"
-  else
-    echo "all passed: $(grep -E 'tests passed' "$out/ctest_cuda.log")" >> "$summary"
-  fi
-else
-  status=1
-  echo "**FAILED**: $(grep -E 'tests passed|tests failed' "$out/ctest_cuda.log")" >> "$summary"
-  grep -E '\(Failed\)|\(Skipped\)|Not Run' "$out/ctest_cuda.log" | sed 's/^/    /' >> "$summary"
-fi
-
-# --- benchmarks -------------------------------------------------------------------------------------------
-section "Benchmarks (l3c bench: median of ${steps} steps after 2 warm-up steps; MFU against the GPU's bf16 dense peak)"
-echo "| config | framework | precision | tokens/step | ms/step | tokens/s | MFU |" >> "$summary"
-echo "| --- | --- | --- | --- | --- | --- | --- |" >> "$summary"
-row_from_json() {  # config, framework, precision, log file (last line: l3c's or bench_torch.py's JSON)
-  python3 - "$@" >> "$summary" <<'PY' || echo "| $1 | $2 | $3 | failed: see $(basename "$4") | | | |" >> "$summary"
-import json, sys
-config, framework, precision, path = sys.argv[1:5]
-lines = [l for l in open(path) if l.startswith("{")]
-j = json.loads(lines[-1])
-mfu = j.get("mfu")
-print(f"| {config} | {framework} | {precision} | {j['tokens_per_step']} | {1e3 * j['step_seconds']:.1f} | "
-      f"{j['tokens_per_second']:.0f} | {'' if mfu is None else f'{100 * mfu:.1f}%'} |")
-PY
-}
-bench() {  # name, config, precision, extra args...
-  local name="$1" config="$2" precision="$3"
-  shift 3
-  local logfile="$out/bench_${name}_${precision}.log"
-  if "$l3c" bench "$config" --device cuda --steps "$steps" --warmup 2 --set train.precision="$precision" "$@" --json \
-       > "$logfile" 2>&1; then
-    row_from_json "$name" l3c "$precision" "$logfile"
-  else
-    status=1
-    echo "| $name | l3c | $precision | **failed**: $(grep -m1 'error' "$logfile" | cut -c1-120) | | | |" >> "$summary"
-  fi
-}
-bench dense_124m configs/gpu/dense_124m.json bf16
-bench dense_124m configs/gpu/dense_124m.json fp32
-bench dense_124m_recompute configs/gpu/dense_124m.json bf16 --set train.recompute=all
-bench l3_124m configs/gpu/l3_124m.json bf16
-bench l3_124m configs/gpu/l3_124m.json fp32
-bench moe_124m configs/gpu/moe_124m.json fp32
-
-if [ "${SKIP_TORCH:-0}" != 1 ] && python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  for precision in bf16 fp32; do
-    for mode in eager compile; do
-      logfile="$out/torch_dense_124m_${precision}_${mode}.log"
-      flags=(--device cuda --precision "$precision" --steps "$steps" --warmup 3)
-      [ "$mode" = compile ] && flags+=(--compile)
-      if timeout 900 python3 scripts/bench_torch.py configs/gpu/dense_124m.json "${flags[@]}" > "$logfile" 2>&1; then
-        row_from_json dense_124m "pytorch $mode" "$precision" "$logfile"
-      else
-        echo "| dense_124m | pytorch $mode | $precision | failed: see $(basename "$logfile") | | | |" >> "$summary"
-      fi
-    done
-  done
-else
-  echo >> "$summary"
-  echo "PyTorch baseline skipped (SKIP_TORCH=1, or python3 has no torch with CUDA)." >> "$summary"
-fi
-
-section "Result"
-if [ $status = 0 ]; then echo "everything passed" >> "$summary"; else echo "**something failed**: see above" >> "$summary"; fi
-log "done ($( [ $status = 0 ] && echo ok || echo 'with failures')); summary: $summary"
-cat "$summary"
-exit $status
+  echo "$(date -u +%Y-%m-%dT%H:%M:%SZ); commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown); ${SECONDS} s of a ${budget} s budget"
+  echo
+  echo "| part | result | seconds | detail |"
+  echo "| --- | --- | --- | --- |"
+  printf '%s\n' "${rows[@]}"
+  echo
+  [ "$status" = 0 ] && echo "Everything passed." || echo "Something failed or was skipped: see the rows in bold and logs/."
+} > "$out/summary.md"
+tar -czf "$out/logs.tar.gz" -C "$out" logs
+cat "$out/summary.md"
+exit "$status"

@@ -10,6 +10,7 @@
 #   sanitized_build DIR TARGET...  installs clang and libFuzzer if missing, configures DIR as clang's build with
 #                          L3C_FUZZ=ON (AddressSanitizer, UndefinedBehaviorSanitizer, the fuzz targets; no CUDA) and
 #                          builds the targets: scripts/sanitize.sh and scripts/fuzz.sh share it
+#   gpu_cmake_args DEPS_ROOT ARCH  the CMake options of the GPU check's build, one per line (see below)
 
 die() {
   echo "error: $*" >&2
@@ -73,4 +74,22 @@ sanitized_build() {
   cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=clang++ -DL3C_FUZZ=ON -DL3C_CUDA=OFF \
     -DL3C_EMULATED_GPU_TESTS=OFF -DL3C_NATIVE=OFF ${L3C_CMAKE_ARGS:-} > /dev/null
   cmake --build "$dir" -j "$(nproc)" --target "$@"
+}
+
+# gpu_cmake_args DEPS_ROOT ARCH: the CMake options of the GPU check's build (scripts/gpu_deps.sh builds the carried
+# binaries with them, scripts/gpu_check.sh builds from source with them where those do not start): the CUDA
+# backend for ARCH only, the l3c binary and the real-GPU tests without their emulated twins, no MPI, no -march=native
+# (the binaries may run on another CPU), and the packages unpacked under DEPS_ROOT (scripts/gpu_deps.sh) instead of
+# the system's, when that folder is complete. NCCL_ROOT, when set, is where nccl.h and libnccl.so.2 are.
+gpu_cmake_args() {
+  local deps="$1" arch="$2"
+  local args=(-DCMAKE_BUILD_TYPE=Release -DL3C_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$arch" -DL3C_EMULATED_GPU_TESTS=OFF
+              -DL3C_MPI=OFF -DL3C_NATIVE=OFF)
+  if [ -f "$deps/.complete" ]; then
+    args+=(-DCMAKE_PREFIX_PATH="$deps/usr" -DEigen3_DIR="$deps/usr/share/eigen3/cmake" -DCMAKE_IGNORE_PREFIX_PATH=/usr)
+  fi
+  if [ -n "${NCCL_ROOT:-}" ]; then
+    args+=(-DNCCL_INCLUDE_DIR="$NCCL_ROOT/include" -DNCCL_LIBRARY="$(ls "$NCCL_ROOT"/lib/libnccl.so* | head -n 1)")
+  fi
+  printf '%s\n' "${args[@]}"
 }

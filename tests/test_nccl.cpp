@@ -52,7 +52,7 @@ TEST_CASE("nccl: collectives at world size 1 on device buffers equal the local c
 
 TEST_CASE("nccl: training steps through the NCCL communicator match the local path", "[cuda][nccl]") {
   require_nccl();
-  Config config = load_config(std::string(L3C_SOURCE_DIR) + "/configs/tiny/dense.json",
+  Config config = load_config(source_dir() + "/configs/tiny/dense.json",
                               {"train.device=cuda", "train.micro_batch=2", "data.seq_len=32", "train.batch_tokens=128"});
   auto nccl = nccl_world_of_one();
   TrainingState local(config), through_nccl(config, nullptr, nccl.get());

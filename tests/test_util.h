@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <initializer_list>
@@ -20,6 +21,13 @@
 #include "core/tensor.h"
 
 namespace l3c::test {
+
+// The source tree the tests read (golden files, configs): $L3C_TEST_SOURCE_DIR when set, for test executables
+// carried to another machine (scripts/gpu_check.sh), else the tree they were built from.
+inline std::string source_dir() {
+  const char* dir = std::getenv("L3C_TEST_SOURCE_DIR");
+  return dir != nullptr && *dir != '\0' ? std::string(dir) : std::string(L3C_SOURCE_DIR);
+}
 
 // ---- element access in double ----------------------------------------------------------------------
 inline double get_value(const Tensor& t, int64_t i) {
