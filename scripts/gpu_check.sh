@@ -57,7 +57,8 @@ sanitizer="$(command -v compute-sanitizer || ls /usr/local/cuda*/compute-sanitiz
 # NCCL from the Python wheel (nvidia-nccl-*), where the CUDA toolkit has none.
 NCCL_ROOT="${NCCL_ROOT:-$(python3 -c 'import nvidia.nccl as m; print(m.__path__[0])' 2>/dev/null)}"
 export NCCL_ROOT
-lib_path="$deps/root/usr/lib/x86_64-linux-gnu${NCCL_ROOT:+:$NCCL_ROOT/lib}"
+# The carried binaries' libraries: spdlog and fmt from .gpu_deps, the CUDA runtime and cuBLAS from the toolkit, NCCL.
+lib_path="$deps/root/usr/lib/x86_64-linux-gnu:/usr/local/cuda/lib64:/usr/local/cuda/lib${NCCL_ROOT:+:$NCCL_ROOT/lib}"
 export LD_LIBRARY_PATH="$lib_path${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if [ -n "$gpu_name" ]; then
   row machine ok 0 "$gpu_name (sm_$compute_cap), driver $driver; $(nvcc --version 2>/dev/null | tail -n 1 | cut -d, -f2-); $(nproc) cores; compute-sanitizer ${sanitizer:+found}${sanitizer:-missing}; NCCL ${NCCL_ROOT:-from the toolkit}"

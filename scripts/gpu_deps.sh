@@ -49,14 +49,17 @@ if [ "$binaries" = 1 ]; then
   build="${BUILD_DIR:-build-gpu-deps}"
   mapfile -t cmake_args < <(gpu_cmake_args "$(pwd)/$deps/root" "$arch")
   echo "gpu_deps: building the GPU check's binaries for sm_$arch in $build"
-  cmake -S . -B "$build" "${cmake_args[@]}" > "$build.configure.log" 2>&1 || {
-    tail -n 20 "$build.configure.log" >&2
-    die "configuring $build failed (the whole log: $build.configure.log)"
+  mkdir -p "$build"
+  cmake -S . -B "$build" "${cmake_args[@]}" > "$build/configure.log" 2>&1 || {
+    tail -n 20 "$build/configure.log" >&2
+    die "configuring $build failed (the whole log: $build/configure.log)"
   }
   cmake --build "$build" -j "$(nproc)" --target gpu_check_binaries
   rm -rf "$deps/bin"
   mkdir -p "$deps/bin"
-  cp "$build/l3c" "$build"/tests/test_cuda_* "$build"/tests/test_nccl "$deps/bin/"
+  cp "$build/l3c" "$deps/bin/"
+  find "$build/tests" -maxdepth 1 -type f -executable \( -name 'test_cuda_*' -o -name test_nccl \) \
+    -exec cp {} "$deps/bin/" \;
   strip "$deps"/bin/*
   {
     echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- src tools tests CMakeLists.txt || echo ' (with local changes)')"
