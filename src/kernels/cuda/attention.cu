@@ -371,14 +371,6 @@ bool gpu_has_bf16_tensor_cores() {
 
 }  // namespace
 
-const char* attention_kernel_name(AttentionKernel kernel) {
-  switch (kernel) {
-    case AttentionKernel::CudaCores: return "cuda-cores";
-    case AttentionKernel::TensorCores: return "tensor-cores";
-  }
-  return "unknown";
-}
-
 AttentionKernel attention_kernel_for(DType dtype, int64_t head_dim) {
   return tensor_core_attention_supports(dtype, head_dim) && gpu_has_bf16_tensor_cores() ? AttentionKernel::TensorCores
                                                                                         : AttentionKernel::CudaCores;

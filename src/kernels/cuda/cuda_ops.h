@@ -71,7 +71,6 @@ enum class AttentionKernel {
   CudaCores,    // attention.cu: f32 or bf16, head_dim up to 256; 32-row tiles, every product on CUDA cores
   TensorCores,  // attention_flash.cu: bf16 with head_dim 64 or 128 on sm_80+; 64-row tiles, WMMA bf16 products
 };
-const char* attention_kernel_name(AttentionKernel kernel);  // for logs and the dev/ ladder
 // Whether the tensor-core kernels take this dtype and head size (whatever the GPU).
 bool tensor_core_attention_supports(DType dtype, int64_t head_dim);
 // The kernel for a dtype and head size on this process's GPU: tensor cores wherever they apply (the GPU's compute
