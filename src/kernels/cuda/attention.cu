@@ -1,4 +1,6 @@
-// CUDA causal grouped-query attention, fused and flash-style: no T x T matrix ever exists.
+// CUDA causal grouped-query attention, fused and flash-style: no T x T matrix ever exists. This file holds the
+// kernels on CUDA cores (any float dtype, head_dim up to 256) and the choice between them and the tensor-core
+// kernels of attention_flash.cu (bf16, head_dim 64 or 128, sm_80+), made by attention_kernel_for.
 //
 // Layout: q, out, dq (B, T, H, hd); k, v, dk, dv (B, T, Hkv, hd); lse (B, H, T) f32; query head h reads kv head
 // h / (H / Hkv). A block works on a tile of 32 rows (query rows, or keys for dK/dV) and gives each row TPK
@@ -24,6 +26,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/internal.cuh"
 
 namespace l3c::ops::cuda {
 namespace {
@@ -305,9 +308,7 @@ void dispatch_head_dim(int hd, Fn&& fn) {
   L3C_CHECK(false, "ops::attention: head_dim {} is above 256, the largest the CUDA kernels support", hd);
 }
 
-}  // namespace
-
-void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
+void attention_forward_cuda_cores(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
   const Dims dim = dims_of(q, k);
   L3C_CHECK(dim.batch <= 65535 && dim.heads <= 65535, "ops::attention_forward: batch {} or heads {} above 65535",
             dim.batch, dim.heads);
@@ -326,8 +327,8 @@ void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
   });
 }
 
-void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
-                        Tensor lse) {
+void attention_backward_cuda_cores(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                   Tensor out, Tensor lse) {
   const Dims dim = dims_of(q, k);
   L3C_CHECK(dim.batch <= 65535 && dim.heads <= 65535, "ops::attention_backward: batch {} or heads {} above 65535",
             dim.batch, dim.heads);
@@ -353,6 +354,47 @@ void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, 
              scale);
     });
   });
+}
+
+
+// Compute capability 8.0 or later: WMMA on bf16 tiles (read once; a process uses one GPU).
+bool gpu_has_bf16_tensor_cores() {
+  static const bool has = [] {
+    int device = 0;
+    L3C_CUDA_CHECK(cudaGetDevice(&device));
+    cudaDeviceProp prop;
+    L3C_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    return prop.major >= 8;
+  }();
+  return has;
+}
+
+}  // namespace
+
+AttentionKernel attention_kernel_for(DType dtype, int64_t head_dim) {
+  return tensor_core_attention_supports(dtype, head_dim) && gpu_has_bf16_tensor_cores() ? AttentionKernel::TensorCores
+                                                                                        : AttentionKernel::CudaCores;
+}
+
+void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, AttentionKernel kernel) {
+  if (kernel == AttentionKernel::TensorCores) return attention_forward_tensor_cores(out, lse, q, k, v);
+  attention_forward_cuda_cores(out, lse, q, k, v);
+}
+
+void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                        Tensor lse, AttentionKernel kernel) {
+  if (kernel == AttentionKernel::TensorCores)
+    return attention_backward_tensor_cores(dq, dk, dv, dout, q, k, v, out, lse);
+  attention_backward_cuda_cores(dq, dk, dv, dout, q, k, v, out, lse);
+}
+
+void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
+  attention_forward(out, lse, q, k, v, attention_kernel_for(q.dtype, q.dim(3)));
+}
+
+void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                        Tensor lse) {
+  attention_backward(dq, dk, dv, dout, q, k, v, out, lse, attention_kernel_for(q.dtype, q.dim(3)));
 }
 
 }  // namespace l3c::ops::cuda

@@ -64,13 +64,25 @@ void rope_forward_at(Tensor x, double theta, Tensor start);
 void kv_cache_write(Tensor cache, Tensor x, Tensor slots, Tensor start);
 void attention_cached(Tensor out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor slots, Tensor start);
 
-// ---- causal grouped-query attention (attention.cu) ----------------------------------------------------
-// Fused, flash-style: a block holds 32 query rows and streams the keys in tiles of 32 through shared memory
-// with an online softmax; no T x T matrix exists. The backward is two kernels without atomics: one per key
-// tile (dK, dV: it owns those rows) and one per query tile (dQ), each recomputing the probabilities from lse.
-void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v);
+// ---- causal grouped-query attention (attention.cu, attention_flash.cu) ------------------------------------
+// Fused, flash-style: no T x T matrix exists; the backward is two kernels without atomics (dK and dV per key
+// tile, dQ per query tile), each recomputing the probabilities from lse. Two implementations of the same contract:
+enum class AttentionKernel {
+  CudaCores,    // attention.cu: f32 or bf16, head_dim up to 256; 32-row tiles, every product on CUDA cores
+  TensorCores,  // attention_flash.cu: bf16 with head_dim 64 or 128 on sm_80+; 64-row tiles, WMMA bf16 products
+};
+// Whether the tensor-core kernels take this dtype and head size (whatever the GPU).
+bool tensor_core_attention_supports(DType dtype, int64_t head_dim);
+// The kernel for a dtype and head size on this process's GPU: tensor cores wherever they apply (the GPU's compute
+// capability is read once). A model's shapes and dtype are fixed, so one kernel serves every call of a run.
+AttentionKernel attention_kernel_for(DType dtype, int64_t head_dim);
+void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v);  // attention_kernel_for's choice
 void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                         Tensor lse);
+// The kernel named (tests, the dev/ ladder); TensorCores must be supported for the inputs.
+void attention_forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, AttentionKernel kernel);
+void attention_backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                        Tensor lse, AttentionKernel kernel);
 
 // ---- SwiGLU (swiglu.cu) ------------------------------------------------------------------------------
 void swiglu_forward(Tensor out, Tensor gate, Tensor up);

@@ -452,3 +452,4 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t, cublasOperation_t transa, cub
     }
   return CUBLAS_STATUS_SUCCESS;
 }
+#include "kernels/cuda/emulation_wmma.h"  // nvcuda::wmma: the tensor-core warp matrix functions

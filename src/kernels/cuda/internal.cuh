@@ -23,4 +23,10 @@ void linear_backward_dx(void* dx, const void* dout, const void* w, DType type, i
 void linear_backward_dw(void* dw, DType dw_type, const void* dout, const void* x, DType type, int64_t n, int64_t k,
                         int64_t m);
 
+// The tensor-core attention kernels (attention_flash.cu) behind attention_forward / attention_backward
+// (attention.cu chooses): bf16, head_dim 64 or 128, 16-byte aligned tensors.
+void attention_forward_tensor_cores(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v);
+void attention_backward_tensor_cores(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                     Tensor out, Tensor lse);
+
 }  // namespace l3c::ops::cuda
