@@ -9,6 +9,8 @@
 #               bf16 gradient accumulation, resume, inference, evaluation, NCCL)
 #   bench       l3c bench of the 124M dense, L3 and MoE configs in bf16 (3 steps of 8 micro-batches after 1 warm-up)
 #   sanitizer   compute-sanitizer memcheck, racecheck, synccheck and initcheck over the op tests
+#   ladders     the kernel ladders of dev/ (each CUDA version of an op checked against the CPU and timed) at the
+#               124M config's shapes
 #   torch       the PyTorch baseline of the dense config (scripts/bench_torch.py), when time is left
 # A part that runs out of its time is stopped and reported so; the later parts still run. Writes OUT_DIR/summary.md
 # (printed last), OUT_DIR/logs/ and OUT_DIR/logs.tar.gz (the logs in one file); exits 1 when a part failed.
@@ -89,7 +91,10 @@ if [ -z "$bin" ]; then
      run_bounded "$logs/build.log" "$(bounded 300)" cmake --build "$build" -j "$(nproc)" --target gpu_check_binaries; then
     bin="$build"
     mkdir -p "$build/check-bin"
-    for f in "$build/l3c" "$build"/tests/test_cuda_* "$build"/tests/test_nccl; do ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$build/check-bin/"; done
+    for f in "$build/l3c" "$build"/dev_* "$build"/tests/test_nccl \
+             $(find "$build/tests" -maxdepth 1 -type f -executable -name 'test_cuda_*'); do
+      ln -sf "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")" "$build/check-bin/"
+    done
     bin="$build/check-bin"
     row binaries "built" $(( SECONDS - part_start )) "sm_$arch from source ($(grep -c . "$logs/build.log") build lines)"
   else
@@ -157,6 +162,28 @@ if [ -n "$bin" ] && [ -n "$sanitizer" ]; then
   done
 elif [ -n "$bin" ]; then
   fail_row sanitizer missing 0 "compute-sanitizer not found"
+fi
+
+# --- kernel ladders ---------------------------------------------------------------------------------------------
+# Each prints one line per version (ms per call, TFLOP/s, errors against the CPU); exit 1 when an error is too large.
+declare -A ladder_args=(
+  [dev_attention]="--batch 8 --seq 1024 --heads 12 --kv-heads 12 --head-dim 64"  # configs/gpu/dense_124m.json
+)
+if [ -n "$bin" ]; then
+  for ladder in "$bin"/dev_*; do
+    [ -x "$ladder" ] || continue
+    name="$(basename "$ladder")"
+    log="$logs/ladder_$name.log"
+    part_start=$SECONDS
+    read -r -a args <<< "${ladder_args[$name]:-}"
+    run_bounded "$log" "$(bounded 40)" "$ladder" "${args[@]}"
+    code=$?
+    case "$code" in
+      0) row "ladder $name" ok $(( SECONDS - part_start )) "$(grep -v '^#' "$log" | grep . | tr '\n' ';' | tr -s ' ' | cut -c1-400)" ;;
+      124|137) fail_row "ladder $name" "timed out" $(( SECONDS - part_start )) "see logs/$(basename "$log")" ;;
+      *) fail_row "ladder $name" "FAILED ($code)" $(( SECONDS - part_start )) "$(tail -n 2 "$log" | tr '\n' ' ' | cut -c1-200)" ;;
+    esac
+  done
 fi
 
 # --- the PyTorch baseline, with the time left --------------------------------------------------------------------

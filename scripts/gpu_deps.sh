@@ -4,7 +4,7 @@
 #   .gpu_deps/root  the Debian packages of Eigen, nlohmann/json, spdlog, fmt and Catch2, downloaded here with
 #                   `apt-get download` and unpacked with `dpkg -x` (headers, CMake package files, the spdlog and fmt
 #                   libraries): what building l3c needs beyond the CUDA toolkit;
-#   .gpu_deps/bin   the l3c binary and the real-GPU test executables, built here against .gpu_deps/root (not the
+#   .gpu_deps/bin   the l3c binary, the real-GPU test executables and the kernel ladders (dev/), built here against .gpu_deps/root (not the
 #                   system's packages: the build shows that the folder suffices) for CUDA_ARCH (default 90, the
 #                   H100/H200) and stripped, with MANIFEST (commit, architecture, date): gpu_check.sh runs them when
 #                   they start there, and builds from source when they do not.
@@ -57,7 +57,7 @@ if [ "$binaries" = 1 ]; then
   cmake --build "$build" -j "$(nproc)" --target gpu_check_binaries
   rm -rf "$deps/bin"
   mkdir -p "$deps/bin"
-  cp "$build/l3c" "$deps/bin/"
+  cp "$build/l3c" "$build"/dev_* "$deps/bin/"
   find "$build/tests" -maxdepth 1 -type f -executable \( -name 'test_cuda_*' -o -name test_nccl \) \
     -exec cp {} "$deps/bin/" \;
   strip "$deps"/bin/*
