@@ -148,10 +148,11 @@ inline unsigned blocks_for(int64_t n, int threads) {
 }
 // Grid-stride loops cap the grid: enough blocks to fill any GPU, independent of the device (so that a fixed
 // partition never depends on the machine). kPartialBlocks: the fixed number of per-block partial sums of the
-// two-pass reductions. (The host emulation runs every thread as a fiber: it uses small grids.)
+// two-pass reductions. (The host emulation runs every thread as a fiber: it uses small grids, unless
+// L3C_EMULATION_GPU_GRIDS=1 asks for the GPU's.)
 #ifdef L3C_CUDA_EMULATION
-constexpr unsigned kMaxGridBlocks = 16;
-constexpr int kPartialBlocks = 8;
+inline const unsigned kMaxGridBlocks = l3c_emu::g_gpu_grids ? 4096 : 16;
+inline const int kPartialBlocks = l3c_emu::g_gpu_grids ? 1024 : 8;
 #else
 constexpr unsigned kMaxGridBlocks = 4096;
 constexpr int kPartialBlocks = 1024;
