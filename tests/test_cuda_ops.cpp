@@ -63,7 +63,7 @@ TestTensor ints(std::initializer_list<int64_t> shape, const std::vector<int32_t>
 // elementwise
 // =====================================================================================================
 
-TEST_CASE("cuda: copies between host and device, fill_zero, add, scale and convert", "[cuda]") {
+TEST_CASE("cuda: copies between host and device, fill_zero, add, scale and convert", "[cuda][grids]") {
   require_gpu();
   const int64_t n = 5003;
   for (DType dtype : kGpuTypes) {
@@ -115,11 +115,23 @@ TEST_CASE("cuda: sum_squares matches the CPU sum and is the same bits twice", "[
   }
 }
 
+// The partition of the partial sums is fixed (common.cuh's kPartialBlocks): with L3C_EMULATION_GPU_GRIDS=1 the
+// emulation runs the GPU's 1024 blocks, more elements than one pass of the grid covers.
+TEST_CASE("cuda: sum_squares over the GPU's fixed partition matches the CPU", "[cuda][grids]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    Pair x = random_pair(dtype, {300007}, 56);
+    const double expect = ops::sum_squares(x.cpu);
+    CHECK(std::abs(ops::sum_squares(x.gpu) - expect) <= 1e-12 * expect);
+  }
+}
+
 // =====================================================================================================
 // embedding
 // =====================================================================================================
 
-TEST_CASE("cuda: embedding forward and backward match the CPU, repeated and absent tokens", "[cuda]") {
+TEST_CASE("cuda: embedding forward and backward match the CPU, repeated and absent tokens", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -205,7 +217,7 @@ TEST_CASE("cuda: matmul forward and backward match the CPU, overwriting or accum
 // RoPE
 // =====================================================================================================
 
-TEST_CASE("cuda: rope forward and backward match the CPU", "[cuda]") {
+TEST_CASE("cuda: rope forward and backward match the CPU", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -318,7 +330,7 @@ TEST_CASE("cuda: attention stays finite for large scores", "[cuda]") {
 // SwiGLU
 // =====================================================================================================
 
-TEST_CASE("cuda: swiglu forward and backward match the CPU", "[cuda]") {
+TEST_CASE("cuda: swiglu forward and backward match the CPU", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -341,7 +353,7 @@ TEST_CASE("cuda: swiglu forward and backward match the CPU", "[cuda]") {
 // classifier
 // =====================================================================================================
 
-TEST_CASE("cuda: the fused classifier matches the CPU: losses, dx, dW accumulating, forward only", "[cuda]") {
+TEST_CASE("cuda: the fused classifier matches the CPU: losses, dx, dW accumulating, forward only", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -413,7 +425,7 @@ TEST_CASE("cuda: group_by_key equals the CPU's stable counting sort", "[cuda]") 
   REQUIRE_THROWS_WITH(ops::group_by_key(order, offsets, bad), Contains("group_by_key") && Contains("outside [0, 4)"));
 }
 
-TEST_CASE("cuda: gather, scatter (overwrite and accumulate), concat and split match the CPU", "[cuda]") {
+TEST_CASE("cuda: gather, scatter (overwrite and accumulate), concat and split match the CPU", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -478,7 +490,7 @@ L3Batch l3_batch(int64_t V, int64_t N, int64_t k, uint64_t seed) {
 }
 }  // namespace
 
-TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, absent tokens, tied", "[cuda]") {
+TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, absent tokens, tied", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     for (bool tied : {false, true}) {
@@ -514,7 +526,7 @@ TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, 
 // AdamW
 // =====================================================================================================
 
-TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f32 master", "[cuda]") {
+TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f32 master", "[cuda][grids]") {
   require_gpu();
   const int64_t n = 1000;
   ops::AdamWStep s;
@@ -638,7 +650,7 @@ TEST_CASE("cuda: the MoE router matches the reference: probabilities, lse, top-k
   }
 }
 
-TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty experts, combine", "[cuda]") {
+TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty experts, combine", "[cuda][grids]") {
   require_gpu();
   const int64_t n = 10, top_k = 2, E = 4, d = 6, F = 5, M = n * top_k;
   // column_sum

@@ -230,6 +230,7 @@ struct Schedule {
   uint64_t seed = seed_from_environment();
   uint64_t state = seed;
   bool in_order() const { return seed == 0; }
+  void reseed(uint64_t new_seed) { seed = state = new_seed; }  // for tests that compare orders in one process
   uint64_t next() {
     uint64_t z = (state += 0x9E3779B97F4A7C15ull);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
