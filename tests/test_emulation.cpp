@@ -1,16 +1,23 @@
 // The host emulation of CUDA itself (src/kernels/cuda/emulation.h), on small kernels written here: it catches a
 // missing __syncthreads (the result changes with the seeded order, or reads the poison of shared memory no
 // thread wrote), it poisons static and dynamic shared memory at every block start, and it runs blocks and the
-// threads of a phase in a seeded order (index order for seed 0). Built only against the emulation (label
+// threads of a phase in a seeded order (index order for seed 0). And the backend's reports of a failing kernel
+// (an emulated device fault): the op and the launch site named, L3C_CUDA_SYNC, frees that never throw. Built only against the emulation (label
 // "emulation"): these kernels are C++ compiled with the emulation's definitions of the CUDA keywords.
 #include <catch2/catch.hpp>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <set>
+#include <string>
 #include <vector>
 
+#include "core/errors.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/device.h"
 
+using Catch::Matchers::Contains;
 using l3c::ops::cuda::launch;
 
 namespace {
@@ -164,4 +171,68 @@ TEST_CASE("emulation: blocks and threads run in index order for seed 0 and in a 
   CHECK(std::set<int>(blocks7.begin(), blocks7.end()).size() == blocks);  // a permutation: each block once
   CHECK(ranks(7) == std::pair{blocks7, threads7});                         // the same seed, the same order
   CHECK(ranks(8).first != blocks7);
+}
+
+// ---- faults ----------------------------------------------------------------------------------------------
+
+namespace {
+// Leaves the device in the state an out-of-bounds access leaves a GPU in (a sticky error).
+__global__ void faulting_kernel(int* out) {
+  if (threadIdx.x == 0) {
+    *out = 1;
+    l3c_emu::g_device_fault = cudaErrorIllegalAddress;
+  }
+}
+__global__ void harmless_kernel(int* out) {
+  if (threadIdx.x == 0) *out = 2;
+}
+// Clears the emulated fault when a test ends (a GPU would need a new process).
+struct FaultScope {
+  ~FaultScope() { l3c_emu::g_device_fault = cudaSuccess; }
+};
+}  // namespace
+
+TEST_CASE("emulation: a failing kernel's error names the op and the launch, and frees after it never throw",
+          "[emulation]") {
+  FaultScope clear_fault;
+  unsetenv("L3C_CUDA_SYNC");
+  int* buffer = static_cast<int*>(l3c::cuda_malloc(sizeof(int), "a test buffer"));
+  int fault_line = 0;
+  try {
+    const l3c::ops::cuda::CurrentOp op("attention_forward(out, lse, q, k, v)");
+    fault_line = __LINE__ + 1;
+    launch(faulting_kernel, 1, 32, 0, buffer);
+    FAIL("the fault was not reported");
+  } catch (const l3c::InternalError& e) {
+    CHECK_THAT(e.what(), Contains("CUDA error in ops::attention_forward") &&
+                             Contains("test_emulation.cpp:" + std::to_string(fault_line)) &&
+                             Contains("illegal memory access") && Contains("rerun with L3C_CUDA_SYNC=1"));
+  }
+  // Every later call returns the fault; a free in a destructor must not throw (std::terminate would replace the
+  // error above), and does not.
+  CHECK_NOTHROW(l3c::cuda_free(buffer));
+  // A checked runtime call outside any op names the call and says where to look.
+  std::vector<int> host(1);
+  auto copy_back = [&] { L3C_CUDA_CHECK(cudaMemcpy(host.data(), buffer, sizeof(int), cudaMemcpyDeviceToHost)); };
+  REQUIRE_THROWS_WITH(copy_back(), Contains("CUDA call failed: cudaMemcpy") && Contains("illegal memory access"));
+}
+
+TEST_CASE("emulation: with L3C_CUDA_SYNC=1 the error comes from the kernel that failed", "[emulation]") {
+  FaultScope clear_fault;
+  setenv("L3C_CUDA_SYNC", "1", 1);
+  std::vector<int> out(1, 0);
+  {
+    const l3c::ops::cuda::CurrentOp op("group_by_key(order, offsets, keys)");
+    launch(harmless_kernel, 1, 32, 0, out.data());  // fine: synchronised and checked
+    CHECK(out[0] == 2);
+    const int line = __LINE__ + 1;
+    REQUIRE_THROWS_WITH(launch(faulting_kernel, 1, 32, 0, out.data()),
+                        Contains("CUDA error in ops::group_by_key: the kernel launched at test_emulation.cpp:" +
+                                 std::to_string(line) + " failed") &&
+                            !Contains("L3C_CUDA_SYNC=1"));
+  }
+  setenv("L3C_CUDA_SYNC", "maybe", 1);
+  l3c_emu::g_device_fault = cudaSuccess;
+  REQUIRE_THROWS_WITH(launch(harmless_kernel, 1, 32, 0, out.data()), Contains("L3C_CUDA_SYNC must be 0 or 1"));
+  unsetenv("L3C_CUDA_SYNC");
 }

@@ -50,6 +50,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __restrict__ __restrict
+#define __launch_bounds__(...)
 
 struct dim3 {
   unsigned x, y, z;
@@ -60,7 +61,13 @@ struct uint3 {
 };
 
 // ---- runtime API subset ----------------------------------------------------------------------------
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorIllegalAddress = 700,
+  cudaErrorLaunchFailure = 719
+};
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
   cudaMemcpyHostToDevice = 1,
@@ -83,11 +90,19 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
   }
   return "unknown error";
 }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+namespace l3c_emu {
+// A fault of the device, as a kernel that reads out of bounds leaves it on a GPU: sticky, every later runtime
+// call that waits for the device returns it. Tests set it (l3c_emu::g_device_fault) to check how the backend
+// reports a failing kernel, and clear it afterwards, which a GPU cannot (its context is lost).
+inline cudaError_t g_device_fault = cudaSuccess;
+}  // namespace l3c_emu
+inline cudaError_t cudaGetLastError() { return l3c_emu::g_device_fault; }
+inline cudaError_t cudaPeekAtLastError() { return l3c_emu::g_device_fault; }
 inline cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;
   return cudaSuccess;
@@ -128,10 +143,12 @@ inline cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   return cudaSuccess;
 }
 inline cudaError_t cudaFree(void* ptr) {
+  if (l3c_emu::g_device_fault != cudaSuccess) return l3c_emu::g_device_fault;  // as a GPU: freed with the context
   std::free(ptr);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (l3c_emu::g_device_fault != cudaSuccess) return l3c_emu::g_device_fault;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -145,8 +162,8 @@ inline cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t = nullptr) {
   return cudaMemset(dst, value, bytes);
 }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return l3c_emu::g_device_fault; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return l3c_emu::g_device_fault; }
 // Streams and events: every call runs to completion when made, so a stream is a name and an event is always done.
 using cudaEvent_t = void*;
 enum { cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2, cudaHostAllocDefault = 0 };
