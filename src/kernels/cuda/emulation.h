@@ -2,8 +2,8 @@
 // machine without a GPU: with L3C_CUDA_EMULATION defined, the .cu files compile as C++ with this header in place
 // of the CUDA headers (CMake builds them so into l3c_lib_emulated, for the emulated/ GPU tests).
 //
-// Every CUDA thread is a fiber (ucontext) with its own stack. The fibers of one block run on one host thread; a
-// fiber runs until it waits at __syncthreads or a warp collective (__shfl_*_sync, __ballot_sync, __syncwarp),
+// Every CUDA thread is a fiber (ucontext) with its own stack. All blocks run on one host thread of their own (the
+// kernel thread; the launching thread waits); a fiber runs until it waits at __syncthreads or a warp collective (__shfl_*_sync, __ballot_sync, __syncwarp),
 // which are barriers between fibers. The order is random and seeded: the blocks of a grid run one after another
 // in a shuffled order, and in every round the fibers that can run (those not waiting at an unfinished barrier)
 // run in a shuffled order, so that the threads of a phase between two barriers interleave differently from seed
@@ -23,9 +23,7 @@
 // read before any thread of the block wrote it is NaN. A race is not reported where it happens: it shows as a
 // result that differs from the CPU reference or between seeds (lanes of one warp interleave the same way between
 // two collectives, so a missing __syncwarp shows too). What it cannot check: races through global memory between
-// blocks (blocks run one at a time, whole), and performance. It is slow: for tests
-// on small shapes only. Static shared memory is poisoned in GCC builds (clang does not keep the named sections
-// of template functions' static variables; there it starts zeroed and keeps its values between blocks).
+// blocks (blocks run one at a time, whole), and performance. It is slow: for tests on small shapes only.
 #pragma once
 #include <dlfcn.h>
 #include <link.h>
@@ -214,8 +212,6 @@ inline __nv_bfloat16 __float2bfloat16(float f) {  // round to nearest even, NaN 
 }
 
 namespace l3c_emu {
-
-[[noreturn]] inline void die(const char* what);
 
 // ---- the seeded order ------------------------------------------------------------------------------------
 // The seed of L3C_EMULATION_SEED (1 when unset), read once; a value that is not an unsigned integer ends the
