@@ -2,7 +2,8 @@
 // L3 layers, MoE FFNs, with the weights and allocations of the PyTorch reference files), 10 training steps in fp32
 // (1e-4) and in bf16 (within 2% of the CPU's losses), recomputation giving the same bits, the activation arena's
 // peak equal to the estimate, bit-exact resume through a checkpoint (10 steps straight == 5, checkpoint,
-// load, 5), and bf16 gradients accumulated in f32 over 32 micro-batches. Without a GPU every test exits with code 4 (CTest: skipped).
+// load, 5), bf16 gradients accumulated in f32 over 32 micro-batches, and 32 micro-batches of fp32 gradients against
+// the CPU's. Without a GPU every test exits with code 4 (CTest: skipped).
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -100,6 +101,37 @@ void compare_with_cpu(const std::string& file) {
     // Different summation orders through the whole network: fp32 rounding, amplified a little by depth.
     CHECK(error < 1e-4);
   }
+}
+
+// The gradients of `micro_batches` micro-batches of random tokens summed into one buffer, each scaled by
+// 1 / (micro_batches B T), as a training step accumulates them; on the CPU or (a copy of the model) on the GPU.
+// Returns the mean loss; `grads` gets the sum read back.
+double accumulated_gradients(const Llama& cpu_model, const FlatBuffer& cpu_params, int64_t B, int64_t T,
+                             int64_t micro_batches, Device device, std::vector<double>& grads_out) {
+  const int64_t V = cpu_model.config().vocab_size, n = cpu_params.numel();
+  Llama model = cpu_model;
+  model.set_device(device);
+  FlatBuffer params(n, DType::F32, device), grads(n, DType::F32, device);
+  ops::copy(params.all(), cpu_params.all());
+  ops::fill_zero(grads.all());
+  Arena arena(model.activation_bytes(B, T, DType::F32, true), "test", device);
+  FlatBuffer tok(B * T, DType::I32, device), tgt(B * T, DType::I32, device);
+  double loss = 0.0;
+  for (int64_t m = 0; m < micro_batches; ++m) {
+    TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
+    random_tokens(tokens, V, 800 + 2 * m);
+    random_tokens(targets, V, 801 + 2 * m);
+    ops::copy(tok.all(), tokens.tensor().view({B * T}));
+    ops::copy(tgt.all(), targets.tensor().view({B * T}));
+    arena.reset();
+    loss += model.forward_backward(params, &grads, tok.all().view({B, T}), tgt.all().view({B, T}),
+                                   1.0 / static_cast<double>(micro_batches * B * T), arena)
+                .cross_entropy;
+  }
+  FlatBuffer host_grads(n, DType::F32);
+  ops::copy(host_grads.all(), grads.all());
+  grads_out = to_double_vector(host_grads.all());
+  return loss / static_cast<double>(micro_batches);
 }
 
 // A training state for `config` on `device` starting from the golden file's weights (and L3 allocations).
@@ -301,5 +333,38 @@ TEST_CASE("cuda: bf16 gradients accumulate in f32: 32 micro-batches equal their 
     // f32: 32 adds at 2^-24 each. A bf16 buffer rounds every add to 8 significant bits (2^-9 relative).
     CHECK(f32_error < 1e-5);
     CHECK(bf16_error > 1e-3);
+  }
+}
+
+TEST_CASE("cuda: 32 micro-batches accumulate the same gradients on the GPU as on the CPU (fp32)", "[cuda][scale]") {
+  require_gpu();
+  // The gradient buffer takes 32 backward passes; every parameter's sum must stay within fp32 rounding of the
+  // CPU's (L3 tables and the tied embedding receive a contribution from every micro-batch).
+  // (The emulation, at about a second per micro-batch, runs the L3 model only.)
+#ifdef L3C_CUDA_EMULATION
+  const std::vector<const char*> files = {"l3_tiny.safetensors"};
+#else
+  const std::vector<const char*> files = {"l3_tiny.safetensors", "dense_tiny_tied.safetensors"};
+#endif
+  for (const char* file : files) {
+    INFO(file);
+    const SafetensorsFile golden(golden_path(file));
+    const Tensor tokens = golden.get("input.tokens");
+    const int64_t B = tokens.dim(0), T = tokens.dim(1);
+    const Config config = config_of(golden, B, T);
+    Llama model(config.model);
+    FlatBuffer params(model.registry().total(), DType::F32);
+    load_model_state(golden, model, params, ExtraTensors::Ignore);
+    std::vector<double> cpu, gpu;
+    const double cpu_loss = accumulated_gradients(model, params, B, T, 32, Device::CPU, cpu);
+    const double gpu_loss = accumulated_gradients(model, params, B, T, 32, Device::CUDA, gpu);
+    CHECK(gpu_loss == Approx(cpu_loss).epsilon(1e-5));
+    for (const ParamInfo& p : model.registry().params()) {
+      const std::vector<double> g(gpu.begin() + p.offset, gpu.begin() + p.offset + p.numel);
+      const std::vector<double> c(cpu.begin() + p.offset, cpu.begin() + p.offset + p.numel);
+      const double error = norm_relative_error(g, c);
+      INFO("gradient of " << p.name << ": relative error " << error);
+      CHECK(error < 1e-4);  // as one micro-batch: summing 32 of them adds no error beyond fp32 rounding
+    }
   }
 }

@@ -63,7 +63,7 @@ TestTensor ints(std::initializer_list<int64_t> shape, const std::vector<int32_t>
 // elementwise
 // =====================================================================================================
 
-TEST_CASE("cuda: copies between host and device, fill_zero, add, scale and convert", "[cuda]") {
+TEST_CASE("cuda: copies between host and device, fill_zero, add, scale and convert", "[cuda][grids]") {
   require_gpu();
   const int64_t n = 5003;
   for (DType dtype : kGpuTypes) {
@@ -115,11 +115,23 @@ TEST_CASE("cuda: sum_squares matches the CPU sum and is the same bits twice", "[
   }
 }
 
+// The partition of the partial sums is fixed (common.cuh's kPartialBlocks): with L3C_EMULATION_GPU_GRIDS=1 the
+// emulation runs the GPU's 1024 blocks, more elements than one pass of the grid covers.
+TEST_CASE("cuda: sum_squares over the GPU's fixed partition matches the CPU", "[cuda][grids]") {
+  require_gpu();
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype));
+    Pair x = random_pair(dtype, {300007}, 56);
+    const double expect = ops::sum_squares(x.cpu);
+    CHECK(std::abs(ops::sum_squares(x.gpu) - expect) <= 1e-12 * expect);
+  }
+}
+
 // =====================================================================================================
 // embedding
 // =====================================================================================================
 
-TEST_CASE("cuda: embedding forward and backward match the CPU, repeated and absent tokens", "[cuda]") {
+TEST_CASE("cuda: embedding forward and backward match the CPU, repeated and absent tokens", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -205,7 +217,7 @@ TEST_CASE("cuda: matmul forward and backward match the CPU, overwriting or accum
 // RoPE
 // =====================================================================================================
 
-TEST_CASE("cuda: rope forward and backward match the CPU", "[cuda]") {
+TEST_CASE("cuda: rope forward and backward match the CPU", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -318,7 +330,7 @@ TEST_CASE("cuda: attention stays finite for large scores", "[cuda]") {
 // SwiGLU
 // =====================================================================================================
 
-TEST_CASE("cuda: swiglu forward and backward match the CPU", "[cuda]") {
+TEST_CASE("cuda: swiglu forward and backward match the CPU", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -341,7 +353,7 @@ TEST_CASE("cuda: swiglu forward and backward match the CPU", "[cuda]") {
 // classifier
 // =====================================================================================================
 
-TEST_CASE("cuda: the fused classifier matches the CPU: losses, dx, dW accumulating, forward only", "[cuda]") {
+TEST_CASE("cuda: the fused classifier matches the CPU: losses, dx, dW accumulating, forward only", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -423,7 +435,7 @@ TEST_CASE("cuda: group_by_key equals the CPU's stable counting sort", "[cuda]") 
   REQUIRE_THROWS_WITH(ops::group_by_key(order, offsets, bad), Contains("group_by_key") && Contains("outside [0, 4)"));
 }
 
-TEST_CASE("cuda: gather, scatter (overwrite and accumulate), concat and split match the CPU", "[cuda]") {
+TEST_CASE("cuda: gather, scatter (overwrite and accumulate), concat and split match the CPU", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     INFO("dtype " << dtype_name(dtype));
@@ -488,7 +500,7 @@ L3Batch l3_batch(int64_t V, int64_t N, int64_t k, uint64_t seed) {
 }
 }  // namespace
 
-TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, absent tokens, tied", "[cuda]") {
+TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, absent tokens, tied", "[cuda][grids]") {
   require_gpu();
   for (DType dtype : kGpuTypes) {
     for (bool tied : {false, true}) {
@@ -524,7 +536,7 @@ TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, 
 // AdamW
 // =====================================================================================================
 
-TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f32 master", "[cuda]") {
+TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f32 master", "[cuda][grids]") {
   require_gpu();
   const int64_t n = 1000;
   ops::AdamWStep s;
@@ -648,7 +660,7 @@ TEST_CASE("cuda: the MoE router matches the reference: probabilities, lse, top-k
   }
 }
 
-TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty experts, combine", "[cuda]") {
+TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty experts, combine", "[cuda][grids]") {
   require_gpu();
   const int64_t n = 10, top_k = 2, E = 4, d = 6, F = 5, M = n * top_k;
   // column_sum
@@ -764,3 +776,147 @@ TEST_CASE("cuda: ops refuse tensors on two devices and dtypes CUDA does not comp
   REQUIRE_THROWS_WITH(ops::matmul_backward(Tensor(), dw_bf16, dout32, x32, w32),
                       Contains("parameter gradient") && Contains("is bf16, expected f32"));
 }
+
+// =====================================================================================================
+// real scale: the shapes of the paper's models (tagged [scale]). On a GPU they run as written; the emulation
+// runs the same code on fewer rows where the full shape would take minutes (kEmulated), keeping what makes the
+// shape hard (the vocabulary of 180K, the head sizes, k = 512, the skewed groups).
+// =====================================================================================================
+
+namespace {
+#ifdef L3C_CUDA_EMULATION
+constexpr bool kEmulated = true;
+#else
+constexpr bool kEmulated = false;
+#endif
+}  // namespace
+
+TEST_CASE("cuda: the classifier at V = 180K and T = 2048 matches the CPU", "[cuda][scale]") {
+  require_gpu();
+  // The GPU takes the logits in several blocks of rows (256 MiB of fp32 logits hold 372 rows of 180K).
+  const int64_t V = 180000, N = kEmulated ? 24 : 2048, d = kEmulated ? 16 : 256;
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype) << " N " << N << " V " << V << " d " << d);
+    Pair x = random_pair(dtype, {N, d}, 400), W = random_pair(dtype, {V, d}, 401, 0.05);
+    Pair targets = pair_of(tokens_of({N}, V, 402));
+    targets.cpu.ptr<int32_t>()[0] = static_cast<int32_t>(V - 1);  // the last class, past 2^17
+    targets.gpu = DeviceTensor(targets.cpu.tensor());
+    Pair losses = zero_pair(stats_type(dtype), {N});
+    Pair dx = zero_pair(dtype, {N, d}), dW = random_pair(dtype, {V, d}, 403, 0.01);
+    const double scale = 1.0 / static_cast<double>(N);
+    ops::classifier_forward_backward(losses.gpu, dx.gpu, dW.gpu, x.gpu, W.gpu, targets.gpu, scale);
+    ops::classifier_forward_backward(losses.cpu, dx.cpu, dW.cpu, x.cpu, W.cpu, targets.cpu, scale);
+    CHECK(gpu_error(losses.gpu, losses.cpu) <= (dtype == DType::F32 ? kF32 : kBf16Stats));
+    CHECK(gpu_error(dx.gpu, dx.cpu) <= output_tolerance(dtype));
+    CHECK(gpu_error(dW.gpu, dW.cpu) <= accumulate_tolerance(dtype));
+  }
+}
+
+TEST_CASE("cuda: attention at head sizes 64, 128, 192 and 256 (shared memory past 48 KiB) matches the CPU",
+          "[cuda][scale]") {
+  require_gpu();
+  // Shared memory of the forward: 2 tiles of 32 rows of hd floats, 48 KiB at hd 192, 64 KiB at 256 (the opt-in
+  // path); the dK/dV kernel takes 2 tiles more.
+  const int64_t T = kEmulated ? 40 : 1024, heads = kEmulated ? 2 : 4;
+  for (DType dtype : kGpuTypes)
+    for (int64_t hd : {64, 128, 192, 256}) check_attention(dtype, {1, T, heads, heads / 2, hd}, 500 + hd);
+}
+
+TEST_CASE("cuda: L3 with k = 512 and one token filling half the batch matches the CPU", "[cuda][scale]") {
+  require_gpu();
+  const int64_t V = 40, k = 512, N = kEmulated ? 32 : 2048, d = kEmulated ? 16 : 768;
+  // Token 0 takes every other position; the other half is spread over tokens 1..V-3 (the last two never occur).
+  // Rows: token 0 and every third token get k, the others from 1 to k.
+  TestTensor tokens = tokens_of({N}, V - 3, 600);
+  for (int64_t i = 0; i < N; ++i)
+    tokens.ptr<int32_t>()[i] = i % 2 == 0 ? 0 : 1 + tokens.ptr<int32_t>()[i];
+  std::vector<int64_t> count(V, 0);
+  for (int64_t i = 0; i < N; ++i) ++count[tokens.ptr<int32_t>()[i]];
+  REQUIRE(count[0] == N / 2);
+  TestTensor group_offsets(DType::I32, {V + 1}), row_offsets(DType::I32, {V + 1});
+  SplitMix64 rng(601);
+  int32_t* go = group_offsets.ptr<int32_t>();
+  int32_t* ro = row_offsets.ptr<int32_t>();
+  go[0] = ro[0] = 0;
+  for (int64_t u = 0; u < V; ++u) {
+    const int64_t rows = u % 3 == 0 ? k : 1 + static_cast<int64_t>(rng.next() % k);
+    go[u + 1] = go[u] + static_cast<int32_t>(count[u]);
+    ro[u + 1] = ro[u] + static_cast<int32_t>(rows);
+  }
+  const int64_t v = ro[V];
+  Pair gop = pair_of(group_offsets), rop = pair_of(row_offsets);
+  for (DType dtype : kGpuTypes) {
+    INFO("dtype " << dtype_name(dtype) << " N " << N << " k " << k << " d " << d);
+    Pair x = random_pair(dtype, {N, d}, 602), w_k = random_pair(dtype, {v, d}, 603, 0.1);
+    Pair w_v = random_pair(dtype, {v, d}, 604);
+    Pair out = zero_pair(dtype, {N, d}), probs = zero_pair(stats_type(dtype), {N, k});
+    ops::l3_lookup_forward(out.gpu, probs.gpu, x.gpu, w_k.gpu, w_v.gpu, gop.gpu, rop.gpu);
+    ops::l3_lookup_forward(out.cpu, probs.cpu, x.cpu, w_k.cpu, w_v.cpu, gop.cpu, rop.cpu);
+    CHECK(gpu_error(out.gpu, out.cpu) <= output_tolerance(dtype));
+    CHECK(gpu_error(probs.gpu, probs.cpu) <= (dtype == DType::F32 ? kF32 : kBf16Stats));
+
+    DeviceTensor probs_gpu(probs.cpu);
+    Pair dout = random_pair(dtype, {N, d}, 605);
+    Pair dx = zero_pair(dtype, {N, d}), dw_k = zero_pair(dtype, {v, d}), dw_v = zero_pair(dtype, {v, d});
+    ops::l3_lookup_backward(dx.gpu, dw_k.gpu, dw_v.gpu, dout.gpu, x.gpu, w_k.gpu, w_v.gpu, probs_gpu, gop.gpu, rop.gpu);
+    ops::l3_lookup_backward(dx.cpu, dw_k.cpu, dw_v.cpu, dout.cpu, x.cpu, w_k.cpu, w_v.cpu, probs.cpu, gop.cpu, rop.cpu);
+    CHECK(gpu_error(dx.gpu, dx.cpu) <= output_tolerance(dtype));
+    // Token 0's table rows each sum N/2 positions: bf16 rounds the sum once, as the other rows.
+    CHECK(gpu_error(dw_k.gpu, dw_k.cpu) <= output_tolerance(dtype));
+    CHECK(gpu_error(dw_v.gpu, dw_v.cpu) <= output_tolerance(dtype));
+  }
+}
+
+#ifdef L3C_WITH_CUDA
+TEST_CASE("cuda: MoE routing with an expert that every token picks and one that none picks", "[cuda][scale]") {
+  require_gpu();
+  const int64_t n = kEmulated ? 96 : 2048, E = 8, top_k = 2, d = kEmulated ? 16 : 256, F = kEmulated ? 24 : 512;
+  const int64_t M = n * top_k;
+  // Expert 0 leads every token's logits; expert E-1 trails them all.
+  TestTensor logits(DType::F32, {n, E});
+  random_fill(logits, 700, 0.5);
+  for (int64_t i = 0; i < n; ++i) {
+    logits.set(i * E + 0, 4.0);
+    logits.set(i * E + E - 1, -4.0);
+  }
+  const RouterReference ref = router_reference(logits.values(), n, E, top_k, /*normalize=*/true);
+  DeviceTensor z(logits), probs(DType::F32, {n, E}), lse(DType::F32, {n}), experts(DType::I32, {n, top_k}),
+      weights(DType::F32, {n, top_k});
+  ops::cuda::moe_router_forward(probs, lse, experts, weights, z, true);
+  std::vector<double> expected_experts(ref.experts.begin(), ref.experts.end());
+  REQUIRE(experts.values() == expected_experts);
+  CHECK(norm_relative_error(weights.values(), ref.weights) <= kF32);
+
+  DeviceTensor order(DType::I32, {M}), offsets(DType::I32, {E + 1});
+  ops::group_by_key(order, offsets, experts.tensor().view({M}));
+  const std::vector<double> offs = offsets.values();
+  CHECK(offs[1] - offs[0] == n);      // expert 0: every token
+  CHECK(offs[E] - offs[E - 1] == 0);  // expert E-1: none
+  DeviceTensor token_of_row(DType::I32, {M}), row_of_pair(DType::I32, {M});
+  ops::cuda::moe_pair_indices(token_of_row, row_of_pair, order, top_k);
+
+  // The grouped products over those groups against loops in double.
+  TestTensor rows(DType::F32, {M, d}), w(DType::F32, {E, F, d}), dout(DType::F32, {M, F});
+  random_fill(rows, 701);
+  random_fill(w, 702, 0.1);
+  random_fill(dout, 703);
+  DeviceTensor rows_gpu(rows), w_gpu(w), dout_gpu(dout), out(DType::F32, {M, F});
+  ops::cuda::grouped_matmul_forward(out, rows_gpu, w_gpu, offsets);
+  std::vector<double> expect_out(M * F, 0.0), expect_dx(M * d, 0.0), expect_dw(E * F * d, 0.0);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t i = static_cast<int64_t>(offs[e]); i < static_cast<int64_t>(offs[e + 1]); ++i)
+      for (int64_t o = 0; o < F; ++o)
+        for (int64_t c = 0; c < d; ++c) {
+          expect_out[i * F + o] += rows[i * d + c] * w[(e * F + o) * d + c];
+          expect_dx[i * d + c] += dout[i * F + o] * w[(e * F + o) * d + c];
+          expect_dw[(e * F + o) * d + c] += dout[i * F + o] * rows[i * d + c];
+        }
+  CHECK(norm_relative_error(out.values(), expect_out) <= kF32);
+  DeviceTensor dx(DType::F32, {M, d}), dw(TestTensor(DType::F32, {E, F, d}));
+  ops::cuda::grouped_matmul_backward(dx, dw, dout_gpu, rows_gpu, w_gpu, offsets, false);
+  CHECK(norm_relative_error(dx.values(), expect_dx) <= kF32);
+  CHECK(norm_relative_error(dw.values(), expect_dw) <= kF32);
+  const std::vector<double> dw_all = dw.values();
+  CHECK(std::vector<double>(dw_all.end() - F * d, dw_all.end()) == std::vector<double>(F * d, 0.0));
+}
+#endif

@@ -1,6 +1,13 @@
 // Accelerator discovery and device memory; the CUDA runtime is only touched when the CUDA backend is built.
 #include "kernels/device.h"
 
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+
 #include "core/errors.h"
 
 #ifdef L3C_WITH_CUDA
@@ -12,6 +19,7 @@ namespace l3c::cuda {
 int device_count();
 std::string device_description(int index);
 std::pair<size_t, size_t> memory_info();
+std::pair<int, int> compute_capability(int index);
 void* malloc_bytes(size_t bytes, const std::string& what);
 void free_bytes(void* p);
 void* malloc_host(size_t bytes, const std::string& what);
@@ -68,11 +76,47 @@ void* cuda_malloc(size_t bytes, const std::string& what) {
 #endif
 }
 
-void cuda_free(void* p) {
+namespace {
+// A free that failed: logged once (an unwinding error frees many buffers), never thrown.
+void report_failed_free(const char* what, const char* reason) {
+  static std::atomic<bool> reported{false};
+  if (reported.exchange(true)) return;
+  try {
+    spdlog::warn("releasing {} failed: {}; the memory is left to the end of the process (an earlier CUDA error, "
+                 "reported separately, is the likely cause)", what, reason);
+  } catch (...) {
+  }
+}
+}  // namespace
+
+void cuda_free(void* p) noexcept {
+  try {
 #ifdef L3C_WITH_CUDA
-  cuda::free_bytes(p);
+    cuda::free_bytes(p);
 #else
-  L3C_CHECK(p == nullptr, "cuda_free: the CUDA backend is not part of this build");
+    L3C_CHECK(p == nullptr, "cuda_free: the CUDA backend is not part of this build");
+#endif
+  } catch (const std::exception& e) {
+    report_failed_free("GPU memory", e.what());
+  } catch (...) {
+    report_failed_free("GPU memory", "an unknown error");
+  }
+}
+
+bool cuda_sync_after_launch() {
+  const char* value = std::getenv("L3C_CUDA_SYNC");
+  if (value == nullptr || std::strcmp(value, "0") == 0) return false;
+  if (std::strcmp(value, "1") == 0) return true;
+  fail("L3C_CUDA_SYNC must be 0 or 1 (1: synchronise after every kernel launch, so that an error names the "
+       "kernel that failed), got \"{}\"", value);
+}
+
+std::pair<int, int> cuda_compute_capability(int index) {
+#ifdef L3C_WITH_CUDA
+  return cuda::compute_capability(index);
+#else
+  L3C_CHECK(false, "cuda_compute_capability({}): the CUDA backend is not part of this build", index);
+  return {0, 0};
 #endif
 }
 
@@ -94,7 +138,15 @@ void* cuda_malloc_host(size_t bytes, const std::string& what) {
   L3C_CUDA_ONLY(malloc_host(bytes, what));
   return nullptr;
 }
-void cuda_free_host(void* p) { L3C_CUDA_ONLY(free_host(p)); }
+void cuda_free_host(void* p) noexcept {
+  try {
+    L3C_CUDA_ONLY(free_host(p));
+  } catch (const std::exception& e) {
+    report_failed_free("pinned host memory", e.what());
+  } catch (...) {
+    report_failed_free("pinned host memory", "an unknown error");
+  }
+}
 void* cuda_create_copy_stream() {
   L3C_CUDA_ONLY(create_copy_stream());
   return nullptr;

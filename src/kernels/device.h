@@ -17,16 +17,25 @@ int cuda_device_count();
 // "NVIDIA H100 80GB HBM3, 79.1 GiB, sm_90" for device `index`.
 std::string cuda_device_description(int index);
 
+// The compute capability (major, minor) of GPU `index`: {9, 0} for sm_90.
+std::pair<int, int> cuda_compute_capability(int index);
+// L3C_CUDA_SYNC: unset or "0", kernels run asynchronously (a failing kernel's error shows at a later call);
+// "1", the backend synchronises after every kernel launch, so that the error names the op and the launch that
+// failed (slower: for finding faults). Any other value is a UserError.
+bool cuda_sync_after_launch();
 // Device memory: a UserError naming `what`, the bytes asked for and the bytes free when the GPU cannot provide
 // them, with what to change (micro-batch, sequence length, recomputation, model size).
 void* cuda_malloc(size_t bytes, const std::string& what);
-void cuda_free(void* p);
+// Never throws (it runs in destructors, also while an exception unwinds): a failure, which only a GPU already in
+// an error state gives, is logged once and the memory left to the process's end; the earlier error is the one
+// reported.
+void cuda_free(void* p) noexcept;
 // (free, total) bytes of the current GPU.
 std::pair<size_t, size_t> cuda_memory_info();
 
 // Pinned (page-locked) host memory, which the GPU copies from asynchronously; UserError naming `what` when refused.
 void* cuda_malloc_host(size_t bytes, const std::string& what);
-void cuda_free_host(void* p);
+void cuda_free_host(void* p) noexcept;  // never throws, as cuda_free
 // A copy stream beside the default stream the ops run on (inference: L3 rows served from host memory). Copies
 // issued on it overlap the ops' kernels; record marks the copies issued so far, and default_stream_wait makes the
 // ops issued afterwards wait for them (on the GPU, without blocking the host).

@@ -88,9 +88,13 @@ void require_data(const char* op, std::initializer_list<const Tensor*> tensors) 
 }  // namespace
 
 // Runs `call` on the CUDA backend and returns from the op (only reached for CUDA tensors, which device_of
-// refuses in a build without the backend).
+// refuses in a build without the backend). A CUDA error meanwhile names the op.
 #ifdef L3C_WITH_CUDA
-#define L3C_RUN_ON_CUDA(call) return cuda::call
+#define L3C_RUN_ON_CUDA(call)                                  \
+  do {                                                         \
+    const cuda::CurrentOp l3c_current_op_(#call);              \
+    return cuda::call;                                         \
+  } while (0)
 #else
 #define L3C_RUN_ON_CUDA(call) L3C_CHECK(false, "ops: no CUDA backend in this build")
 #endif

@@ -34,11 +34,23 @@ RunDevice resolve_run_device(const TrainConfig& train) {
     r.grad_dtype = DType::F32;
     r.moment_dtype = DType::F32;
     r.description = cuda_device_description(0);
+    cuda_sync_after_launch();  // a bad L3C_CUDA_SYNC is refused before any work
+    if (r.mixed_precision) {
+      const auto [major, minor] = cuda_compute_capability(0);
+      require_bf16_capable(major, minor, r.description);
+    }
   } else {
     r.param_dtype = r.grad_dtype = r.moment_dtype = train.dtype == "f64" ? DType::F64 : DType::F32;
     r.description = "cpu";
   }
   return r;
+}
+
+void require_bf16_capable(int major, int minor, const std::string& gpu) {
+  if (major >= 8) return;
+  fail("train.precision \"bf16\" needs a GPU with bf16 tensor cores (compute capability 8.0 or newer: A100, H100, "
+       "...); {} has compute capability {}.{}; use train.precision \"fp32\"",
+       gpu, major, minor);
 }
 
 double gpu_peak_flops(const std::string& description) {

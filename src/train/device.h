@@ -19,6 +19,9 @@ struct RunDevice {
 };
 
 RunDevice resolve_run_device(const TrainConfig& train);
+// train.precision bf16 on a GPU of compute capability major.minor (`gpu` names it in the message): bf16 tensor
+// cores need 8.0 (Ampere) or newer; an older GPU is a UserError that says to use fp32.
+void require_bf16_capable(int major, int minor, const std::string& gpu);
 
 // The datasheet dense bf16 peak of the GPU named in `description` (H100 SXM 989 TFLOP/s, ...): the MFU
 // denominator on a GPU; 0 when the model is not known.

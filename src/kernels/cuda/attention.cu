@@ -57,6 +57,7 @@ __device__ __forceinline__ void load_tile(float* tile, const T* src, const Dims&
 }
 
 template <typename T, int TPK, int EPT>
+__launch_bounds__(kTile * TPK)  // the block size: registers (up to 237 a thread) fit it
 __global__ void attention_forward_kernel(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q,
                                          const T* __restrict__ k, const T* __restrict__ v, Dims dim, float scale) {
   L3C_DYNAMIC_SHARED(float, smem);
@@ -130,6 +131,7 @@ __global__ void attention_forward_kernel(T* __restrict__ out, float* __restrict_
 }
 
 template <typename T, int TPK, int EPT>
+__launch_bounds__(kTile * TPK)  // the block size: registers (up to 237 a thread) fit it
 __global__ void attention_backward_dkv_kernel(T* __restrict__ dk, T* __restrict__ dv, const T* __restrict__ dout,
                                               const T* __restrict__ q, const T* __restrict__ k,
                                               const T* __restrict__ v, const T* __restrict__ out,
@@ -221,6 +223,7 @@ __global__ void attention_backward_dkv_kernel(T* __restrict__ dk, T* __restrict_
 }
 
 template <typename T, int TPK, int EPT>
+__launch_bounds__(kTile * TPK)  // the block size: registers (up to 237 a thread) fit it
 __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __restrict__ dout, const T* __restrict__ q,
                                              const T* __restrict__ k, const T* __restrict__ v,
                                              const T* __restrict__ out, const float* __restrict__ lse, Dims dim,

@@ -40,17 +40,34 @@ using bf16 = __nv_bfloat16;
       ::l3c::ops::cuda::raise_cuda_error(__FILE__, __LINE__, #call, cublasGetStatusString(l3c_status_)); \
   } while (0)
 
+// A launch's grid and the place in the source that launches it (the caller's file and line, taken where the grid
+// converts to this type), so that an error names the kernel launch that failed.
+struct LaunchGrid {
+  dim3 blocks;
+  const char* file;
+  int line;
+  LaunchGrid(dim3 b, const char* f = __builtin_FILE(), int l = __builtin_LINE()) : blocks(b), file(f), line(l) {}
+  LaunchGrid(unsigned b, const char* f = __builtin_FILE(), int l = __builtin_LINE()) : blocks(b), file(f), line(l) {}
+  LaunchGrid(int b, const char* f = __builtin_FILE(), int l = __builtin_LINE())
+      : blocks(static_cast<unsigned>(b)), file(f), line(l) {}
+};
+
+// After a launch: raises an InternalError naming the op being run (ops.cpp's CurrentOp) and the launch site when
+// the launch failed or, with L3C_CUDA_SYNC=1 (which synchronises here after every launch), the kernel failed.
+void check_launch(const char* file, int line);
+
 // Launches kernel<<<grid, block, shared_bytes>>>(args...) on the default stream and checks the launch.
 // Arguments convert to the kernel's parameter types here, so a launch reads like a call.
 template <typename... Params, typename... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t shared_bytes, Args... args) {
-  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;  // nothing to do
+void launch(void (*kernel)(Params...), LaunchGrid grid, dim3 block, size_t shared_bytes, Args... args) {
+  const dim3 blocks = grid.blocks;
+  if (blocks.x == 0 || blocks.y == 0 || blocks.z == 0) return;  // nothing to do
 #ifdef L3C_CUDA_EMULATION
-  l3c_emu::launch(grid, block, shared_bytes, [=] { kernel(static_cast<Params>(args)...); });
+  l3c_emu::launch(blocks, block, shared_bytes, [=] { kernel(static_cast<Params>(args)...); });
 #else
-  kernel<<<grid, block, shared_bytes>>>(static_cast<Params>(args)...);
-  L3C_CUDA_CHECK(cudaGetLastError());
+  kernel<<<blocks, block, shared_bytes>>>(static_cast<Params>(args)...);
 #endif
+  check_launch(grid.file, grid.line);
 }
 
 // Dynamic shared memory of a kernel, as an array of `type`.
@@ -156,10 +173,11 @@ inline unsigned blocks_for(int64_t n, int threads) {
 }
 // Grid-stride loops cap the grid: enough blocks to fill any GPU, independent of the device (so that a fixed
 // partition never depends on the machine). kPartialBlocks: the fixed number of per-block partial sums of the
-// two-pass reductions. (The host emulation runs every thread as a fiber: it uses small grids.)
+// two-pass reductions. (The host emulation runs every thread as a fiber: it uses small grids, unless
+// L3C_EMULATION_GPU_GRIDS=1 asks for the GPU's.)
 #ifdef L3C_CUDA_EMULATION
-constexpr unsigned kMaxGridBlocks = 16;
-constexpr int kPartialBlocks = 8;
+inline const unsigned kMaxGridBlocks = l3c_emu::g_gpu_grids ? 4096 : 16;
+inline const int kPartialBlocks = l3c_emu::g_gpu_grids ? 1024 : 8;
 #else
 constexpr unsigned kMaxGridBlocks = 4096;
 constexpr int kPartialBlocks = 1024;

@@ -20,6 +20,21 @@
 
 namespace l3c::ops::cuda {
 
+// ---- errors (device.cu) ----------------------------------------------------------------------------------
+// The op the backend runs, for the message of a CUDA error raised meanwhile (ops.cpp sets it around every call
+// it passes to this backend). `call` is the call as written, "attention_forward(out, lse, q, k, v)": the name is
+// what precedes the parenthesis. Scopes nest; each thread has its own.
+class CurrentOp {
+ public:
+  explicit CurrentOp(const char* call);
+  ~CurrentOp();
+  CurrentOp(const CurrentOp&) = delete;
+  CurrentOp& operator=(const CurrentOp&) = delete;
+
+ private:
+  const char* previous_;
+};
+
 // ---- device memory and the workspace (device.cu) -----------------------------------------------------
 // Makes sure the workspace holds at least `bytes` (UserError when the GPU cannot provide it).
 void reserve_workspace(size_t bytes);

@@ -2,6 +2,7 @@
 // cuBLAS handle, and the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <utility>
 
@@ -33,6 +34,12 @@ std::string device_description(int index) {
                   prop.minor);
   }
   return text;
+}
+
+std::pair<int, int> compute_capability(int index) {
+  cudaDeviceProp prop{};
+  L3C_CUDA_CHECK(cudaGetDeviceProperties(&prop, index));
+  return {prop.major, prop.minor};
 }
 
 std::pair<size_t, size_t> memory_info() {
@@ -113,8 +120,50 @@ void default_stream_wait(void* handle) {
 
 namespace l3c::ops::cuda {
 
+namespace {
+thread_local const char* t_current_op = nullptr;  // the call as written in ops.cpp, or null outside an op
+
+// " in ops::attention_forward" while an op runs, else "".
+std::string in_current_op() {
+  if (t_current_op == nullptr) return "";
+  const char* open = std::strchr(t_current_op, '(');
+  return " in ops::" + std::string(t_current_op, open ? open - t_current_op : std::strlen(t_current_op));
+}
+
+const char* file_name(const char* path) {
+  const char* slash = std::strrchr(path, '/');
+  return slash ? slash + 1 : path;
+}
+
+// Kernels run asynchronously: an error a call returns may be an earlier kernel's.
+std::string asynchronous_hint() {
+  return l3c::cuda_sync_after_launch()
+             ? ""
+             : " (kernels run asynchronously, so the failure may be an earlier kernel's: rerun with L3C_CUDA_SYNC=1 "
+               "to name the kernel that failed)";
+}
+}  // namespace
+
+CurrentOp::CurrentOp(const char* call) : previous_(t_current_op) { t_current_op = call; }
+CurrentOp::~CurrentOp() { t_current_op = previous_; }
+
 void raise_cuda_error(const char* file, int line, const char* call, const char* message) {
-  throw InternalError(fmt::format("{}:{}: CUDA call failed: {}: {}", file, line, call, message));
+  const bool cublas = std::strncmp(call, "cublas", 6) == 0;
+  throw InternalError(fmt::format("{}:{}: CUDA call failed{}: {}: {}{}", file_name(file), line, in_current_op(), call,
+                                  message, cublas ? "" : asynchronous_hint()));
+}
+
+void check_launch(const char* file, int line) {
+  const bool synchronous = l3c::cuda_sync_after_launch();
+  cudaError_t status = cudaGetLastError();
+  if (status == cudaSuccess && synchronous) status = cudaDeviceSynchronize();
+  if (status == cudaSuccess) return;
+  // Synchronised after every launch, the launches before this one were found fine: this kernel failed.
+  if (synchronous)
+    throw InternalError(fmt::format("CUDA error{}: the kernel launched at {}:{} failed: {}", in_current_op(),
+                                    file_name(file), line, cudaGetErrorString(status)));
+  throw InternalError(fmt::format("CUDA error{}, seen when launching the kernel at {}:{}: {}{}", in_current_op(),
+                                  file_name(file), line, cudaGetErrorString(status), asynchronous_hint()));
 }
 
 void unsupported_dtype(const char* op, DType dtype) {

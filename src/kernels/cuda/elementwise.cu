@@ -31,7 +31,7 @@ __global__ void convert_kernel(Out* __restrict__ out, const In* __restrict__ in,
 
 // Pass 1: block b sums x^2 over the elements i = b*blockDim + t + k*(gridDim*blockDim), in double, and writes
 // partial[b]. The grid is fixed (kPartialBlocks), so the partition and the tree are the same on every GPU.
-constexpr int kSumBlocks = kPartialBlocks;
+const int kSumBlocks = kPartialBlocks;
 template <typename T>
 __global__ void sum_squares_partial(double* __restrict__ partial, const T* __restrict__ x, int64_t n) {
   __shared__ double scratch[32];

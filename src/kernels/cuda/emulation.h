@@ -2,29 +2,45 @@
 // machine without a GPU: with L3C_CUDA_EMULATION defined, the .cu files compile as C++ with this header in place
 // of the CUDA headers (CMake builds them so into l3c_lib_emulated, for the emulated/ GPU tests).
 //
-// Every CUDA thread is a fiber (ucontext) with its own stack. The fibers of one block run round-robin on one
-// host thread; a fiber runs until it waits at __syncthreads or a warp collective (__shfl_*_sync,
-// __ballot_sync, __syncwarp), which are barriers between fibers; blocks run one after another. Device memory is
-// host memory (filled with 0xFF bytes, NaN for floats, when allocated, so reading memory no kernel wrote shows);
-// dynamic shared memory is filled the same way at the start of every block. cuBLAS GEMMs are plain loops over
-// the column-major BLAS definition. Atomics exist for integers only (floating atomics would make results depend
-// on scheduling, which the backend never does).
+// Every CUDA thread is a fiber (ucontext) with its own stack. All blocks run on one host thread of their own (the
+// kernel thread; the launching thread waits); a fiber runs until it waits at __syncthreads or a warp collective (__shfl_*_sync, __ballot_sync, __syncwarp),
+// which are barriers between fibers. The order is random and seeded: the blocks of a grid run one after another
+// in a shuffled order, and in every round the fibers that can run (those not waiting at an unfinished barrier)
+// run in a shuffled order, so that the threads of a phase between two barriers interleave differently from seed
+// to seed. L3C_EMULATION_SEED (an unsigned integer; default 1) picks the order; 0 runs blocks and threads in
+// index order. Device memory is host memory, filled with 0xFF bytes (NaN for floats) when allocated, so reading
+// memory no kernel wrote shows; shared memory, dynamic and static (`__shared__` arrays), is filled the same way
+// at the start of every block, so a block that reads shared memory it has not written reads NaN. cuBLAS GEMMs are
+// plain loops over the column-major BLAS definition. Atomics exist for integers only (floating atomics would make
+// results depend on scheduling, which the backend never does). Grids are capped small by default (see
+// kMaxGridBlocks in common.cuh); L3C_EMULATION_GPU_GRIDS=1 gives the grids of the GPU.
 //
 // What it checks: the kernels' indexing, reductions, masking and barrier structure, run as written (a barrier
-// some threads never reach, or a warp collective that not all 32 lanes reach, is reported as a deadlock).
-// What it cannot check: races (a fiber runs alone until it waits) and performance. It is slow: for tests on
-// small shapes only.
+// some threads never reach, or a warp collective that not all 32 lanes reach, is reported as a deadlock), and
+// races between the threads of a block through shared memory, in two ways: a thread that reads what another
+// thread writes in the same phase (a missing __syncthreads) sees the old value under some seeds and the new one
+// under others, so the result changes with L3C_EMULATION_SEED (the tests run under several seeds); and a value
+// read before any thread of the block wrote it is NaN. A race is not reported where it happens: it shows as a
+// result that differs from the CPU reference or between seeds (lanes of one warp interleave the same way between
+// two collectives, so a missing __syncwarp shows too). What it cannot check: races through global memory between
+// blocks (blocks run one at a time, whole), and performance. It is slow: for tests on small shapes only.
 #pragma once
+#include <dlfcn.h>
+#include <link.h>
 #include <ucontext.h>
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #define __global__
@@ -32,7 +48,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __restrict__ __restrict
-#define __shared__ static
+#define __launch_bounds__(...)
 
 struct dim3 {
   unsigned x, y, z;
@@ -43,7 +59,13 @@ struct uint3 {
 };
 
 // ---- runtime API subset ----------------------------------------------------------------------------
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2 };
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorIllegalAddress = 700,
+  cudaErrorLaunchFailure = 719
+};
 enum cudaMemcpyKind {
   cudaMemcpyHostToHost = 0,
   cudaMemcpyHostToDevice = 1,
@@ -66,11 +88,19 @@ inline const char* cudaGetErrorString(cudaError_t e) {
     case cudaSuccess: return "no error";
     case cudaErrorInvalidValue: return "invalid argument";
     case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
   }
   return "unknown error";
 }
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline cudaError_t cudaPeekAtLastError() { return cudaSuccess; }
+namespace l3c_emu {
+// A fault of the device, as a kernel that reads out of bounds leaves it on a GPU: sticky, every later runtime
+// call that waits for the device returns it. Tests set it (l3c_emu::g_device_fault) to check how the backend
+// reports a failing kernel, and clear it afterwards, which a GPU cannot (its context is lost).
+inline cudaError_t g_device_fault = cudaSuccess;
+}  // namespace l3c_emu
+inline cudaError_t cudaGetLastError() { return l3c_emu::g_device_fault; }
+inline cudaError_t cudaPeekAtLastError() { return l3c_emu::g_device_fault; }
 inline cudaError_t cudaGetDeviceCount(int* count) {
   *count = 1;
   return cudaSuccess;
@@ -111,10 +141,12 @@ inline cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   return cudaSuccess;
 }
 inline cudaError_t cudaFree(void* ptr) {
+  if (l3c_emu::g_device_fault != cudaSuccess) return l3c_emu::g_device_fault;  // as a GPU: freed with the context
   std::free(ptr);
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  if (l3c_emu::g_device_fault != cudaSuccess) return l3c_emu::g_device_fault;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
@@ -128,8 +160,8 @@ inline cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
 inline cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t = nullptr) {
   return cudaMemset(dst, value, bytes);
 }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaDeviceSynchronize() { return l3c_emu::g_device_fault; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return l3c_emu::g_device_fault; }
 // Streams and events: every call runs to completion when made, so a stream is a name and an event is always done.
 using cudaEvent_t = void*;
 enum { cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2, cudaHostAllocDefault = 0 };
@@ -181,12 +213,147 @@ inline __nv_bfloat16 __float2bfloat16(float f) {  // round to nearest even, NaN 
 
 namespace l3c_emu {
 
+// ---- the seeded order ------------------------------------------------------------------------------------
+// The seed of L3C_EMULATION_SEED (1 when unset), read once; a value that is not an unsigned integer ends the
+// process with a message.
+inline uint64_t seed_from_environment() {
+  const char* text = std::getenv("L3C_EMULATION_SEED");
+  if (text == nullptr || *text == '\0') return 1;
+  char* end = nullptr;
+  const unsigned long long value = std::strtoull(text, &end, 10);
+  if (*end != '\0' || text[0] == '-' || text[0] == '+') {
+    std::fprintf(stderr, "CUDA emulation: L3C_EMULATION_SEED must be an unsigned integer, got '%s'\n", text);
+    std::exit(2);
+  }
+  return value;
+}
+// L3C_EMULATION_GPU_GRIDS: 1 gives the grid sizes of the GPU (common.cuh), unset or 0 small ones.
+inline bool gpu_grids_from_environment() {
+  const char* text = std::getenv("L3C_EMULATION_GPU_GRIDS");
+  if (text == nullptr || *text == '\0' || std::strcmp(text, "0") == 0) return false;
+  if (std::strcmp(text, "1") == 0) return true;
+  std::fprintf(stderr, "CUDA emulation: L3C_EMULATION_GPU_GRIDS must be 0 or 1, got '%s'\n", text);
+  std::exit(2);
+}
+inline const bool g_gpu_grids = gpu_grids_from_environment();
+
+// The schedule's random numbers (SplitMix64), one stream for the whole process: the same seed and the same
+// sequence of launches give the same schedule.
+struct Schedule {
+  uint64_t seed = seed_from_environment();
+  uint64_t state = seed;
+  bool in_order() const { return seed == 0; }
+  void reseed(uint64_t new_seed) { seed = state = new_seed; }  // for tests that compare orders in one process
+  uint64_t next() {
+    uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  template <typename T>
+  void shuffle(std::vector<T>& items) {  // Fisher-Yates; index order when the seed is 0
+    if (in_order()) return;
+    for (size_t i = items.size(); i > 1; --i) std::swap(items[i - 1], items[next() % i]);
+  }
+};
+inline Schedule g_schedule;
+
+// ---- static shared memory ------------------------------------------------------------------------------
+// `__shared__ T name[n];` declares a static thread_local variable, and every block runs on one host thread of
+// its own (the kernel thread), on which nothing else runs: the static thread-local storage of the executable
+// (its PT_TLS segment) holds on that thread only the kernels' shared variables, and launch() fills all of it with
+// 0xFF bytes at the start of every block. (The other thread_local variables of the program get a copy there
+// too, which no code on that thread ever uses.)
+struct ThreadStorage {
+  unsigned char* begin = nullptr;
+  size_t bytes = 0;
+};
+// The calling thread's block of the executable's static thread-local storage.
+inline ThreadStorage executable_thread_storage() {
+  ThreadStorage storage;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) {
+        for (int i = 0; i < info->dlpi_phnum; ++i)
+          if (info->dlpi_phdr[i].p_type == PT_TLS) static_cast<ThreadStorage*>(out)->bytes = info->dlpi_phdr[i].p_memsz;
+        return 1;  // the first object listed is the executable
+      },
+      &storage);
+  void* executable = dlopen(nullptr, RTLD_NOW);
+  void* block = nullptr;
+  if (executable == nullptr || dlinfo(executable, RTLD_DI_TLS_DATA, &block) != 0) block = nullptr;
+  if (executable != nullptr) dlclose(executable);
+  if (block == nullptr) storage.bytes = 0;
+  storage.begin = static_cast<unsigned char*>(block);
+  return storage;
+}
+// Fills [begin, begin + bytes) with 0xFF bytes (NaN for floats), as volatile stores: not a memset, which a
+// memory checker may watch.
+inline void poison_bytes(unsigned char* begin, size_t bytes) {
+  for (volatile unsigned char *p = begin, *end = begin + bytes; p < end; ++p) *p = 0xFF;
+}
+
+// The host thread that runs every block, one job (a grid) at a time, while the caller waits.
+class KernelThread {
+ public:
+  static KernelThread& instance() {
+    static KernelThread thread;
+    return thread;
+  }
+  void run(const std::function<void()>& job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    job_ = &job;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return job_ == nullptr; });
+  }
+  // The kernels' static shared memory, on the kernel thread.
+  const ThreadStorage& shared_storage() const { return storage_; }
+  ~KernelThread() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    changed_.notify_all();
+    thread_.join();
+  }
+
+ private:
+  KernelThread() : thread_([this] { serve(); }) {}
+  void serve() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    storage_ = executable_thread_storage();
+    for (;;) {
+      changed_.wait(lock, [&] { return stop_ || job_ != nullptr; });
+      if (job_ == nullptr) return;
+      (*job_)();
+      job_ = nullptr;
+      changed_.notify_all();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  const std::function<void()>* job_ = nullptr;
+  bool stop_ = false;
+  ThreadStorage storage_;
+  std::thread thread_;  // last: starts once the members above exist
+};
+
+}  // namespace l3c_emu
+
+#define __shared__ static thread_local
+
+namespace l3c_emu {
+
 // ---- fibers ------------------------------------------------------------------------------------------
 struct Fiber {
   ucontext_t context;
   uint3 thread_idx;
   int linear = 0;
   bool done = false;
+  // While it waits at a barrier: the barrier's generation counter and its value when the fiber arrived; the
+  // scheduler passes over the fiber until the counter moves.
+  const uint64_t* waits_on = nullptr;
+  uint64_t waited_generation = 0;
+  bool runnable() const { return !done && (waits_on == nullptr || *waits_on != waited_generation); }
 };
 
 struct Warp {
@@ -224,6 +391,14 @@ inline std::vector<std::unique_ptr<char[]>> g_stacks;
 
 inline void yield() { swapcontext(&g_fiber->context, &g_scheduler); }
 
+// Waits until *generation moves past `arrived` (another fiber completes the barrier).
+inline void wait_for(const uint64_t* generation, uint64_t arrived) {
+  g_fiber->waits_on = generation;
+  g_fiber->waited_generation = arrived;
+  while (*generation == arrived) yield();
+  g_fiber->waits_on = nullptr;
+}
+
 inline void fiber_entry() {
   try {
     (*g_block->body)();
@@ -237,50 +412,71 @@ inline void fiber_entry() {
 
 inline unsigned char* dynamic_shared() { return g_dynamic_shared.data(); }
 
-// Runs body once per thread of every block, blocks in order (x fastest).
+// Makes f thread t of a block, ready to enter the kernel. (Not inlined into launch: getcontext returns twice,
+// which would make the compiler doubt every local variable of its caller.)
+[[gnu::noinline]] inline void start_fiber(Fiber& f, unsigned t, dim3 block_dim) {
+  f.done = false;
+  f.waits_on = nullptr;
+  f.linear = static_cast<int>(t);
+  f.thread_idx = {t % block_dim.x, t / block_dim.x % block_dim.y, t / (block_dim.x * block_dim.y)};
+  getcontext(&f.context);
+  f.context.uc_stack.ss_sp = g_stacks[t].get();
+  f.context.uc_stack.ss_size = kStackBytes;
+  f.context.uc_link = &g_scheduler;
+  makecontext(&f.context, fiber_entry, 0);
+}
+
+// Runs body once per thread of every block: the blocks in the schedule's order, and in every round the fibers
+// that can run in the schedule's order.
+// (On the kernel thread.)
+inline void run_grid(dim3 grid, dim3 block_dim, size_t shared_bytes, const std::function<void()>& body) {
+  const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
+  const ThreadStorage& static_shared = KernelThread::instance().shared_storage();
+  while (g_stacks.size() < threads) g_stacks.push_back(std::make_unique<char[]>(kStackBytes));
+  std::vector<Fiber> fibers(threads);
+  const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+  std::vector<uint64_t> block_order(blocks);
+  for (uint64_t i = 0; i < blocks; ++i) block_order[i] = i;
+  g_schedule.shuffle(block_order);
+  std::vector<Fiber*> round;
+  round.reserve(threads);
+  for (const uint64_t linear_block : block_order) {
+    Block block;
+    block.grid_dim = grid;
+    block.block_dim = block_dim;
+    block.block_idx = {static_cast<unsigned>(linear_block % grid.x), static_cast<unsigned>(linear_block / grid.x % grid.y),
+                       static_cast<unsigned>(linear_block / (uint64_t{grid.x} * grid.y))};
+    block.threads = block.live = static_cast<int>(threads);
+    block.warps.assign((threads + 31) / 32, Warp{});
+    block.body = &body;
+    g_block = &block;
+    g_dynamic_shared.assign(shared_bytes + 16, 0xFF);
+    poison_bytes(static_shared.begin, static_shared.bytes);
+    for (unsigned t = 0; t < threads; ++t) start_fiber(fibers[t], t, block_dim);
+    while (block.live > 0) {
+      const uint64_t before = block.progress;
+      round.clear();
+      for (Fiber& f : fibers)
+        if (f.runnable()) round.push_back(&f);
+      g_schedule.shuffle(round);
+      for (Fiber* f : round) {
+        g_fiber = f;
+        swapcontext(&g_scheduler, &f->context);
+      }
+      g_fiber = nullptr;
+      if (block.live > 0 && block.progress == before)
+        die("deadlock: threads wait at a barrier (__syncthreads or a warp collective) others never reach");
+    }
+    g_block = nullptr;
+  }
+}
+
 inline void launch(dim3 grid, dim3 block_dim, size_t shared_bytes, const std::function<void()>& body) {
   const unsigned threads = block_dim.x * block_dim.y * block_dim.z;
   if (threads == 0 || threads > 1024) die("a block must have 1 to 1024 threads");
   if (grid.y > 65535 || grid.z > 65535) die("grid.y and grid.z must be at most 65535");
   if (shared_bytes > 227 * 1024) die("more than 227 KiB of dynamic shared memory");
-  while (g_stacks.size() < threads) g_stacks.push_back(std::make_unique<char[]>(kStackBytes));
-  std::vector<Fiber> fibers(threads);
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
-        Block block;
-        block.grid_dim = grid;
-        block.block_dim = block_dim;
-        block.block_idx = {bx, by, bz};
-        block.threads = block.live = static_cast<int>(threads);
-        block.warps.assign((threads + 31) / 32, Warp{});
-        block.body = &body;
-        g_block = &block;
-        g_dynamic_shared.assign(shared_bytes + 16, 0xFF);
-        for (unsigned t = 0; t < threads; ++t) {
-          Fiber& f = fibers[t];
-          f.done = false;
-          f.linear = static_cast<int>(t);
-          f.thread_idx = {t % block_dim.x, t / block_dim.x % block_dim.y, t / (block_dim.x * block_dim.y)};
-          getcontext(&f.context);
-          f.context.uc_stack.ss_sp = g_stacks[t].get();
-          f.context.uc_stack.ss_size = kStackBytes;
-          f.context.uc_link = &g_scheduler;
-          makecontext(&f.context, fiber_entry, 0);
-        }
-        while (block.live > 0) {
-          const uint64_t before = block.progress;
-          for (Fiber& f : fibers) {
-            if (f.done) continue;
-            g_fiber = &f;
-            swapcontext(&g_scheduler, &f.context);
-          }
-          g_fiber = nullptr;
-          if (block.live > 0 && block.progress == before)
-            die("deadlock: threads wait at a barrier (__syncthreads or a warp collective) others never reach");
-        }
-        g_block = nullptr;
-      }
+  KernelThread::instance().run([&] { run_grid(grid, block_dim, shared_bytes, body); });
 }
 
 // ---- barriers ------------------------------------------------------------------------------------------
@@ -294,7 +490,7 @@ inline void syncthreads() {
     ++b.barrier_generation;
     return;
   }
-  while (b.barrier_generation == generation) yield();
+  wait_for(&b.barrier_generation, generation);
 }
 
 // Every lane of the warp deposits a value; returns the values of all lanes once all have arrived. The
@@ -313,7 +509,7 @@ inline const uint64_t* warp_gather(unsigned mask, uint64_t value) {
     std::memcpy(w.snapshot, w.values, sizeof w.values);
     ++w.generation;
   } else {
-    while (w.generation == generation) yield();
+    wait_for(&w.generation, generation);
   }
   return w.snapshot;  // read before this fiber waits again: the next collective cannot complete earlier
 }

@@ -18,6 +18,7 @@ constexpr int kSortThreads = 1024;  // the sort's single block
 //     the tile advances offsets[k] (the cursor) by the key's count in the tile. Ties keep position order.
 //  4. the cursors now hold each group's end; shifting them up by one entry restores the starts.
 // Keys outside [0, groups) are left out (the caller checks offsets[groups] against n).
+__launch_bounds__(kSortThreads)  // 1024 threads: at most 64 registers a thread
 __global__ void group_by_key_kernel(int32_t* __restrict__ order, int32_t* __restrict__ offsets,
                                     const int32_t* __restrict__ keys, int64_t n, int64_t groups) {
   __shared__ int32_t tile_keys[kSortThreads];
