@@ -3,7 +3,7 @@
 // generate and the Python safetensors package; inspect and bench print their JSON line.
 #include <catch2/catch.hpp>
 
-#include "cli_test_util.h"
+#include "test_util.h"
 
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -28,17 +28,11 @@ namespace {
 
 using Result = l3c::test::CommandResult;
 
+using l3c::test::check_user_error;
+using l3c::test::fresh_dir;
 using l3c::test::last_json_line;
 using l3c::test::run_l3c;
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_cli_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_text(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+using l3c::test::write_text;
 
 // A small valid config whose data lives in `dir`.
 std::string small_config(const fs::path& dir) {
@@ -51,13 +45,6 @@ std::string small_config(const fs::path& dir) {
   "train": {"steps": 3, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-3},
   "run": {"dir": ")" + (dir / "run").string() + R"("}
 })";
-}
-
-void check_user_error(const Result& r, const std::string& message) {
-  INFO(r.output);
-  CHECK(r.exit_code == 2);
-  CHECK_THAT(r.output, Contains("error: ") && Contains(message));
-  CHECK_THAT(r.output, !Contains("internal error"));
 }
 
 }  // namespace
@@ -105,7 +92,7 @@ TEST_CASE("bad configs and command lines exit 2 with one clear message", "[cli]"
       check_user_error(run_l3c("train " + config.string() + " --device cuda"), "built without the CUDA backend");
     else if (l3c::cuda_device_count() == 0)
       check_user_error(run_l3c("train " + config.string() + " --device cuda"), "no GPU is visible");
-    check_user_error(run_l3c("train " + config.string() + " --device tpu"), "--device: must be cpu, cuda or auto");
+    check_user_error(run_l3c("train " + config.string() + " --device tpu"), "--device: must be one of auto, cpu, cuda; got \"tpu\"");
     check_user_error(run_l3c("bench " + config.string() + " --device cpu --set train.precision=bf16"),
                      "train.precision \"bf16\" needs the GPU");
     check_user_error(run_l3c("train " + config.string() + " --set train.precision=bf16 --set train.dtype=f64"),

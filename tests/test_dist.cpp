@@ -23,21 +23,13 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
+using test::user_error;
 
 Environment env_of(const std::map<std::string, std::string>& values) {
   return [values](const char* name) -> const char* {
     const auto it = values.find(name);
     return it == values.end() ? nullptr : it->second.c_str();
   };
-}
-
-std::string user_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 // A TCP port free at the moment of the call.

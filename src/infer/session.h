@@ -17,8 +17,8 @@
 #include <span>
 #include <vector>
 
-#include "core/arena.h"
 #include "infer/model.h"
+#include "kernels/arena.h"
 #include "model/params.h"
 
 namespace l3c {

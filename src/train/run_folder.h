@@ -17,7 +17,7 @@
 #include "core/config.h"
 #include "data/allocation.h"
 #include "dist/communicator.h"
-#include "train/checkpoint.h"
+#include "runtime/checkpoint.h"
 #include "train/metrics.h"
 #include "train/run_lock.h"
 #include "train/trainer.h"
