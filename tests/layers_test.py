@@ -37,38 +37,34 @@ def main():
     repository = os.path.abspath(sys.argv[1])
     checker = os.path.join(repository, "scripts", "check_layers.py")
     with tempfile.TemporaryDirectory(prefix="l3c_layers_") as work:
-        clean = os.path.join(work, "clean")
-        copy_tree(repository, clean)
-        code, output = run_checker(checker, clean)
+
+        def planted(name, relative, line):
+            """The checker's exit code and output on a copy of the tree with `line` appended to `relative`."""
+            root = os.path.join(work, name)
+            copy_tree(repository, root)
+            if relative:
+                path = os.path.join(root, relative)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                append_line(path, line)
+            return run_checker(checker, root)
+
+        code, output = planted("clean", None, None)
         expect(code == 0, "the tree as it is passes", output)
 
-        upward = os.path.join(work, "upward")
-        copy_tree(repository, upward)
-        append_line(os.path.join(upward, "src", "core", "tensor.h"), '#include "train/trainer.h"')
-        code, output = run_checker(checker, upward)
+        code, output = planted("upward", "src/core/tensor.h", '#include "train/trainer.h"')
         expect(code == 1, "core including train fails", output)
         expect("src/core/tensor.h" in output and "includes src/train/trainer.h" in output and "a layer above" in output,
                "the finding names the file, the include and the rule", output)
 
-        sideways = os.path.join(work, "sideways")
-        copy_tree(repository, sideways)
-        append_line(os.path.join(sideways, "src", "eval", "loss.cpp"), '#include "infer/session.h"')
-        code, output = run_checker(checker, sideways)
+        code, output = planted("sideways", "src/eval/loss.cpp", '#include "infer/session.h"')
         expect(code == 1 and "src/eval/loss.cpp" in output and "the same layer" in output,
                "eval including infer (one layer) fails", output)
 
-        cycle = os.path.join(work, "cycle")
-        copy_tree(repository, cycle)
-        append_line(os.path.join(cycle, "src", "runtime", "model_io.cpp"), '#include "runtime/checkpoint.h"')
-        code, output = run_checker(checker, cycle)
+        code, output = planted("cycle", "src/runtime/model_io.cpp", '#include "runtime/checkpoint.h"')
         expect(code == 1 and "include cycle" in output and "src/runtime/model_io.cpp" in output,
                "model_io and checkpoint including each other fails", output)
 
-        unknown = os.path.join(work, "unknown")
-        copy_tree(repository, unknown)
-        os.makedirs(os.path.join(unknown, "src", "extras"))
-        append_line(os.path.join(unknown, "src", "extras", "thing.h"), "#pragma once")
-        code, output = run_checker(checker, unknown)
+        code, output = planted("unknown", "src/extras/thing.h", "#pragma once")
         expect(code == 1 and "folder extras is in no layer" in output, "a folder in no layer fails", output)
 
 
