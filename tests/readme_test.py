@@ -5,7 +5,7 @@ PATH, and L3C_BIN for the scripts, so that nothing is built again). Every comman
 steps each, except those in SKIPPED (each with its reason); a command that exits non-zero fails the test.
 
 What "a few steps" means, command by command (SHORTER): training runs 2 steps, the quickstart STEPS=2, evaluation
-reads 2000 bytes of each held-out document and 4 examples of each task.
+reads 2000 bytes of each held-out document, 4 examples of each task and 256 tokens for the logit lens.
 
 Usage: readme_test.py REPOSITORY L3C_BINARY
 """
@@ -31,7 +31,8 @@ SKIPPED = [
 # (pattern, options): how a command is shortened; an option already on the command line gets the new value.
 SHORTER = [
     (r"\bl3c train\b", [("--set", "train.steps=2"), ("--set", "train.warmup_steps=0"), ("--set", "eval.every=0")]),
-    (r"\bl3c eval\b.*--text", [("--max-bytes", "2000"), ("--lens-tokens", "256")]),
+    (r"\bl3c eval\b.*--text", [("--max-bytes", "2000")]),
+    (r"\bl3c eval\b.*--lens", [("--lens-tokens", "256")]),
     (r"\bl3c eval\b.*--tasks", [("--limit", "4")]),
 ]
 SHORTER_ENV = [(r"scripts/quickstart\.sh", {"STEPS": "2"})]

@@ -227,7 +227,8 @@ TEST_CASE("generate: prompts from a file in batches, L3 tables in memory or mapp
                    "the prompt is 30 tokens long: the model's context (data.seq_len) is 24 positions");
   check_user_error(run_l3c("generate --checkpoint " + run + " --tokenizer " + (dir / "no_tokenizer").string()),
                    "no_tokenizer");
-  check_user_error(run_l3c("generate --checkpoint " + run + " --l3-tables disk"), "--l3-tables: must be device, host or mmap");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --l3-tables disk"),
+                   "--l3-tables: must be one of device, host, mmap; got \"disk\"");
   check_user_error(run_l3c("bench --generate " + run + " --batch 100000000 --prompt-tokens 8 --new-tokens 8"),
                    "bytes: KV cache");
   check_user_error(run_l3c("bench --generate " + run + " --cold"), "--cold: only with --l3-tables mmap");

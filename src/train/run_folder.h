@@ -30,7 +30,6 @@ class RunFolder {
   // config that cannot resume it, --stop-at behind the checkpoint), before anything is written.
   RunFolder(const Config& config, const TrainOptions& options, Communicator& comm, int64_t threads);
 
-  bool writer() const { return writer_; }
   bool resuming() const { return resume_check_.has_value(); }
   const std::string& resume_dir() const { return resume_dir_; }
   // Where the run stands: step 0, or the checkpoint's step, tokens and skipped steps.
