@@ -117,8 +117,9 @@ def main():
                 if re.search(pattern, run):
                     run_env.update(extra)
             print(f"run:  {run}", flush=True)
+            # errors="replace": a sampled text may end inside a UTF-8 character
             result = subprocess.run(["bash", "-c", run], cwd=checkout, env=run_env, capture_output=True, text=True,
-                                    timeout=1200)
+                                    errors="replace", timeout=1200)
             if result.returncode != 0:
                 print(f"FAILED (exit {result.returncode}): {run}\n--- output (last 4000 characters) ---\n"
                       f"{(result.stdout + result.stderr)[-4000:]}")
