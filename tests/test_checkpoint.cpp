@@ -33,12 +33,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using Result = l3c::test::CommandResult;
-using l3c::test::check_user_error;
-using l3c::test::fresh_dir;
-using l3c::test::read_text;
-using l3c::test::run_l3c;
-using l3c::test::wait_until;
-using l3c::test::write_text;
+using namespace l3c::test;  // files, commands, the l3c binary and its errors
 
 const std::string kL3c = std::string(L3C_BINARY_DIR) + "/l3c";
 

@@ -27,12 +27,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using Result = l3c::test::CommandResult;
-
-using l3c::test::check_user_error;
-using l3c::test::fresh_dir;
-using l3c::test::last_json_line;
-using l3c::test::run_l3c;
-using l3c::test::write_text;
+using namespace l3c::test;  // files, commands, the l3c binary and its errors
 
 // A small valid config whose data lives in `dir`.
 std::string small_config(const fs::path& dir) {
