@@ -1,7 +1,7 @@
 // Fuzz target: the safetensors reader. Every tensor it accepts is read element by element, so that a tensor
 // pointing outside the file shows as an AddressSanitizer report.
 #include "fuzz_util.h"
-#include "train/safetensors.h"
+#include "core/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace l3c;

@@ -2,8 +2,8 @@
 // small model.safetensors and optimizer.safetensors and verified; then, whatever the checksums say (a crafted file
 // can make them match), its progress and config are read as --resume reads them.
 #include "core/json_input.h"
+#include "runtime/checkpoint.h"
 #include "fuzz_util.h"
-#include "train/checkpoint.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace l3c;

@@ -5,12 +5,14 @@
 # resumes with --resume auto (the checkpoint of step 2 is verified: every byte read and hashed, then loaded).
 # Prints the trainer's own checkpoint log lines and one markdown row per model.
 #
-#   bash scripts/bench_checkpoint.sh [L3C_BINARY]          (default: build/l3c)
+#   bash scripts/bench_checkpoint.sh                       (L3C_BIN, or builds build/l3c)
 #   DROP_CACHES=1 bash scripts/bench_checkpoint.sh ...     (as root: empty the page cache before resuming, so the
 #                                                           read comes from the disk, not from memory)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-l3c="${1:-build/l3c}"
+source scripts/lib.sh
+l3c_setup l3c
+l3c="$(l3c_bin)"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 

@@ -8,17 +8,15 @@
 # (libopenblas0-pthread, installed here if missing), not the reference BLAS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 config="${1:-configs/tiny/dense.json}"
 threads="${2:-$(nproc)}"
 steps="${3:-10}"
 
-scripts/install_deps.sh
-dpkg-query -W -f='${Status}' libopenblas0-pthread 2>/dev/null | grep -q "install ok installed" || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libopenblas0-pthread; }
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release > /dev/null
-cmake --build build -j "$(nproc)" --target l3c > /dev/null
+scripts/install_deps.sh libopenblas0-pthread
+l3c_setup l3c
 
-ours=$(build/l3c bench "$config" --steps "$steps" --warmup 2 --set train.threads="$threads" --json | tail -1)
+ours=$("$(l3c_bin)" bench "$config" --steps "$steps" --warmup 2 --set train.threads="$threads" --json | json_last_line)
 # PyTorch twice: BLAS with the same threads, and single-threaded BLAS under torch's threads; the faster counts.
 theirs=""
 for blas_threads in "$threads" 1; do

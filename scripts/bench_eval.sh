@@ -4,7 +4,7 @@
 # by length and run in right-padded batches of the same --batch-tokens), on the same threads; and held-out text
 # tokens per second (l3c only). Prints one markdown row per (checkpoint, task) with the ratio l3c / PyTorch.
 #
-#   bash scripts/bench_eval.sh CHECKPOINT... [env: L3C=build/l3c LIMIT=100 THREADS=2 TASKS=all BATCH_TOKENS=4096
+#   bash scripts/bench_eval.sh CHECKPOINT... [env: L3C_BIN=build/l3c LIMIT=100 THREADS=2 TASKS=all BATCH_TOKENS=4096
 #                                                  TEXT=../shared/data/heldout/ENG18720_Lynn.txt TEXT_BYTES=200000
 #                                                  TOKENIZER=DIR (default: the run's data.tokenizer)]
 #
@@ -12,7 +12,9 @@
 # `l3c tokenizer encode` when tiktoken is missing (tokenizing is not timed on either side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-l3c="${L3C:-build/l3c}"
+source scripts/lib.sh
+l3c_setup l3c
+l3c="$(l3c_bin)"
 limit="${LIMIT:-100}"
 threads="${THREADS:-2}"
 tasks="${TASKS:-all}"

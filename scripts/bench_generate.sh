@@ -4,14 +4,15 @@
 # threads; scripts/bench_generate_hf.py does one comparison). Then `l3c bench --generate` of the tiny L3 config with
 # its tables on the device (here: in memory) and mapped from the checkpoint, page cache warm and dropped.
 #
-#   bash scripts/bench_generate.sh [OUT_DIR]     (THREADS=2 by default; builds build/l3c if missing)
+#   bash scripts/bench_generate.sh [OUT_DIR]     (THREADS=2 by default; L3C_BIN or builds build/l3c)
 # Writes OUT_DIR/results.jsonl (one JSON object per comparison) and prints a Markdown table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 out="${1:-out/bench_generate}"
 threads="${THREADS:-2}"
-l3c=build/l3c
-[ -x "$l3c" ] || cmake --build build -j2 --target l3c
+l3c_setup l3c
+l3c="$(l3c_bin)"
 mkdir -p "$out"
 : > "$out/results.jsonl"
 py="PYTHONPATH=.cache/python-hf /usr/bin/python3"

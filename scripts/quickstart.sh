@@ -3,11 +3,13 @@
 # shards, computes the LZW allocation of the L3 tables from the training shards, trains the tiny L3
 # model on the CPU, evaluates it and prints a text sample. The tokenizer
 # and the shards are cached under data/ (keyed by the input's checksum and the vocabulary size), so a
-# second run with the same input goes straight to training.
+# second run with the same input goes straight to training. It also prepares data/tiny/, the byte-level Tiny
+# Shakespeare shards that configs/tiny/*.json read as they are (`build/l3c train configs/tiny/dense.json`).
 #
 # Usage: scripts/quickstart.sh [TEXT_FILE_OR_FOLDER]     (default: Tiny Shakespeare from ../shared/data)
 # Environment: CONFIG (default configs/tiny/l3.json; configs/tiny/dense.json for the dense baseline), STEPS (default: the config's), RUN_DIR,
-#   VOCAB_SIZE (default 1024; "bytes" for byte-level tokens, no tokenizer training), BUILD_DIR (default build).
+#   VOCAB_SIZE (default 1024; "bytes" for byte-level tokens, no tokenizer training), BUILD_DIR (default build),
+#   L3C_BIN (a built l3c to use instead of building one).
 #
 # Why a 1024-token vocabulary: the tiny model has ~3M parameters and Tiny Shakespeare is 1.1 MB. At 1024
 # ids the text is ~2.4 bytes per token (460K tokens), so the default 300 steps of 4096 tokens read the
@@ -17,21 +19,27 @@
 # at 256 (bytes) the model spends its context and capacity on spelling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/lib.sh
 
 input="${1:-../shared/data/tinyshakespeare/input.txt}"
 config="${CONFIG:-configs/tiny/l3.json}"
 vocab="${VOCAB_SIZE:-1024}"
 build="${BUILD_DIR:-build}"
-[ -e "$input" ] || { echo "error: $input: no such file or folder" >&2; exit 2; }
+[ -e "$input" ] || die "$input: no such file or folder"
 if [ "$vocab" != bytes ] && ! [[ "$vocab" =~ ^[0-9]+$ && "$vocab" -ge 257 ]]; then
-  echo "error: VOCAB_SIZE must be an integer >= 257 or 'bytes', got '$vocab'" >&2
-  exit 2
+  die "VOCAB_SIZE must be an integer >= 257 or 'bytes', got '$vocab'"
 fi
 
-scripts/install_deps.sh
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF > /dev/null
-cmake --build "$build" -j "$(nproc)" --target l3c
-l3c="$build/l3c"
+BUILD_DIR="$build" l3c_setup l3c
+l3c="$(BUILD_DIR="$build" l3c_bin)"
+
+# The data of configs/tiny/: Tiny Shakespeare as byte-level shards, whatever this run's input.
+tiny_text=../shared/data/tinyshakespeare/input.txt
+if [ ! -f data/tiny/manifest.json ] && [ -f "$tiny_text" ]; then
+  echo "== data: $tiny_text -> data/tiny (byte-level, for configs/tiny/)"
+  rm -rf data/tiny
+  "$l3c" prepare --tokenizer bytes --out data/tiny --val-fraction 0.1 --no-progress "$tiny_text"
+fi
 
 # The input's checksum: its bytes, or for a folder every (path, contents) pair, hidden files aside.
 if [ -d "$input" ]; then
@@ -51,7 +59,7 @@ else
   else
     echo "== tokenizer: training a $vocab-token byte-level BPE on $input -> $tokenizer"
     rm -rf "$tokenizer.tmp"
-    $l3c tokenizer train --vocab-size "$vocab" --out "$tokenizer.tmp" "$input"
+    "$l3c" tokenizer train --vocab-size "$vocab" --out "$tokenizer.tmp" "$input"
     rm -rf "$tokenizer" && mv "$tokenizer.tmp" "$tokenizer"
   fi
 fi
@@ -63,25 +71,28 @@ if [ -f "$data/manifest.json" ]; then
 else
   echo "== data: $input -> $data"
   rm -rf "$data"
-  $l3c prepare --tokenizer "$tokenizer" --out "$data" --val-fraction 0.1 "$input"
+  "$l3c" prepare --tokenizer "$tokenizer" --out "$data" --val-fraction 0.1 "$input"
 fi
-vocab_size=$(grep -o '"vocab_size": *[0-9]*' "$data/manifest.json" | head -n 1 | grep -o '[0-9]*$')
+vocab_size=$(json_get "$data/manifest.json" tokenizer vocab_size)
 
 run_dir="${RUN_DIR:-runs/quickstart-$(date +%Y%m%d-%H%M%S)}"
 overrides=(--set "data.train=$data/train_*.bin" --set "data.val=$data/val_*.bin" --set "data.tokenizer=$tokenizer"
            --set "model.vocab_size=$vocab_size" --set "run.dir=$run_dir")
 # An L3 model computes its allocation (rows per token id) from the same training shards at start.
-grep -q '"l3"' "$config" && overrides+=(--set "model.l3.allocation.data=$data/train_*.bin")
+groups=$("$l3c" inspect "$config" --json | json_last_line)
+if python3 -c 'import json, sys; sys.exit("l3_table" not in json.loads(sys.argv[1])["params_by_group"])' "$groups"; then
+  overrides+=(--set "model.l3.allocation.data=$data/train_*.bin")
+fi
 # A shorter run keeps the config's warmup share (10% of the steps).
 [ -n "${STEPS:-}" ] && overrides+=(--set "train.steps=$STEPS" --set "train.warmup_steps=$((STEPS / 10))")
 
 echo "== train: $config (vocabulary $vocab_size) -> $run_dir"
-$l3c train "$config" "${overrides[@]}"
+"$l3c" train "$config" "${overrides[@]}"
 
 echo "== eval: the whole validation split"
-$l3c eval --checkpoint "$run_dir" --data "$data/val_*.bin"
+"$l3c" eval --checkpoint "$run_dir" --data "$data/val_*.bin"
 
 echo "== sample"
 prompt=()
 [ "$input" = ../shared/data/tinyshakespeare/input.txt ] && prompt=(--prompt "ROMEO:")
-$l3c generate --checkpoint "$run_dir" "${prompt[@]}" --tokens 200 --temperature 0.8 --top-k 40
+"$l3c" generate --checkpoint "$run_dir" "${prompt[@]}" --tokens 200 --temperature 0.8 --top-k 40

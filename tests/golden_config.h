@@ -9,7 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/config.h"
-#include "train/safetensors.h"
+#include "core/safetensors.h"
 
 namespace l3c::test {
 
@@ -36,7 +36,7 @@ inline Config golden_config(const SafetensorsFile& golden, int64_t B, int64_t T)
     c.model.l3.d_up = l3["d_up"];
     c.model.l3.tie_kv = l3["tie_kv"];
     c.model.l3.residual = l3["residual"];
-    c.model.l3.allocation.method = "uniform";  // replaced by the golden allocations (model.l3.{j}.alloc)
+    c.model.l3.allocation.method = AllocationMethod::Uniform;  // replaced by the golden allocations (model.l3.{j}.alloc)
   }
   if (meta.contains("moe")) {
     const auto& moe = meta["moe"];
@@ -58,14 +58,14 @@ inline Config golden_config(const SafetensorsFile& golden, int64_t B, int64_t T)
   c.train.batch_tokens = B * T;
   c.train.lr = t["lr"];
   c.train.min_lr = t["lr"];
-  c.train.schedule = "constant";
+  c.train.schedule = Schedule::Constant;
   c.train.warmup_steps = 0;
   c.train.beta1 = t["beta1"];
   c.train.beta2 = t["beta2"];
   c.train.eps = t["eps"];
   c.train.weight_decay = t["weight_decay"];
   c.train.grad_clip = t["grad_clip"];
-  c.train.device = "cpu";  // this file checks the CPU; test_cuda_model.cpp compares the GPU with the CPU
+  c.train.device = DeviceChoice::Cpu;  // this file checks the CPU; test_cuda_model.cpp compares the GPU with the CPU
   return c;
 }
 

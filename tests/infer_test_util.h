@@ -1,7 +1,10 @@
 // Small random models for the inference tests (test_infer on the CPU, test_cuda_infer on the GPU and its emulation):
 // dense, MoE, L3 (with tied tables too) and a mix of the three, with weights drawn at a scale that makes their
-// logits far from uniform, and an allocation whose rows per token vary from 1 to k.
+// logits far from uniform, and an allocation whose rows per token vary from 1 to k; such a model saved as a model
+// folder; prompts; the distance between two sets of logits.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -12,6 +15,8 @@
 #include "core/config.h"
 #include "model/llama.h"
 #include "model/params.h"
+#include "runtime/model_io.h"
+#include "test_util.h"
 
 namespace l3c::test {
 
@@ -74,6 +79,31 @@ inline RandomModel random_model(InferKind kind, int64_t seq_len = 40, uint64_t s
   init_params(r.model->registry(), r.params, seed);
   if (r.config.model.l3.enabled()) r.model->set_l3_allocations(infer_allocation(), "test allocation");
   return r;
+}
+
+// A fresh folder holding config.json and model.safetensors of a random model, removed with this object.
+struct SavedModel {
+  std::string dir;
+  SavedModel(const RandomModel& r, const std::string& name) : dir(fresh_dir("saved_" + name).string()) {
+    save_model(dir + "/model.safetensors", *r.model, r.params, r.config);
+    write_config_json(dir + "/config.json", r.config);
+  }
+  ~SavedModel() { std::filesystem::remove_all(dir); }
+};
+
+// A prompt of `length` token ids below the test vocabulary, different for each seed.
+inline std::vector<int32_t> prompt_of(int64_t length, int64_t seed) {
+  std::vector<int32_t> p;
+  for (int64_t i = 0; i < length; ++i) p.push_back(static_cast<int32_t>((seed * 13 + i * 7 + i * i) % kInferVocab));
+  return p;
+}
+
+// The largest |a_i - b_i| of two sets of logits.
+inline double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
+  return worst;
 }
 
 }  // namespace l3c::test

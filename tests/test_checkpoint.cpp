@@ -33,30 +33,12 @@ namespace fs = std::filesystem;
 namespace {
 
 using Result = l3c::test::CommandResult;
+using namespace l3c::test;  // files, commands, the l3c binary and its errors
 
 const std::string kL3c = std::string(L3C_BINARY_DIR) + "/l3c";
 
 // Every l3c started here skips the CPU peak measurement (about 0.3 s per command; MFU is not under test).
 const bool kPeakGiven = ::setenv("L3C_CPU_PEAK_GFLOPS", "100", 1) == 0;
-
-// Runs l3c with stdout and stderr together; `env` is prepended ("VAR=value ").
-Result run_l3c(const std::string& args, const std::string& env = "") {
-  return l3c::test::run_command(env + kL3c + " " + args + " 2>&1");
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_ckpt_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_text(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-}
 
 // A training shard of 5000 ids below 31 in `dir`.
 std::string write_train_shard(const fs::path& dir) {
@@ -174,12 +156,6 @@ void check_same_run(const fs::path& a, const fs::path& b) {
   CHECK(same_tensors(a / "model.safetensors", b / "model.safetensors"));
 }
 
-void check_user_error(const Result& r, const std::string& message) {
-  INFO(r.output);
-  CHECK(r.exit_code == 2);
-  CHECK_THAT(r.output, Contains("error: ") && Contains(message));
-}
-
 // Starts l3c in the background (stdout and stderr to `log`); `env` is prepended to the command.
 pid_t spawn_l3c(const std::string& args, const fs::path& log, const std::string& env = "") {
   const std::string command = env + " exec " + kL3c + " " + args + " > " + log.string() + " 2>&1";
@@ -190,16 +166,6 @@ pid_t spawn_l3c(const std::string& args, const fs::path& log, const std::string&
   }
   REQUIRE(pid > 0);
   return pid;
-}
-
-// Polls until `done` holds (true) or 60 seconds pass (false).
-bool wait_until(const std::function<bool()>& done) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (done()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return false;
 }
 
 int wait_status(pid_t pid) {

@@ -3,7 +3,7 @@
 // generate and the Python safetensors package; inspect and bench print their JSON line.
 #include <catch2/catch.hpp>
 
-#include "cli_test_util.h"
+#include "test_util.h"
 
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -27,18 +27,7 @@ namespace fs = std::filesystem;
 namespace {
 
 using Result = l3c::test::CommandResult;
-
-using l3c::test::last_json_line;
-using l3c::test::run_l3c;
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_cli_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_text(const fs::path& path, const std::string& text) { std::ofstream(path) << text; }
+using namespace l3c::test;  // files, commands, the l3c binary and its errors
 
 // A small valid config whose data lives in `dir`.
 std::string small_config(const fs::path& dir) {
@@ -51,13 +40,6 @@ std::string small_config(const fs::path& dir) {
   "train": {"steps": 3, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-3},
   "run": {"dir": ")" + (dir / "run").string() + R"("}
 })";
-}
-
-void check_user_error(const Result& r, const std::string& message) {
-  INFO(r.output);
-  CHECK(r.exit_code == 2);
-  CHECK_THAT(r.output, Contains("error: ") && Contains(message));
-  CHECK_THAT(r.output, !Contains("internal error"));
 }
 
 }  // namespace
@@ -105,7 +87,7 @@ TEST_CASE("bad configs and command lines exit 2 with one clear message", "[cli]"
       check_user_error(run_l3c("train " + config.string() + " --device cuda"), "built without the CUDA backend");
     else if (l3c::cuda_device_count() == 0)
       check_user_error(run_l3c("train " + config.string() + " --device cuda"), "no GPU is visible");
-    check_user_error(run_l3c("train " + config.string() + " --device tpu"), "--device: must be cpu, cuda or auto");
+    check_user_error(run_l3c("train " + config.string() + " --device tpu"), "--device: must be one of auto, cpu, cuda; got \"tpu\"");
     check_user_error(run_l3c("bench " + config.string() + " --device cpu --set train.precision=bf16"),
                      "train.precision \"bf16\" needs the GPU");
     check_user_error(run_l3c("train " + config.string() + " --set train.precision=bf16 --set train.dtype=f64"),
@@ -240,7 +222,8 @@ TEST_CASE("generate: prompts from a file in batches, L3 tables in memory or mapp
                    "the prompt is 30 tokens long: the model's context (data.seq_len) is 24 positions");
   check_user_error(run_l3c("generate --checkpoint " + run + " --tokenizer " + (dir / "no_tokenizer").string()),
                    "no_tokenizer");
-  check_user_error(run_l3c("generate --checkpoint " + run + " --l3-tables disk"), "--l3-tables: must be device, host or mmap");
+  check_user_error(run_l3c("generate --checkpoint " + run + " --l3-tables disk"),
+                   "--l3-tables: must be one of device, host, mmap; got \"disk\"");
   check_user_error(run_l3c("bench --generate " + run + " --batch 100000000 --prompt-tokens 8 --new-tokens 8"),
                    "bytes: KV cache");
   check_user_error(run_l3c("bench --generate " + run + " --cold"), "--cold: only with --l3-tables mmap");

@@ -12,6 +12,7 @@
 #include "core/errors.h"
 #include "core/json_input.h"
 #include "model/llama.h"
+#include "test_util.h"
 
 using Catch::Matchers::Contains;
 using Catch::Matchers::StartsWith;
@@ -19,16 +20,14 @@ using nlohmann::json;
 namespace fs = std::filesystem;
 
 namespace {
+using l3c::test::user_error;
 
-// A fresh folder under the system temp folder, removed with everything in it at scope end.
+// A fresh folder (l3c::test::fresh_dir), removed with everything in it at scope end.
 struct TempDir {
   fs::path path;
   TempDir() {
     static std::atomic<int> counter{0};
-    path = fs::temp_directory_path() /
-           ("l3c_test_config_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
+    path = l3c::test::fresh_dir("config_" + std::to_string(counter++));
   }
   ~TempDir() {
     std::error_code ignored;
@@ -36,10 +35,8 @@ struct TempDir {
   }
   // Writes text to path/relative (creating folders) and returns the file's path.
   std::string write(const std::string& relative, const std::string& text) const {
-    fs::path file = path / relative;
-    fs::create_directories(file.parent_path());
-    std::ofstream(file) << text;
-    return file.string();
+    l3c::test::write_text(path / relative, text);
+    return (path / relative).string();
   }
 };
 
@@ -64,18 +61,6 @@ json without(const std::string& section, const std::string& key) {
   json j = minimal();
   j[section].erase(key);
   return j;
-}
-
-// The message of the UserError that f throws; fails the test when it throws none.
-template <typename F>
-std::string user_error(F&& f) {
-  try {
-    f();
-  } catch (const l3c::UserError& e) {
-    return e.what();
-  }
-  FAIL("expected a UserError");
-  return "";
 }
 
 std::string error_from_json(const json& j) {
@@ -103,7 +88,7 @@ TEST_CASE("a minimal config reads with every default filled in", "[config]") {
   CHECK(c.train.lr == 3e-4);
   CHECK(c.train.min_lr == 0.0);
   CHECK(c.train.warmup_steps == 0);
-  CHECK(c.train.schedule == "cosine");
+  CHECK(c.train.schedule == l3c::Schedule::Cosine);
   CHECK(c.train.decay_fraction == 0.2);
   CHECK(c.train.weight_decay == 0.1);
   CHECK(c.train.beta1 == 0.9);
@@ -112,10 +97,10 @@ TEST_CASE("a minimal config reads with every default filled in", "[config]") {
   CHECK(c.train.grad_clip == 1.0);
   CHECK(c.train.seed == 1337);
   CHECK(c.train.threads == 0);
-  CHECK(c.train.device == "auto");
-  CHECK(c.train.dtype == "f32");
-  CHECK(c.train.precision == "fp32");
-  CHECK(c.train.recompute == "none");
+  CHECK(c.train.device == l3c::DeviceChoice::Auto);
+  CHECK(c.train.dtype == l3c::DType::F32);
+  CHECK(c.train.precision == l3c::Precision::Fp32);
+  CHECK(c.train.recompute == l3c::RecomputeChoice::None);
   CHECK(c.eval.every == 0);
   CHECK(c.eval.batches == 8);
   CHECK(c.eval.tasks.empty());
@@ -277,13 +262,45 @@ TEST_CASE("an enumeration value outside its set is an error naming the allowed v
              Contains("train.dtype: must be one of f32, f64; got \"bf16\""));
   CHECK_THAT(error_from_json(with("train", "device", "tpu")),
              Contains("train.device: must be one of auto, cpu, cuda; got \"tpu\""));
-  CHECK(l3c::config_from_json(with("train", "device", "cuda")).train.device == "cuda");  // checked when training starts
+  CHECK(l3c::config_from_json(with("train", "device", "cuda")).train.device == l3c::DeviceChoice::Cuda);  // checked when training starts
   CHECK_THAT(error_from_json(with("train", "precision", "fp16")),
              Contains("train.precision: must be one of fp32, bf16; got \"fp16\""));
   CHECK_THAT(error_from_json(with("train", "recompute", "everything")),
              Contains("train.recompute: must be one of none, swiglu, attention, all"));
-  CHECK(l3c::config_from_json(with("train", "schedule", "wsd")).train.schedule == "wsd");
-  CHECK(l3c::config_from_json(with("train", "dtype", "f64")).train.dtype == "f64");
+  CHECK(l3c::config_from_json(with("train", "schedule", "wsd")).train.schedule == l3c::Schedule::Wsd);
+  CHECK(l3c::config_from_json(with("train", "dtype", "f64")).train.dtype == l3c::DType::F64);
+}
+
+TEST_CASE("a choice is parsed once into its enum and written back as the same name", "[config]") {
+  // Every name of every choice field of the train section round-trips: the JSON of a config, its resolved
+  // config.json and trainer.json keep the strings they always had.
+  const std::pair<const char*, std::vector<std::string>> choices[] = {
+      {"schedule", {"cosine", "wsd", "constant"}},   {"device", {"auto", "cpu", "cuda"}},
+      {"dtype", {"f32", "f64"}},                     {"on_nonfinite", {"stop", "skip"}},
+      {"recompute", {"none", "swiglu", "attention", "all"}},
+  };
+  for (const auto& [key, names] : choices)
+    for (const std::string& name : names) {
+      CAPTURE(key, name);
+      const l3c::Config c = l3c::config_from_json(with("train", key, name));
+      CHECK(json(l3c::config_to_json(c))["train"][key] == name);
+    }
+  const l3c::Config bf16 = l3c::config_from_json(with("train", "precision", "bf16"));
+  CHECK(bf16.train.precision == l3c::Precision::Bf16);
+  CHECK(json(l3c::config_to_json(bf16))["train"]["precision"] == "bf16");
+  CHECK(l3c::config_from_json(with("dist", "nccl_bootstrap", "tcp")).dist.nccl_bootstrap == l3c::NcclBootstrap::Tcp);
+  // A choice is spelled by a string; --set reads a bare word as one.
+  CHECK_THAT(error_from_json(with("train", "schedule", 3)), Contains("train.schedule: expected a string, got 3"));
+  TempDir dir;
+  const std::string path = dir.write("x.json", minimal().dump());
+  CHECK(l3c::load_config(path, {"train.recompute=all"}).train.recompute == l3c::RecomputeChoice::All);
+  CHECK_THROWS_WITH(l3c::load_config(path, {"train.dtype=1"}),
+                    Catch::Contains("train.dtype: must be one of f32, f64; got \"1\""));
+  // DType's names are dtype_name's, so a message and a config spell a dtype alike.
+  for (const l3c::DType d : {l3c::DType::F32, l3c::DType::F64, l3c::DType::BF16, l3c::DType::I32})
+    CHECK(l3c::choice_name(d) == l3c::dtype_name(d));
+  CHECK_THROWS_WITH(l3c::parse_choice<l3c::Precision>("fp16", "--precision"),
+                    Catch::Contains("--precision: must be one of fp32, bf16; got \"fp16\""));
 }
 
 TEST_CASE("a missing required field is an error naming it", "[config]") {
@@ -422,7 +439,7 @@ TEST_CASE("overrides set numbers, booleans, strings and paths", "[config]") {
   CHECK(c.data.train == "some/path");
   CHECK(c.model.n_layers == 6);
   CHECK(c.train.seed == 7);
-  CHECK(c.train.schedule == "wsd");
+  CHECK(c.train.schedule == l3c::Schedule::Wsd);
   CHECK(c.run.dir == "2024");          // a string field takes a number-looking value as text; the last --set wins
   CHECK(c.data.val == "quoted");       // a JSON string literal is unquoted
   CHECK(l3c::load_config(path, {"data.val="}).data.val == "");
@@ -486,7 +503,7 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
   c.train.lr = 1.0 / 3.0;
   c.train.min_lr = 1e-7;
   c.train.warmup_steps = 2;
-  c.train.schedule = "wsd";
+  c.train.schedule = l3c::Schedule::Wsd;
   c.train.decay_fraction = 0.3;
   c.train.weight_decay = 0.0;
   c.train.beta1 = 0.8;
@@ -495,8 +512,8 @@ TEST_CASE("config_to_json round-trips exactly and lists every field in schema or
   c.train.grad_clip = 0.0;
   c.train.seed = 18446744073709551615ull;
   c.train.threads = 3;
-  c.train.dtype = "f64";
-  c.train.on_nonfinite = "skip";
+  c.train.dtype = l3c::DType::F64;
+  c.train.on_nonfinite = l3c::NonFinitePolicy::Skip;
   c.train.trainable = {"attention", "model.layers.0."};
   c.eval.every = 5;
   c.eval.batches = 2;
@@ -561,7 +578,7 @@ TEST_CASE("model.l3 reads with derived sizes and defaults, and absent means a de
   CHECK_FALSE(l3.tie_kv);
   CHECK_FALSE(l3.residual);
   CHECK(l3.init_std == 0.02);
-  CHECK(l3.allocation.method == "uniform");
+  CHECK(l3.allocation.method == l3c::AllocationMethod::Uniform);
   CHECK(l3.allocation.eot == -1);
   CHECK(l3c::config_from_json(with_l3({{"tie_kv", true}})).model.l3.d_emb == 64);  // tied: d_model
 

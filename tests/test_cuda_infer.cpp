@@ -16,27 +16,14 @@
 #include "infer/generate.h"
 #include "infer/model.h"
 #include "infer/session.h"
-#include "infer_test_util.h"
 #include "kernels/ops.h"
-#include "train/model_io.h"
+#include "runtime/model_io.h"
+#include "infer_test_util.h"
 
 using namespace l3c;
 using namespace l3c::test;
 
 namespace {
-
-std::vector<int32_t> prompt_of(int64_t length, int64_t seed) {
-  std::vector<int32_t> p;
-  for (int64_t i = 0; i < length; ++i) p.push_back(static_cast<int32_t>((seed * 13 + i * 7 + i * i) % kInferVocab));
-  return p;
-}
-
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
-  return worst;
-}
 
 // Logits of a fixed workload: two prompts prefilled, then `steps` batched greedy decode steps (the tokens the
 // session itself chose), all logits concatenated; and the chosen tokens.
@@ -67,17 +54,6 @@ Trace run_trace(InferenceModel& model, int steps) {
   return trace;
 }
 
-struct SavedModel {
-  std::string dir;
-  explicit SavedModel(const RandomModel& r, const std::string& name) {
-    dir = (std::filesystem::temp_directory_path() / ("l3c_cuda_infer_" + name + "_" + std::to_string(::getpid()))).string();
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    save_model(dir + "/model.safetensors", *r.model, r.params, r.config);
-    write_config_json(dir + "/config.json", r.config);
-  }
-  ~SavedModel() { std::filesystem::remove_all(dir); }
-};
 
 }  // namespace
 

@@ -16,14 +16,14 @@
 
 #include <nlohmann/json.hpp>
 
-#include "core/arena.h"
-#include "cuda_test_util.h"
+#include "core/safetensors.h"
+#include "kernels/arena.h"
 #include "kernels/ops.h"
 #include "model/llama.h"
-#include "train/model_io.h"
-#include "train/safetensors.h"
-#include "train/checkpoint.h"
+#include "runtime/checkpoint.h"
+#include "runtime/model_io.h"
 #include "train/trainer.h"
+#include "cuda_test_util.h"
 #include "golden_config.h"
 
 using namespace l3c;
@@ -37,10 +37,10 @@ Config config_of(const SafetensorsFile& golden, int64_t B, int64_t T) {
   c.train.steps = 10;
   c.train.lr = 1e-2;
   c.train.min_lr = 1e-3;
-  c.train.schedule = "cosine";
+  c.train.schedule = Schedule::Cosine;
   c.train.warmup_steps = 2;
   c.train.grad_clip = 1.0;
-  c.train.device = "cpu";
+  c.train.device = DeviceChoice::Cpu;
   return c;
 }
 
@@ -137,8 +137,8 @@ double accumulated_gradients(const Llama& cpu_model, const FlatBuffer& cpu_param
 // A training state for `config` on `device` starting from the golden file's weights (and L3 allocations).
 std::unique_ptr<TrainingState> golden_state(Config config, const std::string& device, const std::string& precision,
                                             const SafetensorsFile& golden) {
-  config.train.device = device;
-  config.train.precision = precision;
+  config.train.device = parse_choice<DeviceChoice>(device, "device");
+  config.train.precision = parse_choice<Precision>(precision, "precision");
   auto state = std::make_unique<TrainingState>(config);
   Llama loaded(config.model);
   FlatBuffer host(loaded.registry().total(), DType::F32);
@@ -196,12 +196,12 @@ TEST_CASE("cuda: recomputing SwiGLU and attention in the backward gives the same
   FlatBuffer params(model.registry().total(), DType::F32);
   load_model_state(golden, model, params, ExtraTensors::Ignore);
   const Result kept = run(model, params, tokens, targets, Device::CUDA);
-  const Result recomputed = run(model, params, tokens, targets, Device::CUDA, Recompute::from("all"));
+  const Result recomputed = run(model, params, tokens, targets, Device::CUDA, Recompute::from(RecomputeChoice::All));
   CHECK(recomputed.loss == kept.loss);
   CHECK(recomputed.grads == kept.grads);
   CHECK(model.activation_bytes(2, 8, DType::F32, true) > [&] {
     Llama smaller = model;
-    smaller.set_recompute(Recompute::from("all"));
+    smaller.set_recompute(Recompute::from(RecomputeChoice::All));
     return smaller.activation_bytes(2, 8, DType::F32, true);
   }());
 }

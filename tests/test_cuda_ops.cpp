@@ -13,11 +13,11 @@
 #include <utility>
 #include <vector>
 
-#include "core/arena.h"
-#include "cuda_test_util.h"
+#include "kernels/arena.h"
 #include "kernels/cpu/cpu_ops.h"
-#include "model/params.h"
 #include "kernels/ops.h"
+#include "model/params.h"
+#include "cuda_test_util.h"
 #ifdef L3C_WITH_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif

@@ -7,9 +7,9 @@
 #include <thread>
 #include <unistd.h>
 
+#include "core/safetensors.h"
 #include "data/dataloader.h"
 #include "data/shard.h"
-#include "train/safetensors.h"
 #include "test_util.h"
 
 using namespace l3c;
@@ -17,13 +17,7 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_data_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
+using test::fresh_dir;
 // A safetensors file written by hand: the 8-byte length, the header text as given, then `data_bytes` bytes.
 void write_raw_safetensors(const std::string& path, const std::string& header, size_t data_bytes) {
   std::ofstream out(path, std::ios::binary);

@@ -20,13 +20,7 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_dataloader_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+using test::fresh_dir;
 
 // Three shards of different lengths whose tokens say where they come from: shard k, offset i -> k*1000 + i.
 // With T = 4: 249, 100 and 12 windows (361 in all).

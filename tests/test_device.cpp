@@ -7,7 +7,7 @@
 
 #include "core/errors.h"
 #include "kernels/device.h"
-#include "train/device.h"
+#include "runtime/device.h"
 
 using Catch::Matchers::Contains;
 

@@ -23,14 +23,8 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-Environment env_of(const std::map<std::string, std::string>& values) {
-  return [values](const char* name) -> const char* {
-    const auto it = values.find(name);
-    return it == values.end() ? nullptr : it->second.c_str();
-  };
-}
-
+// The message of the UserError that f throws, or "(no error)": the tcp tests call it on threads of their own, where a
+// failing Catch assertion would end the process.
 std::string user_error(const std::function<void()>& f) {
   try {
     f();
@@ -38,6 +32,13 @@ std::string user_error(const std::function<void()>& f) {
     return e.what();
   }
   return "(no error)";
+}
+
+Environment env_of(const std::map<std::string, std::string>& values) {
+  return [values](const char* name) -> const char* {
+    const auto it = values.find(name);
+    return it == values.end() ? nullptr : it->second.c_str();
+  };
 }
 
 // A TCP port free at the moment of the call.

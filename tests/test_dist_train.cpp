@@ -18,14 +18,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/safetensors.h"
 #include "data/shard.h"
 #include "dist/mpi_communicator.h"
-#include "train/safetensors.h"
 
 using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
+using l3c::test::fresh_dir;
+using l3c::test::wait_until;
 
 const std::string kL3c = std::string(L3C_BINARY_DIR) + "/l3c";
 const bool kPeakGiven = ::setenv("L3C_CPU_PEAK_GFLOPS", "100", 1) == 0;
@@ -47,13 +49,6 @@ bool skip_without_mpi() {
 l3c::test::CommandResult train(int ranks, const std::string& args, const std::string& env = "") {
   const std::string launcher = ranks == 1 ? "" : kMpirun + "-np " + std::to_string(ranks) + " ";
   return l3c::test::run_command(env + launcher + kL3c + " train " + args + " --set train.threads=1 2>&1");
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_dist_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
 }
 
 enum class Model { Dense, L3, Moe };
@@ -121,15 +116,6 @@ void check_weights(const fs::path& a, const fs::path& b, double tolerance) {
     for (double v : y) largest = std::max(largest, std::abs(v));
     CHECK(l3c::test::max_abs_error(x, y) <= tolerance * std::max(largest, 1e-30));
   }
-}
-
-bool wait_until(const std::function<bool()>& condition, double seconds = 60) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return false;
 }
 
 // Starts `command` in the background; its output goes to `log`.

@@ -31,32 +31,11 @@ using namespace l3c;
 namespace {
 
 using Result = test::CommandResult;
-
-Result run_l3c(const std::string& args) {
-  return test::run_command(std::string(L3C_BINARY_DIR) + "/l3c " + args + " 2>&1");
-}
-
-nlohmann::json last_json_line(const std::string& output) {
-  const auto end = output.find_last_not_of('\n');
-  const auto start = output.rfind('\n', end);
-  return nlohmann::json::parse(output.substr(start == std::string::npos ? 0 : start + 1, end - start));
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_eval_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_text(const fs::path& path, const std::string& text) { std::ofstream(path, std::ios::binary) << text; }
-
-void check_user_error(const Result& r, const std::string& message) {
-  INFO(r.output);
-  CHECK(r.exit_code == 2);
-  CHECK_THAT(r.output, Contains("error: ") && Contains(message));
-  CHECK_THAT(r.output, !Contains("internal error"));
-}
+using test::check_user_error;
+using test::fresh_dir;
+using test::last_json_line;
+using test::run_l3c;
+using test::write_text;
 
 // A small model with a dense layer, an MoE layer and an L3 layer (byte vocabulary), in f64 with random weights.
 struct MixedModel {

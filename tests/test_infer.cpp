@@ -13,15 +13,15 @@
 #include <string>
 #include <vector>
 
-#include "core/arena.h"
 #include "infer/generate.h"
 #include "infer/model.h"
 #include "infer/sampler.h"
 #include "infer/session.h"
-#include "infer_test_util.h"
+#include "kernels/arena.h"
 #include "kernels/ops.h"
+#include "runtime/model_io.h"
+#include "infer_test_util.h"
 #include "test_util.h"
-#include "train/model_io.h"
 
 using namespace l3c;
 using namespace l3c::test;
@@ -44,31 +44,6 @@ int32_t argmax(const std::vector<float>& v) {
   return static_cast<int32_t>(std::max_element(v.begin(), v.end()) - v.begin());
 }
 
-double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(static_cast<double>(a[i]) - b[i]));
-  return worst;
-}
-
-std::vector<int32_t> prompt_of(int64_t length, int64_t seed) {
-  std::vector<int32_t> p;
-  for (int64_t i = 0; i < length; ++i) p.push_back(static_cast<int32_t>((seed * 13 + i * 7 + i * i) % kInferVocab));
-  return p;
-}
-
-// A temporary folder holding config.json and model.safetensors of a random model.
-struct SavedModel {
-  std::string dir;
-  explicit SavedModel(const RandomModel& r, const std::string& name) {
-    dir = (std::filesystem::temp_directory_path() / ("l3c_infer_" + name + "_" + std::to_string(::getpid()))).string();
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    save_model(dir + "/model.safetensors", *r.model, r.params, r.config);
-    write_config_json(dir + "/config.json", r.config);
-  }
-  ~SavedModel() { std::filesystem::remove_all(dir); }
-};
 
 }  // namespace
 
@@ -283,5 +258,6 @@ TEST_CASE("inference refuses prompts past the context, empty prompts and batches
   CHECK_THROWS_WITH(InferenceSession(model, huge), Contains(std::to_string(need.session()) + " bytes"));
   CHECK_THROWS_WITH(InferenceModel(r.config, *r.model, r.params, {.tables = L3TableMode::Mmap}),
                     Contains("load the model from a folder"));
-  CHECK_THROWS_WITH(parse_l3_table_mode("disk"), Contains("--l3-tables: must be device, host or mmap, got 'disk'"));
+  CHECK_THROWS_WITH(parse_choice<L3TableMode>("disk", "--l3-tables"),
+                    Contains("--l3-tables: must be one of device, host, mmap; got \"disk\""));
 }

@@ -17,9 +17,9 @@
 #include <numeric>
 #include <unistd.h>
 
-#include "core/arena.h"
 #include "data/allocation.h"
 #include "data/shard.h"
+#include "kernels/arena.h"
 #include "kernels/ops.h"
 #include "model/l3.h"
 #include "model/llama.h"
@@ -41,13 +41,6 @@ TestTensor token_tensor(const std::vector<int32_t>& ids) {
   TestTensor t(DType::I32, {static_cast<int64_t>(ids.size())});
   for (size_t i = 0; i < ids.size(); ++i) t.ptr<int32_t>()[i] = ids[i];
   return t;
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_l3_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
 }
 
 // ---- a small L3 layer set up for tests --------------------------------------------------------------------
@@ -535,7 +528,7 @@ TEST_CASE("mix_init identity starts W_mix's h-part as the identity and draws its
           "[l3][model]") {
   ModelConfig config = l3_model(false, false);
   const Llama normal_model(config);
-  config.l3.mix_init = "identity";
+  config.l3.mix_init = MixInit::Identity;
   const Llama identity_model(config);
   const ParamInfo& p = identity_model.registry().find("model.l3.1.w_mix.weight");
   REQUIRE(p.offset == normal_model.registry().find("model.l3.1.w_mix.weight").offset);
@@ -825,7 +818,7 @@ TEST_CASE("an allocation from shards reads them as one stream split at end-of-te
   for (const auto& bin : summary["histogram"]) binned += bin["tokens"].get<int64_t>();
   CHECK(binned == V);
 
-  request.method = "unigram";
+  request.method = AllocationMethod::Unigram;
   std::vector<int64_t> token_counts(V, 0);
   for (uint32_t t : stream)
     if (t != eot) ++token_counts[t];
@@ -861,14 +854,14 @@ TEST_CASE("allocation files round-trip, and a wrong vocabulary, sum, zero count,
   const fs::path dir = fresh_dir("files");
   const std::string path = (dir / "alloc.safetensors").string();
   Allocation a;
-  a.method = "lzw";
+  a.method = AllocationMethod::Lzw;
   a.v = 20;
   a.k = 5;
   a.counts = {5, 1, 3, 2, 4, 1, 1, 3};
   write_allocation_file(path, a);
   const Allocation back = read_allocation_file(path, 8, 20, 5);
   CHECK(back.counts == a.counts);
-  CHECK(back.method == "lzw");
+  CHECK(back.method == AllocationMethod::Lzw);
 
   CHECK_THROWS_WITH(read_allocation_file(path, 9, 20, 5),
                     Contains(path) && Contains("covers 8 token ids but the vocabulary has 9"));

@@ -7,7 +7,7 @@
 #include <string>
 #include <utility>
 
-#include "core/arena.h"
+#include "kernels/arena.h"
 #include "model/llama.h"
 #include "test_util.h"
 
@@ -166,7 +166,7 @@ TEST_CASE("recomputing SwiGLU and attention in the backward gives the same bits 
   test::TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
   test::random_tokens(tokens, 13, 21);
   test::random_tokens(targets, 13, 22);
-  auto run = [&](const std::string& setting, FlatBuffer& grads) {
+  auto run = [&](RecomputeChoice setting, FlatBuffer& grads) {
     Llama m = model;
     m.set_recompute(Recompute::from(setting));
     Arena arena(m.activation_bytes(B, T, DType::F32, true), "test");
@@ -175,9 +175,9 @@ TEST_CASE("recomputing SwiGLU and attention in the backward gives the same bits 
     return std::pair<double, size_t>(loss, arena.peak());
   };
   FlatBuffer kept(model.registry().total(), DType::F32);
-  const auto [loss, bytes] = run("none", kept);
-  for (const char* setting : {"swiglu", "attention", "all"}) {
-    INFO("recompute " << setting);
+  const auto [loss, bytes] = run(RecomputeChoice::None, kept);
+  for (const RecomputeChoice setting : {RecomputeChoice::Swiglu, RecomputeChoice::Attention, RecomputeChoice::All}) {
+    INFO("recompute " << choice_name(setting));
     FlatBuffer grads(model.registry().total(), DType::F32);
     const auto [loss_r, bytes_r] = run(setting, grads);
     CHECK(loss_r == loss);

@@ -12,8 +12,8 @@
 
 #include <fmt/format.h>
 
-#include "core/arena.h"
 #include "core/config.h"
+#include "kernels/arena.h"
 #include "kernels/ops.h"
 #include "model/llama.h"
 #include "model/moe.h"

@@ -96,7 +96,7 @@ TEST_CASE("cosine schedule: linear warmup, then cosine from lr to min_lr at the 
   t.warmup_steps = 10;
   t.lr = 1.0;
   t.min_lr = 0.1;
-  t.schedule = "cosine";
+  t.schedule = Schedule::Cosine;
   CHECK(learning_rate(t, 0) == Approx(0.1));
   CHECK(learning_rate(t, 9) == Approx(1.0));
   CHECK(learning_rate(t, 10) == Approx(1.0));
@@ -112,7 +112,7 @@ TEST_CASE("warmup-stable-decay schedule: flat, then a linear decay over the last
   t.warmup_steps = 10;
   t.lr = 1.0;
   t.min_lr = 0.0;
-  t.schedule = "wsd";
+  t.schedule = Schedule::Wsd;
   t.decay_fraction = 0.2;
   CHECK(learning_rate(t, 4) == Approx(0.5));
   CHECK(learning_rate(t, 50) == 1.0);
@@ -127,7 +127,7 @@ TEST_CASE("constant schedule keeps lr after warmup", "[optim]") {
   t.steps = 50;
   t.warmup_steps = 0;
   t.lr = 0.3;
-  t.schedule = "constant";
+  t.schedule = Schedule::Constant;
   CHECK(learning_rate(t, 0) == 0.3);
   CHECK(learning_rate(t, 49) == 0.3);
 }

@@ -3,7 +3,7 @@
 // and every iso-sparse MoE matches its L3 model within 2% (`l3c inspect --match`).
 #include <catch2/catch.hpp>
 
-#include "cli_test_util.h"
+#include "test_util.h"
 
 #include <algorithm>
 #include <cmath>

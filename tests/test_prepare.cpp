@@ -27,25 +27,9 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_prepare_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  fs::create_directories(path.parent_path());
-  std::ofstream(path, std::ios::binary) << bytes;
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+using test::fresh_dir;
+using test::read_text;
+using test::write_text;
 
 std::vector<uint32_t> shard_tokens(const fs::path& path) {
   TokenShard shard(path.string());
@@ -133,7 +117,7 @@ TEST_CASE("sha256 matches the FIPS 180-4 test vectors", "[prepare]") {
 
 TEST_CASE("prepare strips the BOM, turns CRLF into LF and keeps everything else", "[prepare]") {
   const fs::path dir = fresh_dir("normalise");
-  write_bytes(dir / "in" / "a.txt", "\xEF\xBB\xBFline one\r\nline two\r\nlone\rcarriage \xC3\xA9\r\n");
+  write_text(dir / "in" / "a.txt", "\xEF\xBB\xBFline one\r\nline two\r\nlone\rcarriage \xC3\xA9\r\n");
   PrepareOptions o = options_for(dir / "out", {(dir / "in" / "a.txt").string()});
   o.val_fraction = 0.0;
   prepare_dataset(o, ByteTokenizer());
@@ -144,7 +128,7 @@ TEST_CASE("prepare strips the BOM, turns CRLF into LF and keeps everything else"
 
 TEST_CASE("JSONL: one document per line from the chosen field, separated by the end-of-text id", "[prepare]") {
   const fs::path dir = fresh_dir("jsonl");
-  write_bytes(dir / "docs.jsonl",
+  write_text(dir / "docs.jsonl",
               "{\"text\": \"first\\r\\ndoc\", \"body\": \"B1\"}\n\n  \n{\"text\": \"second \\u00e9\", \"body\": \"B2\"}\n"
               "{\"text\": \"\", \"body\": \"B3\"}");
   PrepareOptions o = options_for(dir / "out", {(dir / "docs.jsonl").string()});
@@ -162,10 +146,10 @@ TEST_CASE("JSONL: one document per line from the chosen field, separated by the 
 
 TEST_CASE("folders are read recursively in sorted order, hidden files skipped", "[prepare]") {
   const fs::path dir = fresh_dir("folders");
-  write_bytes(dir / "in" / "b" / "2.txt", "two");
-  write_bytes(dir / "in" / "a.txt", "one");
-  write_bytes(dir / "in" / "c.jsonl", "{\"text\": \"three\"}\n");
-  write_bytes(dir / "in" / ".hidden", std::string("\0\0binary", 8));
+  write_text(dir / "in" / "b" / "2.txt", "two");
+  write_text(dir / "in" / "a.txt", "one");
+  write_text(dir / "in" / "c.jsonl", "{\"text\": \"three\"}\n");
+  write_text(dir / "in" / ".hidden", std::string("\0\0binary", 8));
   const std::vector<TextInput> inputs = expand_text_inputs({(dir / "in").string()});
   REQUIRE(inputs.size() == 3);
   CHECK(fs::path(inputs[0].path).filename() == "a.txt");
@@ -181,7 +165,7 @@ TEST_CASE("the document split is a pure function of (seed, index)", "[prepare]")
   const fs::path dir = fresh_dir("split");
   std::string jsonl;
   for (int i = 0; i < 200; ++i) jsonl += "{\"text\": \"d" + std::to_string(i) + "\"}\n";
-  write_bytes(dir / "docs.jsonl", jsonl);
+  write_text(dir / "docs.jsonl", jsonl);
   auto run = [&](const std::string& name, uint64_t seed, const std::string& input) {
     PrepareOptions o = options_for(dir / name, {input});
     o.val_fraction = 0.25;
@@ -204,7 +188,7 @@ TEST_CASE("the document split is a pure function of (seed, index)", "[prepare]")
   CHECK(in_val > 30);
   CHECK(in_val < 70);
   // Documents added at the end do not move earlier ones.
-  write_bytes(dir / "more.jsonl", jsonl + "{\"text\": \"extra1\"}\n{\"text\": \"extra2\"}\n");
+  write_text(dir / "more.jsonl", jsonl + "{\"text\": \"extra1\"}\n{\"text\": \"extra2\"}\n");
   const auto more = run("more", 7, (dir / "more.jsonl").string());
   CHECK(more.second.rfind(a.second, 0) == 0);
   CHECK(more.first.rfind(a.first, 0) == 0);
@@ -213,8 +197,8 @@ TEST_CASE("the document split is a pure function of (seed, index)", "[prepare]")
 TEST_CASE("a tiny corpus still gets a validation document, and one document is split at a line", "[prepare]") {
   const fs::path dir = fresh_dir("single");
   SECTION("two documents") {
-    write_bytes(dir / "a.txt", "alpha");
-    write_bytes(dir / "b.txt", "beta");
+    write_text(dir / "a.txt", "alpha");
+    write_text(dir / "b.txt", "beta");
     PrepareOptions o = options_for(dir / "out", {(dir / "a.txt").string(), (dir / "b.txt").string()});
     o.val_fraction = 0.01;  // the rule alone would put neither into validation
     const PrepareResult r = prepare_dataset(o, ByteTokenizer());
@@ -224,7 +208,7 @@ TEST_CASE("a tiny corpus still gets a validation document, and one document is s
   SECTION("one document") {
     std::string text;
     for (int i = 0; i < 100; ++i) text += "line " + std::to_string(i) + " of the play\n";
-    write_bytes(dir / "play.txt", text);
+    write_text(dir / "play.txt", text);
     PrepareOptions o = options_for(dir / "out", {(dir / "play.txt").string()});
     o.val_fraction = 0.1;
     const PrepareResult r = prepare_dataset(o, ByteTokenizer());
@@ -241,7 +225,7 @@ TEST_CASE("a tiny corpus still gets a validation document, and one document is s
 
 TEST_CASE("shards are uint16 for vocabularies up to 65536 ids, else uint32", "[prepare]") {
   const fs::path dir = fresh_dir("width");
-  write_bytes(dir / "a.txt", "hello world");
+  write_text(dir / "a.txt", "hello world");
   PrepareOptions o = options_for(dir / "narrow", {(dir / "a.txt").string()});
   o.val_fraction = 0.0;
   prepare_dataset(o, ByteTokenizer());
@@ -250,7 +234,7 @@ TEST_CASE("shards are uint16 for vocabularies up to 65536 ids, else uint32", "[p
   const PrepareResult r = prepare_dataset(o, WideTokenizer());
   CHECK(fs::file_size(dir / "wide" / "train_000000.bin") == 1024 + 4 * 12);
   CHECK(r.manifest["token_bytes"] == 4);
-  const std::string bytes = read_bytes(dir / "wide" / "train_000000.bin");
+  const std::string bytes = read_text(dir / "wide" / "train_000000.bin");
   int32_t header[3];
   std::memcpy(header, bytes.data(), sizeof header);
   CHECK(header[0] == kShardMagicU32);
@@ -263,8 +247,8 @@ TEST_CASE("the manifest records the tokenizer, the inputs, counts and shards", "
   const fs::path dir = fresh_dir("manifest");
   std::string jsonl;
   for (int i = 0; i < 40; ++i) jsonl += "{\"text\": \"document number " + std::to_string(i) + "\"}\n";
-  write_bytes(dir / "docs.jsonl", jsonl);
-  write_bytes(dir / "extra.txt", "an extra text file\n");
+  write_text(dir / "docs.jsonl", jsonl);
+  write_text(dir / "extra.txt", "an extra text file\n");
   PrepareOptions o = options_for(dir / "out", {(dir / "docs.jsonl").string(), (dir / "extra.txt").string()});
   o.val_fraction = 0.2;
   o.seed = 3;
@@ -300,7 +284,7 @@ TEST_CASE("the stream is split into shards of at most --shard-tokens tokens", "[
   const fs::path dir = fresh_dir("shard_size");
   std::string text;
   for (int i = 0; i < 1000; ++i) text.push_back(static_cast<char>('a' + i % 26));
-  write_bytes(dir / "a.txt", text);
+  write_text(dir / "a.txt", text);
   PrepareOptions o = options_for(dir / "out", {(dir / "a.txt").string()});
   o.val_fraction = 0.0;
   o.shard_tokens = 300;
@@ -320,8 +304,8 @@ TEST_CASE("parallel encoding gives the same shards on any thread count", "[prepa
   const fs::path dir = fresh_dir("threads");
   std::string big;  // one document of ~1.2 MB: cut into pieces that are encoded in parallel
   for (int i = 0; big.size() < 1200000; ++i) big += "Line " + std::to_string(i) + ": some words, more words.\n";
-  write_bytes(dir / "big.txt", big);
-  for (int i = 0; i < 20; ++i) write_bytes(dir / "small" / fmt::format("{:02d}.txt", i), "small doc " + std::to_string(i));
+  write_text(dir / "big.txt", big);
+  for (int i = 0; i < 20; ++i) write_text(dir / "small" / fmt::format("{:02d}.txt", i), "small doc " + std::to_string(i));
   const std::vector<size_t> ends = encoding_piece_ends(big, 256 * 1024);
   CHECK(ends.size() >= 4);
   CHECK(ends.back() == big.size());
@@ -330,7 +314,7 @@ TEST_CASE("parallel encoding gives the same shards on any thread count", "[prepa
     PrepareOptions o = options_for(dir / name, {(dir / "big.txt").string(), (dir / "small").string()});
     o.threads = threads;
     prepare_dataset(o, BytesWithEot());
-    return read_bytes(dir / name / "train_000000.bin") + read_bytes(dir / name / "val_000000.bin");
+    return read_text(dir / name / "train_000000.bin") + read_text(dir / name / "val_000000.bin");
   };
   CHECK(run("one", 1) == run("two", 2));
 }
@@ -339,7 +323,7 @@ TEST_CASE("pieces of a document encode to the ids of the whole document with GPT
   const fs::path data = fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data";
   const std::unique_ptr<Tokenizer> gpt2 = load_tokenizer((data / "gpt2").string());
   for (const fs::path& file : {data / "tinyshakespeare" / "input.txt", data / "heldout" / "ENG18720_Lynn.txt"}) {
-    const std::string text = read_bytes(file).substr(0, 300000);
+    const std::string text = read_text(file).substr(0, 300000);
     const std::vector<size_t> ends = encoding_piece_ends(text, 16 * 1024);
     REQUIRE(ends.size() > 10);
     std::vector<uint32_t> pieces;
@@ -356,7 +340,7 @@ TEST_CASE("pieces of a document encode to the ids of the whole document with GPT
 
 TEST_CASE("invalid UTF-8 is an error with file and byte offset, or replaced by U+FFFD", "[prepare]") {
   const fs::path dir = fresh_dir("utf8");
-  write_bytes(dir / "bad.txt", "good text\nthen \xC3\x28 bad\n");
+  write_text(dir / "bad.txt", "good text\nthen \xC3\x28 bad\n");
   PrepareOptions o = options_for(dir / "out", {(dir / "bad.txt").string()});
   o.val_fraction = 0.0;
   CHECK_THROWS_WITH(prepare_dataset(o, ByteTokenizer()),
@@ -371,7 +355,7 @@ TEST_CASE("invalid UTF-8 is an error with file and byte offset, or replaced by U
   CHECK_THROWS_WITH(normalize_text("ok\xED\xA0\x80", "f.txt", 100, InvalidUtf8::Error),
                     Contains("f.txt") && Contains("byte offset 102") && Contains("ED A0 80"));
   // In JSONL the message names the line, and the offset is the file's.
-  write_bytes(dir / "bad.jsonl", "{\"text\": \"fine\"}\n{\"text\": \"x\xFF\"}\n");
+  write_text(dir / "bad.jsonl", "{\"text\": \"fine\"}\n{\"text\": \"x\xFF\"}\n");
   o.out = (dir / "out_jsonl").string();
   o.inputs = {(dir / "bad.jsonl").string()};
   o.invalid_utf8 = InvalidUtf8::Error;
@@ -383,11 +367,11 @@ TEST_CASE("bad input names the file and position, and leaves no shard behind", "
   // A good, long first input makes shards before the bad one is reached.
   std::string good;
   for (int i = 0; i < 5000; ++i) good += "word ";
-  write_bytes(dir / "a_good.txt", good);
+  write_text(dir / "a_good.txt", good);
   PrepareOptions o = options_for(dir / "out", {});
   o.shard_tokens = 1000;
   auto expect_error = [&](const std::string& name, const std::string& content, const std::string& message) {
-    write_bytes(dir / name, content);
+    write_text(dir / name, content);
     o.inputs = {(dir / "a_good.txt").string(), (dir / name).string()};
     CHECK_THROWS_WITH(prepare_dataset(o, ByteTokenizer()), Contains(name) && Contains(message));
     CHECK(count_files(dir / "out", ".bin") == 0);
@@ -437,26 +421,24 @@ const std::string kL3c = std::string(L3C_BINARY_DIR) + "/l3c";
 
 TEST_CASE("l3c prepare: a JSON summary on success, exit 2 and one message on bad input", "[prepare][cli]") {
   const fs::path dir = fresh_dir("cli");
-  write_bytes(dir / "docs.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n");
-  const Result ok = run_with_stderr(kL3c + " prepare --json --no-progress --val-fraction 0.3 --out " + (dir / "out").string() +
+  write_text(dir / "docs.jsonl", "{\"text\": \"one\"}\n{\"text\": \"two\"}\n{\"text\": \"three\"}\n");
+  const Result ok = test::run_l3c("prepare --json --no-progress --val-fraction 0.3 --out " + (dir / "out").string() +
                                 " " + (dir / "docs.jsonl").string());
   INFO(ok.output);
   REQUIRE(ok.exit_code == 0);
-  const size_t end = ok.output.find_last_not_of('\n');
-  const size_t start = ok.output.rfind('\n', end);
-  const auto summary = nlohmann::json::parse(ok.output.substr(start == std::string::npos ? 0 : start + 1));
+  const auto summary = test::last_json_line(ok.output);
   CHECK(summary["documents"]["train"].get<int>() + summary["documents"]["val"].get<int>() == 3);
   CHECK(summary["tokenizer"]["spec"] == "bytes");
 
-  write_bytes(dir / "bad.jsonl", "{\"text\": \"one\"}\n{\"txt\": \"two\"}\n");
-  const Result bad = run_with_stderr(kL3c + " prepare --out " + (dir / "bad_out").string() + " " + (dir / "bad.jsonl").string());
+  write_text(dir / "bad.jsonl", "{\"text\": \"one\"}\n{\"txt\": \"two\"}\n");
+  const Result bad = test::run_l3c("prepare --out " + (dir / "bad_out").string() + " " + (dir / "bad.jsonl").string());
   CHECK(bad.exit_code == 2);
   CHECK_THAT(bad.output, Contains("error: ") && Contains("bad.jsonl:2: no \"text\" field"));
   CHECK(count_files(dir / "bad_out", ".bin") == 0);
-  const Result option = run_with_stderr(kL3c + " prepare --invalid-utf8 maybe --out " + (dir / "o").string() + " " +
+  const Result option = test::run_l3c("prepare --invalid-utf8 maybe --out " + (dir / "o").string() + " " +
                                     (dir / "docs.jsonl").string());
   CHECK(option.exit_code == 2);
-  CHECK_THAT(option.output, Contains("--invalid-utf8: must be error or replace"));
+  CHECK_THAT(option.output, Contains("--invalid-utf8: must be one of error, replace; got \"maybe\""));
 }
 
 TEST_CASE("scripts/data/fineweb_edu.py --local writes JSONL that prepare turns into the same shards", "[prepare][cli]") {
@@ -470,7 +452,7 @@ TEST_CASE("scripts/data/fineweb_edu.py --local writes JSONL that prepare turns i
                           {"int_score", i % 5 == 0 ? 2 : 3}, {"language", "en"}, {"token_count", 12}};
     jsonl += row.dump() + "\n";
   }
-  write_bytes(dir / "sample.jsonl", jsonl);
+  write_text(dir / "sample.jsonl", jsonl);
   const std::string script = std::string(L3C_SOURCE_DIR) + "/scripts/data/fineweb_edu.py";
   const Result loader = run_with_stderr("python3 " + script + " --local " + (dir / "sample.jsonl").string() + " --out " +
                                     (dir / "jsonl").string() + " --docs-per-file 7 --l3c " + kL3c +
@@ -478,12 +460,12 @@ TEST_CASE("scripts/data/fineweb_edu.py --local writes JSONL that prepare turns i
   INFO(loader.output);
   REQUIRE(loader.exit_code == 0);
   CHECK(count_files(dir / "jsonl", ".jsonl") == 5);  // 30 documents, 7 per file
-  const Result direct = run_with_stderr(kL3c + " prepare --no-progress --val-fraction 0.2 --field text --out " +
+  const Result direct = test::run_l3c("prepare --no-progress --val-fraction 0.2 --field text --out " +
                                     (dir / "direct").string() + " " + (dir / "sample.jsonl").string());
   INFO(direct.output);
   REQUIRE(direct.exit_code == 0);
   for (const std::string name : {"train_000000.bin", "val_000000.bin"})
-    CHECK(read_bytes(dir / "shards" / name) == read_bytes(dir / "direct" / name));
+    CHECK(read_text(dir / "shards" / name) == read_text(dir / "direct" / name));
   const nlohmann::json m = read_json_file((dir / "shards" / "manifest.json").string());
   CHECK(m["documents"]["train"].get<int>() + m["documents"]["val"].get<int>() == 30);
   // --min-int-score filters like the dataset's own int_score field.
@@ -503,14 +485,14 @@ TEST_CASE("a run records its tokenizer: training checks it against the shards, g
   const std::string shakespeare =
       (fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt").string();
   const std::string tokenizer = (dir / "tok").string();
-  const Result trained = run_with_stderr(kL3c + " tokenizer train --vocab-size 300 --out " + tokenizer + " " + shakespeare);
+  const Result trained = test::run_l3c("tokenizer train --vocab-size 300 --out " + tokenizer + " " + shakespeare);
   INFO(trained.output);
   REQUIRE(trained.exit_code == 0);
-  const Result prepared = run_with_stderr(kL3c + " prepare --no-progress --tokenizer " + tokenizer + " --out " +
+  const Result prepared = test::run_l3c("prepare --no-progress --tokenizer " + tokenizer + " --out " +
                                       (dir / "data").string() + " " + shakespeare);
   INFO(prepared.output);
   REQUIRE(prepared.exit_code == 0);
-  write_bytes(dir / "c.json", R"({
+  write_text(dir / "c.json", R"({
   "model": {"vocab_size": 300, "d_model": 32, "n_layers": 1, "n_heads": 2, "ffn_hidden": 64},
   "data": {"train": ")" + (dir / "data" / "train_*.bin").string() + R"(", "val": ")" +
                                   (dir / "data" / "val_*.bin").string() + R"(", "seq_len": 32},
@@ -526,7 +508,7 @@ TEST_CASE("a run records its tokenizer: training checks it against the shards, g
   const Result ok = run_with_stderr(train + " --set data.tokenizer=" + tokenizer);
   INFO(ok.output);
   REQUIRE(ok.exit_code == 0);
-  const Result sample = run_with_stderr(kL3c + " generate --json --tokens 20 --prompt ROMEO: --checkpoint " + (dir / "run").string());
+  const Result sample = test::run_l3c("generate --json --tokens 20 --prompt ROMEO: --checkpoint " + (dir / "run").string());
   INFO(sample.output);
   REQUIRE(sample.exit_code == 0);
   const size_t end = sample.output.find_last_not_of('\n');
@@ -538,7 +520,7 @@ TEST_CASE("a run records its tokenizer: training checks it against the shards, g
   CHECK(j["prompt_tokens"].get<int>() <= 6);
   CHECK(j["generated_tokens"].get<int>() <= 20);
   // A tokenizer that does not fit the model is refused.
-  const Result wrong = run_with_stderr(kL3c + " generate --tokenizer " +
+  const Result wrong = test::run_l3c("generate --tokenizer " +
                                    (fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "gpt2").string() +
                                    " --checkpoint " + (dir / "run").string());
   CHECK(wrong.exit_code == 2);

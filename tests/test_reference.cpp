@@ -6,10 +6,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/llama.h"
-#include "train/model_io.h"
-#include "train/safetensors.h"
+#include "core/safetensors.h"
 #include "kernels/ops.h"
+#include "model/llama.h"
+#include "runtime/model_io.h"
 #include "train/trainer.h"
 #include "golden_config.h"
 #include "test_util.h"

@@ -34,6 +34,9 @@ using Catch::Matchers::Contains;
 namespace fs = std::filesystem;
 
 namespace {
+using l3c::test::fresh_dir;
+using l3c::test::user_error;
+using l3c::test::write_text;
 
 const std::string kShared = std::string(L3C_SOURCE_DIR) + "/../shared";
 const std::string kGpt2 = kShared + "/data/gpt2";
@@ -41,23 +44,6 @@ const std::string kGpt2 = kShared + "/data/gpt2";
 const l3c::BpeTokenizer& gpt2() {
   static const std::unique_ptr<l3c::BpeTokenizer> tokenizer = l3c::BpeTokenizer::load(kGpt2);
   return *tokenizer;
-}
-
-fs::path fresh_dir(const std::string& name) {
-  const fs::path dir = fs::temp_directory_path() / ("l3c_test_tokenizer_" + std::to_string(::getpid()) + "_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_file(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
 }
 
 using Result = l3c::test::CommandResult;
@@ -72,19 +58,9 @@ std::vector<std::string> pretokens(std::string_view text) {
 
 // A few hundred KB of English text: the first bytes of Tiny Shakespeare.
 std::string shakespeare(size_t bytes) {
-  std::string text = read_file(kShared + "/data/tinyshakespeare/input.txt");
+  std::string text = l3c::test::read_text(kShared + "/data/tinyshakespeare/input.txt");
   REQUIRE(text.size() >= bytes);
   return text.substr(0, bytes);
-}
-
-std::string user_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const l3c::UserError& e) {
-    return e.what();
-  }
-  FAIL("expected a UserError");
-  return "";
 }
 
 // The naive trainer: recount every pair after every merge; same tie-breaking as train(): highest count,
@@ -134,7 +110,7 @@ std::vector<std::pair<uint32_t, uint32_t>> naive_merges(const std::string& text,
 
 TEST_CASE("GPT-2 ids equal tiktoken's and tokenizers' on samples of every data file", "[tokenizer]") {
   const nlohmann::json golden =
-      nlohmann::json::parse(read_file(std::string(L3C_SOURCE_DIR) + "/tests/golden/gpt2_tokenizer_ids.json"));
+      nlohmann::json::parse(l3c::test::read_text(std::string(L3C_SOURCE_DIR) + "/tests/golden/gpt2_tokenizer_ids.json"));
   const l3c::BpeTokenizer& tok = gpt2();
   CHECK(tok.vocab_size() == 50257);
   CHECK(tok.eot_id() == std::optional<uint32_t>(50256));
@@ -244,7 +220,7 @@ TEST_CASE("training is deterministic and equals a naive trainer that recounts ev
   // CRLF and a BOM are normalised away before counting.
   const std::string text = "\xEF\xBB\xBF" + shakespeare(60000) + "\r\nIt's 1603; caf\xc3\xa9 \xc3\xa9t\xc3\xa9.\r\n";
   const fs::path dir = fresh_dir("train");
-  write_file(dir / "corpus.txt", text);
+  write_text(dir / "corpus.txt", text);
   l3c::BpeTrainStats stats;
   const l3c::BpeVocabulary a = l3c::train_bpe({(dir / "corpus.txt").string()}, 600, 2, &stats);
   const l3c::BpeVocabulary b = l3c::train_bpe({(dir / "corpus.txt").string()}, 600, 1);
@@ -261,9 +237,9 @@ TEST_CASE("training is deterministic and equals a naive trainer that recounts ev
   // The same input gives the same files, byte for byte.
   l3c::write_bpe_files((dir / "one").string(), a);
   l3c::write_bpe_files((dir / "two").string(), b);
-  CHECK(read_file(dir / "one" / "encoder.json") == read_file(dir / "two" / "encoder.json"));
-  CHECK(read_file(dir / "one" / "vocab.bpe") == read_file(dir / "two" / "vocab.bpe"));
-  CHECK(read_file(dir / "one" / "vocab.bpe").starts_with("#version: 0.2\n"));
+  CHECK(l3c::test::read_text(dir / "one" / "encoder.json") == l3c::test::read_text(dir / "two" / "encoder.json"));
+  CHECK(l3c::test::read_text(dir / "one" / "vocab.bpe") == l3c::test::read_text(dir / "two" / "vocab.bpe"));
+  CHECK(l3c::test::read_text(dir / "one" / "vocab.bpe").starts_with("#version: 0.2\n"));
   fs::remove_all(dir);
 }
 
@@ -271,7 +247,7 @@ TEST_CASE("trained files load back and round-trip and tiktoken and tokenizers gi
           "[tokenizer][train]") {
   const fs::path dir = fresh_dir("reference");
   const std::string corpus = shakespeare(300000);
-  write_file(dir / "corpus.txt", corpus);
+  write_text(dir / "corpus.txt", corpus);
   const l3c::BpeVocabulary vocabulary = l3c::train_bpe({(dir / "corpus.txt").string()}, 1000, 2);
   l3c::write_bpe_files((dir / "tok").string(), vocabulary);
 
@@ -287,7 +263,7 @@ TEST_CASE("trained files load back and round-trip and tiktoken and tokenizers gi
   // Held-out text with non-ASCII characters, digits and white-space runs (not the training text).
   const std::string probe = "It's 1603, and caf\xc3\xa9 na\xc3\xafve \xe6\x97\xa5\xe6\x9c\xac   words\n\n\n  they'll say:"
                             " \xe2\x80\x9cO Romeo!\xe2\x80\x9d\t\xc2\xa0" "end";
-  write_file(dir / "probe.txt", probe + "\n" + corpus.substr(0, 20000));
+  write_text(dir / "probe.txt", probe + "\n" + corpus.substr(0, 20000));
   const std::vector<uint32_t> ours = loaded->encode(probe + "\n" + corpus.substr(0, 20000));
   const std::string script = R"(import json, sys, tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -301,7 +277,7 @@ hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
 text = open(path, encoding="utf-8", newline="").read()
 print(json.dumps({"tiktoken": tt.encode_ordinary(text), "tokenizers": hf.encode(text).ids}))
 )";
-  write_file(dir / "reference.py", script);
+  write_text(dir / "reference.py", script);
   // TIKTOKEN_CACHE_DIR="": tiktoken would otherwise cache files by path, and a later run could read stale ones.
   const std::string python = "TIKTOKEN_CACHE_DIR= python3 " + (dir / "reference.py").string() + " " +
                              (dir / "tok").string() + " " + (dir / "probe.txt").string() + " 2>&1";
@@ -317,8 +293,8 @@ print(json.dumps({"tiktoken": tt.encode_ordinary(text), "tokenizers": hf.encode(
 TEST_CASE("l3c tokenizer train then encode then decode", "[tokenizer][cli]") {
   const fs::path dir = fresh_dir("cli");
   const std::string l3c = std::string(L3C_BINARY_DIR) + "/l3c";
-  write_file(dir / "a.txt", shakespeare(50000));
-  write_file(dir / "sample.txt", "Whence is that knocking? \xe2\x80\x94 It's 3 o'clock.\n\n  \xff end");
+  write_text(dir / "a.txt", shakespeare(50000));
+  write_text(dir / "sample.txt", "Whence is that knocking? \xe2\x80\x94 It's 3 o'clock.\n\n  \xff end");
   const Result train = run(l3c + " tokenizer train --vocab-size 400 --threads 2 --out " + (dir / "tok").string() +
                            " --json " + (dir / "a.txt").string() + " 2>/dev/null");
   INFO(train.output);
@@ -333,19 +309,19 @@ TEST_CASE("l3c tokenizer train then encode then decode", "[tokenizer][cli]") {
   REQUIRE(encoded.exit_code == 0);
   const auto tok = l3c::BpeTokenizer::load((dir / "tok").string());
   std::string expected;
-  for (uint32_t id : tok->encode(read_file(dir / "sample.txt"))) {
+  for (uint32_t id : tok->encode(l3c::test::read_text(dir / "sample.txt"))) {
     if (!expected.empty()) expected.push_back(' ');
     expected += std::to_string(id);
   }
   CHECK(encoded.output == expected + "\n");
 
-  write_file(dir / "ids.txt", encoded.output);
+  write_text(dir / "ids.txt", encoded.output);
   const Result decoded = run(l3c + " tokenizer decode --tokenizer " + (dir / "tok").string() + " < " +
                              (dir / "ids.txt").string() + " 2>&1");
   CHECK(decoded.exit_code == 0);
-  CHECK(decoded.output == read_file(dir / "sample.txt"));
+  CHECK(decoded.output == l3c::test::read_text(dir / "sample.txt"));
 
-  write_file(dir / "bad_ids.txt", "1 2 400\n");
+  write_text(dir / "bad_ids.txt", "1 2 400\n");
   const Result bad = run(l3c + " tokenizer decode --tokenizer " + (dir / "tok").string() + " < " +
                          (dir / "bad_ids.txt").string() + " 2>&1");
   CHECK(bad.exit_code == 2);
@@ -358,13 +334,13 @@ TEST_CASE("l3c tokenizer train then encode then decode", "[tokenizer][cli]") {
 
 TEST_CASE("bad tokenizer files give one clear error naming the file and position", "[tokenizer][errors]") {
   const fs::path dir = fresh_dir("bad");
-  const std::string encoder = read_file(kGpt2 + "/encoder.json");
-  const std::string merges = read_file(kGpt2 + "/vocab.bpe");
+  const std::string encoder = l3c::test::read_text(kGpt2 + "/encoder.json");
+  const std::string merges = l3c::test::read_text(kGpt2 + "/vocab.bpe");
   auto folder = [&](const std::string& name, const std::string* enc, const std::string* bpe) {
     const fs::path d = dir / name;
     fs::create_directories(d);
-    if (enc) write_file(d / "encoder.json", *enc);
-    if (bpe) write_file(d / "vocab.bpe", *bpe);
+    if (enc) write_text(d / "encoder.json", *enc);
+    if (bpe) write_text(d / "vocab.bpe", *bpe);
     return d.string();
   };
 

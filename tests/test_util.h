@@ -1,21 +1,31 @@
 // Test helpers shared by the test files: host tensors that own their storage, deterministic random
-// fills, conversions to double, error measures and a finite-difference gradient.
-// Everything here works on CPU tensors of dtype f32, f64, bf16 (values) and i32 (tokens).
+// fills, conversions to double, error measures and a finite-difference gradient (CPU tensors of dtype f32, f64,
+// bf16 and i32); and files and processes: fresh temporary folders, whole files, running commands and the l3c binary
+// of this build, its `--json` line and its errors.
 #pragma once
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <initializer_list>
+#include <iterator>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <sys/wait.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 #include "core/errors.h"
 #include "core/tensor.h"
@@ -242,6 +252,29 @@ inline std::vector<double> numerical_gradient(const Tensor& param, const std::fu
   return grad;
 }
 
+// ---- files ------------------------------------------------------------------------------------------------
+// An empty folder under the system's temporary folder, named after this process (CTest runs every test case in a
+// process of its own) and `name`; whatever an earlier run left there is removed first.
+inline std::filesystem::path fresh_dir(const std::string& name) {
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("l3c_test_" + std::to_string(::getpid()) + "_" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// Writes `bytes` as the whole file (creating its folder).
+inline void write_text(const std::filesystem::path& path, const std::string& bytes) {
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  std::ofstream(path, std::ios::binary) << bytes;
+}
+
+// The whole file ("" when it cannot be read).
+inline std::string read_text(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
 // ---- running commands -------------------------------------------------------------------------------
 struct CommandResult {
   int exit_code = -1;  // -1 when the command did not exit normally
@@ -259,6 +292,50 @@ inline CommandResult run_command(const std::string& command) {
   const int status = ::pclose(pipe);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return r;
+}
+
+// The l3c binary of this build.
+inline std::string l3c_binary() { return std::string(L3C_BINARY_DIR) + "/l3c"; }
+
+// Runs the l3c binary with stdout and stderr together; `env` is prepended ("VAR=value ").
+inline CommandResult run_l3c(const std::string& args, const std::string& env = "") {
+  return run_command(env + l3c_binary() + " " + args + " 2>&1");
+}
+
+// The last line of a command's output, parsed as JSON (what `--json` prints there).
+inline nlohmann::json last_json_line(const std::string& output) {
+  const auto end = output.find_last_not_of('\n');
+  const auto start = output.rfind('\n', end);
+  return nlohmann::json::parse(output.substr(start == std::string::npos ? 0 : start + 1, end - start));
+}
+
+// Bad input: exit code 2 and one `error:` line holding `message`, never an internal error.
+inline void check_user_error(const CommandResult& r, const std::string& message) {
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  CHECK_THAT(r.output, Catch::Matchers::Contains("error: ") && Catch::Matchers::Contains(message));
+  CHECK_THAT(r.output, !Catch::Matchers::Contains("internal error"));
+}
+
+// The message of the UserError that f throws; fails the test when it throws none.
+inline std::string user_error(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const UserError& e) {
+    return e.what();
+  }
+  FAIL("expected a UserError");
+  return "";
+}
+
+// Polls until `done` holds (true) or `seconds` pass (false).
+inline bool wait_until(const std::function<bool()>& done, double seconds = 60) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (done()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return false;
 }
 
 }  // namespace l3c::test

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "core/config.h"
 #include "core/errors.h"
 
 namespace l3c::cli {
@@ -53,8 +54,7 @@ std::vector<std::string> Args::overrides() const {
   std::vector<std::string> all = sets;
   auto device = options.find("device");
   if (device != options.end()) {
-    if (device->second != "cpu" && device->second != "cuda" && device->second != "auto")
-      fail("--device: must be cpu, cuda or auto, got '{}'", device->second);
+    parse_choice<DeviceChoice>(device->second, "--device");  // a bad name is refused here, as --device
     all.push_back("train.device=" + device->second);
   }
   return all;

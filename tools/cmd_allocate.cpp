@@ -69,9 +69,7 @@ int allocate(const std::vector<std::string>& argv) {
       "[--eot ID (-1: none)] [--json]";
   const cli::Args args =
       cli::parse(argv, {{"data", "v", "k", "method", "out", "vocab-size", "eot"}, {"json"}, 0, 1 << 20, usage});
-  const std::string method = args.get("method", "lzw");
-  if (method != "lzw" && method != "uniform" && method != "unigram")
-    fail("--method: must be lzw, uniform or unigram, got '{}'", method);
+  const AllocationMethod method = parse_choice<AllocationMethod>(args.get("method", "lzw"), "--method");
   const std::string out = args.require("out");
   const int64_t v = args.get_int("v", 0, 1, std::numeric_limits<int32_t>::max());
   const int64_t k = args.get_int("k", 0, 1, limits::kMaxWidth);
@@ -81,7 +79,8 @@ int allocate(const std::vector<std::string>& argv) {
   std::vector<std::string> data;
   if (args.has("data")) data.push_back(args.get("data", ""));
   data.insert(data.end(), args.positional.begin(), args.positional.end());
-  if (data.empty() && !(method == "uniform" && args.has("vocab-size")))
+  const bool uniform = method == AllocationMethod::Uniform;
+  if (data.empty() && !(uniform && args.has("vocab-size")))
     fail("missing required option --data (token shards: files, folders or globs)\nusage: {}", usage);
 
   // Vocabulary size and end-of-text id: the options, else the manifest beside the shards.
@@ -102,17 +101,17 @@ int allocate(const std::vector<std::string>& argv) {
   check_allocation_sizes(vocab_size, v, k, "allocate");
 
   AllocationRequest request;
-  request.data = method == "uniform" ? std::vector<std::string>{} : data;
+  request.data = uniform ? std::vector<std::string>{} : data;
   request.method = method;
   request.vocab_size = vocab_size;
   request.v = v;
   request.k = k;
   request.eot = eot;
-  spdlog::info("allocate: {} over {} with V = {}, v = {}, k = {}, end-of-text {}", method,
-               method == "uniform" ? std::string("no data") : fmt::format("{} shard spec(s)", data.size()), vocab_size, v,
+  spdlog::info("allocate: {} over {} with V = {}, v = {}, k = {}, end-of-text {}", choice_name(method),
+               uniform ? std::string("no data") : fmt::format("{} shard spec(s)", data.size()), vocab_size, v,
                k, eot >= 0 ? std::to_string(eot) : std::string("none"));
   const auto start = std::chrono::steady_clock::now();
-  ProgressBar bar(fmt::format("allocate ({})", method));
+  ProgressBar bar(fmt::format("allocate ({})", choice_name(method)));
   const Allocation allocation = compute_allocation(request, [&](int64_t done, int64_t total) { bar(done, total); });
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 

@@ -9,13 +9,13 @@
 #include <spdlog/spdlog.h>
 
 #include "core/limits.h"
-#include "cli.h"
-#include "commands.h"
 #include "core/rng.h"
-#include "train/device.h"
-#include "train/memory.h"
+#include "runtime/device.h"
+#include "runtime/memory.h"
 #include "train/perf.h"
 #include "train/trainer.h"
+#include "cli.h"
+#include "commands.h"
 
 namespace l3c::cmd {
 
@@ -33,7 +33,7 @@ int bench(const std::vector<std::string>& argv) {
   const int64_t warmup = args.get_int("warmup", 2, 0, limits::kMaxSteps);
   const int threads = configure_threads(config.train.threads);
   const RunDevice device = resolve_run_device(config.train);
-  const MemoryEstimate memory = estimate_training_memory(Llama(config.model), config, device.device);
+  const MemoryEstimate memory = estimate_training_memory(Llama(config.model), config, device);
   if (device.device == Device::CUDA) check_fits_device_memory(memory);
   else check_fits_host_memory(memory);
 
@@ -67,7 +67,7 @@ int bench(const std::vector<std::string>& argv) {
   spdlog::info("bench: {:.2f}M params, {} tokens/step, {} | median step {:.3f}s | {:.0f} tok/s | "
                "{:.2f} GFLOP/s of {:.2f} peak | MFU {:.1f}%",
                cost.total_params / 1e6, state.tokens_per_step(),
-               on_gpu ? fmt::format("{} ({})", device.description, config.train.precision)
+               on_gpu ? fmt::format("{} ({})", device.description, choice_name(config.train.precision))
                       : fmt::format("{} threads", threads),
                median, tokens_per_second, tokens_per_second * cost.flops_per_token / 1e9, peak / 1e9, 100.0 * mfu);
   // On the CPU the whole-buffer work is timed as it runs; on the GPU the host only queues it.
@@ -78,7 +78,7 @@ int bench(const std::vector<std::string>& argv) {
     cli::print_json_line(nlohmann::json{{"framework", "l3c"},
                                         {"device", on_gpu ? "cuda" : "cpu"},
                                         {"device_name", device.description},
-                                        {"precision", on_gpu ? config.train.precision : config.train.dtype},
+                                        {"precision", std::string(on_gpu ? choice_name(config.train.precision) : choice_name(config.train.dtype))},
                                         {"threads", threads},
                                         {"params", cost.total_params},
                                         {"tokens_per_step", state.tokens_per_step()},

@@ -18,16 +18,16 @@
 
 #include "cli.h"
 #include "commands.h"
-#include "core/arena.h"
 #include "core/errors.h"
 #include "core/rng.h"
 #include "data/allocation.h"
 #include "infer/generate.h"
 #include "infer/model.h"
 #include "infer/session.h"
-#include "infer_options.h"
-#include "train/model_io.h"
+#include "kernels/arena.h"
+#include "runtime/model_io.h"
 #include "train/perf.h"
+#include "infer_options.h"
 
 namespace l3c::cmd {
 
@@ -139,7 +139,7 @@ int bench_generate(const std::vector<std::string>& argv) {
   auto b = [](size_t bytes) { return format_bytes(static_cast<double>(bytes)); };
   spdlog::info("bench --generate: {} ({}), {} on {}, L3 tables {}, batch {}, prompt {} + {} new tokens, {} threads",
                source, from_config ? "random weights" : "checkpoint", dtype_name(options.dtype),
-               device_name(options.device), l3_table_mode_name(options.tables), batch, prompt_tokens, new_tokens,
+               device_name(options.device), choice_name(options.tables), batch, prompt_tokens, new_tokens,
                threads);
   spdlog::info("prefill {:.0f} tokens/s | decode {:.1f} tokens/s | decode step median {:.3f} ms, p99 {:.3f} ms", prefill_tps,
                decode_tps, 1e3 * median, 1e3 * p99);
@@ -153,7 +153,7 @@ int bench_generate(const std::vector<std::string>& argv) {
                                         {"random_weights", from_config},
                                         {"device", options.device == Device::CUDA ? "cuda" : "cpu"},
                                         {"precision", options.dtype == DType::BF16 ? "bf16" : "fp32"},
-                                        {"l3_tables", l3_table_mode_name(options.tables)},
+                                        {"l3_tables", std::string(choice_name(options.tables))},
                                         {"page_cache", cold ? "dropped" : "warm"},
                                         {"threads", threads},
                                         {"batch", batch},

@@ -49,9 +49,7 @@ int eval(const std::vector<std::string>& argv) {
   if (!args.has("data") && !args.has("text") && !args.has("tasks"))
     fail("nothing to evaluate: give --data, --text or --tasks (and --lens with --text)\nusage: {}", kUsage);
   if (args.has("plot") && !lens) fail("--plot draws the logit lens: add --lens");
-  const std::string device_name = args.get("device", "auto");
-  if (device_name != "cpu" && device_name != "cuda" && device_name != "auto")
-    fail("--device: must be cpu, cuda or auto, got '{}'", device_name);
+  const DeviceChoice device = parse_choice<DeviceChoice>(args.get("device", "auto"), "--device");
   const int64_t batch_tokens_arg = args.get_int("batch-tokens", 4096, 2);
   const int64_t max_bytes = args.get_int("max-bytes", 0, 0);
   const int64_t limit = args.get_int("limit", 0, 0);
@@ -60,7 +58,7 @@ int eval(const std::vector<std::string>& argv) {
   const std::string tasks_dir = args.get("tasks-dir", "../shared/data/evals");
 
   // Everything about the model first: a bad checkpoint fails before any file is read.
-  const auto model = std::make_unique<EvalModel>(dir, device_name, batch_tokens_arg);
+  const auto model = std::make_unique<EvalModel>(dir, device, batch_tokens_arg);
   const Config& config = model->config();
   const int64_t T = config.data.seq_len, V = config.model.vocab_size;
   const int64_t batch_tokens = model->batch_tokens;

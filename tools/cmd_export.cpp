@@ -6,8 +6,8 @@
 #include "cli.h"
 #include "commands.h"
 #include "core/errors.h"
+#include "runtime/model_dir.h"
 #include "train/hf_export.h"
-#include "train/model_io.h"
 
 namespace l3c::cmd {
 

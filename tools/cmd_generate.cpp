@@ -13,17 +13,17 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "core/limits.h"
-#include "cli.h"
-#include "commands.h"
-#include "core/arena.h"
 #include "core/errors.h"
+#include "core/limits.h"
 #include "data/tokenizer.h"
 #include "infer/generate.h"
 #include "infer/model.h"
 #include "infer/session.h"
-#include "infer_options.h"
+#include "kernels/arena.h"
 #include "train/perf.h"
+#include "cli.h"
+#include "commands.h"
+#include "infer_options.h"
 
 namespace l3c::cmd {
 
@@ -113,7 +113,7 @@ int generate(const std::vector<std::string>& argv) {
   spdlog::info("generate: {} prompt{}, batch {}, {} on {} ({}), L3 tables {}: trunk {}, tables in memory {}, "
                "KV cache {}, activations {}",
                prompts.size(), prompts.size() == 1 ? "" : "s", batch, checkpoint, device_name(inference.device),
-               dtype_name(inference.dtype), l3_table_mode_name(inference.tables),
+               dtype_name(inference.dtype), choice_name(inference.tables),
                format_bytes(static_cast<double>(memory.trunk)), format_bytes(static_cast<double>(memory.tables)),
                format_bytes(static_cast<double>(memory.kv_cache)), format_bytes(static_cast<double>(memory.activations)));
 

@@ -9,8 +9,8 @@
 
 #include "cli.h"
 #include "commands.h"
-#include "core/arena.h"
-#include "train/memory.h"
+#include "kernels/arena.h"
+#include "runtime/memory.h"
 
 namespace l3c::cmd {
 
@@ -62,8 +62,9 @@ int inspect(const std::vector<std::string>& argv) {
   const int world_size = static_cast<int>(args.get_int("world-size", 1, 1));
   const Llama model(config.model);
   const ModelCost cost = model.cost(config.data.seq_len);
-  const Device device = planned_device(config);
-  const MemoryEstimate memory = estimate_training_memory(model, config, device, world_size);
+  const RunDevice planned = resolve_run_device(config.train, Resolve::Plan);
+  const Device device = planned.device;
+  const MemoryEstimate memory = estimate_training_memory(model, config, planned, world_size);
 
   const bool all_moe = config.model.moe.enabled() && config.model.moe.layers.all;
   fmt::print("model: {} layers, d_model {}, {} heads ({} kv), {}vocab {}, {} embeddings\n", config.model.n_layers,
@@ -92,7 +93,7 @@ int inspect(const std::vector<std::string>& argv) {
   fmt::print("FLOPs per token (training, T={}): {:.4g} (6 x {} active matmul parameters + attention)\n", config.data.seq_len,
              cost.flops_per_token, cost.matmul_params);
   fmt::print("training memory (micro-batch {} x {}, {}{}): {}\n", config.train.micro_batch, config.data.seq_len,
-             device == Device::CUDA ? fmt::format("GPU, {}", config.train.precision) : std::string("host"),
+             device == Device::CUDA ? fmt::format("GPU, {}", choice_name(config.train.precision)) : std::string("host"),
              world_size > 1 ? fmt::format(", per rank of {}, train.zero {}", world_size, config.train.zero) : "",
              format_bytes(static_cast<double>(memory.total())));
   fmt::print("  parameters {} | gradients {} | optimizer {} | activations {}{}\n",
@@ -108,7 +109,7 @@ int inspect(const std::vector<std::string>& argv) {
     // The other ZeRO setting, so that one command shows whether sharding makes the run fit.
     Config other = config;
     other.train.zero = 1 - config.train.zero;
-    const MemoryEstimate other_memory = estimate_training_memory(model, other, device, world_size);
+    const MemoryEstimate other_memory = estimate_training_memory(model, other, planned, world_size);
     fmt::print("  with train.zero {} instead: {} per rank (optimizer {}{})\n", other.train.zero,
                format_bytes(static_cast<double>(other_memory.total())),
                format_bytes(static_cast<double>(other_memory.optimizer)),

@@ -7,14 +7,14 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "core/errors.h"
 #include "core/limits.h"
+#include "core/safetensors.h"
+#include "kernels/arena.h"
+#include "runtime/model_dir.h"
+#include "train/perf.h"
 #include "cli.h"
 #include "commands.h"
-#include "core/arena.h"
-#include "core/errors.h"
-#include "train/model_io.h"
-#include "train/perf.h"
-#include "train/safetensors.h"
 
 namespace l3c::cmd {
 

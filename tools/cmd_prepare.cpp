@@ -29,9 +29,7 @@ int prepare(const std::vector<std::string>& argv) {
   options.seed = static_cast<uint64_t>(args.get_int("seed", static_cast<int64_t>(options.seed), 0));
   options.threads = limits::checked_threads(args.get_int("threads", 0, 0), "--threads");
   options.progress = !args.flag("no-progress");
-  const std::string invalid = args.get("invalid-utf8", "error");
-  if (invalid != "error" && invalid != "replace") fail("--invalid-utf8: must be error or replace, got '{}'", invalid);
-  options.invalid_utf8 = invalid == "replace" ? InvalidUtf8::Replace : InvalidUtf8::Error;
+  options.invalid_utf8 = parse_choice<InvalidUtf8>(args.get("invalid-utf8", "error"), "--invalid-utf8");
   if (!(options.val_fraction >= 0.0 && options.val_fraction < 1.0))
     fail("--val-fraction: must be in [0, 1), got {}", options.val_fraction);
 

@@ -7,7 +7,7 @@
 #include "cli.h"
 #include "commands.h"
 #include "dist/bootstrap.h"
-#include "train/device.h"
+#include "runtime/device.h"
 #include "train/perf.h"
 #include "train/trainer.h"
 

@@ -1,7 +1,7 @@
 // Config: JSON <-> the typed structs of config.h through one schema table (`schema()` below).
 // Each field is declared once: its dotted JSON path ("train.lr", "model.l3.allocation.method"), the
-// struct member it fills (whose C++ type is the field's JSON type: integer, number, bool, string or a
-// list of integers), and its rule (required, bounds, allowed values). The objects of the JSON are the
+// struct member it fills (whose C++ type is the field's JSON type: integer, number, bool, string, a list, or a
+// choice: an enum spelled by the names of ChoiceNames<E>), and its rule (required, bounds, allowed choices). The objects of the JSON are the
 // path prefixes of the fields; an object listed in `optional_objects()` ("model.l3") may be absent as a
 // whole, and then its fields are neither read, required, checked nor written back. Reading, unknown-key
 // and range checks, "--set" overrides and config_to_json all walk that table; nothing is written per field.
@@ -17,6 +17,7 @@
 #include <iterator>
 #include <limits>
 #include <optional>
+#include <span>
 #include <type_traits>
 #include <utility>
 #include <variant>
@@ -35,15 +36,38 @@ namespace fs = std::filesystem;
 using IntList = std::vector<int64_t>;
 using StringList = std::vector<std::string>;
 
+// A choice field's enum, seen through its names: get and set the value as an index into `names`.
+struct ChoiceSlot {
+  void* target;
+  std::span<const std::string_view> names;
+  size_t (*get)(const void* target);
+  void (*set)(void* target, size_t index);
+
+  std::string_view name() const { return names[get(target)]; }
+};
+
+template <typename E>
+ChoiceSlot choice_slot(E* target) {
+  return {target, ChoiceNames<E>::names, [](const void* t) { return static_cast<size_t>(*static_cast<const E*>(t)); },
+          [](void* t, size_t index) { *static_cast<E*>(t) = static_cast<E>(index); }};
+}
+
 // Where a field's value lives inside a Config. The alternative held is the field's type:
 // int64_t: integer, uint64_t: non-negative integer, double: number, bool: true/false, string,
 // IntList: a JSON array of integers, StringList: a JSON array of strings, LayerSelection: "all" or a JSON
-// array of layer indices.
-using Slot =
-    std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, IntList*, StringList*, LayerSelection*>;
+// array of layer indices, ChoiceSlot: one of a choice's names.
+using Slot = std::variant<int64_t*, uint64_t*, double*, bool*, std::string*, IntList*, StringList*, LayerSelection*,
+                          ChoiceSlot>;
+
+template <typename T>
+Slot slot_of(T* member) {
+  if constexpr (std::is_enum_v<T>) return choice_slot(member);
+  else return member;
+}
 
 // What a field's value must satisfy beyond its type. Bounds apply to numbers and to every entry of a
-// list; one_of to strings; non_empty to strings and lists. `hint` is appended to a broken rule's message.
+// list; one_of to choices (the names allowed, when not all of them are); non_empty to strings and lists. `hint` is
+// appended to a broken rule's message.
 struct Rule {
   bool required = false;          // absent from the JSON is an error (the struct default is not valid)
   std::optional<double> min = {};  // lower bound, inclusive unless min_open
@@ -68,7 +92,7 @@ struct Field {
 // member pointers lead from Config to the value (as many as the path has levels).
 template <auto... Members>
 Field field(const char* path, Rule rule = {}) {
-  return Field{path, [](Config& c) -> Slot { return &(c .* ... .* Members); }, std::move(rule)};
+  return Field{path, [](Config& c) -> Slot { return slot_of(&(c .* ... .* Members)); }, std::move(rule)};
 }
 
 // Objects that may be absent as a whole, and how to tell from a typed Config whether one is present.
@@ -84,10 +108,6 @@ const std::vector<OptionalObject>& optional_objects() {
   };
   return objects;
 }
-
-// "auto": the GPU when this build has the CUDA backend and one is present, else the CPU. Whether "cuda" can run
-// here is checked when training starts (src/train/device.h), not when the config is read.
-const Rule kDeviceRule = {.one_of = {"auto", "cpu", "cuda"}};
 
 // Upper bounds of the sizes a config gives (src/core/limits.h), as the schema's rules take them.
 constexpr double kVocab = static_cast<double>(limits::kMaxVocabSize);
@@ -124,9 +144,8 @@ const std::vector<Field>& schema() {
       field<&C::model, &ModelConfig::l3, &L3Config::tie_kv>("model.l3.tie_kv"),
       field<&C::model, &ModelConfig::l3, &L3Config::residual>("model.l3.residual"),
       field<&C::model, &ModelConfig::l3, &L3Config::init_std>("model.l3.init_std", {.min = 0, .min_open = true}),
-      field<&C::model, &ModelConfig::l3, &L3Config::mix_init>("model.l3.mix_init", {.one_of = {"normal", "identity"}}),
-      field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::method>(
-          "model.l3.allocation.method", {.one_of = {"lzw", "uniform", "unigram"}}),
+      field<&C::model, &ModelConfig::l3, &L3Config::mix_init>("model.l3.mix_init"),
+      field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::method>("model.l3.allocation.method"),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::data>("model.l3.allocation.data"),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::path>("model.l3.allocation.path"),
       field<&C::model, &ModelConfig::l3, &L3Config::allocation, &L3AllocationConfig::eot>(
@@ -157,7 +176,7 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::lr>("train.lr", {.min = 0, .min_open = true}),
       field<&C::train, &TrainConfig::min_lr>("train.min_lr", {.min = 0}),
       field<&C::train, &TrainConfig::warmup_steps>("train.warmup_steps", {.min = 0, .limit = kSteps}),
-      field<&C::train, &TrainConfig::schedule>("train.schedule", {.one_of = {"cosine", "wsd", "constant"}}),
+      field<&C::train, &TrainConfig::schedule>("train.schedule"),
       field<&C::train, &TrainConfig::decay_fraction>("train.decay_fraction", {.min = 0, .max = 1}),
       field<&C::train, &TrainConfig::weight_decay>("train.weight_decay", {.min = 0}),
       field<&C::train, &TrainConfig::table_lr_scale>("train.table_lr_scale", {.min = 0, .min_open = true}),
@@ -169,12 +188,13 @@ const std::vector<Field>& schema() {
       field<&C::train, &TrainConfig::grad_clip>("train.grad_clip", {.min = 0}),  // 0: no clipping
       field<&C::train, &TrainConfig::seed>("train.seed"),
       field<&C::train, &TrainConfig::threads>("train.threads", {.min = 0, .limit = kThreads}),  // 0: all cores
-      field<&C::train, &TrainConfig::device>("train.device", kDeviceRule),
+      // Whether "cuda" can run here is checked when a run starts (src/runtime/device.h), not when the config is read.
+      field<&C::train, &TrainConfig::device>("train.device"),
       field<&C::train, &TrainConfig::dtype>("train.dtype", {.one_of = {"f32", "f64"}}),
-      field<&C::train, &TrainConfig::on_nonfinite>("train.on_nonfinite", {.one_of = {"stop", "skip"}}),
+      field<&C::train, &TrainConfig::on_nonfinite>("train.on_nonfinite"),
       field<&C::train, &TrainConfig::trainable>("train.trainable"),  // empty: everything trains
-      field<&C::train, &TrainConfig::precision>("train.precision", {.one_of = {"fp32", "bf16"}}),
-      field<&C::train, &TrainConfig::recompute>("train.recompute", {.one_of = {"none", "swiglu", "attention", "all"}}),
+      field<&C::train, &TrainConfig::precision>("train.precision"),
+      field<&C::train, &TrainConfig::recompute>("train.recompute"),
       field<&C::train, &TrainConfig::zero>("train.zero", {.min = 0, .max = 1}),
 
       field<&C::eval, &EvalConfig::every>("eval.every", {.min = 0, .limit = kSteps}),
@@ -192,7 +212,7 @@ const std::vector<Field>& schema() {
       field<&C::dist, &DistConfig::timeout>("dist.timeout", {.min = 0, .min_open = true}),
       field<&C::dist, &DistConfig::bucket_mb>("dist.bucket_mb", {.min = 1}),
       field<&C::dist, &DistConfig::row_sparse>("dist.row_sparse"),
-      field<&C::dist, &DistConfig::nccl_bootstrap>("dist.nccl_bootstrap", {.one_of = {"auto", "mpi", "tcp", "file"}}),
+      field<&C::dist, &DistConfig::nccl_bootstrap>("dist.nccl_bootstrap"),
       field<&C::dist, &DistConfig::shared_dir>("dist.shared_dir"),
 
       field<&C::run, &RunConfig::dir>("run.dir", {.non_empty = true}),
@@ -325,12 +345,26 @@ uint64_t to_uint64(const std::string& path, const json& v) {
   fail("{}: expected a non-negative integer, got {}", path, describe(v));
 }
 
+// The names a choice field allows: its rule's one_of, else all of the choice's names.
+std::vector<std::string> allowed_names(const Field& f, const ChoiceSlot& choice) {
+  if (!f.rule.one_of.empty()) return f.rule.one_of;
+  return {choice.names.begin(), choice.names.end()};
+}
+
 // Type-checks v against the field and stores it in c.
 void read_value(const Field& f, const json& v, Config& c) {
   std::visit(
-      [&](auto* target) {
+      [&](auto target) {
         using T = std::remove_pointer_t<decltype(target)>;
-        if constexpr (std::is_same_v<T, int64_t>) {
+        if constexpr (std::is_same_v<T, ChoiceSlot>) {
+          if (!v.is_string()) fail("{}: expected a string, got {}", f.path(), describe(v));
+          const std::string text = v.get<std::string>();
+          const std::vector<std::string> allowed = allowed_names(f, target);
+          if (std::find(allowed.begin(), allowed.end(), text) == allowed.end())
+            fail_unknown_choice(f.path(), join(allowed), text);
+          for (size_t i = 0; i < target.names.size(); ++i)
+            if (target.names[i] == text) target.set(target.target, i);
+        } else if constexpr (std::is_same_v<T, int64_t>) {
           *target = to_int64(f.path(), v);
         } else if constexpr (std::is_same_v<T, uint64_t>) {
           *target = to_uint64(f.path(), v);
@@ -399,14 +433,12 @@ void check_limit(const Field& f, double x) {
 void check_rule(const Field& f, Config& c) {
   const Rule& rule = f.rule;
   std::visit(
-      [&](auto* value) {
+      [&](auto value) {
         using T = std::remove_pointer_t<decltype(value)>;
-        if constexpr (std::is_same_v<T, std::string>) {
+        if constexpr (std::is_same_v<T, ChoiceSlot>) {
+          // a choice holds an allowed name once read
+        } else if constexpr (std::is_same_v<T, std::string>) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
-          if (!rule.one_of.empty() &&
-              std::find(rule.one_of.begin(), rule.one_of.end(), *value) == rule.one_of.end())
-            fail("{}: must be one of {}; got {}{}", f.path(), join(rule.one_of), dump_for_message(json(*value)),
-                 with_hint(rule));
         } else if constexpr (std::is_same_v<T, StringList>) {
           if (rule.non_empty && value->empty()) fail("{}: must not be empty{}", f.path(), with_hint(rule));
           for (const std::string& entry : *value)
@@ -500,9 +532,9 @@ void resolve_and_check_l3(ModelConfig& m) {
   const L3AllocationConfig& a = l3.allocation;
   if (!a.data.empty() && !a.path.empty())
     fail("model.l3.allocation: give data (token shards to compute it from) or path (an allocation file), not both");
-  if (a.method != "uniform" && a.data.empty() && a.path.empty())
+  if (a.method != AllocationMethod::Uniform && a.data.empty() && a.path.empty())
     fail("model.l3.allocation: method \"{}\" needs data (token shards to compute it from) or path (a file written by "
-         "`l3c allocate`)", a.method);
+         "`l3c allocate`)", choice_name(a.method));
 }
 
 // model.moe: the layers exist and the routing fits the experts.
@@ -524,7 +556,7 @@ void resolve_and_check_moe(ModelConfig& m) {
 
 // Rules between the model and where and how it trains.
 void check_model_for_training(const Config& c) {
-  if (c.model.moe.enabled() && c.train.precision == "bf16")
+  if (c.model.moe.enabled() && c.train.precision == Precision::Bf16)
     fail("model.moe with train.precision = \"bf16\": the MoE kernels compute in fp32 so far; use "
          "train.precision=fp32 for a model with MoE layers");
 }
@@ -550,10 +582,10 @@ void resolve_and_check_relations(Config& c) {
          micro_batch_tokens);
   if (t.min_lr > t.lr) fail("train.min_lr ({}) must be <= train.lr ({})", t.min_lr, t.lr);
   if (t.warmup_steps > t.steps) fail("train.warmup_steps ({}) must be <= train.steps ({})", t.warmup_steps, t.steps);
-  if (t.precision == "bf16" && t.dtype != "f32")
+  if (t.precision == Precision::Bf16 && t.dtype != DType::F32)
     fail("train.precision \"bf16\" keeps f32 master weights and moments: train.dtype must be \"f32\", got \"{}\"",
-         t.dtype);
-  if (t.precision == "bf16" && t.device == "cpu")
+         choice_name(t.dtype));
+  if (t.precision == Precision::Bf16 && t.device == DeviceChoice::Cpu)
     fail("train.precision \"bf16\" needs the GPU (train.device \"cuda\" or \"auto\"); the CPU computes in f32 or f64");
   if (m.l3.enabled()) resolve_and_check_l3(m);
   if (m.moe.enabled()) resolve_and_check_moe(m);
@@ -629,7 +661,9 @@ json override_value(const Field& f, const std::string& text) {
     fail("{}: the value is nested deeper than {} levels", f.path(), limits::kMaxJsonDepth);
   json parsed = json::parse(text, nullptr, /*allow_exceptions=*/false);
   Config scratch;
-  bool string_field = std::holds_alternative<std::string*>(f.slot(scratch));
+  // A choice is spelled by a name, as a string is.
+  bool string_field =
+      std::holds_alternative<std::string*>(f.slot(scratch)) || std::holds_alternative<ChoiceSlot>(f.slot(scratch));
   if (std::holds_alternative<StringList*>(f.slot(scratch)) && !parsed.is_array()) {
     // "--set train.trainable=l3_table,norm": a comma-separated list
     json list = json::array();
@@ -714,9 +748,11 @@ nlohmann::ordered_json config_to_json(const Config& c) {
     nlohmann::ordered_json* node = &out;
     for (size_t i = 0; i + 1 < parts.size(); ++i) node = &(*node)[parts[i]];
     std::visit(
-        [&](auto* value) {
+        [&](auto value) {
           using T = std::remove_pointer_t<decltype(value)>;
-          if constexpr (std::is_same_v<T, LayerSelection>) {
+          if constexpr (std::is_same_v<T, ChoiceSlot>) {
+            (*node)[parts.back()] = std::string(value.name());
+          } else if constexpr (std::is_same_v<T, LayerSelection>) {
             if (value->all) (*node)[parts.back()] = "all";
             else (*node)[parts.back()] = value->layers;
           } else {

@@ -13,11 +13,61 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/choice.h"
+#include "core/tensor.h"
+
 namespace l3c {
+
+// ---- Choices of the config (core/choice.h): each field whose value is one of a fixed set of names is an enum ----
+// How an L3 layer's allocation is computed (MODEL.md "LZW allocation").
+enum class AllocationMethod : uint8_t { Lzw, Uniform, Unigram };
+template <> struct ChoiceNames<AllocationMethod> {
+  static constexpr std::array<std::string_view, 3> names = {"lzw", "uniform", "unigram"};
+};
+// How an L3 layer's W_mix starts: all normal, or its h-part the identity.
+enum class MixInit : uint8_t { Normal, Identity };
+template <> struct ChoiceNames<MixInit> {
+  static constexpr std::array<std::string_view, 2> names = {"normal", "identity"};
+};
+// Learning-rate schedule after the warmup (src/optim/schedule.h).
+enum class Schedule : uint8_t { Cosine, Wsd, Constant };
+template <> struct ChoiceNames<Schedule> {
+  static constexpr std::array<std::string_view, 3> names = {"cosine", "wsd", "constant"};
+};
+// Where a run computes: "auto" is the GPU when the build has the CUDA backend and a GPU is present, else the CPU
+// (src/runtime/device.h resolves it).
+enum class DeviceChoice : uint8_t { Auto, Cpu, Cuda };
+template <> struct ChoiceNames<DeviceChoice> {
+  static constexpr std::array<std::string_view, 3> names = {"auto", "cpu", "cuda"};
+};
+// Dtypes of the GPU's parameters, gradients and activations: fp32, or bf16 with fp32 master weights and moments.
+enum class Precision : uint8_t { Fp32, Bf16 };
+template <> struct ChoiceNames<Precision> {
+  static constexpr std::array<std::string_view, 2> names = {"fp32", "bf16"};
+};
+// Activations recomputed in the backward instead of kept (src/model/llama.h Recompute).
+enum class RecomputeChoice : uint8_t { None, Swiglu, Attention, All };
+template <> struct ChoiceNames<RecomputeChoice> {
+  static constexpr std::array<std::string_view, 4> names = {"none", "swiglu", "attention", "all"};
+};
+// What a non-finite loss or gradient norm does: end the run naming the step, or skip the step's update.
+enum class NonFinitePolicy : uint8_t { Stop, Skip };
+template <> struct ChoiceNames<NonFinitePolicy> {
+  static constexpr std::array<std::string_view, 2> names = {"stop", "skip"};
+};
+// How the NCCL unique id travels between ranks (src/dist/bootstrap.h).
+enum class NcclBootstrap : uint8_t { Auto, Mpi, Tcp, File };
+template <> struct ChoiceNames<NcclBootstrap> {
+  static constexpr std::array<std::string_view, 4> names = {"auto", "mpi", "tcp", "file"};
+};
+// DType (core/tensor.h) by dtype_name; a field may allow only some of them (train.dtype: f32 or f64).
+template <> struct ChoiceNames<DType> {
+  static constexpr std::array<std::string_view, 4> names = {"f32", "f64", "bf16", "i32"};
+};
 
 // How an L3 layer's allocation (rows per token id, MODEL.md "LZW allocation") is obtained.
 struct L3AllocationConfig {
-  std::string method = "lzw";   // "lzw" | "uniform" | "unigram"
+  AllocationMethod method = AllocationMethod::Lzw;
   std::string data;             // token shards (file, folder or glob) to compute it from at start
   std::string path;             // or a file written by `l3c allocate` (exclusive with data)
   int64_t eot = -1;             // end-of-text id splitting documents; -1: the shards' manifest.json, else none
@@ -34,7 +84,7 @@ struct L3Config {
   bool tie_kv = false;          // W_V = W_K (needs d_emb = d_model; only w_k is stored)
   bool residual = false;        // h' = h + W_mix [z; h] instead of W_mix [z; h]
   double init_std = 0.02;       // W_K, W_V, W_up, W_mix
-  std::string mix_init = "normal";  // "normal" | "identity": W_mix's h-part starts as the identity (z-part normal)
+  MixInit mix_init = MixInit::Normal;  // identity: W_mix's h-part starts as the identity (z-part normal)
   L3AllocationConfig allocation;
 
   bool enabled() const { return !after_layers.empty(); }
@@ -101,7 +151,7 @@ struct TrainConfig {
   double lr = 3e-4;
   double min_lr = 0.0;
   int64_t warmup_steps = 0;
-  std::string schedule = "cosine";   // "cosine" | "wsd" | "constant"
+  Schedule schedule = Schedule::Cosine;
   double decay_fraction = 0.2;  // wsd: fraction of steps spent in the final linear decay
   double weight_decay = 0.1;
   double table_lr_scale = 1.0;       // the L3 tables (group l3_table) train at lr * table_lr_scale
@@ -112,18 +162,18 @@ struct TrainConfig {
   double grad_clip = 1.0;       // 0 disables clipping
   uint64_t seed = 1337;
   int64_t threads = 0;          // 0: all cores
-  std::string device = "auto";  // "auto" (the GPU when one is present and the CUDA backend is built) | "cpu" | "cuda"
-  std::string dtype = "f32";    // parameter and compute dtype on the CPU: "f32" | "f64"
-  std::string on_nonfinite = "stop";  // a non-finite loss or gradient norm: "stop" (error naming the step) | "skip"
+  DeviceChoice device = DeviceChoice::Auto;
+  DType dtype = DType::F32;     // parameter and compute dtype on the CPU: f32 or f64
+  NonFinitePolicy on_nonfinite = NonFinitePolicy::Stop;
   // Parameters that train: registry groups ("attention", "ffn", "norm", "l3_table", ...) or name prefixes
   // ("model.l3.", "model.layers.3."). Empty: every parameter. The others keep their values and AdamW state.
   std::vector<std::string> trainable;
-  // CUDA: "fp32" (exact comparisons with the CPU) | "bf16" (bf16 parameter copies, activations and matmuls with
+  // CUDA: fp32 (exact comparisons with the CPU) or bf16 (bf16 parameter copies, activations and matmuls with
   // fp32 accumulation; fp32 master weights, AdamW moments, norms, softmax and loss).
-  std::string precision = "fp32";
-  // Activations recomputed in the backward instead of kept: "none" | "swiglu" (the SwiGLU product) |
-  // "attention" (the attention output) | "all".
-  std::string recompute = "none";
+  Precision precision = Precision::Fp32;
+  // Activations recomputed in the backward instead of kept: none, swiglu (the SwiGLU product), attention (the
+  // attention output) or all.
+  RecomputeChoice recompute = RecomputeChoice::None;
   // Data parallelism: 0 keeps AdamW state and master weights whole on every rank; 1 (ZeRO-1) shards them over
   // the ranks as contiguous ranges of the flat buffer (a no-op at world size 1).
   int64_t zero = 0;
@@ -156,7 +206,7 @@ struct DistConfig {
   double timeout = 300.0;       // seconds a collective or the bootstrap waits for the other ranks before failing
   int64_t bucket_mb = 32;       // gradients are all-reduced in buckets of this many MiB
   bool row_sparse = true;       // L3 tables (and an untied embedding): all-reduce only the rows of tokens present
-  std::string nccl_bootstrap = "auto";  // how the NCCL id travels: "auto" | "mpi" | "tcp" | "file"
+  NcclBootstrap nccl_bootstrap = NcclBootstrap::Auto;
   std::string shared_dir;       // "file" bootstrap: a folder every rank sees ("": run.dir)
 };
 

@@ -1,9 +1,5 @@
-// Tensor view helpers: shapes, sub-views, zeroing.
+// Tensor view helpers: names of dtypes and devices, shapes, sub-views.
 #include "core/tensor.h"
-
-#include <cstring>
-
-#include "kernels/ops.h"
 
 namespace l3c {
 
@@ -47,7 +43,5 @@ std::string Tensor::shape_string() const {
   for (int i = 0; i < ndim; ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + ")";
 }
-
-void zero(Tensor t) { ops::fill_zero(t); }
 
 }  // namespace l3c

@@ -63,7 +63,4 @@ struct Tensor {
   std::string shape_string() const;  // "(2, 16, 64)"
 };
 
-// Fills with zeros (any device).
-void zero(Tensor t);
-
 }  // namespace l3c

@@ -12,8 +12,8 @@
 #include "core/config.h"
 #include "core/errors.h"
 #include "core/limits.h"
+#include "core/safetensors.h"
 #include "data/shard.h"
-#include "train/safetensors.h"
 
 namespace l3c {
 
@@ -245,13 +245,12 @@ Allocation compute_allocation(const AllocationRequest& request, const ProgressFn
   result.method = request.method;
   result.v = request.v;
   result.k = request.k;
-  if (request.method == "uniform") {
+  if (request.method == AllocationMethod::Uniform) {
     result.counts = uniform_allocation(V, request.v, request.k);
     return result;
   }
-  if (request.method != "lzw" && request.method != "unigram")
-    fail("{}: unknown allocation method '{}' (lzw, uniform or unigram)", request.what, request.method);
-  if (request.data.empty()) fail("{}: method {} needs token shards to read", request.what, request.method);
+  if (request.data.empty())
+    fail("{}: method {} needs token shards to read", request.what, choice_name(request.method));
   if (request.eot >= V) fail("{}: end-of-text id {} is outside the vocabulary of {}", request.what, request.eot, V);
 
   CorpusStats stats;
@@ -263,7 +262,7 @@ Allocation compute_allocation(const AllocationRequest& request, const ProgressFn
       stats.tokens += shards.back().size();
     }
 
-  const bool lzw = request.method == "lzw";
+  const bool lzw = request.method == AllocationMethod::Lzw;
   std::optional<LzwDictionary> dictionary;
   if (lzw) {
     dictionary.emplace(V);
@@ -345,13 +344,13 @@ Allocation allocation_for_model(const ModelConfig& model, const ProgressFn& prog
   const L3AllocationConfig& a = l3.allocation;
   if (!a.path.empty()) return read_allocation_file(a.path, model.vocab_size, l3.v, l3.k);
   AllocationRequest request;
-  request.what = a.method == "uniform" ? "model.l3.allocation" : "model.l3.allocation.data";
+  request.what = a.method == AllocationMethod::Uniform ? "model.l3.allocation" : "model.l3.allocation.data";
   request.method = a.method;
   request.vocab_size = model.vocab_size;
   request.v = l3.v;
   request.k = l3.k;
   request.eot = a.eot;
-  if (a.method != "uniform") {
+  if (a.method != AllocationMethod::Uniform) {
     request.data = {a.data};
     if (const auto manifest = read_manifest_tokenizer(a.data, request.what)) {
       if (manifest->vocab_size != model.vocab_size)
@@ -368,7 +367,7 @@ Allocation allocation_for_model(const ModelConfig& model, const ProgressFn& prog
 nlohmann::ordered_json allocation_summary(const Allocation& a, int64_t top) {
   nlohmann::ordered_json s;
   const auto V = static_cast<int64_t>(a.counts.size());
-  s["method"] = a.method;
+  s["method"] = std::string(choice_name(a.method));
   s["vocab_size"] = V;
   s["v"] = a.v;
   s["k"] = a.k;
@@ -425,7 +424,7 @@ void write_allocation_file(const std::string& path, const Allocation& a) {
                      {"vocab_size", std::to_string(counts.size())},
                      {"v", std::to_string(a.v)},
                      {"k", std::to_string(a.k)},
-                     {"method", a.method},
+                     {"method", std::string(choice_name(a.method))},
                      {"counts_fnv1a64", fmt::format("{:016x}", counts_checksum(counts))},
                      {"summary", allocation_summary(a).dump()}});
 }
@@ -449,7 +448,7 @@ Allocation read_allocation_file(const std::string& path, int64_t vocab_size, int
   if (checksum == meta.end() || checksum->second != fmt::format("{:016x}", counts_checksum(a.counts)))
     fail("{}: corrupted allocation file: the counts do not match their checksum", path);
   const auto method = meta.find("method");
-  a.method = method == meta.end() ? "unknown" : method->second;
+  a.method = parse_choice<AllocationMethod>(method == meta.end() ? "" : method->second, path + ": metadata method");
   a.v = v;
   a.k = k;
   validate_allocation(a.counts, vocab_size, v, k, path);

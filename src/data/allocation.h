@@ -41,7 +41,7 @@ struct CorpusStats {
 
 struct Allocation {
   std::vector<int32_t> counts;  // (V): rows per token id
-  std::string method;           // "lzw" | "uniform" | "unigram"
+  AllocationMethod method = AllocationMethod::Lzw;
   int64_t v = 0, k = 0;
   int64_t walk_passes = 0;      // passes over the ordered dictionary (lzw, unigram)
   std::optional<CorpusStats> corpus;  // absent for "uniform" (no data read)
@@ -117,7 +117,7 @@ using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 struct AllocationRequest {
   std::vector<std::string> data;  // shard specs (file, folder or glob each); ignored by "uniform"
   std::string what = "--data";    // names the source in messages
-  std::string method = "lzw";
+  AllocationMethod method = AllocationMethod::Lzw;
   int64_t vocab_size = 0, v = 0, k = 0;
   int64_t eot = -1;               // end-of-text id splitting documents; -1: none
 };

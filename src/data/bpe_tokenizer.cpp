@@ -404,8 +404,6 @@ bool unspell(std::string_view spelled, std::string& bytes) {
 }  // namespace
 
 // ---- public helpers ----------------------------------------------------------------------------------------------
-uint32_t gpt2_byte_to_codepoint(uint8_t byte) { return kAlphabet.codepoint[byte]; }
-
 std::string gpt2_spell(std::string_view bytes) {
   std::string out;
   out.reserve(bytes.size() * 2);

@@ -23,7 +23,6 @@ namespace l3c {
 // ---- GPT-2's byte alphabet ---------------------------------------------------------------------------------
 // encoder.json and vocab.bpe spell a token's bytes as printable characters: byte b is the code point
 // bytes_to_unicode(b) (the printable Latin-1 bytes stand for themselves, the others for 256 + n).
-uint32_t gpt2_byte_to_codepoint(uint8_t byte);
 // The UTF-8 spelling of a token's bytes in GPT-2's alphabet ("Ġthe" for " the").
 std::string gpt2_spell(std::string_view bytes);
 // GPT-2's order of the 256 byte tokens: the byte whose id is i (ids 0..255 in GPT-2's encoder.json).

@@ -356,7 +356,7 @@ PrepareResult prepare_dataset(const PrepareOptions& options, const Tokenizer& to
   manifest["val_fraction"] = f;
   manifest["split"] = split_lines ? "lines" : "documents";
   manifest["field"] = options.field;
-  manifest["invalid_utf8"] = options.invalid_utf8 == InvalidUtf8::Replace ? "replace" : "error";
+  manifest["invalid_utf8"] = std::string(choice_name(options.invalid_utf8));
   manifest["shard_tokens"] = options.shard_tokens;
   manifest["token_bytes"] = wide ? 4 : 2;
   manifest["separators"] = separators;

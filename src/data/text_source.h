@@ -12,9 +12,14 @@
 #include <string_view>
 #include <vector>
 
+#include "core/choice.h"
+
 namespace l3c {
 
-enum class InvalidUtf8 { Error, Replace };
+enum class InvalidUtf8 : uint8_t { Error, Replace };
+template <> struct ChoiceNames<InvalidUtf8> {  // prepare's --invalid-utf8, the manifest's "invalid_utf8"
+  static constexpr std::array<std::string_view, 2> names = {"error", "replace"};
+};
 
 struct TextInput {
   std::string path;

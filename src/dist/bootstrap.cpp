@@ -253,18 +253,18 @@ std::unique_ptr<Communicator> make_communicator(const LaunchInfo& launch, const 
     return make_mpi_communicator(launch.rank, launch.size, launch.local_rank, dist.timeout);
   }
   // The GPU: NCCL, with the unique id from rank 0 through MPI, TCP or a file.
-  std::string via = dist.nccl_bootstrap;
+  NcclBootstrap via = dist.nccl_bootstrap;
   // auto: MPI under mpirun; TCP when rank 0's address is given (srun may start tasks without MPI); MPI under srun
   // otherwise; else the file in a shared folder.
-  if (via == "auto") {
-    if (launch.launcher == Launcher::OpenMpi && built_with_mpi()) via = "mpi";
-    else if (launch.master_port > 0) via = "tcp";
-    else if (launch.launcher == Launcher::Slurm && built_with_mpi()) via = "mpi";
-    else via = "file";
+  if (via == NcclBootstrap::Auto) {
+    if (launch.launcher == Launcher::OpenMpi && built_with_mpi()) via = NcclBootstrap::Mpi;
+    else if (launch.master_port > 0) via = NcclBootstrap::Tcp;
+    else if (launch.launcher == Launcher::Slurm && built_with_mpi()) via = NcclBootstrap::Mpi;
+    else via = NcclBootstrap::File;
   }
   std::unique_ptr<Communicator> mpi;  // kept up while NCCL runs: MPI_Finalize at the end
   std::function<void(std::vector<char>&)> share;
-  if (via == "mpi") {
+  if (via == NcclBootstrap::Mpi) {
     mpi = make_mpi_communicator(launch.rank, launch.size, launch.local_rank, dist.timeout);
     share = [](std::vector<char>& bytes) {
       std::vector<char> length(sizeof(uint64_t));
@@ -275,14 +275,14 @@ std::unique_ptr<Communicator> make_communicator(const LaunchInfo& launch, const 
       bytes.resize(n);
       mpi_broadcast_bytes(bytes, 0);
     };
-  } else if (via == "tcp") {
+  } else if (via == NcclBootstrap::Tcp) {
     share = [&](std::vector<char>& bytes) { exchange_bytes_tcp(launch, bytes, dist.timeout); };
   } else {
     const std::string dir = dist.shared_dir.empty() ? run_dir : dist.shared_dir;
     share = [&, dir](std::vector<char>& bytes) { exchange_bytes_file(launch, dir, bytes, dist.timeout); };
   }
   spdlog::info("dist: rank {} of {} (local rank {}), {} launch, NCCL id by {}", launch.rank, launch.size,
-               launch.local_rank, launcher_name(launch.launcher), via);
+               launch.local_rank, launcher_name(launch.launcher), choice_name(via));
   return make_nccl_communicator(launch, dist.timeout, share, std::move(mpi));
 }
 

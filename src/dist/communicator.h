@@ -59,7 +59,6 @@ class Communicator {
   void barrier();
 
   const CommStats& stats() const { return stats_; }
-  void reset_stats() { stats_ = {}; }
 
  protected:
   Communicator(int rank, int size, int local_rank) : rank_(rank), size_(size), local_rank_(local_rank) {}

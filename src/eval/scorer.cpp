@@ -10,19 +10,16 @@
 #include "core/errors.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
-#include "train/memory.h"
+#include "runtime/memory.h"
 
 namespace l3c {
 
-EvalModel::EvalModel(const std::string& dir_, const std::string& device_name, int64_t requested_batch_tokens)
+EvalModel::EvalModel(const std::string& dir_, DeviceChoice device_choice, int64_t requested_batch_tokens)
     : dir(dir_), loaded(load_model_dir(dir_)),
       batch_tokens(std::max(requested_batch_tokens, loaded.config.data.seq_len + 1)) {
   // Evaluation computes in the saved weights' precision (f32, or f64 on the CPU), on the device asked for, whatever
   // device the run trained on.
-  TrainConfig train = loaded.config.train;
-  train.device = device_name;
-  train.precision = "fp32";
-  device = resolve_run_device(train);
+  device = resolve_run_device(device_choice, Precision::Fp32, loaded.config.train.dtype);
   if (device.device == Device::CUDA) {
     loaded.model->set_device(Device::CUDA);
     device_params = FlatBuffer(loaded.params.numel(), loaded.params.dtype(), Device::CUDA);

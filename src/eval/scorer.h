@@ -12,18 +12,18 @@
 #include <string>
 #include <vector>
 
-#include "core/arena.h"
 #include "core/config.h"
 #include "eval/progress.h"
+#include "kernels/arena.h"
 #include "model/llama.h"
 #include "model/params.h"
-#include "train/device.h"
-#include "train/model_io.h"
+#include "runtime/device.h"
+#include "runtime/model_dir.h"
 
 namespace l3c {
 
 // A trained model ready to evaluate: loaded from a run or checkpoint folder, its parameters on the device asked for
-// ("cpu", "cuda" or "auto": the GPU when there is one), in the saved precision (f32, or f64 on the CPU).
+// (auto: the GPU when there is one), in the saved precision (f32, or f64 on the CPU).
 struct EvalModel {
   std::string dir;
   LoadedModel loaded;
@@ -31,7 +31,7 @@ struct EvalModel {
   FlatBuffer device_params;  // the parameters on the GPU (empty on the CPU)
   int64_t batch_tokens = 0;  // what the scorer is sized for: the batch asked for, at least one window (seq_len + 1)
 
-  EvalModel(const std::string& dir, const std::string& device, int64_t batch_tokens);
+  EvalModel(const std::string& dir, DeviceChoice device, int64_t batch_tokens);
   const Llama& model() const { return *loaded.model; }
   const FlatBuffer& params() const { return device.device == Device::CUDA ? device_params : loaded.params; }
   const Config& config() const { return loaded.config; }

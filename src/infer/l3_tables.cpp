@@ -17,22 +17,6 @@
 
 namespace l3c {
 
-L3TableMode parse_l3_table_mode(const std::string& text) {
-  if (text == "device") return L3TableMode::Device;
-  if (text == "host") return L3TableMode::Host;
-  if (text == "mmap") return L3TableMode::Mmap;
-  fail("--l3-tables: must be device, host or mmap, got '{}'", text);
-}
-
-const char* l3_table_mode_name(L3TableMode mode) {
-  switch (mode) {
-    case L3TableMode::Device: return "device";
-    case L3TableMode::Host: return "host";
-    case L3TableMode::Mmap: return "mmap";
-  }
-  return "?";
-}
-
 L3StepGroups L3StepGroups::of(std::span<const int32_t> tokens) {
   L3StepGroups g;
   g.tokens.assign(tokens.begin(), tokens.end());
@@ -64,18 +48,6 @@ L3StepRows L3StepRows::of(const L3StepGroups& groups, const L3Rows& allocation) 
 }
 
 namespace {
-using Owned = std::unique_ptr<std::byte, void (*)(std::byte*)>;
-
-Owned allocate(size_t bytes, Device device, bool pinned, const std::string& what) {
-  if (device == Device::CUDA && !pinned)
-    return Owned(static_cast<std::byte*>(cuda_malloc(bytes, what)), [](std::byte* p) { cuda_free(p); });
-  if (device == Device::CUDA)
-    return Owned(static_cast<std::byte*>(cuda_malloc_host(bytes, what)), [](std::byte* p) { cuda_free_host(p); });
-  void* p = std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64);
-  if (p == nullptr) fail("out of host memory: {} bytes for {}", bytes, what);
-  return Owned(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
-}
-
 // dst (any device, any float dtype) = src (host memory, any float dtype), converting on the host when the dtypes differ.
 void upload_converted(Tensor dst, Tensor src) {
   if (src.dtype == dst.dtype) return ops::copy(dst, src);
@@ -104,11 +76,13 @@ L3TableStore::L3TableStore(L3TableMode mode, Device device, DType dtype, Tensor 
   } else {
     // Device: next to the trunk; host: host memory, pinned for asynchronous copies when the trunk is on a GPU.
     const Device where = mode == L3TableMode::Device ? device : Device::CPU;
-    const bool pinned = mode == L3TableMode::Host && device == Device::CUDA;
+    const MemoryKind kind = device != Device::CUDA            ? MemoryKind::Host
+                            : mode == L3TableMode::Device ? MemoryKind::Gpu
+                                                          : MemoryKind::PinnedHost;
     auto place = [&](const Tensor& source) {
       const size_t bytes = static_cast<size_t>(source.numel()) * dtype_size(dtype);
-      owned_.push_back(allocate(bytes, pinned ? Device::CUDA : where, pinned, "L3 table"));
-      Tensor placed = with_data(source, owned_.back().get(), dtype, where);
+      owned_.emplace_back(bytes, kind, "L3 table");
+      Tensor placed = with_data(source, owned_.back().data(), dtype, where);
       upload_converted(placed, source);
       return placed;
     };
@@ -192,13 +166,13 @@ void L3TableStore::prefetch(const L3StepRows& rows, Tensor step_k, Tensor step_v
     }
   } else {
     if (staging_bytes_ < k_bytes + v_bytes) {
-      staging_ = allocate(k_bytes + v_bytes, Device::CUDA, /*pinned=*/true, "L3 row staging");
+      staging_ = DeviceMemory(k_bytes + v_bytes, MemoryKind::PinnedHost, "L3 row staging");
       staging_bytes_ = k_bytes + v_bytes;
     }
-    copy_rows_to_host(rows, w_k_, with_data(step_k, staging_.get(), dtype_, Device::CPU));
-    if (!tied_) copy_rows_to_host(rows, w_v_, with_data(step_v, staging_.get() + k_bytes, dtype_, Device::CPU));
-    cuda_copy_to_device_async(copy_stream_, step_k.data, staging_.get(), k_bytes);
-    if (!tied_) cuda_copy_to_device_async(copy_stream_, step_v.data, staging_.get() + k_bytes, v_bytes);
+    copy_rows_to_host(rows, w_k_, with_data(step_k, staging_.data(), dtype_, Device::CPU));
+    if (!tied_) copy_rows_to_host(rows, w_v_, with_data(step_v, staging_.data() + k_bytes, dtype_, Device::CPU));
+    cuda_copy_to_device_async(copy_stream_, step_k.data, staging_.data(), k_bytes);
+    if (!tied_) cuda_copy_to_device_async(copy_stream_, step_v.data, staging_.data() + k_bytes, v_bytes);
   }
   cuda_copy_stream_record(copy_stream_);
   prefetched_ = true;

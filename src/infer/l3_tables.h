@@ -19,17 +19,19 @@
 #include <string>
 #include <vector>
 
+#include "core/choice.h"
+#include "core/safetensors.h"
 #include "core/tensor.h"
+#include "kernels/device.h"
 #include "model/l3.h"
 #include "model/params.h"
-#include "train/safetensors.h"
 
 namespace l3c {
 
-enum class L3TableMode { Device, Host, Mmap };
-// "device" | "host" | "mmap"; anything else is a UserError naming the option.
-L3TableMode parse_l3_table_mode(const std::string& text);
-const char* l3_table_mode_name(L3TableMode mode);
+enum class L3TableMode : uint8_t { Device, Host, Mmap };
+template <> struct ChoiceNames<L3TableMode> {  // --l3-tables
+  static constexpr std::array<std::string_view, 3> names = {"device", "host", "mmap"};
+};
 
 // A step's positions grouped by token: the groups are the distinct tokens in ascending order.
 struct L3StepGroups {
@@ -86,10 +88,10 @@ class L3TableStore {
   DType dtype_;
   bool tied_;
   Tensor w_k_, w_v_;
-  std::vector<std::unique_ptr<std::byte, void (*)(std::byte*)>> owned_;  // Device / Host storage
+  std::vector<DeviceMemory> owned_;  // Device / Host storage
   std::shared_ptr<const SafetensorsFile> file_;
   // On the GPU (host, mmap): pinned staging for the rows of a step, and the side stream that copies them.
-  std::unique_ptr<std::byte, void (*)(std::byte*)> staging_{nullptr, [](std::byte*) {}};
+  DeviceMemory staging_;
   size_t staging_bytes_ = 0;
   void* copy_stream_ = nullptr;
   bool prefetched_ = false;

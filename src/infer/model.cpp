@@ -7,7 +7,8 @@
 
 #include "core/errors.h"
 #include "kernels/ops.h"
-#include "train/model_io.h"
+#include "runtime/model_dir.h"
+#include "runtime/model_io.h"
 
 namespace l3c {
 

@@ -28,7 +28,7 @@ class InferenceModel {
  public:
   // From weights in host memory: `model` must have its L3 allocations set; params in its registry's layout.
   InferenceModel(const Config& config, const Llama& model, const FlatBuffer& params, const InferenceOptions& options);
-  // From a run folder or a checkpoint folder (train/model_io.h resolve_model_dir).
+  // From a run folder or a checkpoint folder (runtime/model_dir.h resolve_model_dir).
   static std::unique_ptr<InferenceModel> load(const std::string& dir, const InferenceOptions& options);
 
   const Config& config() const { return config_; }

@@ -6,7 +6,7 @@
 #include "core/errors.h"
 #include "kernels/device.h"
 #include "kernels/ops.h"
-#include "train/memory.h"
+#include "runtime/memory.h"
 
 namespace l3c {
 

@@ -1,7 +1,7 @@
 // An inference session: sequences in a fixed number of slots, each with its keys and values cached per layer, so
 // that a new token costs one position of work instead of recomputing its whole context.
 //
-//   prefill(slot, tokens)   appends a prompt (or more of one) to the slot's sequence, in chunks of prefill_chunk()
+//   prefill(slot, tokens)   appends a prompt (or more of one) to the slot's sequence, in chunks of at most 128
 //                           positions, and returns the logits after its last token
 //   decode(slots, tokens)   one new token for each listed slot, all slots in one batch (sequences of different
 //                           lengths: each row attends over its own cache), and the logits after each
@@ -17,8 +17,8 @@
 #include <span>
 #include <vector>
 
-#include "core/arena.h"
 #include "infer/model.h"
+#include "kernels/arena.h"
 #include "model/params.h"
 
 namespace l3c {
@@ -48,7 +48,6 @@ class InferenceSession {
   int64_t max_batch() const { return max_batch_; }
   int64_t max_context() const { return max_context_; }
   int64_t vocab_size() const { return vocab_; }
-  int64_t prefill_chunk() const { return chunk_; }
   int64_t length(int64_t slot) const { return lengths_.at(static_cast<size_t>(slot)); }
   const SessionMemory& memory() const { return memory_; }
 

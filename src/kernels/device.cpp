@@ -3,6 +3,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -174,6 +175,24 @@ void cuda_reserve_workspace(size_t bytes) {
 #else
   L3C_CHECK(bytes == 0, "cuda_reserve_workspace: the CUDA backend is not part of this build");
 #endif
+}
+
+DeviceMemory::DeviceMemory(size_t bytes, MemoryKind kind, const std::string& what) {
+  // Never a zero-byte allocation: an empty buffer still has an address that nothing else owns.
+  const size_t rounded = (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
+  switch (kind) {
+    case MemoryKind::Gpu:
+      data_ = {static_cast<std::byte*>(cuda_malloc(rounded, what)), [](std::byte* p) { cuda_free(p); }};
+      return;
+    case MemoryKind::PinnedHost:
+      data_ = {static_cast<std::byte*>(cuda_malloc_host(rounded, what)), [](std::byte* p) { cuda_free_host(p); }};
+      return;
+    case MemoryKind::Host:
+      void* p = std::aligned_alloc(kAlignment, rounded);
+      if (p == nullptr) fail("out of host memory: {} needs {}", what, format_bytes(static_cast<double>(bytes)));
+      data_ = {static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); }};
+      return;
+  }
 }
 
 }  // namespace l3c

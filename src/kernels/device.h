@@ -3,6 +3,7 @@
 // internal errors (nothing calls them unless a GPU was found).
 #pragma once
 #include <cstddef>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -57,5 +58,27 @@ struct CudaWorkspaceShape {
 };
 size_t cuda_workspace_bytes(const CudaWorkspaceShape& shape);
 void cuda_reserve_workspace(size_t bytes);
+
+// Where owned memory lives: host memory, host memory pinned for the GPU's asynchronous copies, or GPU memory.
+enum class MemoryKind { Host, PinnedHost, Gpu };
+
+// Memory owned by one object and freed with it: every flat buffer, arena and table store holds one. Host memory
+// is 64-byte aligned (the kernels' vector code takes the same path on every buffer, which bit-exact resume needs).
+// Running out is a UserError naming `what` and the bytes it needed.
+class DeviceMemory {
+ public:
+  static constexpr size_t kAlignment = 64;
+
+  DeviceMemory() = default;
+  DeviceMemory(size_t bytes, MemoryKind kind, const std::string& what);
+  // Host memory on the CPU, GPU memory on CUDA.
+  DeviceMemory(size_t bytes, Device device, const std::string& what)
+      : DeviceMemory(bytes, device == Device::CUDA ? MemoryKind::Gpu : MemoryKind::Host, what) {}
+
+  std::byte* data() const { return data_.get(); }
+
+ private:
+  std::unique_ptr<std::byte, void (*)(std::byte*)> data_{nullptr, nullptr};
+};
 
 }  // namespace l3c

@@ -39,7 +39,7 @@ L3Layer::L3Layer(const ModelConfig& model, int64_t index)
       d_up_(model.l3.d_up),
       tie_kv_(model.l3.tie_kv),
       residual_(model.l3.residual),
-      mix_identity_(model.l3.mix_init == "identity"),
+      mix_identity_(model.l3.mix_init == MixInit::Identity),
       init_std_(model.l3.init_std),
       eps_(model.norm_eps) {
   L3C_CHECK(d_emb_ > 0 && d_up_ > 0, "model.l3 sizes not resolved: d_emb {}, d_up {}", d_emb_, d_up_);

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "core/arena.h"
 #include "core/config.h"
+#include "kernels/arena.h"
 #include "model/params.h"
 
 namespace l3c {

@@ -15,8 +15,8 @@
 #include <utility>
 #include <vector>
 
-#include "core/arena.h"
 #include "core/config.h"
+#include "kernels/arena.h"
 #include "model/l3.h"
 #include "model/moe.h"
 #include "model/params.h"
@@ -49,8 +49,9 @@ struct LossReport {
 struct Recompute {
   bool swiglu = false;
   bool attention = false;
-  static Recompute from(const std::string& setting) {  // "none" | "swiglu" | "attention" | "all"
-    return {setting == "swiglu" || setting == "all", setting == "attention" || setting == "all"};
+  static Recompute from(RecomputeChoice choice) {
+    return {choice == RecomputeChoice::Swiglu || choice == RecomputeChoice::All,
+            choice == RecomputeChoice::Attention || choice == RecomputeChoice::All};
   }
 };
 

@@ -1,9 +1,6 @@
 // Parameter registry, flat buffers and initialisation.
 #include "model/params.h"
 
-#include <cstdlib>
-#include <cstring>
-
 #include "core/checked.h"
 #include "core/limits.h"
 #include "core/rng.h"
@@ -51,30 +48,16 @@ const ParamInfo& ParamRegistry::find(const std::string& name) const {
   return params_[it->second];
 }
 
-void FlatBuffer::FreeDeleter::operator()(std::byte* p) const {
-  if (device == Device::CUDA) cuda_free(p);
-  else std::free(p);
-}
-
-FlatBuffer::FlatBuffer(int64_t numel, DType dtype, Device device) : numel_(numel), dtype_(dtype), device_(device) {
-  const size_t bytes = (static_cast<size_t>(numel) * dtype_size(dtype) + 63) / 64 * 64;
-  if (device == Device::CUDA) {
-    data_ = std::unique_ptr<std::byte, FreeDeleter>(
-        static_cast<std::byte*>(cuda_malloc(bytes == 0 ? 64 : bytes, fmt::format("a {}-element {} buffer", numel,
-                                                                                  dtype_name(dtype)))),
-        FreeDeleter{Device::CUDA});
-    ops::fill_zero(all());
-    return;
-  }
-  void* p = std::aligned_alloc(64, bytes == 0 ? 64 : bytes);
-  if (p == nullptr) fail("out of memory allocating a {}-element parameter buffer", numel);
-  std::memset(p, 0, bytes == 0 ? 64 : bytes);
-  data_.reset(static_cast<std::byte*>(p));
+FlatBuffer::FlatBuffer(int64_t numel, DType dtype, Device device)
+    : data_(static_cast<size_t>(numel) * dtype_size(dtype), device,
+            fmt::format("a {}-element {} buffer", numel, dtype_name(dtype))),
+      numel_(numel), dtype_(dtype), device_(device) {
+  ops::fill_zero(all());
 }
 
 Tensor FlatBuffer::view(const ParamInfo& p) const {
   L3C_CHECK(p.offset + p.numel <= numel_, "parameter {} outside the buffer", p.name);
-  Tensor t(data_.get() + p.offset * dtype_size(dtype_), dtype_, {1}, device_);
+  Tensor t(data_.data() + p.offset * dtype_size(dtype_), dtype_, {1}, device_);
   t.ndim = static_cast<int>(p.shape.size());
   for (int i = 0; i < t.ndim; ++i) t.shape[i] = p.shape[i];
   return t;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/device.h"
 
 namespace l3c {
 
@@ -55,7 +56,7 @@ class FlatBuffer {
   FlatBuffer() = default;
   FlatBuffer(int64_t numel, DType dtype, Device device = Device::CPU);  // zero-filled
 
-  Tensor all() const { return Tensor(data_.get(), dtype_, {numel_}, device_); }
+  Tensor all() const { return Tensor(data_.data(), dtype_, {numel_}, device_); }
   // The parameter's view with its shape (1-4 dims).
   Tensor view(const ParamInfo& p) const;
   int64_t numel() const { return numel_; }
@@ -64,13 +65,7 @@ class FlatBuffer {
   template <typename T> T* ptr() const { return all().ptr<T>(); }
 
  private:
-  struct FreeDeleter {
-    FreeDeleter() : device(Device::CPU) {}
-    explicit FreeDeleter(Device d) : device(d) {}
-    Device device;
-    void operator()(std::byte* p) const;
-  };
-  std::unique_ptr<std::byte, FreeDeleter> data_;
+  DeviceMemory data_;
   int64_t numel_ = 0;
   DType dtype_ = DType::F32;
   Device device_ = Device::CPU;

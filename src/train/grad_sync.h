@@ -44,7 +44,6 @@ class GradientSync {
   const BufferRange& shard() const { return shard_; }
   bool sharded() const { return sharded_; }
   // The length the gradient and parameter buffers need (padded for ZeRO-1).
-  int64_t buffer_size() const { return buffer_size_; }
 
   // Rebuilds the row-table list from the model's current allocations.
   void refresh_tables();

@@ -9,8 +9,8 @@
 
 #include "core/errors.h"
 #include "core/file_io.h"
+#include "core/safetensors.h"
 #include "modeling_l3c_py.h"
-#include "train/safetensors.h"
 
 namespace l3c {
 

@@ -7,10 +7,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/errors.h"
+#include "core/safetensors.h"
 #include "kernels/ops.h"
+#include "runtime/model_io.h"
 #include "train/hf_export.h"
-#include "train/model_io.h"
-#include "train/safetensors.h"
 
 namespace l3c {
 

@@ -10,7 +10,7 @@
 #include "core/errors.h"
 #include "core/file_io.h"
 #include "kernels/ops.h"
-#include "train/model_io.h"
+#include "runtime/model_io.h"
 #include "train/run_lock.h"
 
 namespace l3c {

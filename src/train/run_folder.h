@@ -17,7 +17,7 @@
 #include "core/config.h"
 #include "data/allocation.h"
 #include "dist/communicator.h"
-#include "train/checkpoint.h"
+#include "runtime/checkpoint.h"
 #include "train/metrics.h"
 #include "train/run_lock.h"
 #include "train/trainer.h"
@@ -30,7 +30,6 @@ class RunFolder {
   // config that cannot resume it, --stop-at behind the checkpoint), before anything is written.
   RunFolder(const Config& config, const TrainOptions& options, Communicator& comm, int64_t threads);
 
-  bool writer() const { return writer_; }
   bool resuming() const { return resume_check_.has_value(); }
   const std::string& resume_dir() const { return resume_dir_; }
   // Where the run stands: step 0, or the checkpoint's step, tokens and skipped steps.

@@ -20,8 +20,8 @@
 #include "data/allocation.h"
 #include "data/prepare.h"
 #include "eval/during_training.h"
-#include "train/checkpoint.h"
-#include "train/memory.h"
+#include "runtime/checkpoint.h"
+#include "runtime/memory.h"
 #include "train/perf.h"
 #include "train/run_folder.h"
 #include "train/step_logger.h"
@@ -166,7 +166,7 @@ RunInputs check_inputs(const Config& config, Communicator& comm) {
   }
   check_same_job(comm, config, in.train_data, in.val_data.get());
   const Llama sizing_model(config.model);
-  in.memory = estimate_training_memory(sizing_model, config, in.device.device, comm.size());
+  in.memory = estimate_training_memory(sizing_model, config, in.device, comm.size());
   if (in.device.device == Device::CUDA) check_fits_device_memory(in.memory);
   else check_fits_host_memory(in.memory);
   if (!config.train.trainable.empty()) trainable_mask(sizing_model.registry(), config.train.trainable);
@@ -183,7 +183,7 @@ std::optional<Allocation> new_run_allocation(const Config& config) {
   const auto start = clock::now();
   Allocation allocation = allocation_for_model(config.model);
   const nlohmann::ordered_json summary = allocation_summary(allocation, 5);
-  spdlog::info("L3 allocation ({}): {} rows for {} token ids, at most {} per token{}; {:.1f}s", allocation.method,
+  spdlog::info("L3 allocation ({}): {} rows for {} token ids, at most {} per token{}; {:.1f}s", choice_name(allocation.method),
                allocation.v, config.model.vocab_size, allocation.k,
                allocation.corpus ? fmt::format(", from {} tokens ({} codewords)", allocation.corpus->tokens_parsed,
                                                allocation.corpus->codewords)
@@ -205,8 +205,11 @@ void log_run(const Config& config, const RunInputs& in, TrainingState& state, co
   if (in.device.device == Device::CUDA)
     spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation{}) on {} ({}{}), peak {:.0f} TFLOP/s",
                  config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
-                 state.accum_steps(), ranks, in.device.description, config.train.precision,
-                 config.train.recompute == "none" ? "" : ", recompute " + config.train.recompute, peak / 1e12);
+                 state.accum_steps(), ranks, in.device.description, choice_name(config.train.precision),
+                 config.train.recompute == RecomputeChoice::None
+                     ? ""
+                     : fmt::format(", recompute {}", choice_name(config.train.recompute)),
+                 peak / 1e12);
   else
     spdlog::info("{} steps of {} tokens ({} x {} x {} accumulation{}), {} threads, CPU peak {:.1f} GFLOP/s",
                  config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,

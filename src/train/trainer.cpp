@@ -12,7 +12,7 @@
 #include "kernels/device.h"
 #include "kernels/ops.h"
 #include "optim/schedule.h"
-#include "train/memory.h"
+#include "runtime/memory.h"
 
 namespace l3c {
 
@@ -202,7 +202,7 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
                          ? std::sqrt(all_reduce_value(comm_, ops::sum_squares(shard_grads_.all())))
                          : global_grad_norm(grads_);
   if (!std::isfinite(result.loss + result.aux_loss) || !std::isfinite(result.grad_norm)) {
-    if (config_.train.on_nonfinite == "stop")
+    if (config_.train.on_nonfinite == NonFinitePolicy::Stop)
       fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps, or set "
            "train.on_nonfinite=skip to skip such steps", step + 1, result.loss + result.aux_loss, result.grad_norm);
     result.skipped = true;  // no update: weights and AdamW state stay as they were (on every rank: same values)

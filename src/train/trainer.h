@@ -10,14 +10,14 @@
 #include <string>
 #include <vector>
 
-#include "core/arena.h"
 #include "core/config.h"
 #include "data/dataloader.h"
 #include "dist/communicator.h"
+#include "kernels/arena.h"
 #include "model/llama.h"
 #include "model/params.h"
 #include "optim/adamw.h"
-#include "train/device.h"
+#include "runtime/device.h"
 #include "train/grad_sync.h"
 
 namespace l3c {
@@ -42,7 +42,7 @@ struct StepResult {
 };
 
 // Everything one optimizer step touches: model, weights, gradients, AdamW state, the activation arena
-// and the batch buffers, all allocated once, on the run's device (train.device: src/train/device.h). On the GPU
+// and the batch buffers, all allocated once, on the run's device (train.device: src/runtime/device.h). On the GPU
 // the token batches are filled on the host and copied over per micro-batch, and the loss and the gradient norm
 // are read back; with train.precision bf16 the parameters and activations are bf16, the gradients accumulate in
 // f32, and AdamW updates f32 master weights.

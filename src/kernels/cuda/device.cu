@@ -6,7 +6,6 @@
 #include <string>
 #include <utility>
 
-#include "core/arena.h"
 #include "core/errors.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"

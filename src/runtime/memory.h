@@ -8,6 +8,7 @@
 #include "core/config.h"
 #include "kernels/device.h"
 #include "model/llama.h"
+#include "runtime/device.h"
 
 namespace l3c {
 
@@ -20,14 +21,10 @@ struct MemoryEstimate {
   size_t total() const { return params + grads + optimizer + activations + master + workspace; }
 };
 
-// For one rank of a run of `config` on `device` (train.precision and train.dtype decide the dtypes, train.recompute
-// the activations; with train.zero 1 and world_size > 1 the optimizer state and master weights are one shard).
-MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device = Device::CPU,
+// For one rank of a run of `config` on `device` (its dtypes: src/runtime/device.h; train.recompute decides the
+// activations; with train.zero 1 and world_size > 1 the optimizer state and master weights are one shard).
+MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, const RunDevice& device,
                                         int world_size = 1);
-
-// The device `inspect` sizes for: the GPU when the config asks for it (train.device cuda, bf16 precision) or
-// when "auto" would pick one here, else the CPU.
-Device planned_device(const Config& config);
 
 // MemAvailable from /proc/meminfo in bytes; 0 when unknown.
 size_t available_host_memory();

@@ -1,12 +1,12 @@
 // Memory estimate and checks.
-#include "train/memory.h"
+#include "runtime/memory.h"
 
 #include <algorithm>
 #include <fstream>
 #include <string>
 
-#include "core/arena.h"
 #include "core/errors.h"
+#include "kernels/arena.h"
 
 namespace l3c {
 
@@ -43,24 +43,17 @@ CudaWorkspaceShape workspace_shape(const Config& config, DType dtype) {
   return w;
 }
 
-Device planned_device(const Config& config) {
-  const TrainConfig& t = config.train;
-  if (t.device == "cuda" || t.precision == "bf16") return Device::CUDA;
-  if (t.device == "auto" && t.dtype != "f64" && built_with_cuda() && !cuda_emulated() && cuda_device_count() > 0)
-    return Device::CUDA;
-  return Device::CPU;
-}
-
-MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, Device device, int world_size) {
-  const bool bf16 = device == Device::CUDA && config.train.precision == "bf16";
-  const DType dtype = bf16 ? DType::BF16 : (config.train.dtype == "f64" ? DType::F64 : DType::F32);
-  // bf16 parameters keep f32 gradients, moments and master weights.
-  const size_t element = dtype_size(dtype), moment = bf16 ? sizeof(float) : element, grad = moment;
+MemoryEstimate estimate_training_memory(const Llama& model, const Config& config, const RunDevice& device,
+                                        int world_size) {
+  const bool bf16 = device.mixed_precision;
+  const DType dtype = device.param_dtype;
+  const size_t element = dtype_size(dtype), moment = dtype_size(device.moment_dtype);
+  const size_t grad = dtype_size(device.grad_dtype);  // f32 with bf16 parameters
   const auto n = static_cast<size_t>(model.registry().total());
   Llama sized = model;  // with the run's recomputation setting
   sized.set_recompute(Recompute::from(config.train.recompute));
   MemoryEstimate m;
-  m.device = device;
+  m.device = device.device;
   m.params = n * element;
   m.grads = n * grad;
   m.grad_element = grad;
@@ -74,7 +67,7 @@ MemoryEstimate estimate_training_memory(const Llama& model, const Config& config
     m.grads += shard * grad;
   }
   m.activations = sized.activation_bytes(config.train.micro_batch, config.data.seq_len, dtype, true);
-  m.workspace = device == Device::CUDA ? cuda_workspace_bytes(workspace_shape(config, dtype)) : 0;
+  m.workspace = device.device == Device::CUDA ? cuda_workspace_bytes(workspace_shape(config, dtype)) : 0;
   return m;
 }
 

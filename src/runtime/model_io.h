@@ -1,15 +1,15 @@
-// Model weights on disk: `model.safetensors` with MODEL.md names beside the resolved `config.json`.
-// A folder holding both, or a checkpoint folder (src/train/checkpoint.h), is what `l3c eval --checkpoint`
-// and `l3c generate --checkpoint` accept.
+// Model weights on disk: `model.safetensors` with MODEL.md names beside the resolved `config.json`, and the
+// parameters and L3 allocations read back from such a file. The folders that hold a model (a run, a checkpoint, an
+// imported model) are src/runtime/model_dir.h.
 #pragma once
 #include <map>
 #include <memory>
 #include <string>
 
 #include "core/config.h"
+#include "core/safetensors.h"
 #include "model/llama.h"
 #include "model/params.h"
-#include "train/safetensors.h"
 
 namespace l3c {
 
@@ -42,24 +42,6 @@ void load_model_state(const SafetensorsFile& file, Llama& model, FlatBuffer& par
 // Sets every L3 layer's allocation of `model` from the file's model.l3.{j}.alloc tensors (UserError naming the file
 // and tensor when one is missing or malformed).
 void load_l3_allocations(const SafetensorsFile& file, Llama& model);
-
-struct LoadedModel {
-  Config config;
-  std::unique_ptr<Llama> model;
-  FlatBuffer params;
-};
-
-// The config and weights file of a run folder (DIR/config.json, DIR/model.safetensors) or of a checkpoint
-// folder (RUN/checkpoints/step_*: verified first, the config from its trainer.json). UserError naming what is
-// missing or corrupt.
-struct ModelDir {
-  Config config;
-  std::string weights_path;
-};
-ModelDir resolve_model_dir(const std::string& dir);
-
-// Reads the model of resolve_model_dir(dir) into memory.
-LoadedModel load_model_dir(const std::string& dir);
 
 // Writes the resolved config as pretty JSON (atomically).
 void write_config_json(const std::string& path, const Config& config);

@@ -10,21 +10,21 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
-#include <memory>
 #include <string>
 
 #include "core/tensor.h"
+#include "kernels/device.h"
 
 namespace l3c {
 
 class Arena {
  public:
-  static constexpr size_t kAlignment = 64;  // bytes; every tensor starts on a cache line
+  static constexpr size_t kAlignment = DeviceMemory::kAlignment;  // bytes; every tensor starts on a cache line
 
   Arena() = default;                         // measuring mode: counts, allocates nothing
   Arena(size_t capacity_bytes, std::string name, Device device = Device::CPU);  // backing mode
 
-  bool measuring() const { return storage_ == nullptr; }
+  bool measuring() const { return storage_.data() == nullptr; }
   Tensor alloc(DType dtype, std::initializer_list<int64_t> shape);
   void reset() { used_ = 0; }
 
@@ -34,21 +34,12 @@ class Arena {
   Device device() const { return device_; }
 
  private:
-  struct FreeDeleter {
-    FreeDeleter() : device(Device::CPU) {}
-    explicit FreeDeleter(Device d) : device(d) {}
-    Device device;
-    void operator()(std::byte* p) const;
-  };
-  std::unique_ptr<std::byte, FreeDeleter> storage_;
+  DeviceMemory storage_;
   Device device_ = Device::CPU;
   size_t capacity_ = 0;
   size_t used_ = 0;
   size_t peak_ = 0;
   std::string name_;
 };
-
-// "1.50 GiB", "12.0 MiB", "512 B".
-std::string format_bytes(double bytes);
 
 }  // namespace l3c

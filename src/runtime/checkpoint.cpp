@@ -1,5 +1,5 @@
 // Checkpoints: writing, verifying, finding, pruning and loading (see checkpoint.h for the format).
-#include "train/checkpoint.h"
+#include "runtime/checkpoint.h"
 
 #include "kernels/ops.h"
 
@@ -19,10 +19,10 @@
 #include "core/errors.h"
 #include "core/file_io.h"
 #include "core/limits.h"
+#include "core/safetensors.h"
 #include "core/sha256.h"
 #include "optim/schedule.h"
-#include "train/model_io.h"
-#include "train/safetensors.h"
+#include "runtime/model_io.h"
 
 namespace l3c {
 
@@ -197,7 +197,7 @@ std::string write_checkpoint(const std::string& run_dir, const CheckpointState& 
         {"data", {{"position", progress.data_position}, {"seed", train.seed}, {"shuffle", state.config.data.shuffle}}},
         {"rng", {{"generator", "philox4x32-10"}, {"seed", train.seed},
                  {"state", "none: every draw is keyed by (seed, purpose, stream, counter)"}}},
-        {"schedule", {{"kind", train.schedule}, {"next_step", progress.step},
+        {"schedule", {{"kind", std::string(choice_name(train.schedule))}, {"next_step", progress.step},
                       {"next_lr", learning_rate(train, std::min(progress.step, train.steps - 1))}}},
         {"world_size", progress.world_size},
         {"threads", progress.threads},

@@ -1,5 +1,5 @@
 // safetensors reading and writing.
-#include "train/safetensors.h"
+#include "core/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
