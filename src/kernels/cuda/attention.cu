@@ -359,7 +359,6 @@ void attention_backward_cuda_cores(Tensor dq, Tensor dk, Tensor dv, Tensor dout,
   });
 }
 
-
 // Compute capability 8.0 or later: WMMA on bf16 tiles (read once; a process uses one GPU).
 bool gpu_has_bf16_tensor_cores() {
   static const bool has = [] {
