@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "core/choice.h"
 #include "core/config.h"
 #include "cuda_test_util.h"
 #include "kernels/ops.h"
@@ -174,13 +175,13 @@ AttentionStep train_attention_model(const std::string& device, const std::string
   c.train.batch_tokens = B * T;
   c.train.lr = 1.0;
   c.train.min_lr = 1.0;
-  c.train.schedule = "constant";
+  c.train.schedule = Schedule::Constant;
   c.train.warmup_steps = 0;
   c.train.eps = 100.0;
   c.train.weight_decay = 0.0;
   c.train.grad_clip = 0.0;
-  c.train.device = device;
-  c.train.precision = precision;
+  c.train.device = parse_choice<DeviceChoice>(device, "device");
+  c.train.precision = parse_choice<Precision>(precision, "precision");
   c.train.trainable = {"model.layers.0.self_attn."};
   TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
   random_tokens(tokens, V, 900);
