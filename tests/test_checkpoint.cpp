@@ -685,7 +685,7 @@ TEST_CASE("a folder holding the user's own config.json is not overwritten by a n
   CHECK_FALSE(fs::exists(dir / "run" / "metrics.jsonl"));
 }
 
-TEST_CASE("a shard truncated under the trainer ends the run naming it, after a checkpoint; resume is exact",
+TEST_CASE("a shard truncated under the trainer ends the run naming it, after a checkpoint, and resume is exact",
           "[checkpoint][data]") {
   const fs::path dir = fresh_dir("truncated_shard");
   const fs::path config = dense_config(dir, 12);

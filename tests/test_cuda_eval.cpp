@@ -72,7 +72,7 @@ Scored score_on(Device device, DType dtype, bool moe = true) {
 
 }  // namespace
 
-TEST_CASE("cuda: the scorer and the lens on the GPU match the CPU (fp32; bf16 parameters within 2%)",
+TEST_CASE("cuda: the scorer and the lens on the GPU match the CPU (fp32, and bf16 parameters within 2%)",
           "[cuda][eval]") {
   require_gpu();
   const Scored cpu = score_on(Device::CPU, DType::F32);

@@ -273,7 +273,7 @@ TEST_CASE("inspect --world-size: memory per rank with and without ZeRO-1, and th
   fs::remove_all(dir);
 }
 
-TEST_CASE("data parallel: launcher states and batches that cannot train are refused; zero 1 alone is a no-op",
+TEST_CASE("data parallel: launcher states and batches that cannot train are refused, and zero 1 alone is a no-op",
           "[dist]") {
   const fs::path dir = fresh_dir("bad");
   const fs::path config = write_config(dir, Model::Dense, 1, 96);
