@@ -359,18 +359,6 @@ void attention_backward_cuda_cores(Tensor dq, Tensor dk, Tensor dv, Tensor dout,
   });
 }
 
-// Compute capability 8.0 or later: WMMA on bf16 tiles (read once; a process uses one GPU).
-bool gpu_has_bf16_tensor_cores() {
-  static const bool has = [] {
-    int device = 0;
-    L3C_CUDA_CHECK(cudaGetDevice(&device));
-    cudaDeviceProp prop;
-    L3C_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
-    return prop.major >= 8;
-  }();
-  return has;
-}
-
 }  // namespace
 
 AttentionKernel attention_kernel_for(DType dtype, int64_t head_dim) {

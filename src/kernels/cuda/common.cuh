@@ -166,6 +166,19 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
   return result;
 }
 
+// ---- groups given by offsets ----------------------------------------------------------------------------
+// The group u with offsets[u] <= i < offsets[u + 1], for offsets (groups + 1) ascending with offsets[0] <= i <
+// offsets[groups] (empty groups are never found): a binary search.
+__device__ __forceinline__ int64_t find_group(const int32_t* offsets, int64_t groups, int64_t i) {
+  int64_t lo = 0, hi = groups;  // offsets[lo] <= i < offsets[hi]
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (offsets[mid] <= i) lo = mid;
+    else hi = mid;
+  }
+  return lo;
+}
+
 // ---- launch geometry ---------------------------------------------------------------------------------
 inline unsigned blocks_for(int64_t n, int threads) {
   const int64_t blocks = (n + threads - 1) / threads;

@@ -122,13 +122,29 @@ void group_by_key(Tensor order, Tensor offsets, Tensor keys);
 void gather_rows(Tensor out, Tensor x, Tensor index);
 void scatter_rows(Tensor out, Tensor x, Tensor index, bool accumulate);
 
-// ---- L3 lookup attention (l3.cu) ---------------------------------------------------------------------
-// One block per grouped row (forward; backward for dx and the softmax gradient), and one block per table row
-// for the table gradients, which sums over its token's rows in order: each gradient row has one owner.
+// ---- L3 lookup attention (l3.cu, l3_grouped.cu) ---------------------------------------------------------
+// Two implementations of the same contract, without atomics (each table-gradient element has one owner that sums
+// its token's rows in order), the softmax gradients in the workspace:
+enum class L3Kernel {
+  CudaCores,    // l3.cu: f32 or bf16, any shape; one block per grouped row (K_u, V_u read once per position) and
+                // one block per table row for the table gradients
+  TensorCores,  // l3_grouped.cu: bf16 on sm_80+; tiles of up to 64 positions of one token against its rows, WMMA
+                // bf16 products with fp32 accumulation (K_u, V_u read once per tile), chunks of 64 table rows
+};
+// Whether the tensor-core kernels are chosen for this dtype and these widths (whatever the GPU): bf16 with d and
+// d_emb multiples of 16. (They compute any shape in bf16; other widths leave most of each tile empty.)
+bool tensor_core_l3_supports(DType dtype, int64_t d, int64_t d_emb);
+// The kernel for a dtype and widths on this process's GPU: tensor cores wherever they apply.
+L3Kernel l3_kernel_for(DType dtype, int64_t d, int64_t d_emb);
 void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
-                       Tensor row_offsets);
+                       Tensor row_offsets);  // l3_kernel_for's choice
 void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
                         Tensor probs, Tensor group_offsets, Tensor row_offsets);
+// The kernel named (tests, the dev/ ladder); TensorCores takes bf16 only.
+void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                       Tensor row_offsets, L3Kernel kernel);
+void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
+                        Tensor probs, Tensor group_offsets, Tensor row_offsets, L3Kernel kernel);
 
 // ---- Mixture-of-Experts (moe.cu; f32) ------------------------------------------------------------------
 void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize);

@@ -1,5 +1,5 @@
 // CUDA runtime: GPU discovery, device memory with errors that say what to change, the ops' workspace, the
-// cuBLAS handle, and the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros.
+// cuBLAS handle, the GPU's tensor-core check, and the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
@@ -9,6 +9,7 @@
 #include "core/errors.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/internal.cuh"
 #include "kernels/device.h"
 
 namespace l3c::cuda {
@@ -212,6 +213,17 @@ size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& s) {
 }
 
 void synchronize() { L3C_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+bool gpu_has_bf16_tensor_cores() {
+  static const bool has = [] {
+    int device = 0;
+    L3C_CUDA_CHECK(cudaGetDevice(&device));
+    cudaDeviceProp prop;
+    L3C_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    return prop.major >= 8;
+  }();
+  return has;
+}
 
 cublasHandle_t cublas() {
   static cublasHandle_t handle = [] {

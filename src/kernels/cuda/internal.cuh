@@ -29,4 +29,13 @@ void attention_forward_tensor_cores(Tensor out, Tensor lse, Tensor q, Tensor k, 
 void attention_backward_tensor_cores(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                      Tensor out, Tensor lse);
 
+// The tensor-core L3 kernels (l3_grouped.cu) behind l3_lookup_forward / l3_lookup_backward (l3.cu chooses): bf16.
+void l3_lookup_forward_tensor_cores(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                                    Tensor row_offsets);
+void l3_lookup_backward_tensor_cores(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k,
+                                     Tensor w_v, Tensor probs, Tensor group_offsets, Tensor row_offsets);
+
+// Compute capability 8.0 or later: WMMA on bf16 tiles (device.cu; read once, a process uses one GPU).
+bool gpu_has_bf16_tensor_cores();
+
 }  // namespace l3c::ops::cuda

@@ -8,24 +8,32 @@
 // warp dot products into shared memory, the softmax by the block tree, and one thread per output column sums
 // over the token's rows in order. The table gradients run one block per table row (its token found over
 // row_offsets); each row sums over its token's positions in order, so each gradient element has one owner and
-// no atomics are needed. The softmax gradients ds (N, k) pass through the workspace.
+// no atomics are needed. The softmax gradients ds (N, k) pass through the workspace. These CUDA-core kernels take
+// f32 and bf16 of any shape; l3_grouped.cu holds the tensor-core kernels (bf16), which read each token's K_u, V_u
+// once per tile of its positions instead of once per position. l3_kernel_for chooses.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/internal.cuh"
 
 namespace l3c::ops::cuda {
 namespace {
 
 constexpr int kThreads = 128;
 
-// The u with offsets[u] <= i < offsets[u + 1], for offsets (groups + 1) with offsets[0] <= i < offsets[groups].
-__device__ __forceinline__ int64_t find_group(const int32_t* offsets, int64_t groups, int64_t i) {
-  int64_t lo = 0, hi = groups;  // offsets[lo] <= i < offsets[hi]
-  while (hi - lo > 1) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    if (offsets[mid] <= i) lo = mid;
-    else hi = mid;
+// dst[j] = query . table[j] (dim) for j < rows, one warp per table row, into shared memory. The block waits before
+// (dst may still be read for the previous grouped row) and after.
+template <typename T>
+__device__ __forceinline__ void table_dots(float* dst, const T* query, const T* table, int64_t rows, int64_t dim) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();
+  for (int64_t j = warp; j < rows; j += warps) {
+    const T* row = table + j * dim;
+    float part = 0.0f;
+    for (int64_t c = lane; c < dim; c += 32) part += to_float(query[c]) * to_float(row[c]);
+    part = warp_sum(part);
+    if (lane == 0) dst[j] = part;
   }
-  return lo;
+  __syncthreads();
 }
 
 template <typename T>
@@ -36,7 +44,6 @@ __global__ void l3_forward_kernel(T* __restrict__ out, float* __restrict__ probs
   L3C_DYNAMIC_SHARED(float, p);  // (width) scores, then probabilities
   __shared__ float max_scratch[32];
   __shared__ float sum_scratch[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const int64_t u = find_group(group_offsets, groups, i);
     const int64_t r0 = row_offsets[u], rows = row_offsets[u + 1] - r0;
@@ -47,16 +54,7 @@ __global__ void l3_forward_kernel(T* __restrict__ out, float* __restrict__ probs
       for (int64_t c = threadIdx.x; c < d_emb; c += blockDim.x) out_i[c] = from_float<T>(NAN);
       continue;
     }
-    const T* x_i = x + i * d;
-    __syncthreads();  // p of the previous row is no longer read
-    for (int64_t j = warp; j < rows; j += warps) {
-      const T* key = w_k + (r0 + j) * d;
-      float part = 0.0f;
-      for (int64_t c = lane; c < d; c += 32) part += to_float(x_i[c]) * to_float(key[c]);
-      part = warp_sum(part);
-      if (lane == 0) p[j] = part;
-    }
-    __syncthreads();
+    table_dots(p, x + i * d, w_k + r0 * d, rows, d);  // scores
     float local_max = -INFINITY;
     for (int64_t j = threadIdx.x; j < rows; j += blockDim.x) local_max = fmaxf(local_max, p[j]);
     const float row_max = block_max(local_max, max_scratch);
@@ -90,7 +88,6 @@ __global__ void l3_backward_rows_kernel(T* __restrict__ dx, float* __restrict__ 
                                         int64_t d_emb, int64_t width) {
   L3C_DYNAMIC_SHARED(float, g);  // (width) dp, then ds
   __shared__ float sum_scratch[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t i = blockIdx.x; i < n; i += gridDim.x) {
     const int64_t u = find_group(group_offsets, groups, i);
     const int64_t r0 = row_offsets[u], rows = row_offsets[u + 1] - r0;
@@ -101,15 +98,7 @@ __global__ void l3_backward_rows_kernel(T* __restrict__ dx, float* __restrict__ 
       for (int64_t c = threadIdx.x; c < d; c += blockDim.x) dx_i[c] = from_float<T>(NAN);
       continue;
     }
-    __syncthreads();  // g of the previous row is no longer read
-    for (int64_t j = warp; j < rows; j += warps) {
-      const T* value = w_v + (r0 + j) * d_emb;
-      float part = 0.0f;
-      for (int64_t c = lane; c < d_emb; c += 32) part += to_float(de_i[c]) * to_float(value[c]);
-      part = warp_sum(part);
-      if (lane == 0) g[j] = part;
-    }
-    __syncthreads();
+    table_dots(g, de_i, w_v + r0 * d_emb, rows, d_emb);  // dp
     float local = 0.0f;
     for (int64_t j = threadIdx.x; j < rows; j += blockDim.x) local += p_i[j] * g[j];
     const float dot = block_sum(local, sum_scratch);
@@ -167,9 +156,7 @@ __global__ void l3_backward_table_kernel(G* dw_k, G* dw_v, const T* __restrict__
 
 unsigned grid_for(int64_t items) { return static_cast<unsigned>(items < kMaxGridBlocks ? items : kMaxGridBlocks); }
 
-}  // namespace
-
-void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+void l3_lookup_forward_cuda_cores(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
                        Tensor row_offsets) {
   const int64_t d = x.dim(-1), n = x.numel() / d, d_emb = w_v.dim(1), width = probs.dim(-1);
   const int64_t groups = group_offsets.numel() - 1;
@@ -185,8 +172,8 @@ void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_
   });
 }
 
-void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
-                        Tensor probs, Tensor group_offsets, Tensor row_offsets) {
+void l3_lookup_backward_cuda_cores(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k,
+                                   Tensor w_v, Tensor probs, Tensor group_offsets, Tensor row_offsets) {
   const int64_t d = x.dim(-1), n = x.numel() / d, d_emb = w_v.dim(1), width = probs.dim(-1);
   const int64_t groups = group_offsets.numel() - 1, table_rows = w_k.dim(0);
   float* ds = static_cast<float*>(workspace(static_cast<size_t>(n * width) * sizeof(float)));
@@ -205,6 +192,43 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
            static_cast<G*>(dw_v.data), static_cast<const T*>(x.data), static_cast<const T*>(dout.data),
            static_cast<const float*>(probs.data), ds, go, ro, table_rows, groups, d, d_emb, width);
   });
+}
+
+}  // namespace
+
+bool tensor_core_l3_supports(DType dtype, int64_t d, int64_t d_emb) {
+  return dtype == DType::BF16 && d > 0 && d_emb > 0 && d % 16 == 0 && d_emb % 16 == 0;
+}
+
+L3Kernel l3_kernel_for(DType dtype, int64_t d, int64_t d_emb) {
+  return tensor_core_l3_supports(dtype, d, d_emb) && gpu_has_bf16_tensor_cores() ? L3Kernel::TensorCores
+                                                                                 : L3Kernel::CudaCores;
+}
+
+void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                       Tensor row_offsets, L3Kernel kernel) {
+  if (kernel == L3Kernel::TensorCores)
+    return l3_lookup_forward_tensor_cores(out, probs, x, w_k, w_v, group_offsets, row_offsets);
+  l3_lookup_forward_cuda_cores(out, probs, x, w_k, w_v, group_offsets, row_offsets);
+}
+
+void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
+                        Tensor probs, Tensor group_offsets, Tensor row_offsets, L3Kernel kernel) {
+  if (kernel == L3Kernel::TensorCores)
+    return l3_lookup_backward_tensor_cores(dx, dw_k, dw_v, dout, x, w_k, w_v, probs, group_offsets, row_offsets);
+  l3_lookup_backward_cuda_cores(dx, dw_k, dw_v, dout, x, w_k, w_v, probs, group_offsets, row_offsets);
+}
+
+void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
+                       Tensor row_offsets) {
+  l3_lookup_forward(out, probs, x, w_k, w_v, group_offsets, row_offsets,
+                    l3_kernel_for(x.dtype, x.dim(-1), w_v.dim(1)));
+}
+
+void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
+                        Tensor probs, Tensor group_offsets, Tensor row_offsets) {
+  l3_lookup_backward(dx, dw_k, dw_v, dout, x, w_k, w_v, probs, group_offsets, row_offsets,
+                     l3_kernel_for(x.dtype, x.dim(-1), w_v.dim(1)));
 }
 
 }  // namespace l3c::ops::cuda
