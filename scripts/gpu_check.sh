@@ -168,6 +168,7 @@ fi
 # Each prints one line per version (ms per call, TFLOP/s, errors against the CPU); exit 1 when an error is too large.
 declare -A ladder_args=(
   [dev_attention]="--batch 8 --seq 1024 --heads 12 --kv-heads 12 --head-dim 64"  # configs/gpu/dense_124m.json
+  [dev_l3]="--positions 8192 --vocab 50304 --v 262144 --k 64 --d 768 --d-emb 384"  # configs/gpu/l3_124m.json
 )
 if [ -n "$bin" ]; then
   for ladder in "$bin"/dev_*; do

@@ -62,7 +62,7 @@ if [ "$binaries" = 1 ]; then
     -exec cp {} "$deps/bin/" \;
   strip "$deps"/bin/*
   {
-    echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- src tools tests CMakeLists.txt || echo ' (with local changes)')"
+    echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- src tools tests dev CMakeLists.txt || echo ' (with local changes)')"
     echo "cuda_arch: $arch"
     echo "nvcc: $(nvcc --version | tail -n 1)"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release && echo "$PRETTY_NAME")"

@@ -17,30 +17,27 @@
 // difference over the norm of the CPU's) of out, dq, dk, dv. Exit status 1 when an error exceeds its tolerance.
 // The emulated build (dev_attention_emulated) runs the same code on the host emulation of CUDA; CTest runs it on a
 // small shape (emulated/dev_attention).
-#include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <exception>
-#include <string>
 #include <utility>
 #include <vector>
 
 #include "core/tensor.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
-#include "kernels/device.h"
 #include "kernels/ops.h"
+#include "ladder.h"
 
 using namespace l3c;
+using namespace l3c::dev;
 using ops::cuda::AttentionKernel;
 
 namespace {
 
 struct Options {
   int64_t batch = 8, seq = 1024, heads = 12, kv_heads = 12, head_dim = 64;  // configs/gpu/dense_124m.json
-  int warmup = 3, iters = 20;
+  int64_t warmup = 3, iters = 20;
   int64_t check_sequences = 1;
 };
 
@@ -54,22 +51,11 @@ struct Options {
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) usage(("missing value after " + flag).c_str());
-    char* end = nullptr;
-    const long long value = std::strtoll(argv[++i], &end, 10);
-    if (*end != '\0' || value < 0) usage(("not a non-negative integer after " + flag).c_str());
-    if (flag == "--batch") o.batch = value;
-    else if (flag == "--seq") o.seq = value;
-    else if (flag == "--heads") o.heads = value;
-    else if (flag == "--kv-heads") o.kv_heads = value;
-    else if (flag == "--head-dim") o.head_dim = value;
-    else if (flag == "--warmup") o.warmup = static_cast<int>(value);
-    else if (flag == "--iters") o.iters = static_cast<int>(value);
-    else if (flag == "--check-sequences") o.check_sequences = value;
-    else usage(("unknown option " + flag).c_str());
-  }
+  parse_flags(argc, argv,
+              {{"--batch", &o.batch}, {"--seq", &o.seq}, {"--heads", &o.heads}, {"--kv-heads", &o.kv_heads},
+               {"--head-dim", &o.head_dim}, {"--warmup", &o.warmup}, {"--iters", &o.iters},
+               {"--check-sequences", &o.check_sequences}},
+              usage);
   if (o.batch < 1 || o.seq < 1 || o.heads < 1 || o.kv_heads < 1 || o.head_dim < 1 || o.heads % o.kv_heads != 0)
     usage("batch, seq, heads, kv-heads, head-dim must be >= 1 and heads a multiple of kv-heads");
   if (o.head_dim > 256) usage("head-dim above 256: no CUDA kernel takes it");
@@ -78,71 +64,9 @@ Options parse(int argc, char** argv) {
   return o;
 }
 
-// A device tensor that owns its memory.
-class DeviceTensor {
- public:
-  DeviceTensor(DType dtype, std::initializer_list<int64_t> shape) : tensor_(nullptr, dtype, shape, Device::CUDA) {
-    tensor_.data = cuda_malloc(tensor_.bytes(), "a dev_attention tensor");
-  }
-  ~DeviceTensor() { cuda_free(tensor_.data); }
-  DeviceTensor(const DeviceTensor&) = delete;
-  DeviceTensor& operator=(const DeviceTensor&) = delete;
-  operator Tensor() const { return tensor_; }  // NOLINT: passed to ops as it is
-  const Tensor& tensor() const { return tensor_; }
-
- private:
-  Tensor tensor_;
-};
-
 // The first `sequences` rows of a (B, ...) device tensor as host f32 values.
 std::vector<float> first_sequences_on_host(const Tensor& device, int64_t sequences) {
-  const Tensor slice = device.rows(0, sequences);
-  const int64_t n = slice.numel();
-  std::vector<float> host(static_cast<size_t>(n));
-  if (slice.dtype == DType::F32) {
-    ops::copy(Tensor(host.data(), DType::F32, {n}), slice.view({n}));
-  } else {
-    DeviceTensor converted(DType::F32, {n});
-    ops::convert(converted, slice.view({n}));
-    ops::copy(Tensor(host.data(), DType::F32, {n}), converted);
-  }
-  return host;
-}
-
-double relative_error(const std::vector<float>& a, const std::vector<float>& reference) {
-  double diff = 0.0, norm = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff += (static_cast<double>(a[i]) - reference[i]) * (static_cast<double>(a[i]) - reference[i]);
-    norm += static_cast<double>(reference[i]) * reference[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
-}
-
-// Random normal values (SplitMix64 and Box-Muller), the same for every run.
-void fill_normal(std::vector<float>& values, uint64_t seed) {
-  auto next = [&seed] {
-    uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
-  for (float& x : values) {
-    const double u1 = (static_cast<double>(next() >> 11) + 0.5) / 9007199254740992.0;
-    const double u2 = static_cast<double>(next() >> 11) / 9007199254740992.0;
-    x = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-  }
-}
-
-// Wall-clock milliseconds per call of fn, after `warmup` calls; the device is idle before and after.
-template <typename Fn>
-double milliseconds_per_call(Fn&& fn, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) fn();
-  ops::cuda::synchronize();
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) fn();
-  ops::cuda::synchronize();
-  const std::chrono::duration<double, std::milli> elapsed = std::chrono::steady_clock::now() - start;
-  return elapsed.count() / iters;
+  return host_values(device.rows(0, sequences));
 }
 
 struct Version {
@@ -166,14 +90,7 @@ struct Inputs {
         dout16(DType::BF16, {o.batch, o.seq, o.heads, o.head_dim}) {
     uint64_t seed = 1;
     const std::pair<DeviceTensor*, DeviceTensor*> pairs[] = {{&q32, &q16}, {&k32, &k16}, {&v32, &v16}, {&dout32, &dout16}};
-    for (auto [f32, bf16] : pairs) {
-      const int64_t n = f32->tensor().numel();
-      std::vector<float> host(static_cast<size_t>(n));
-      fill_normal(host, seed++);
-      ops::copy(f32->tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
-      ops::convert(*bf16, *f32);  // round once ...
-      ops::convert(*f32, *bf16);  // ... and give the f32 version the rounded values
-    }
+    for (auto [f32, bf16] : pairs) fill_rounded(*f32, *bf16, seed++);
   }
 };
 
@@ -204,17 +121,12 @@ Reference cpu_reference(const Options& o, const Inputs& in) {
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
-  if (cuda_device_count() == 0) {
-    std::printf("dev_attention: no CUDA device (%s): nothing to compare\n",
-                built_with_cuda() ? "none present" : "backend not built");
-    return 4;
-  }
-  std::printf("device: %s%s\n", cuda_device_description(0).c_str(), cuda_emulated() ? " (emulated)" : "");
-  std::printf("shape: B %lld, T %lld, H %lld, Hkv %lld, head_dim %lld; %d warmup + %d timed calls; CPU check on %lld "
-              "sequence(s)\n",
+  require_device("dev_attention");
+  std::printf("shape: B %lld, T %lld, H %lld, Hkv %lld, head_dim %lld; %lld warmup + %lld timed calls; CPU check on "
+              "%lld sequence(s)\n",
               static_cast<long long>(o.batch), static_cast<long long>(o.seq), static_cast<long long>(o.heads),
-              static_cast<long long>(o.kv_heads), static_cast<long long>(o.head_dim), o.warmup, o.iters,
-              static_cast<long long>(o.check_sequences));
+              static_cast<long long>(o.kv_heads), static_cast<long long>(o.head_dim), static_cast<long long>(o.warmup),
+              static_cast<long long>(o.iters), static_cast<long long>(o.check_sequences));
   const Inputs in(o);
   const Reference reference = cpu_reference(o, in);
   const double pairs = static_cast<double>(o.seq) * (o.seq + 1) / 2.0;
@@ -231,8 +143,7 @@ int main(int argc, char** argv) try {
       ops::cuda::tensor_core_attention_supports(DType::BF16, o.head_dim))
     std::printf("note: this GPU has no bf16 tensor cores (sm_80+); training would use the CUDA-core kernels\n");
 
-  std::printf("%-18s %10s %9s %10s %9s %9s %9s %9s %9s\n", "version", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s",
-              "err out", "err dq", "err dk", "err dv");
+  print_header({"err out", "err dq", "err dk", "err dv"});
   bool all_within = true;
   for (const Version& version : versions) {
     const bool f32 = version.dtype == DType::F32;
@@ -254,12 +165,8 @@ int main(int argc, char** argv) try {
     // f32: summation order only. bf16: outputs rounded to bf16 (and, on tensor cores, P and dS before their second
     // product), as tests/test_cuda_attention.cpp states; backward from each version's own forward.
     const double tolerance[4] = {f32 ? 1e-5 : 1e-2, f32 ? 1e-4 : 2e-2, f32 ? 1e-4 : 2e-2, f32 ? 1e-4 : 2e-2};
-    bool within = true;
-    for (int i = 0; i < 4; ++i) within = within && errors[i] <= tolerance[i];
-    all_within = all_within && within;
-    std::printf("%-18s %10.3f %9.2f %10.3f %9.2f %9.2e %9.2e %9.2e %9.2e%s\n", version.name, forward_ms,
-                forward_flops / (forward_ms * 1e9), backward_ms, backward_flops / (backward_ms * 1e9), errors[0],
-                errors[1], errors[2], errors[3], within ? "" : "  <- above tolerance");
+    all_within = print_row(version.name, forward_ms, forward_flops, backward_ms, backward_flops, errors, tolerance) &&
+                 all_within;
   }
   return all_within ? 0 : 1;
 } catch (const std::exception& e) {

@@ -1,0 +1,151 @@
+// What the kernel ladders of dev/cuda share: integer command-line flags, device tensors that own their memory,
+// inputs rounded to bf16 once (so that every version reads the same values), host copies, the relative error, and
+// the timing loop.
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <initializer_list>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/device.h"
+#include "kernels/ops.h"
+
+namespace l3c::dev {
+
+// A flag that takes a non-negative integer.
+struct Flag {
+  const char* name;
+  int64_t* value;
+};
+// Sets the flags named on the command line; calls usage(problem) (which must not return) on anything else.
+template <typename Usage>
+void parse_flags(int argc, char** argv, std::initializer_list<Flag> flags, Usage&& usage) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    if (i + 1 >= argc) usage(("missing value after " + flag).c_str());
+    char* end = nullptr;
+    const long long value = std::strtoll(argv[++i], &end, 10);
+    if (*end != '\0' || value < 0) usage(("not a non-negative integer after " + flag).c_str());
+    bool known = false;
+    for (const Flag& f : flags)
+      if (flag == f.name) {
+        *f.value = value;
+        known = true;
+      }
+    if (!known) usage(("unknown option " + flag).c_str());
+  }
+}
+
+// A device tensor that owns its memory.
+class DeviceTensor {
+ public:
+  DeviceTensor(DType dtype, std::initializer_list<int64_t> shape) : tensor_(nullptr, dtype, shape, Device::CUDA) {
+    tensor_.data = cuda_malloc(tensor_.bytes(), "a kernel ladder's tensor");
+  }
+  ~DeviceTensor() { cuda_free(tensor_.data); }
+  DeviceTensor(const DeviceTensor&) = delete;
+  DeviceTensor& operator=(const DeviceTensor&) = delete;
+  operator Tensor() const { return tensor_; }  // NOLINT: passed to ops as it is
+  const Tensor& tensor() const { return tensor_; }
+
+ private:
+  Tensor tensor_;
+};
+
+// A device tensor (f32 or bf16) as host f32 values.
+inline std::vector<float> host_values(const Tensor& device) {
+  const int64_t n = device.numel();
+  std::vector<float> host(static_cast<size_t>(n));
+  if (device.dtype == DType::F32) {
+    ops::copy(Tensor(host.data(), DType::F32, {n}), device.view({n}));
+  } else {
+    DeviceTensor converted(DType::F32, {n});
+    ops::convert(converted, device.view({n}));
+    ops::copy(Tensor(host.data(), DType::F32, {n}), converted);
+  }
+  return host;
+}
+
+// Norm of the difference over the norm of the reference.
+inline double relative_error(const std::vector<float>& a, const std::vector<float>& reference) {
+  double diff = 0.0, norm = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff += (static_cast<double>(a[i]) - reference[i]) * (static_cast<double>(a[i]) - reference[i]);
+    norm += static_cast<double>(reference[i]) * reference[i];
+  }
+  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
+}
+
+// SplitMix64: the same values on every run.
+inline uint64_t next_random(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+// Random normal values times scale (Box-Muller).
+inline void fill_normal(std::vector<float>& values, uint64_t seed, double scale = 1.0) {
+  for (float& x : values) {
+    const double u1 = (static_cast<double>(next_random(seed) >> 11) + 0.5) / 9007199254740992.0;
+    const double u2 = static_cast<double>(next_random(seed) >> 11) / 9007199254740992.0;
+    x = static_cast<float>(scale * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+  }
+}
+
+// f32 (on the device) = random normal values rounded to bf16, and bf16 = the same values.
+inline void fill_rounded(const DeviceTensor& f32, const DeviceTensor& bf16, uint64_t seed, double scale = 1.0) {
+  const int64_t n = f32.tensor().numel();
+  std::vector<float> host(static_cast<size_t>(n));
+  fill_normal(host, seed, scale);
+  ops::copy(f32.tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
+  ops::convert(bf16, f32);  // round once ...
+  ops::convert(f32, bf16);  // ... and give the f32 version the rounded values
+}
+
+// Wall-clock milliseconds per call of fn, after `warmup` calls; the device is idle before and after.
+template <typename Fn>
+double milliseconds_per_call(Fn&& fn, int64_t warmup, int64_t iters) {
+  for (int64_t i = 0; i < warmup; ++i) fn();
+  ops::cuda::synchronize();
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < iters; ++i) fn();
+  ops::cuda::synchronize();
+  const std::chrono::duration<double, std::milli> elapsed = std::chrono::steady_clock::now() - start;
+  return elapsed.count() / static_cast<double>(iters);
+}
+
+// The table of versions: a header naming the four compared outputs, then one row per version with its timings
+// (ms per call and TFLOP/s, forward and backward) and its errors; a row returns whether every error is within its
+// tolerance (and says so when not).
+inline void print_header(const char* const (&outputs)[4]) {
+  std::printf("%-18s %10s %9s %10s %9s %9s %9s %9s %9s\n", "version", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s",
+              outputs[0], outputs[1], outputs[2], outputs[3]);
+}
+inline bool print_row(const char* version, double forward_ms, double forward_flops, double backward_ms,
+                      double backward_flops, const double (&errors)[4], const double (&tolerances)[4]) {
+  bool within = true;
+  for (int i = 0; i < 4; ++i) within = within && errors[i] <= tolerances[i];
+  std::printf("%-18s %10.3f %9.2f %10.3f %9.2f %9.2e %9.2e %9.2e %9.2e%s\n", version, forward_ms,
+              forward_flops / (forward_ms * 1e9), backward_ms, backward_flops / (backward_ms * 1e9), errors[0],
+              errors[1], errors[2], errors[3], within ? "" : "  <- above tolerance");
+  return within;
+}
+
+// Exits with 4 (nothing to compare) where no CUDA device is present; else prints the device.
+inline void require_device(const char* ladder) {
+  if (cuda_device_count() == 0) {
+    std::printf("%s: no CUDA device (%s): nothing to compare\n", ladder,
+                built_with_cuda() ? "none present" : "backend not built");
+    std::exit(4);
+  }
+  std::printf("device: %s%s\n", cuda_device_description(0).c_str(), cuda_emulated() ? " (emulated)" : "");
+}
+
+}  // namespace l3c::dev
