@@ -10,12 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "core/choice.h"
-#include "core/config.h"
 #include "cuda_test_util.h"
 #include "kernels/ops.h"
-#include "model/params.h"
-#include "train/trainer.h"
+#include "step_probe.h"
 #ifdef L3C_WITH_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif
@@ -148,74 +145,30 @@ TEST_CASE("cuda: attention uses tensor cores for bf16 with head_dim 64 or 128, e
 }
 
 namespace {
-// One training step of a one-layer model whose 2 query heads of 64 share one kv head, on a fixed batch of 2 x 80
-// tokens (two attention tiles, the second of 16 rows), with the attention projections alone trainable. AdamW with
-// eps = 100 (far above every gradient element), lr = 1, no weight decay and no clipping makes the update
-// -g / 100 to 1e-4: the change of each weight is its gradient, so comparing updates compares gradients, and
-// q_proj's gradient comes only through attention's dq (k_proj: dk, v_proj: dv).
-struct AttentionStep {
-  double loss = 0.0;
-  std::vector<double> update;  // after - before, over the whole flat buffer (f32 master weights)
-  std::vector<ParamInfo> params;
-};
-AttentionStep train_attention_model(const std::string& device, const std::string& precision) {
+// One training step (step_probe.h: the update is the gradient) of a one-layer model whose 2 query heads of 64 share
+// one kv head, on a fixed batch of 2 x 80 tokens (two attention tiles, the second of 16 rows), with the attention
+// projections alone trainable: q_proj's gradient comes only through attention's dq (k_proj: dk, v_proj: dv).
+StepProbe train_attention_model(const std::string& device, const std::string& precision) {
   const int64_t B = 2, T = 80, V = 64;
-  Config c;
-  c.model.vocab_size = V;
-  c.model.d_model = 128;
-  c.model.n_layers = 1;
-  c.model.n_heads = 2;
-  c.model.n_kv_heads = 1;
-  c.model.ffn_hidden = 64;
+  Config c = one_layer_model(V, 128, 2, 1, 64);
   c.model.init_std = 0.2;  // scores of order 1, so that the softmax is far from uniform and q, k matter
-  c.data.train = "unused";
-  c.data.seq_len = T;
-  c.train.steps = 1;
-  c.train.micro_batch = B;
-  c.train.batch_tokens = B * T;
-  c.train.lr = 1.0;
-  c.train.min_lr = 1.0;
-  c.train.schedule = Schedule::Constant;
-  c.train.warmup_steps = 0;
-  c.train.eps = 100.0;
-  c.train.weight_decay = 0.0;
-  c.train.grad_clip = 0.0;
-  c.train.device = parse_choice<DeviceChoice>(device, "device");
-  c.train.precision = parse_choice<Precision>(precision, "precision");
-  c.train.trainable = {"model.layers.0.self_attn."};
-  TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
-  random_tokens(tokens, V, 900);
-  random_tokens(targets, V, 901);
-  TrainingState state(c);
-  const std::vector<double> before = to_double_vector(state.host_params().all());
-  const BatchSource same_batch = [&](int64_t, Tensor x, Tensor y) {
-    ops::copy(x, tokens);
-    ops::copy(y, targets);
-  };
-  AttentionStep result;
-  result.loss = state.step(0, same_batch).loss;
-  const std::vector<double> after = to_double_vector(state.host_params().all());
-  for (size_t i = 0; i < after.size(); ++i) result.update.push_back(after[i] - before[i]);
-  result.params = state.model().registry().params();
-  return result;
+  set_step_probe(c, B, T, device, precision, {"model.layers.0.self_attn."});
+  return run_step_probe(c, ProbeBatch(B, T, V, 900));
 }
 }  // namespace
 
 TEST_CASE("cuda: bf16 training at head_dim 64 runs on tensor-core attention and tracks the CPU", "[cuda]") {
   require_gpu();
   REQUIRE(ops::cuda::attention_kernel_for(DType::BF16, 64) == AttentionKernel::TensorCores);
-  const AttentionStep cpu = train_attention_model("cpu", "fp32");
-  const AttentionStep gpu = train_attention_model("cuda", "bf16");
+  const StepProbe cpu = train_attention_model("cpu", "fp32");
+  const StepProbe gpu = train_attention_model("cuda", "bf16");
   // bf16 parameters, activations and products against fp32 throughout. Measured: loss within 0.1%; gradients of
   // q_proj and k_proj 3.5%, v_proj and o_proj 2% (the CUDA-core kernels in bf16 give the same to 0.1%); with dq
   // missing one key per tile, q_proj's is 27%.
   CHECK(std::abs(gpu.loss - cpu.loss) <= 0.01 * std::abs(cpu.loss));
   for (const char* projection : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
     const std::string name = std::string("model.layers.0.self_attn.") + projection + ".weight";
-    const auto p = std::find_if(cpu.params.begin(), cpu.params.end(), [&](const ParamInfo& i) { return i.name == name; });
-    REQUIRE(p != cpu.params.end());
-    const std::vector<double> g(gpu.update.begin() + p->offset, gpu.update.begin() + p->offset + p->numel);
-    const std::vector<double> c(cpu.update.begin() + p->offset, cpu.update.begin() + p->offset + p->numel);
+    const std::vector<double> g = gpu.update_of(name), c = cpu.update_of(name);
     INFO(name << ": update (gradient) relative error " << norm_relative_error(g, c));
     CHECK(norm2(c) > 0.0);
     CHECK(norm_relative_error(g, c) <= 0.08);

@@ -12,12 +12,9 @@
 #include <string>
 #include <vector>
 
-#include "core/choice.h"
-#include "core/config.h"
 #include "cuda_test_util.h"
 #include "kernels/ops.h"
-#include "model/params.h"
-#include "train/trainer.h"
+#include "step_probe.h"
 #ifdef L3C_WITH_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif
@@ -197,25 +194,13 @@ TEST_CASE("cuda: L3 uses tensor cores for bf16 with widths multiples of 16, else
 }
 
 namespace {
-// One training step of a one-layer model with an L3 layer after it (d 32, d_emb 16: the tensor-core kernels in
-// bf16), on a fixed sequence of 80 tokens in which token 5 takes 70 positions (two tiles: 64 and 6),
-// with the L3 layer alone trainable. Every token owns 70 table rows (two key chunks). AdamW with eps = 100, lr = 1,
-// no weight decay and no clipping makes the update -g / 100 to 1e-4: comparing updates compares gradients. w_k's
+// The gradients of an L3 layer after one decoder layer (d 32, d_emb 16: the tensor-core kernels in bf16) through
+// one training step (step_probe.h), on a fixed sequence of 80 tokens in which token 5 takes 70 positions
+// (two tiles: 64 and 6), with the L3 layer alone trainable. Every token owns 70 table rows (two key chunks). w_k's
 // gradient comes through dK, w_v's through dV, norm_in's through dx.
-struct L3Step {
-  double loss = 0.0;
-  std::vector<double> update;  // after - before, over the whole flat buffer (f32 master weights)
-  std::vector<ParamInfo> params;
-};
-L3Step train_l3_model(const std::string& device, const std::string& precision) {
+StepProbe train_l3_model(const std::string& device, const std::string& precision) {
   const int64_t B = 1, T = 80, V = 64;
-  Config c;
-  c.model.vocab_size = V;
-  c.model.d_model = 32;
-  c.model.n_layers = 1;
-  c.model.n_heads = 2;
-  c.model.n_kv_heads = 2;
-  c.model.ffn_hidden = 64;
+  Config c = one_layer_model(V, 32, 2, 2, 64);
   c.model.l3.after_layers = {0};
   c.model.l3.v = V * 70;
   c.model.l3.k = 80;
@@ -223,54 +208,24 @@ L3Step train_l3_model(const std::string& device, const std::string& precision) {
   c.model.l3.d_up = 32;
   c.model.l3.init_std = 0.2;  // scores of order 1: the softmax is far from uniform
   c.model.l3.allocation.method = AllocationMethod::Uniform;
-  c.data.train = "unused";
-  c.data.seq_len = T;
-  c.train.steps = 1;
-  c.train.micro_batch = B;
-  c.train.batch_tokens = B * T;
-  c.train.lr = 1.0;
-  c.train.min_lr = 1.0;
-  c.train.schedule = Schedule::Constant;
-  c.train.warmup_steps = 0;
-  c.train.eps = 100.0;
-  c.train.weight_decay = 0.0;
-  c.train.grad_clip = 0.0;
-  c.train.device = parse_choice<DeviceChoice>(device, "device");
-  c.train.precision = parse_choice<Precision>(precision, "precision");
-  c.train.trainable = {"model.l3.0."};
-  TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
-  random_tokens(tokens, V, 910);
-  random_tokens(targets, V, 911);
+  set_step_probe(c, B, T, device, precision, {"model.l3.0."});
+  ProbeBatch batch(B, T, V, 910);
   for (int64_t i = 0; i < B * T; ++i)
-    if (i % 8 != 0) tokens.ptr<int32_t>()[i] = 5;
-  TrainingState state(c);
-  const std::vector<double> before = to_double_vector(state.host_params().all());
-  const BatchSource same_batch = [&](int64_t, Tensor x, Tensor y) {
-    ops::copy(x, tokens);
-    ops::copy(y, targets);
-  };
-  L3Step result;
-  result.loss = state.step(0, same_batch).loss;
-  const std::vector<double> after = to_double_vector(state.host_params().all());
-  for (size_t i = 0; i < after.size(); ++i) result.update.push_back(after[i] - before[i]);
-  result.params = state.model().registry().params();
-  return result;
+    if (i % 8 != 0) batch.tokens.ptr<int32_t>()[i] = 5;
+  return run_step_probe(c, batch);
 }
 }  // namespace
 
 TEST_CASE("cuda: bf16 training through the tensor-core L3 kernels tracks the CPU", "[cuda]") {
   require_gpu();
   REQUIRE(ops::cuda::l3_kernel_for(DType::BF16, 32, 16) == L3Kernel::TensorCores);
-  const L3Step cpu = train_l3_model("cpu", "fp32");
-  const L3Step gpu = train_l3_model("cuda", "bf16");
+  const StepProbe cpu = train_l3_model("cpu", "fp32");
+  const StepProbe gpu = train_l3_model("cuda", "bf16");
   // bf16 parameters, activations and products against fp32 throughout. Measured: loss within 0.01%; the gradients
   // of w_k, w_v and norm_in 0.8%.
   CHECK(std::abs(gpu.loss - cpu.loss) <= 0.01 * std::abs(cpu.loss));
   for (const char* name : {"model.l3.0.w_k", "model.l3.0.w_v", "model.l3.0.norm_in.weight"}) {
-    const auto p = std::find_if(cpu.params.begin(), cpu.params.end(), [&](const ParamInfo& i) { return i.name == name; });
-    REQUIRE(p != cpu.params.end());
-    const std::vector<double> g(gpu.update.begin() + p->offset, gpu.update.begin() + p->offset + p->numel);
-    const std::vector<double> c(cpu.update.begin() + p->offset, cpu.update.begin() + p->offset + p->numel);
+    const std::vector<double> g = gpu.update_of(name), c = cpu.update_of(name);
     INFO(name << ": update (gradient) relative error " << norm_relative_error(g, c));
     CHECK(norm2(c) > 0.0);
     CHECK(norm_relative_error(g, c) <= 0.03);

@@ -24,24 +24,35 @@ struct Flag {
   const char* name;
   int64_t* value;
 };
-// Sets the flags named on the command line; calls usage(problem) (which must not return) on anything else.
-template <typename Usage>
-void parse_flags(int argc, char** argv, std::initializer_list<Flag> flags, Usage&& usage) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) usage(("missing value after " + flag).c_str());
-    char* end = nullptr;
-    const long long value = std::strtoll(argv[++i], &end, 10);
-    if (*end != '\0' || value < 0) usage(("not a non-negative integer after " + flag).c_str());
-    bool known = false;
-    for (const Flag& f : flags)
-      if (flag == f.name) {
-        *f.value = value;
-        known = true;
-      }
-    if (!known) usage(("unknown option " + flag).c_str());
+// A ladder's command line: parse sets the flags named there; fail (and parse, on anything else) prints the problem
+// and the usage, and exits with 2.
+struct Flags {
+  const char* ladder;
+  std::vector<Flag> flags;
+
+  [[noreturn]] void fail(const std::string& problem) const {
+    std::string text = std::string("usage: ") + ladder;
+    for (const Flag& f : flags) text += std::string(" [") + f.name + " N]";
+    std::fprintf(stderr, "%s: %s\n%s\n", ladder, problem.c_str(), text.c_str());
+    std::exit(2);
   }
-}
+  void parse(int argc, char** argv) const {
+    for (int i = 1; i < argc; ++i) {
+      const std::string flag = argv[i];
+      if (i + 1 >= argc) fail("missing value after " + flag);
+      char* end = nullptr;
+      const long long value = std::strtoll(argv[++i], &end, 10);
+      if (*end != '\0' || value < 0) fail("not a non-negative integer after " + flag);
+      bool known = false;
+      for (const Flag& f : flags)
+        if (flag == f.name) {
+          *f.value = value;
+          known = true;
+        }
+      if (!known) fail("unknown option " + flag);
+    }
+  }
+};
 
 // A device tensor that owns its memory.
 class DeviceTensor {
@@ -121,21 +132,31 @@ double milliseconds_per_call(Fn&& fn, int64_t warmup, int64_t iters) {
   return elapsed.count() / static_cast<double>(iters);
 }
 
-// The table of versions: a header naming the four compared outputs, then one row per version with its timings
-// (ms per call and TFLOP/s, forward and backward) and its errors; a row returns whether every error is within its
-// tolerance (and says so when not).
+// The table of versions: a header naming the four compared outputs (the forward's, then three gradients), then one
+// row per version with its timings (ms per call and TFLOP/s, forward and backward) and its errors; a row returns
+// whether every error is within its tolerance (and says so when not). Tolerances: f32 differs from the CPU in the
+// order of additions only (1e-5 forward, 1e-4 for gradients, whose sums are longer); bf16 rounds its outputs, and
+// the tensor-core versions their probabilities and softmax gradients before their second products (1e-2, 2e-2).
 inline void print_header(const char* const (&outputs)[4]) {
   std::printf("%-18s %10s %9s %10s %9s %9s %9s %9s %9s\n", "version", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s",
               outputs[0], outputs[1], outputs[2], outputs[3]);
 }
-inline bool print_row(const char* version, double forward_ms, double forward_flops, double backward_ms,
-                      double backward_flops, const double (&errors)[4], const double (&tolerances)[4]) {
+inline bool print_row(const char* version, bool f32, double forward_ms, double forward_flops, double backward_ms,
+                      double backward_flops, const double (&errors)[4]) {
+  const double forward_tolerance = f32 ? 1e-5 : 1e-2, gradient_tolerance = f32 ? 1e-4 : 2e-2;
   bool within = true;
-  for (int i = 0; i < 4; ++i) within = within && errors[i] <= tolerances[i];
+  for (int i = 0; i < 4; ++i) within = within && errors[i] <= (i == 0 ? forward_tolerance : gradient_tolerance);
   std::printf("%-18s %10.3f %9.2f %10.3f %9.2f %9.2e %9.2e %9.2e %9.2e%s\n", version, forward_ms,
               forward_flops / (forward_ms * 1e9), backward_ms, backward_flops / (backward_ms * 1e9), errors[0],
               errors[1], errors[2], errors[3], within ? "" : "  <- above tolerance");
   return within;
+}
+
+// Says so when the tensor-core version applies to the shape but this GPU has no bf16 tensor cores (training would
+// then use the CUDA-core kernels).
+inline void note_tensor_cores(bool supported, bool chosen) {
+  if (supported && !chosen)
+    std::printf("note: this GPU has no bf16 tensor cores (sm_80+); training would use the CUDA-core kernels\n");
 }
 
 // Exits with 4 (nothing to compare) where no CUDA device is present; else prints the device.

@@ -37,20 +37,10 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/internal.cuh"
-#ifndef L3C_CUDA_EMULATION
-#include <mma.h>
-#endif
-
-// WMMA with bf16 needs sm_80: for an older architecture in CMAKE_CUDA_ARCHITECTURES the kernels compile to a trap
-// (attention_kernel_for never picks them on such a GPU).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#define L3C_FLASH_ATTENTION_UNAVAILABLE 1
-#endif
+#include "kernels/cuda/wmma.cuh"  // for an architecture below sm_80 the kernels compile to a trap
 
 namespace l3c::ops::cuda {
 namespace {
-
-namespace wmma = nvcuda::wmma;
 
 constexpr int kTile = 64;         // rows a block owns, and rows per streamed tile
 constexpr int kWarps = 4;         // 16 of the block's rows each
@@ -212,7 +202,7 @@ template <int HD>
 __global__ void flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                                      const bf16* __restrict__ k, const bf16* __restrict__ v, FlashDims dim,
                                      float scale) {
-#ifdef L3C_FLASH_ATTENTION_UNAVAILABLE
+#ifdef L3C_WMMA_BF16_UNAVAILABLE
   __trap();
 #else
   using S = Shared<HD>;
@@ -320,7 +310,7 @@ __global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restric
                                           const bf16* __restrict__ q, const bf16* __restrict__ k,
                                           const bf16* __restrict__ v, const bf16* __restrict__ out,
                                           const float* __restrict__ lse, FlashDims dim, float scale) {
-#ifdef L3C_FLASH_ATTENTION_UNAVAILABLE
+#ifdef L3C_WMMA_BF16_UNAVAILABLE
   __trap();
 #else
   using S = Shared<HD>;
@@ -403,7 +393,7 @@ __global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __re
                                          const bf16* __restrict__ q, const bf16* __restrict__ k,
                                          const bf16* __restrict__ v, const bf16* __restrict__ out,
                                          const float* __restrict__ lse, FlashDims dim, float scale) {
-#ifdef L3C_FLASH_ATTENTION_UNAVAILABLE
+#ifdef L3C_WMMA_BF16_UNAVAILABLE
   __trap();
 #else
   using S = Shared<HD>;

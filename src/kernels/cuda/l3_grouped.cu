@@ -31,20 +31,10 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/internal.cuh"
-#ifndef L3C_CUDA_EMULATION
-#include <mma.h>
-#endif
-
-// WMMA with bf16 needs sm_80: for an older architecture in CMAKE_CUDA_ARCHITECTURES the kernels compile to a trap
-// (l3_kernel_for never picks them on such a GPU).
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#define L3C_GROUPED_L3_UNAVAILABLE 1
-#endif
+#include "kernels/cuda/wmma.cuh"
 
 namespace l3c::ops::cuda {
 namespace {
-
-namespace wmma = nvcuda::wmma;
 
 constexpr int kTile = 64;                 // grouped rows of a tile, table rows of a chunk; keys and columns per shared tile
 constexpr int kWarps = 4;                 // 16 rows of the tile each
@@ -120,6 +110,24 @@ __device__ __forceinline__ void drain(const Accumulator (&acc)[kFrags], float* s
   __syncwarp();
 }
 
+// acc[f] (16 x 16) += A B for f < b_frags, over k_steps steps of 16: the step kk of A (16 x 16) at a + kk * a_step and
+// the fragment (kk, f) of B at b + kk * b_step + f * b_frag_step, all in shared tiles of leading dimension kLd. The
+// fragment types give the layouts: S = X K^T (A row-major, B^T col-major), E = P V (both row-major), dV = P^T dE
+// (A^T col-major).
+template <typename FragmentA, typename FragmentB>
+__device__ __forceinline__ void multiply(Accumulator (&acc)[kFrags], const bf16* a, int a_step, const bf16* b,
+                                         int b_step, int b_frag_step, int k_steps, int b_frags) {
+  for (int kk = 0; kk < k_steps; ++kk) {
+    FragmentA fa;
+    wmma::load_matrix_sync(fa, a + kk * a_step, kLd);
+    for (int f = 0; f < b_frags; ++f) {
+      FragmentB fb;
+      wmma::load_matrix_sync(fb, b + kk * b_step + f * b_frag_step, kLd);
+      wmma::mma_sync(acc[f], fa, fb, acc[f]);
+    }
+  }
+}
+
 __device__ __forceinline__ int frags_for(int64_t count) {  // fragments that hold count (<= 64) rows or columns
   return static_cast<int>((count < kTile ? count : kTile) + kFrag - 1) / kFrag;
 }
@@ -143,7 +151,7 @@ __global__ void __launch_bounds__(kThreads)
                         const bf16* __restrict__ table_c, const int32_t* __restrict__ group_offsets,
                         const int32_t* __restrict__ row_offsets, int64_t n, int64_t groups, int64_t first_dim,
                         int64_t out_dim, int64_t width) {
-#ifdef L3C_GROUPED_L3_UNAVAILABLE
+#ifdef L3C_WMMA_BF16_UNAVAILABLE
   __trap();
 #else
   const SharedTiles shared = shared_tiles();
@@ -173,16 +181,9 @@ __global__ void __launch_bounds__(kThreads)
         load_tile(shared.second, table_b + (r0 + j0) * first_dim + c0, first_dim, min_tile(keys - j0),
                   min_tile(first_dim - c0));
         __syncthreads();
-        if (!warp_has_rows) continue;
-        for (int kk = 0; kk < frags_for(first_dim - c0); ++kk) {
-          OperandA a;
-          wmma::load_matrix_sync(a, shared.first + warp_row0 * kLd + kk * kFrag, kLd);
-          for (int f = 0; f < key_frags; ++f) {
-            OperandBt bt;
-            wmma::load_matrix_sync(bt, shared.second + f * kFrag * kLd + kk * kFrag, kLd);
-            wmma::mma_sync(acc[f], a, bt, acc[f]);
-          }
-        }
+        if (warp_has_rows)
+          multiply<OperandA, OperandBt>(acc, shared.first + warp_row0 * kLd, kFrag, shared.second, kFrag, kFrag * kLd,
+                                        frags_for(first_dim - c0), key_frags);
       }
       if (warp_has_rows)
         drain(acc, shared.scratch, rows - warp_row0, min_tile(keys - j0),
@@ -225,16 +226,9 @@ __global__ void __launch_bounds__(kThreads)
         load_tile(shared.second, table_c + (r0 + j0) * out_dim + c0, out_dim, min_tile(keys - j0),
                   min_tile(out_dim - c0));
         __syncthreads();
-        if (!warp_has_rows) continue;
-        for (int kk = 0; kk < frags_for(keys - j0); ++kk) {
-          OperandA a;
-          wmma::load_matrix_sync(a, shared.first + warp_row0 * kLd + kk * kFrag, kLd);
-          for (int f = 0; f < col_frags; ++f) {
-            OperandB b;
-            wmma::load_matrix_sync(b, shared.second + kk * kFrag * kLd + f * kFrag, kLd);
-            wmma::mma_sync(acc[f], a, b, acc[f]);
-          }
-        }
+        if (warp_has_rows)
+          multiply<OperandA, OperandB>(acc, shared.first + warp_row0 * kLd, kFrag, shared.second, kFrag * kLd, kFrag,
+                                       frags_for(keys - j0), col_frags);
       }
       if (warp_has_rows)
         drain(acc, shared.scratch, rows - warp_row0, min_tile(out_dim - c0), [&](int r, int c, float value) {
@@ -255,7 +249,7 @@ __global__ void __launch_bounds__(kThreads)
     grouped_table_kernel(G* __restrict__ grad, const float* __restrict__ weights, const bf16* __restrict__ y,
                          const int32_t* __restrict__ group_offsets, const int32_t* __restrict__ row_offsets,
                          int64_t table_rows, int64_t groups, int64_t y_dim, int64_t width) {
-#ifdef L3C_GROUPED_L3_UNAVAILABLE
+#ifdef L3C_WMMA_BF16_UNAVAILABLE
   __trap();
 #else
   const SharedTiles shared = shared_tiles();
@@ -281,16 +275,9 @@ __global__ void __launch_bounds__(kThreads)
       load_tile(shared.first, weights + i0 * width + j_first, width, positions, keys);  // (positions, keys)
       load_tile(shared.second, y + i0 * y_dim + c0, y_dim, positions, cols);          // (positions, columns)
       __syncthreads();
-      if (!warp_has_keys) continue;
-      for (int kk = 0; kk < frags_for(positions); ++kk) {
-        OperandAt at;  // (16 keys, 16 positions) of the transposed weights
-        wmma::load_matrix_sync(at, shared.first + kk * kFrag * kLd + warp_key0, kLd);
-        for (int f = 0; f < col_frags; ++f) {
-          OperandB b;
-          wmma::load_matrix_sync(b, shared.second + kk * kFrag * kLd + f * kFrag, kLd);
-          wmma::mma_sync(acc[f], at, b, acc[f]);
-        }
-      }
+      if (warp_has_keys)  // A: (16 keys, 16 positions) of the transposed weights
+        multiply<OperandAt, OperandB>(acc, shared.first + warp_key0, kFrag * kLd, shared.second, kFrag * kLd, kFrag,
+                                      frags_for(positions), col_frags);
     }
     if (warp_has_keys)
       drain(acc, shared.scratch, keys - warp_key0, cols, [&](int k, int c, float value) {
