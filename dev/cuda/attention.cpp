@@ -81,7 +81,8 @@ struct Inputs {
         v16(DType::BF16, {o.batch, o.seq, o.kv_heads, o.head_dim}),
         dout16(DType::BF16, {o.batch, o.seq, o.heads, o.head_dim}) {
     uint64_t seed = 1;
-    const std::pair<DeviceTensor*, DeviceTensor*> pairs[] = {{&q32, &q16}, {&k32, &k16}, {&v32, &v16}, {&dout32, &dout16}};
+    const std::pair<DeviceTensor*, DeviceTensor*> pairs[] = {
+        {&q32, &q16}, {&k32, &k16}, {&v32, &v16}, {&dout32, &dout16}};
     for (auto [f32, bf16] : pairs) fill_rounded(*f32, *bf16, seed++);
   }
 };

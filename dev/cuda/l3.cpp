@@ -147,8 +147,8 @@ int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
   require_device("dev_l3");
   const Batch b = make_batch(o);
-  std::printf("batch: %lld positions of %lld tokens (Zipf), %lld met, the most frequent %lld times; table v = %lld rows "
-              "(k = %lld), d %lld, d_emb %lld; %lld warmup + %lld timed calls\n",
+  std::printf("batch: %lld positions of %lld tokens (Zipf), %lld met, the most frequent %lld times; table v = %lld "
+              "rows (k = %lld), d %lld, d_emb %lld; %lld warmup + %lld timed calls\n",
               static_cast<long long>(b.n), static_cast<long long>(o.vocab), static_cast<long long>(b.tokens_met),
               static_cast<long long>(b.largest), static_cast<long long>(b.v), static_cast<long long>(o.k),
               static_cast<long long>(o.d), static_cast<long long>(o.d_emb), static_cast<long long>(o.warmup),
