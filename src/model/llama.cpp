@@ -215,7 +215,9 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
   ops::embedding_forward(a.layers.empty() ? a.resid_out : a.layers[0].resid_in, w.embed, flat_tokens);
   if (!l3_layers_.empty()) {
     L3C_CHECK(l3_allocations_set(), "the model's L3 allocations must be set before a forward pass");
-    ops::group_by_key(a.routing.order, a.routing.group_offsets, flat_tokens);  // shared by every L3 layer
+    // Shared by every L3 layer. Token ids were checked when loaded (and the embedding has read at them), so the
+    // sort need not read its count of valid keys back: on a GPU the host does not wait here.
+    ops::group_by_key(a.routing.order, a.routing.group_offsets, flat_tokens, ops::KeyCheck::Trusted);
   }
   for (int64_t i = 0; i < config_.n_layers; ++i) {
     const LayerWeights& lw = w.layers[i];
@@ -296,7 +298,7 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
 }
 
 LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
-                                   double grad_scale, Arena& arena) const {
+                                   double grad_scale, Arena& arena, Tensor loss_sum) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T;
   const DType dtype = params.dtype();
   L3C_CHECK(params.device() == device_ && arena.device() == device_ && tokens.device == device_ &&
@@ -318,6 +320,10 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
     // Each micro-batch's auxiliary losses are means over its N tokens; they enter the objective with the
     // weight its summed cross-entropy has per token, times N.
     backward_trunk(w, g, a, s, tokens, B, T, grad_scale * static_cast<double>(N));
+  }
+  if (!loss_sum.empty()) {
+    ops::add_mean(loss_sum, a.losses);
+    return report;
   }
   // The mean loss, summed in position order in double (read back from the GPU first).
   std::vector<double> losses(static_cast<size_t>(N));
