@@ -168,6 +168,7 @@ fi
 # Each prints one line per version (ms per call, TFLOP/s, errors against the CPU); exit 1 when an error is too large.
 declare -A ladder_args=(
   [dev_attention]="--batch 8 --seq 1024 --heads 12 --kv-heads 12 --head-dim 64"  # configs/gpu/dense_124m.json
+  [dev_classifier]="--rows 8192 --dim 768 --warmup 1 --iters 5"  # the same micro-batch; V = 50257 and 180K
 )
 if [ -n "$bin" ]; then
   for ladder in "$bin"/dev_*; do
