@@ -213,8 +213,11 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   result.reduce = sync_->reduce(grads_, shard_grads_.all());
   // Each rank holds all of the summed gradients, or (ZeRO-1) its shard.
   ops::sum_squares_into(grad_squares, sync_->sharded() ? shard_grads_.all() : grads_.all());
+  result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
+  // On a GPU the host waits here for the step's queued work (not counted in update_seconds).
   double sums[2] = {0.0, 0.0};
   ops::copy(Tensor(sums, DType::F64, {2}), step_sums_.all());
+  update_start = Clock::now();
   result.loss = sums[0];
   // Means over the micro-batches of all ranks.
   set_step_sums(result, all_reduce_values(comm_, step_sums(result)));
