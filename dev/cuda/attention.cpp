@@ -130,12 +130,7 @@ Reference cpu_reference(const Options& o, const Inputs& in) {
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
-  if (cuda_device_count() == 0) {
-    std::printf("dev_attention: no CUDA device (%s): nothing to compare\n",
-                built_with_cuda() ? "none present" : "backend not built");
-    return 4;
-  }
-  std::printf("device: %s%s\n", cuda_device_description(0).c_str(), cuda_emulated() ? " (emulated)" : "");
+  if (!dev::announce_device("dev_attention")) return 4;
   std::printf("shape: B %lld, T %lld, H %lld, Hkv %lld, head_dim %lld; %d warmup + %d timed calls; CPU check on %lld "
               "sequence(s)\n",
               static_cast<long long>(o.batch), static_cast<long long>(o.seq), static_cast<long long>(o.heads),

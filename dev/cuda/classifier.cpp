@@ -201,12 +201,7 @@ bool run_vocabulary(const Options& o, int64_t vocab) {
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
-  if (cuda_device_count() == 0) {
-    std::printf("dev_classifier: no CUDA device (%s): nothing to compare\n",
-                built_with_cuda() ? "none present" : "backend not built");
-    return 4;
-  }
-  std::printf("device: %s%s\n", cuda_device_description(0).c_str(), cuda_emulated() ? " (emulated)" : "");
+  if (!dev::announce_device("dev_classifier")) return 4;
   bool all_within = true;
   for (int64_t vocab : o.vocabularies) all_within = run_vocabulary(o, vocab) && all_within;
   return all_within ? 0 : 1;

@@ -87,6 +87,17 @@ inline long long integer_option(const char* ladder, const std::string& flag, con
   return value;
 }
 
+// Prints the GPU the ladder runs on; false, after saying so, when there is none (the ladder then exits with 4).
+inline bool announce_device(const char* ladder) {
+  if (cuda_device_count() == 0) {
+    std::printf("%s: no CUDA device (%s): nothing to compare\n", ladder,
+                built_with_cuda() ? "none present" : "backend not built");
+    return false;
+  }
+  std::printf("device: %s%s\n", cuda_device_description(0).c_str(), cuda_emulated() ? " (emulated)" : "");
+  return true;
+}
+
 // Wall-clock milliseconds per call of fn, after `warmup` calls; the device is idle before and after.
 template <typename Fn>
 double milliseconds_per_call(Fn&& fn, int warmup, int iters) {
