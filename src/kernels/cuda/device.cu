@@ -179,6 +179,17 @@ void unsupported_dtype(const char* op, DType dtype) {
   __builtin_unreachable();
 }
 
+cudaStream_t stream() {
+  // A blocking stream (not cudaStreamNonBlocking): work on the legacy default stream (a synchronous cudaMemcpy, an
+  // event NCCL records there) still orders itself after the work queued here, as it did when everything ran there.
+  static cudaStream_t run_stream = [] {
+    cudaStream_t s = nullptr;
+    L3C_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamDefault));
+    return s;
+  }();
+  return run_stream;
+}
+
 namespace {
 struct Workspace {
   void* data = nullptr;
@@ -230,17 +241,6 @@ std::atomic<int64_t> g_host_synchronizations{0};
 }  // namespace
 void count_host_synchronization() { g_host_synchronizations.fetch_add(1, std::memory_order_relaxed); }
 int64_t host_synchronizations() { return g_host_synchronizations.load(std::memory_order_relaxed); }
-
-cudaStream_t stream() {
-  // A blocking stream (not cudaStreamNonBlocking): work on the legacy default stream (a synchronous cudaMemcpy, an
-  // event NCCL records there) still orders itself after the work queued here, as it did when everything ran there.
-  static cudaStream_t run_stream = [] {
-    cudaStream_t s = nullptr;
-    L3C_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamDefault));
-    return s;
-  }();
-  return run_stream;
-}
 
 cublasHandle_t cublas() {
   static cublasHandle_t handle = [] {

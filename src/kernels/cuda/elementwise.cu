@@ -88,8 +88,7 @@ void copy(Tensor dst, Tensor src) {
 }
 
 void copy_between(Tensor dst, Tensor src) {
-  // cudaMemcpy (the legacy default stream) orders itself after the work queued on the run's stream, a blocking
-  // stream, and returns when the copy is complete.
+  // cudaMemcpy orders itself after the queued work and returns when the copy is complete.
   count_host_synchronization();
   L3C_CUDA_CHECK(cudaMemcpy(dst.data, src.data, dst.bytes(), cudaMemcpyDefault));
 }
