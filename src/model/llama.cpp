@@ -13,6 +13,19 @@ namespace l3c {
 
 namespace {
 std::string layer_name(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
+
+// The mean of the per-position losses (N): ops::add_mean's sum on the host (read back from the GPU first).
+double mean_loss(Tensor losses) {
+  std::vector<float> host;
+  if (losses.device != Device::CPU) {
+    host.resize(static_cast<size_t>(losses.numel()));
+    ops::copy(Tensor(host.data(), DType::F32, {losses.numel()}), losses);
+    losses = Tensor(host.data(), DType::F32, {losses.numel()});
+  }
+  double mean = 0.0;
+  ops::add_mean(Tensor(&mean, DType::F64, {1}), losses);
+  return mean;
+}
 }  // namespace
 
 Llama::Llama(const ModelConfig& config) : config_(config) {
@@ -321,26 +334,8 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
     // weight its summed cross-entropy has per token, times N.
     backward_trunk(w, g, a, s, tokens, B, T, grad_scale * static_cast<double>(N));
   }
-  if (!loss_sum.empty()) {
-    ops::add_mean(loss_sum, a.losses);
-    return report;
-  }
-  // The mean loss, summed in position order in double (read back from the GPU first).
-  std::vector<double> losses(static_cast<size_t>(N));
-  if (a.losses.device == Device::CPU && a.losses.dtype == DType::F64) {
-    for (int64_t n = 0; n < N; ++n) losses[n] = a.losses.ptr<double>()[n];
-  } else {
-    std::vector<float> host(static_cast<size_t>(N));
-    if (a.losses.device == Device::CPU) {
-      for (int64_t n = 0; n < N; ++n) host[n] = a.losses.ptr<float>()[n];
-    } else {
-      ops::copy(Tensor(host.data(), DType::F32, {N}), a.losses);
-    }
-    for (int64_t n = 0; n < N; ++n) losses[n] = host[n];
-  }
-  double sum = 0.0;
-  for (int64_t n = 0; n < N; ++n) sum += losses[n];
-  report.cross_entropy = sum / static_cast<double>(N);
+  if (loss_sum.empty()) report.cross_entropy = mean_loss(a.losses);
+  else ops::add_mean(loss_sum, a.losses);  // left where the model computes, for the caller to read
   return report;
 }
 
