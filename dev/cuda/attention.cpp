@@ -96,9 +96,9 @@ struct Inputs {
       const int64_t n = f32->tensor().numel();
       std::vector<float> host(static_cast<size_t>(n));
       dev::fill_normal(host, seed++);
-      ops::copy(f32->tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
-      ops::convert(*bf16, *f32);  // round once ...
-      ops::convert(*f32, *bf16);  // ... and give the f32 version the rounded values
+      ops::cuda::copy_between(f32->tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
+      ops::cuda::convert(*bf16, *f32);  // round once ...
+      ops::cuda::convert(*f32, *bf16);  // ... and give the f32 version the rounded values
     }
   }
 };

@@ -32,7 +32,6 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/device.h"
-#include "kernels/ops.h"
 #include "ladder.h"
 
 using namespace l3c;
@@ -129,12 +128,12 @@ struct Inputs {
       const int64_t n = p.f32->tensor().numel();
       std::vector<float> host(static_cast<size_t>(n));
       dev::fill_normal(host, seed++, p.scale);
-      ops::copy(p.f32->tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
-      ops::convert(*p.bf16, *p.f32);  // round once ...
-      ops::convert(*p.f32, *p.bf16);  // ... and give the f32 version the rounded values
+      ops::cuda::copy_between(p.f32->tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
+      ops::cuda::convert(*p.bf16, *p.f32);  // round once ...
+      ops::cuda::convert(*p.f32, *p.bf16);  // ... and give the f32 version the rounded values
     }
     for (int32_t& t : host_targets) t = static_cast<int32_t>(dev::next_random(seed) % static_cast<uint64_t>(vocab));
-    ops::copy(targets, Tensor(host_targets.data(), DType::I32, {o.rows}));
+    ops::cuda::copy_between(targets, Tensor(host_targets.data(), DType::I32, {o.rows}));
   }
 };
 
@@ -172,14 +171,14 @@ bool run_vocabulary(const Options& o, int64_t vocab) {
     const bool f32 = version.dtype == DType::F32;
     const Tensor x = f32 ? in.x32 : in.x16, W = f32 ? in.w32 : in.w16;
     dev::DeviceTensor losses(DType::F32, {N}), dx(version.dtype, {N, d}), dW(DType::F32, {vocab, d});
-    ops::fill_zero(dW);
+    ops::cuda::fill_zero(dW);
     auto call = [&](Tensor l, Tensor g, Tensor w_grad, Tensor rows, Tensor targets) {
       ops::cuda::classifier_forward_backward(l, g, w_grad, rows, W, targets, grad_scale, version.block_rows,
                                              version.vocab_chunk);
     };
     const double ms = dev::milliseconds_per_call([&] { call(losses, dx, dW, x, in.targets); }, o.warmup, o.iters);
     // dW of the check rows alone, with the version's blocking.
-    ops::fill_zero(dW);
+    ops::cuda::fill_zero(dW);
     dev::DeviceTensor check_losses(DType::F32, {S}), check_dx(version.dtype, {S, d});
     call(check_losses, check_dx, dW, x.rows(0, S), in.targets.tensor().rows(0, S));
     const double errors[3] = {dev::relative_error(dev::first_rows_on_host(losses, S), reference.losses),
