@@ -3,7 +3,8 @@
 // (1e-4) and in bf16 (within 2% of the CPU's losses), recomputation giving the same bits, the activation arena's
 // peak equal to the estimate, bit-exact resume through a checkpoint (10 steps straight == 5, checkpoint,
 // load, 5), bf16 gradients accumulated in f32 over 32 micro-batches, and 32 micro-batches of fp32 gradients against
-// the CPU's. Without a GPU every test exits with code 4 (CTest: skipped).
+// the CPU's, and a bf16 step of the L3 model that reads back once with the loss and norm of the host sums. Without a
+// GPU every test exits with code 4 (CTest: skipped).
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
@@ -18,6 +19,7 @@
 
 #include "core/safetensors.h"
 #include "kernels/arena.h"
+#include "kernels/device.h"
 #include "kernels/ops.h"
 #include "model/llama.h"
 #include "runtime/checkpoint.h"
@@ -366,5 +368,48 @@ TEST_CASE("cuda: 32 micro-batches accumulate the same gradients on the GPU as on
       INFO("gradient of " << p.name << ": relative error " << error);
       CHECK(error < 1e-4);  // as one micro-batch: summing 32 of them adds no error beyond fp32 rounding
     }
+  }
+}
+
+TEST_CASE("cuda: a bf16 training step of the L3 model reads back once, and its loss and norm are the host sums' bits",
+          "[cuda][bf16]") {
+  require_gpu();
+  const SafetensorsFile golden(golden_path("l3_tiny.safetensors"));
+  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
+  const int64_t B = tokens.dim(0), T = tokens.dim(1);
+  Config config = config_of(golden, B, T);
+  config.train.batch_tokens = 2 * B * T;  // two micro-batches a step, their losses summed on the device
+  auto state = golden_state(config, "cuda", "bf16", golden);
+  const Llama& model = state->model();
+  const int64_t n = model.registry().total();
+  // The reference: what a step computed when each micro-batch's losses were read back and summed on the host, and
+  // the gradient norm read back on its own (forward_backward without a loss sum, ops::sum_squares).
+  FlatBuffer grads(n, DType::F32, Device::CUDA), tok(B * T, DType::I32, Device::CUDA), tgt(B * T, DType::I32, Device::CUDA);
+  ops::copy(tok.all(), tokens.view({B * T}));
+  ops::copy(tgt.all(), targets.view({B * T}));
+  Arena arena(model.activation_bytes(B, T, DType::BF16, true), "test", Device::CUDA);
+  const double grad_scale = 1.0 / static_cast<double>(state->tokens_per_step());
+  const BatchSource same_batch = [&](int64_t, Tensor x, Tensor y) {
+    ops::copy(x, tokens);
+    ops::copy(y, targets);
+  };
+  for (int64_t step = 0; step < 2; ++step) {
+    INFO("step " << step);
+    ops::fill_zero(grads.all());
+    double loss = 0.0;
+    for (int micro = 0; micro < 2; ++micro) {
+      arena.reset();
+      loss += model.forward_backward(state->params(), &grads, tok.all().view({B, T}), tgt.all().view({B, T}),
+                                     grad_scale, arena).cross_entropy;
+    }
+    const double norm = std::sqrt(ops::sum_squares(grads.all()));
+
+    const int64_t waits_before = cuda_host_synchronizations();
+    const StepResult result = state->step(step, same_batch);
+    const int64_t waits = cuda_host_synchronizations() - waits_before;
+    CHECK(waits == 1);  // the loss and the gradient's sum of squares, read together
+    CHECK(result.loss == loss / 2);
+    CHECK(result.grad_norm == norm);
+    CHECK(!result.skipped);
   }
 }

@@ -115,6 +115,28 @@ TEST_CASE("cuda: sum_squares matches the CPU sum and is the same bits twice", "[
   }
 }
 
+// The training step's sums stay on the device: the loss mean is the host's sum bit for bit, the sum of squares
+// sum_squares's, and neither waits for the device.
+TEST_CASE("cuda: add_mean and sum_squares_into give the CPU's bits without reading back", "[cuda]") {
+  require_gpu();
+  Pair losses = random_pair(DType::F32, {1001}, 57);
+  Pair grads = random_pair(DType::BF16, {3001}, 58);
+  TestTensor sums_cpu(DType::F64, {2});
+  DeviceTensor sums_gpu(DType::F64, {2});
+  ops::fill_zero(sums_cpu.tensor());
+  ops::fill_zero(sums_gpu.tensor());
+  const int64_t waits_before = cuda_host_synchronizations();
+  for (int i = 0; i < 2; ++i) ops::add_mean(sums_gpu.tensor().rows(0, 1), losses.gpu);
+  ops::sum_squares_into(sums_gpu.tensor().rows(1, 2), grads.gpu);
+  CHECK(cuda_host_synchronizations() == waits_before);
+  for (int i = 0; i < 2; ++i) ops::add_mean(sums_cpu.tensor().rows(0, 1), losses.cpu);
+  ops::sum_squares_into(sums_cpu.tensor().rows(1, 2), grads.cpu);
+  const std::vector<double> got = sums_gpu.host().values(), expect = sums_cpu.values();
+  CHECK(got[0] == expect[0]);
+  CHECK(got[1] == ops::sum_squares(grads.gpu));
+  CHECK(std::abs(got[1] - expect[1]) <= 1e-12 * expect[1]);
+}
+
 // The partition of the partial sums is fixed (common.cuh's kPartialBlocks): with L3C_EMULATION_GPU_GRIDS=1 the
 // emulation runs the GPU's 1024 blocks, more elements than one pass of the grid covers.
 TEST_CASE("cuda: sum_squares over the GPU's fixed partition matches the CPU", "[cuda][grids]") {

@@ -26,7 +26,6 @@
 #include "core/tensor.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
-#include "kernels/ops.h"
 #include "ladder.h"
 
 using namespace l3c;
@@ -54,11 +53,6 @@ Options parse(int argc, char** argv) {
   if (o.iters < 1) flags.fail("iters must be >= 1");
   if (o.check_sequences > o.batch) o.check_sequences = o.batch;
   return o;
-}
-
-// The first `sequences` rows of a (B, ...) device tensor as host f32 values.
-std::vector<float> first_sequences_on_host(const Tensor& device, int64_t sequences) {
-  return host_values(device.rows(0, sequences));
 }
 
 struct Version {
@@ -93,8 +87,8 @@ struct Reference {
 };
 Reference cpu_reference(const Options& o, const Inputs& in) {
   const int64_t S = o.check_sequences, T = o.seq, H = o.heads, Hkv = o.kv_heads, hd = o.head_dim;
-  std::vector<float> q = first_sequences_on_host(in.q32, S), k = first_sequences_on_host(in.k32, S);
-  std::vector<float> v = first_sequences_on_host(in.v32, S), dout = first_sequences_on_host(in.dout32, S);
+  std::vector<float> q = first_rows_on_host(in.q32, S), k = first_rows_on_host(in.k32, S);
+  std::vector<float> v = first_rows_on_host(in.v32, S), dout = first_rows_on_host(in.dout32, S);
   Reference r;
   r.out.resize(q.size());
   r.dq.resize(q.size());
@@ -150,10 +144,10 @@ int main(int argc, char** argv) try {
     const double backward_ms = milliseconds_per_call(
         [&] { ops::cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, version.kernel); }, o.warmup,
         o.iters);
-    const double errors[4] = {relative_error(first_sequences_on_host(out, o.check_sequences), reference.out),
-                              relative_error(first_sequences_on_host(dq, o.check_sequences), reference.dq),
-                              relative_error(first_sequences_on_host(dk, o.check_sequences), reference.dk),
-                              relative_error(first_sequences_on_host(dv, o.check_sequences), reference.dv)};
+    const double errors[4] = {relative_error(first_rows_on_host(out, o.check_sequences), reference.out),
+                              relative_error(first_rows_on_host(dq, o.check_sequences), reference.dq),
+                              relative_error(first_rows_on_host(dk, o.check_sequences), reference.dk),
+                              relative_error(first_rows_on_host(dv, o.check_sequences), reference.dv)};
     all_within = print_row(version.name, f32, forward_ms, forward_flops, backward_ms, backward_flops, errors) &&
                  all_within;
   }

@@ -30,7 +30,6 @@
 #include "core/tensor.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
-#include "kernels/ops.h"
 #include "ladder.h"
 
 using namespace l3c;
@@ -110,8 +109,8 @@ struct Inputs {
     fill_rounded(w_k32, w_k16, 2, 1.0 / std::sqrt(static_cast<double>(o.d)));
     fill_rounded(w_v32, w_v16, 3);
     fill_rounded(dout32, dout16, 4);
-    ops::copy(group_offsets, Tensor(const_cast<int32_t*>(b.group_offsets.data()), DType::I32, {o.vocab + 1}));
-    ops::copy(row_offsets, Tensor(const_cast<int32_t*>(b.row_offsets.data()), DType::I32, {o.vocab + 1}));
+    ops::cuda::copy_between(group_offsets, Tensor(const_cast<int32_t*>(b.group_offsets.data()), DType::I32, {o.vocab + 1}));
+    ops::cuda::copy_between(row_offsets, Tensor(const_cast<int32_t*>(b.row_offsets.data()), DType::I32, {o.vocab + 1}));
   }
 };
 
@@ -179,8 +178,8 @@ int main(int argc, char** argv) try {
                                     version.kernel);
     };
     // Checked once from zero gradients, then timed (the gradients keep accumulating; the timing does not care).
-    ops::fill_zero(dw_k);
-    ops::fill_zero(dw_v);
+    ops::cuda::fill_zero(dw_k);
+    ops::cuda::fill_zero(dw_v);
     forward();
     backward();
     const double errors[4] = {relative_error(host_values(out), reference.out),

@@ -1,6 +1,8 @@
 // What the kernel ladders of dev/cuda share: integer command-line flags, device tensors that own their memory,
 // inputs rounded to bf16 once (so that every version reads the same values), host copies, the relative error, and
-// the timing loop.
+// the timing loop. The ladders call the CUDA backend (ops::cuda) and the CPU ops (ops::cpu) directly, not the
+// dispatching ops.cpp, so that each links only the kernel files it runs (a ladder is about 1 MB stripped instead of
+// 8; scripts/gpu_deps.sh carries them all).
 #pragma once
 #include <algorithm>
 #include <chrono>
@@ -15,34 +17,44 @@
 #include "core/tensor.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/device.h"
-#include "kernels/ops.h"
 
 namespace l3c::dev {
+
+// A ladder's usage problem: prints it with the usage line, and exits with 2.
+[[noreturn]] inline void usage_error(const char* ladder, const std::string& problem, const std::string& usage) {
+  std::fprintf(stderr, "%s: %s\nusage: %s %s\n", ladder, problem.c_str(), ladder, usage.c_str());
+  std::exit(2);
+}
+// The value of an option that takes a non-negative integer, or the usage error.
+inline int64_t integer_option(const char* ladder, const std::string& flag, const char* text, const std::string& usage) {
+  char* end = nullptr;
+  const long long value = std::strtoll(text, &end, 10);
+  if (end == text || *end != '\0' || value < 0) usage_error(ladder, "not a non-negative integer after " + flag, usage);
+  return value;
+}
 
 // A flag that takes a non-negative integer.
 struct Flag {
   const char* name;
   int64_t* value;
 };
-// A ladder's command line: parse sets the flags named there; fail (and parse, on anything else) prints the problem
-// and the usage, and exits with 2.
+// A ladder's command line of integer flags: parse sets the flags named there; fail (and parse, on anything else)
+// prints the problem and the usage, and exits with 2.
 struct Flags {
   const char* ladder;
   std::vector<Flag> flags;
 
-  [[noreturn]] void fail(const std::string& problem) const {
-    std::string text = std::string("usage: ") + ladder;
-    for (const Flag& f : flags) text += std::string(" [") + f.name + " N]";
-    std::fprintf(stderr, "%s: %s\n%s\n", ladder, problem.c_str(), text.c_str());
-    std::exit(2);
+  std::string usage() const {
+    std::string text;
+    for (const Flag& f : flags) text += std::string(text.empty() ? "" : " ") + "[" + f.name + " N]";
+    return text;
   }
+  [[noreturn]] void fail(const std::string& problem) const { usage_error(ladder, problem, usage()); }
   void parse(int argc, char** argv) const {
     for (int i = 1; i < argc; ++i) {
       const std::string flag = argv[i];
       if (i + 1 >= argc) fail("missing value after " + flag);
-      char* end = nullptr;
-      const long long value = std::strtoll(argv[++i], &end, 10);
-      if (*end != '\0' || value < 0) fail("not a non-negative integer after " + flag);
+      const int64_t value = integer_option(ladder, flag, argv[++i], usage());
       bool known = false;
       for (const Flag& f : flags)
         if (flag == f.name) {
@@ -75,13 +87,17 @@ inline std::vector<float> host_values(const Tensor& device) {
   const int64_t n = device.numel();
   std::vector<float> host(static_cast<size_t>(n));
   if (device.dtype == DType::F32) {
-    ops::copy(Tensor(host.data(), DType::F32, {n}), device.view({n}));
+    ops::cuda::copy_between(Tensor(host.data(), DType::F32, {n}), device.view({n}));
   } else {
     DeviceTensor converted(DType::F32, {n});
-    ops::convert(converted, device.view({n}));
-    ops::copy(Tensor(host.data(), DType::F32, {n}), converted);
+    ops::cuda::convert(converted, device.view({n}));
+    ops::cuda::copy_between(Tensor(host.data(), DType::F32, {n}), converted);
   }
   return host;
+}
+// The first `rows` rows of a device tensor as host f32 values.
+inline std::vector<float> first_rows_on_host(const Tensor& device, int64_t rows) {
+  return host_values(device.rows(0, rows));
 }
 
 // Norm of the difference over the norm of the reference.
@@ -115,9 +131,9 @@ inline void fill_rounded(const DeviceTensor& f32, const DeviceTensor& bf16, uint
   const int64_t n = f32.tensor().numel();
   std::vector<float> host(static_cast<size_t>(n));
   fill_normal(host, seed, scale);
-  ops::copy(f32.tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
-  ops::convert(bf16, f32);  // round once ...
-  ops::convert(f32, bf16);  // ... and give the f32 version the rounded values
+  ops::cuda::copy_between(f32.tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
+  ops::cuda::convert(bf16, f32);  // round once ...
+  ops::cuda::convert(f32, bf16);  // ... and give the f32 version the rounded values
 }
 
 // Wall-clock milliseconds per call of fn, after `warmup` calls; the device is idle before and after.

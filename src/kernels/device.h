@@ -37,14 +37,21 @@ std::pair<size_t, size_t> cuda_memory_info();
 // Pinned (page-locked) host memory, which the GPU copies from asynchronously; UserError naming `what` when refused.
 void* cuda_malloc_host(size_t bytes, const std::string& what);
 void cuda_free_host(void* p) noexcept;  // never throws, as cuda_free
-// A copy stream beside the default stream the ops run on (inference: L3 rows served from host memory). Copies
-// issued on it overlap the ops' kernels; record marks the copies issued so far, and default_stream_wait makes the
-// ops issued afterwards wait for them (on the GPU, without blocking the host).
+// Queues a copy of `bytes` from pinned host memory to device memory on the stream the ops run on, in order with
+// them, and returns at once (the training step's token uploads): src must not change until the device has passed
+// this point, which a later read-back or synchronisation shows.
+void cuda_upload_async(void* dst, const void* src, size_t bytes);
+// A copy stream beside the stream the ops run on (inference: L3 rows served from host memory). Copies issued on it
+// overlap the ops' kernels; record marks the copies issued so far, and default_stream_wait makes the ops issued
+// afterwards wait for them (on the GPU, without blocking the host).
 void* cuda_create_copy_stream();
 void cuda_destroy_copy_stream(void* stream);
 void cuda_copy_to_device_async(void* stream, void* dst, const void* src, size_t bytes);  // src: pinned host memory
 void cuda_copy_stream_record(void* stream);
 void cuda_default_stream_wait(void* stream);
+// How many times so far the host has waited for the GPU (blocking copies either way, read-backs, synchronisations,
+// frees); 0 without the backend. A test reads it before and after a piece of code to show that it never waits.
+int64_t cuda_host_synchronizations();
 
 // The CUDA ops' workspace: scratch shared by the ops (the classifier's logits block, L3's softmax gradients,
 // partial sums, the RoPE table). cuda_workspace_bytes is what the largest call of a training step needs for a

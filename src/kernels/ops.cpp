@@ -163,6 +163,30 @@ double sum_squares(Tensor x) {
   return cpu::sum_squares(x);
 }
 
+void sum_squares_into(Tensor out, Tensor x) {
+  const char* op = "sum_squares_into";
+  L3C_CHECK(out.numel() == 1 && out.dtype == DType::F64, "ops::{}: out {} {} must be (1) f64", op,
+            out.shape_string(), dtype_name(out.dtype));
+  const Device device = device_of(op, {&out, &x});
+  require_float(op, device, {&x});
+  require_data(op, {&out});
+  if (x.numel() > 0) require_data(op, {&x});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(sum_squares_into(out, x));
+  out.ptr<double>()[0] = x.numel() == 0 ? 0.0 : cpu::sum_squares(x);
+}
+
+void add_mean(Tensor sum, Tensor values) {
+  const char* op = "add_mean";
+  L3C_CHECK(sum.numel() == 1 && sum.dtype == DType::F64 && values.numel() >= 1, "ops::{}: sum {} {} must be (1) f64, "
+            "values {} non-empty", op, sum.shape_string(), dtype_name(sum.dtype), values.shape_string());
+  const Device device = device_of(op, {&sum, &values});
+  L3C_CHECK(values.dtype == DType::F32 || (device == Device::CPU && values.dtype == DType::F64),
+            "ops::{}: values are f32 (or f64 on the CPU), got {}", op, dtype_name(values.dtype));
+  require_data(op, {&sum, &values});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(add_mean(sum, values));
+  cpu::add_mean(sum, values);
+}
+
 // ---- AdamW --------------------------------------------------------------------------------------------
 void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step) {
   const char* op = "adamw_update";
@@ -524,7 +548,7 @@ void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a, bo
 }
 
 // ---- group by key ---------------------------------------------------------------------------------
-void group_by_key(Tensor order, Tensor offsets, Tensor keys) {
+void group_by_key(Tensor order, Tensor offsets, Tensor keys, KeyCheck check) {
   const char* op = "group_by_key";
   L3C_CHECK(order.numel() == keys.numel() && offsets.numel() >= 1,
             "ops::{}: order {} must be (N) for keys {} (N), offsets {} (K + 1)", op, order.shape_string(),
@@ -535,7 +559,7 @@ void group_by_key(Tensor order, Tensor offsets, Tensor keys) {
   require_data(op, {&offsets});
   const Device device = device_of(op, {&order, &offsets, &keys});
   if (keys.numel() > 0) require_data(op, {&order, &keys});
-  if (device == Device::CUDA) L3C_RUN_ON_CUDA(group_by_key(order, offsets, keys));
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(group_by_key(order, offsets, keys, check == KeyCheck::Verify));
   cpu::group_by_key(order, offsets, keys);
 }
 

@@ -23,6 +23,13 @@ void convert(Tensor dst, Tensor src);                // dst = src in dst's dtype
 void add_inplace(Tensor y, Tensor x);                // y += x (residual adds)
 void scale_inplace(Tensor y, double s);              // y *= s
 double sum_squares(Tensor x);                        // sum of x^2, accumulated in double
+// The same sum of squares into out (1) f64, left where x lives: on a GPU nothing is read back (the trainer reads
+// it with the loss, once per step).
+void sum_squares_into(Tensor out, Tensor x);
+// sum (1) f64 += the mean of values (N >= 1, f32 or f64): the values added in index order in double, the total
+// divided by N (a micro-batch's mean loss, accumulated over micro-batches where it lives: on a GPU nothing is read
+// back, and the bits are those of the same sum computed on the host).
+void add_mean(Tensor sum, Tensor values);
 
 // ---- AdamW over flat buffers (MODEL.md "Optimizer", PyTorch order) --------------------------------
 struct AdamWStep {
@@ -112,8 +119,11 @@ void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a = f
 // A stable counting sort of positions by an i32 key. keys (N) in [0, K). Overwrites order (N) i32 with
 // the positions sorted by key (equal keys keep position order) and offsets (K + 1) i32 with the group
 // boundaries: the positions of key k are order[offsets[k] .. offsets[k + 1]). K = offsets.numel() - 1.
-// A key outside [0, K) is an internal error (keys are validated when data is loaded).
-void group_by_key(Tensor order, Tensor offsets, Tensor keys);
+// A key outside [0, K) is an internal error (keys are validated when data is loaded). On CUDA that check reads
+// one integer back, so the host waits for the device; KeyCheck::Trusted skips it for keys the caller computed
+// itself in range (the MoE router's experts), so that the MoE layer never waits. The CPU always checks.
+enum class KeyCheck { Verify, Trusted };
+void group_by_key(Tensor order, Tensor offsets, Tensor keys, KeyCheck check = KeyCheck::Verify);
 // out (M, d) = x (N, d)[index (M)]: out[i] = x[index[i]]. Overwrites. With index = order this
 // permutes rows into grouped order; its backward is scatter_rows with the same index.
 void gather_rows(Tensor out, Tensor x, Tensor index);

@@ -13,6 +13,19 @@ namespace l3c {
 
 namespace {
 std::string layer_name(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
+
+// The mean of the per-position losses (N): ops::add_mean's sum on the host (read back from the GPU first).
+double mean_loss(Tensor losses) {
+  std::vector<float> host;
+  if (losses.device != Device::CPU) {
+    host.resize(static_cast<size_t>(losses.numel()));
+    ops::copy(Tensor(host.data(), DType::F32, {losses.numel()}), losses);
+    losses = Tensor(host.data(), DType::F32, {losses.numel()});
+  }
+  double mean = 0.0;
+  ops::add_mean(Tensor(&mean, DType::F64, {1}), losses);
+  return mean;
+}
 }  // namespace
 
 Llama::Llama(const ModelConfig& config) : config_(config) {
@@ -215,7 +228,9 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
   ops::embedding_forward(a.layers.empty() ? a.resid_out : a.layers[0].resid_in, w.embed, flat_tokens);
   if (!l3_layers_.empty()) {
     L3C_CHECK(l3_allocations_set(), "the model's L3 allocations must be set before a forward pass");
-    ops::group_by_key(a.routing.order, a.routing.group_offsets, flat_tokens);  // shared by every L3 layer
+    // Shared by every L3 layer. Token ids were checked when loaded (and the embedding has read at them), so the
+    // sort need not read its count of valid keys back: on a GPU the host does not wait here.
+    ops::group_by_key(a.routing.order, a.routing.group_offsets, flat_tokens, ops::KeyCheck::Trusted);
   }
   for (int64_t i = 0; i < config_.n_layers; ++i) {
     const LayerWeights& lw = w.layers[i];
@@ -296,7 +311,7 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
 }
 
 LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
-                                   double grad_scale, Arena& arena) const {
+                                   double grad_scale, Arena& arena, Tensor loss_sum) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T;
   const DType dtype = params.dtype();
   L3C_CHECK(params.device() == device_ && arena.device() == device_ && tokens.device == device_ &&
@@ -319,22 +334,8 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
     // weight its summed cross-entropy has per token, times N.
     backward_trunk(w, g, a, s, tokens, B, T, grad_scale * static_cast<double>(N));
   }
-  // The mean loss, summed in position order in double (read back from the GPU first).
-  std::vector<double> losses(static_cast<size_t>(N));
-  if (a.losses.device == Device::CPU && a.losses.dtype == DType::F64) {
-    for (int64_t n = 0; n < N; ++n) losses[n] = a.losses.ptr<double>()[n];
-  } else {
-    std::vector<float> host(static_cast<size_t>(N));
-    if (a.losses.device == Device::CPU) {
-      for (int64_t n = 0; n < N; ++n) host[n] = a.losses.ptr<float>()[n];
-    } else {
-      ops::copy(Tensor(host.data(), DType::F32, {N}), a.losses);
-    }
-    for (int64_t n = 0; n < N; ++n) losses[n] = host[n];
-  }
-  double sum = 0.0;
-  for (int64_t n = 0; n < N; ++n) sum += losses[n];
-  report.cross_entropy = sum / static_cast<double>(N);
+  if (loss_sum.empty()) report.cross_entropy = mean_loss(a.losses);
+  else ops::add_mean(loss_sum, a.losses);  // left where the model computes, for the caller to read
   return report;
 }
 

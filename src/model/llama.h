@@ -85,9 +85,12 @@ class Llama {
   // One micro-batch. tokens and targets (B, T) i32, on the model's device like params, grads and the arena.
   // Returns the mean cross-entropy over the B*T positions and the auxiliary losses. When grads is given,
   // also runs the backward of grad_scale * (sum of per-position losses + B*T * aux_loss), i.e.
-  // grad_scale * B*T * total(), and accumulates into grads.
+  // grad_scale * B*T * total(), and accumulates into grads. With loss_sum (an f64 (1) tensor on the model's
+  // device), the mean cross-entropy is added to it there (ops::add_mean: the same bits) instead of being read back,
+  // and report.cross_entropy is 0: a training step reads the sum of its micro-batches once (on a GPU the host then
+  // does not wait for each micro-batch).
   LossReport forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
-                          double grad_scale, Arena& arena) const;
+                              double grad_scale, Arena& arena, Tensor loss_sum = Tensor()) const;
 
   // Logits (B*T, V) for every position: for generation and reference tests.
   void forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const;

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "core/checked.h"
 #include "core/errors.h"
 #include "data/allocation.h"
 #include "eval/loss.h"
@@ -75,15 +76,16 @@ Llama make_model(const Config& config, Device device) {
   return model;
 }
 
-// Copies the host batch to the device buffers when the model computes on the GPU; returns what to pass on.
+// Queues the copy of the host batch (pinned memory) to the device buffers when the model computes on the GPU,
+// in order with the ops and without waiting; returns what to pass on.
 std::pair<Tensor, Tensor> batch_on_device(Tensor tokens, Tensor targets, const FlatBuffer& device_tokens,
                                           const FlatBuffer& device_targets) {
   if (device_tokens.numel() == 0) return {tokens, targets};
   const int64_t n = tokens.numel();
   Tensor t = device_tokens.all().rows(0, n).view({tokens.dim(0), tokens.dim(1)});
   Tensor g = device_targets.all().rows(0, n).view({targets.dim(0), targets.dim(1)});
-  ops::copy(t, tokens);
-  ops::copy(g, targets);
+  cuda_upload_async(t.data, tokens.data, tokens.bytes());
+  cuda_upload_async(g.data, targets.data, targets.bytes());
   return {t, g};
 }
 }  // namespace
@@ -115,13 +117,6 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
     else model_.set_l3_allocations(allocation_for_model(config.model).counts, "model.l3.allocation");
   }
   const int64_t micro_tokens = config.train.micro_batch * config.data.seq_len;
-  tokens_.resize(static_cast<size_t>(micro_tokens));
-  targets_.resize(static_cast<size_t>(micro_tokens));
-  if (device_.device == Device::CUDA) {
-    device_tokens_ = FlatBuffer(micro_tokens, DType::I32, Device::CUDA);
-    device_targets_ = FlatBuffer(micro_tokens, DType::I32, Device::CUDA);
-    cuda_reserve_workspace(cuda_workspace_bytes(workspace_shape(config, dtype_)));
-  }
   // train.batch_tokens is the global batch: each of the ranks accumulates its share of the micro-batches.
   const int64_t ranks = comm_.size();
   if (config.train.batch_tokens % (micro_tokens * ranks) != 0)
@@ -129,6 +124,21 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
          "the global batch is split evenly over the {} ranks", config.train.batch_tokens, config.train.micro_batch,
          config.data.seq_len, ranks, micro_tokens * ranks, ranks);
   accum_steps_ = config.train.grad_accum_steps(config.data.seq_len, ranks);
+  step_sums_ = FlatBuffer(2, DType::F64, device_.device);
+  if (device_.device == Device::CUDA) {
+    // Every micro-batch of a step has its own pinned tokens and targets, so that no upload waits: the host fills
+    // micro-batch m + 1 while the copy of m may still be queued, and the step's read-back (which follows every
+    // upload on the stream) is passed before the next step writes them again.
+    const size_t bytes = static_cast<size_t>(checked_mul(checked_mul(accum_steps_, micro_tokens, "the step's tokens"),
+                                                         static_cast<int64_t>(2 * sizeof(int32_t)), "the step's tokens"));
+    pinned_batches_ = DeviceMemory(bytes, MemoryKind::PinnedHost, "the step's tokens and targets");
+    device_tokens_ = FlatBuffer(micro_tokens, DType::I32, Device::CUDA);
+    device_targets_ = FlatBuffer(micro_tokens, DType::I32, Device::CUDA);
+    cuda_reserve_workspace(cuda_workspace_bytes(workspace_shape(config, dtype_)));
+  } else {
+    tokens_.resize(static_cast<size_t>(micro_tokens));
+    targets_.resize(static_cast<size_t>(micro_tokens));
+  }
   tokens_per_step_ = accum_steps_ * micro_tokens * ranks;
   if (!config.train.trainable.empty()) {
     trainable_ = trainable_mask(model_.registry(), config.train.trainable);
@@ -159,11 +169,17 @@ std::vector<uint8_t> trainable_mask(const ParamRegistry& registry, const std::ve
 }
 
 
-StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
+std::pair<Tensor, Tensor> TrainingState::host_batch(int64_t micro) {
   const int64_t B = config_.train.micro_batch, T = config_.data.seq_len;
+  if (pinned_batches_.data() == nullptr)
+    return {Tensor(tokens_.data(), DType::I32, {B, T}), Tensor(targets_.data(), DType::I32, {B, T})};
+  auto* base = reinterpret_cast<int32_t*>(pinned_batches_.data()) + 2 * micro * B * T;
+  return {Tensor(base, DType::I32, {B, T}), Tensor(base + B * T, DType::I32, {B, T})};
+}
+
+StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
+  const int64_t B = config_.train.micro_batch;
   const int rank = comm_.rank(), ranks = comm_.size();
-  Tensor tokens(tokens_.data(), DType::I32, {B, T});
-  Tensor targets(targets_.data(), DType::I32, {B, T});
   // The step's loss is the mean over all its tokens (of every rank), so each micro-batch's summed loss is scaled
   // by 1 / (tokens per step), and the ranks' gradients are summed.
   const double grad_scale = 1.0 / static_cast<double>(tokens_per_step_);
@@ -173,34 +189,44 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   using Clock = std::chrono::steady_clock;
   auto update_start = Clock::now();
   ops::fill_zero(grads_.all());
+  // [0] the sum of the micro-batches' mean losses, [1] the gradients' sum of squares: computed where the model
+  // computes and read back together, the step's one read-back (on a GPU nothing else waits, see docs/design.md).
+  ops::fill_zero(step_sums_.all());
+  const Tensor loss_sum = step_sums_.all().rows(0, 1), grad_squares = step_sums_.all().rows(1, 2);
   result.update_seconds = std::chrono::duration<double>(Clock::now() - update_start).count();
   sync_->begin_step();
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
     arena_.reset();
+    const auto [tokens, targets] = host_batch(micro);
     batches(first_sequence(step * accum_steps_ + micro, B, rank, ranks), tokens, targets);
     sync_->note_tokens(tokens);
     const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens_, device_targets_);
-    const LossReport report = model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_);
-    result.loss += report.cross_entropy;
+    const LossReport report = model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_, loss_sum);
     result.aux_loss += report.aux_loss;
     if (micro == 0) result.moe = report.moe;
     else add_moe_stats(result.moe, report.moe);
   }
   update_start = Clock::now();
+  // Frozen parameters (train.trainable) take no part in the norm, the clipping or the update.
+  for (size_t i = 0; i < trainable_.size(); ++i)
+    if (!trainable_[i]) ops::fill_zero(grads_.view(model_.registry().params()[i]));
+  result.reduce = sync_->reduce(grads_, shard_grads_.all());
+  // Each rank holds all of the summed gradients, or (ZeRO-1) its shard.
+  ops::sum_squares_into(grad_squares, sync_->sharded() ? shard_grads_.all() : grads_.all());
+  result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
+  // On a GPU the host waits here for the step's queued work (not counted in update_seconds).
+  double sums[2] = {0.0, 0.0};
+  ops::copy(Tensor(sums, DType::F64, {2}), step_sums_.all());
+  update_start = Clock::now();
+  result.loss = sums[0];
   // Means over the micro-batches of all ranks.
   set_step_sums(result, all_reduce_values(comm_, step_sums(result)));
   const double micro_batches = static_cast<double>(accum_steps_ * ranks);
   result.loss /= micro_batches;
   result.aux_loss /= micro_batches;
   scale_moe_stats(result.moe, 1.0 / micro_batches);
-  // Frozen parameters (train.trainable) take no part in the norm, the clipping or the update.
-  for (size_t i = 0; i < trainable_.size(); ++i)
-    if (!trainable_[i]) ops::fill_zero(grads_.view(model_.registry().params()[i]));
-  result.reduce = sync_->reduce(grads_, shard_grads_.all());
-  // The norm of the summed gradients: each rank holds all of them, or (ZeRO-1) its shard.
-  result.grad_norm = sync_->sharded()
-                         ? std::sqrt(all_reduce_value(comm_, ops::sum_squares(shard_grads_.all())))
-                         : global_grad_norm(grads_);
+  // The norm of the summed gradients.
+  result.grad_norm = std::sqrt(sync_->sharded() ? all_reduce_value(comm_, sums[1]) : sums[1]);
   if (!std::isfinite(result.loss + result.aux_loss) || !std::isfinite(result.grad_norm)) {
     if (config_.train.on_nonfinite == NonFinitePolicy::Stop)
       fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps, or set "

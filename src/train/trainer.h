@@ -8,12 +8,14 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/config.h"
 #include "data/dataloader.h"
 #include "dist/communicator.h"
 #include "kernels/arena.h"
+#include "kernels/device.h"
 #include "model/llama.h"
 #include "model/params.h"
 #include "optim/adamw.h"
@@ -43,8 +45,9 @@ struct StepResult {
 
 // Everything one optimizer step touches: model, weights, gradients, AdamW state, the activation arena
 // and the batch buffers, all allocated once, on the run's device (train.device: src/runtime/device.h). On the GPU
-// the token batches are filled on the host and copied over per micro-batch, and the loss and the gradient norm
-// are read back; with train.precision bf16 the parameters and activations are bf16, the gradients accumulate in
+// the token batches are filled on the host in pinned memory and copied over per micro-batch without waiting, and
+// the step reads back once: the loss summed on the device with the gradients' sum of squares (docs/design.md, "What
+// a GPU step waits for"); with train.precision bf16 the parameters and activations are bf16, the gradients accumulate in
 // f32, and AdamW updates f32 master weights.
 //
 // Data parallelism: with a communicator of R ranks, train.batch_tokens is the global batch; each rank runs its
@@ -95,6 +98,8 @@ class TrainingState {
   // The whole buffer, all-gathered from the ranks' ZeRO-1 shards of `shard` (range() of the optimizer) into
   // `full` (zero_padded_size elements, on the shard's device).
   void gather_shards(const Tensor& shard, FlatBuffer& full);
+  // Where micro-batch `micro` of a step is loaded on the host: pinned memory of its own on a GPU, else one buffer.
+  std::pair<Tensor, Tensor> host_batch(int64_t micro);
 
   Config config_;
   LocalCommunicator local_comm_;
@@ -110,9 +115,11 @@ class TrainingState {
   std::unique_ptr<GradientSync> sync_;
   FlatBuffer shard_grads_;               // ZeRO-1: the summed gradients of this rank's shard
   Arena arena_;
-  std::vector<int32_t> tokens_, targets_;
+  std::vector<int32_t> tokens_, targets_;  // the micro-batch on the CPU
   std::vector<uint8_t> trainable_;  // per parameter (registry order), from train.trainable
+  DeviceMemory pinned_batches_;  // on a GPU: the step's (tokens, targets) per micro-batch, pinned for the uploads
   FlatBuffer device_tokens_, device_targets_;  // the micro-batch on the GPU
+  FlatBuffer step_sums_;  // (2) f64 where the model computes: the step's loss sum and gradient sum of squares
   FlatBuffer host_copy_;
   int64_t accum_steps_ = 1;
   int64_t tokens_per_step_ = 0;

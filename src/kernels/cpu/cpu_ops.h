@@ -30,6 +30,8 @@ void scale_inplace(Tensor y, double s);
 // Sum of squares accumulated in double over fixed chunks whose partials are added in order: the
 // result does not depend on the thread count.
 double sum_squares(Tensor x);
+// sum[0] (f64) += (values added in index order in double) / N.
+void add_mean(Tensor sum, Tensor values);
 
 // ---- AdamW and dtype conversion (optimizer.cpp) ---------------------------------------------------------
 void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step);  // one dtype, f32 or f64

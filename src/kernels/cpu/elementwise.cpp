@@ -107,4 +107,16 @@ double sum_squares(Tensor x) {
   });
 }
 
+void add_mean(Tensor sum, Tensor values) {
+  const int64_t n = values.numel();
+  const double total = dispatch_float(values.dtype, "add_mean", [&](auto tag) {
+    using T = decltype(tag);
+    const T* v = values.ptr<T>();
+    double acc = 0.0;
+    for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(v[i]);
+    return acc;
+  });
+  sum.ptr<double>()[0] += total / static_cast<double>(n);
+}
+
 }  // namespace l3c::ops::cpu

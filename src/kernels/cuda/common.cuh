@@ -2,8 +2,9 @@
 // checks that name the file, line and call, the kernel launcher, bf16 <-> float conversion, dtype dispatch,
 // deterministic warp and block reductions, the ops' device workspace and the cuBLAS handle.
 //
-// All work runs on the default stream, in call order: a kernel may use the workspace while the next call
-// waits for it, and results never depend on timing. No kernel uses floating-point atomics: every sum is
+// All work runs on one stream, the run's (stream(), not the legacy default stream, so that a step could be
+// captured in a CUDA graph), in call order: a kernel may use the workspace while the next call waits for it, and
+// results never depend on timing. No kernel uses floating-point atomics: every sum is
 // computed by one thread in a fixed order or by a fixed reduction tree.
 #pragma once
 #ifdef L3C_CUDA_EMULATION
@@ -56,7 +57,10 @@ struct LaunchGrid {
 // the launch failed or, with L3C_CUDA_SYNC=1 (which synchronises here after every launch), the kernel failed.
 void check_launch(const char* file, int line);
 
-// Launches kernel<<<grid, block, shared_bytes>>>(args...) on the default stream and checks the launch.
+// The stream every op runs on (device.cu; created on first use).
+cudaStream_t stream();
+
+// Launches kernel<<<grid, block, shared_bytes>>>(args...) on the run's stream and checks the launch.
 // Arguments convert to the kernel's parameter types here, so a launch reads like a call.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), LaunchGrid grid, dim3 block, size_t shared_bytes, Args... args) {
@@ -65,7 +69,7 @@ void launch(void (*kernel)(Params...), LaunchGrid grid, dim3 block, size_t share
 #ifdef L3C_CUDA_EMULATION
   l3c_emu::launch(blocks, block, shared_bytes, [=] { kernel(static_cast<Params>(args)...); });
 #else
-  kernel<<<blocks, block, shared_bytes>>>(static_cast<Params>(args)...);
+  kernel<<<blocks, block, shared_bytes, stream()>>>(static_cast<Params>(args)...);
 #endif
   check_launch(grid.file, grid.line);
 }

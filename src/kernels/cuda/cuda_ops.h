@@ -4,7 +4,7 @@
 // attention's lse, the classifier's losses, L3's probs) are always f32, so a bf16 model keeps fp32 norms,
 // softmax and loss. The MoE ops are f32 only for now.
 //
-// Determinism: all work runs in order on the default stream, no kernel uses floating-point atomics, and
+// Determinism: all work runs in order on one stream, no kernel uses floating-point atomics, and
 // every reduction has a fixed order or tree (independent of the GPU model, since partitions are fixed sizes),
 // so the same inputs give the same bits from run to run.
 //
@@ -43,6 +43,9 @@ size_t workspace_capacity();
 size_t classifier_workspace_bytes(int64_t rows, int64_t vocab, DType dtype);
 // Waits for all queued work (results are then visible to the host).
 void synchronize();
+// How many times so far the host has waited for the device: blocking copies in either direction, read-backs,
+// synchronize, frees. Tests count them over a piece of code (the MoE layer makes none).
+int64_t host_synchronizations();
 
 // ---- elementwise (elementwise.cu) ----------------------------------------------------------------------
 void fill_zero(Tensor t);                 // any dtype
@@ -55,6 +58,11 @@ void add_inplace(Tensor y, Tensor x);
 void scale_inplace(Tensor y, double s);
 // Sum of squares in double: fixed per-block partials (a fixed grid), added in block order by one block.
 double sum_squares(Tensor x);
+// The same, into out (1) f64 on the device (nothing read back).
+void sum_squares_into(Tensor out, Tensor x);
+// sum[0] (f64) += (values (N) f32 added in index order in double) / N: one thread, so that the bits are the host's
+// (N dependent double adds: about 0.2 ms for N = 64K, against a read-back that would stall the queue).
+void add_mean(Tensor sum, Tensor values);
 
 // ---- embedding (embedding.cu) --------------------------------------------------------------------------
 void embedding_forward(Tensor out, Tensor table, Tensor tokens);
@@ -117,8 +125,9 @@ void concat_last_dim(Tensor out, Tensor x_a, Tensor x_b);
 void split_last_dim(Tensor dx_a, Tensor dx_b, Tensor dout, bool accumulate_a, bool accumulate_b);
 // Stable counting sort by key, computed by one block: a histogram (integer atomics: counts are exact), an
 // exclusive scan, then placement tile by tile in position order, each thread ranking itself among the equal
-// keys before it. A key outside [0, K) is an internal error (the check reads one integer back).
-void group_by_key(Tensor order, Tensor offsets, Tensor keys);
+// keys before it. A key outside [0, K) is an internal error (the check reads one integer back: verify_keys;
+// without it nothing is read back).
+void group_by_key(Tensor order, Tensor offsets, Tensor keys, bool verify_keys);
 void gather_rows(Tensor out, Tensor x, Tensor index);
 void scatter_rows(Tensor out, Tensor x, Tensor index, bool accumulate);
 

@@ -1,6 +1,7 @@
 // CUDA runtime: GPU discovery, device memory with errors that say what to change, the ops' workspace, the
 // cuBLAS handle, the GPU's tensor-core check, and the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -65,7 +66,9 @@ void* malloc_bytes(size_t bytes, const std::string& what) {
 }
 
 void free_bytes(void* p) {
-  if (p != nullptr) L3C_CUDA_CHECK(cudaFree(p));
+  if (p == nullptr) return;
+  ops::cuda::count_host_synchronization();  // cudaFree waits for the device
+  L3C_CUDA_CHECK(cudaFree(p));
 }
 
 void* malloc_host(size_t bytes, const std::string& what) {
@@ -113,7 +116,12 @@ void copy_stream_record(void* handle) {
 }
 
 void default_stream_wait(void* handle) {
-  L3C_CUDA_CHECK(cudaStreamWaitEvent(nullptr, static_cast<CopyStream*>(handle)->done, 0));
+  L3C_CUDA_CHECK(cudaStreamWaitEvent(ops::cuda::stream(), static_cast<CopyStream*>(handle)->done, 0));
+}
+
+void upload_async(void* dst, const void* src, size_t bytes) {
+  if (bytes == 0) return;
+  L3C_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ops::cuda::stream()));
 }
 
 }  // namespace l3c::cuda
@@ -171,6 +179,17 @@ void unsupported_dtype(const char* op, DType dtype) {
   __builtin_unreachable();
 }
 
+cudaStream_t stream() {
+  // A blocking stream (not cudaStreamNonBlocking): work on the legacy default stream (a synchronous cudaMemcpy, an
+  // event NCCL records there) still orders itself after the work queued here, as it did when everything ran there.
+  static cudaStream_t run_stream = [] {
+    cudaStream_t s = nullptr;
+    L3C_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamDefault));
+    return s;
+  }();
+  return run_stream;
+}
+
 namespace {
 struct Workspace {
   void* data = nullptr;
@@ -212,7 +231,16 @@ size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& s) {
   return bytes;
 }
 
-void synchronize() { L3C_CUDA_CHECK(cudaDeviceSynchronize()); }
+void synchronize() {
+  count_host_synchronization();
+  L3C_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+namespace {
+std::atomic<int64_t> g_host_synchronizations{0};
+}  // namespace
+void count_host_synchronization() { g_host_synchronizations.fetch_add(1, std::memory_order_relaxed); }
+int64_t host_synchronizations() { return g_host_synchronizations.load(std::memory_order_relaxed); }
 
 bool gpu_has_bf16_tensor_cores() {
   static const bool has = [] {
@@ -229,7 +257,7 @@ cublasHandle_t cublas() {
   static cublasHandle_t handle = [] {
     cublasHandle_t h = nullptr;
     L3C_CUBLAS_CHECK(cublasCreate(&h));
-    L3C_CUBLAS_CHECK(cublasSetStream(h, nullptr));
+    L3C_CUBLAS_CHECK(cublasSetStream(h, stream()));
     // fp32 products stay fp32 (no TF32), so fp32 mode compares exactly with the CPU; bf16 products use
     // tensor cores with fp32 accumulation (CUBLAS_COMPUTE_32F).
     L3C_CUBLAS_CHECK(cublasSetMathMode(h, CUBLAS_DEFAULT_MATH));

@@ -2,6 +2,7 @@
 // scale, and the sum of squares behind the global gradient norm (two passes with fixed partitions, in double).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/internal.cuh"
 
 namespace l3c::ops::cuda {
 namespace {
@@ -54,17 +55,41 @@ __global__ void sum_partials(double* __restrict__ result, const double* __restri
   if (threadIdx.x == 0) *result = acc;
 }
 
+// One thread adds the values in index order in double, as the host does (the same bits), then adds the mean.
+__global__ void add_mean_kernel(double* __restrict__ sum, const float* __restrict__ values, int64_t n) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double acc = 0.0;
+  for (int64_t i = 0; i < n; ++i) acc += static_cast<double>(values[i]);
+  *sum += acc / static_cast<double>(n);
+}
+
+// The two passes of the sum of squares of x into *result (device memory outside the workspace's first
+// kSumBlocks doubles, where the partials go).
+void launch_sum_squares(double* result, Tensor x) {
+  const int64_t n = x.numel();
+  Carve sizes(nullptr);
+  sizes.take<double>(kSumBlocks);
+  Carve carve(workspace(sizes.bytes()));
+  double* partial = carve.take<double>(kSumBlocks);
+  dispatch_float(x.dtype, "sum_squares", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    launch(sum_squares_partial<T>, kSumBlocks, kThreads, 0, partial, static_cast<const T*>(x.data), n);
+  });
+  launch(sum_partials, 1, kThreads, 0, result, partial, kSumBlocks);
+}
+
 }  // namespace
 
-void fill_zero(Tensor t) { L3C_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), nullptr)); }
+void fill_zero(Tensor t) { L3C_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream())); }
 
 void copy(Tensor dst, Tensor src) {
   if (dst.data == src.data) return;
-  L3C_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, nullptr));
+  L3C_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, stream()));
 }
 
 void copy_between(Tensor dst, Tensor src) {
   // cudaMemcpy orders itself after the queued work and returns when the copy is complete.
+  count_host_synchronization();
   L3C_CUDA_CHECK(cudaMemcpy(dst.data, src.data, dst.bytes(), cudaMemcpyDefault));
 }
 
@@ -99,21 +124,27 @@ void scale_inplace(Tensor y, double s) {
 }
 
 double sum_squares(Tensor x) {
-  const int64_t n = x.numel();
   Carve sizes(nullptr);
   sizes.take<double>(kSumBlocks);
   sizes.take<double>(1);
   Carve carve(workspace(sizes.bytes()));
-  double* partial = carve.take<double>(kSumBlocks);
+  carve.take<double>(kSumBlocks);  // the partials, where launch_sum_squares puts them
   double* result = carve.take<double>(1);
-  dispatch_float(x.dtype, "sum_squares", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    launch(sum_squares_partial<T>, kSumBlocks, kThreads, 0, partial, static_cast<const T*>(x.data), n);
-  });
-  launch(sum_partials, 1, kThreads, 0, result, partial, kSumBlocks);
+  launch_sum_squares(result, x);
   double host = 0.0;
+  count_host_synchronization();
   L3C_CUDA_CHECK(cudaMemcpy(&host, result, sizeof host, cudaMemcpyDeviceToHost));
   return host;
+}
+
+void sum_squares_into(Tensor out, Tensor x) {
+  if (x.numel() == 0) return fill_zero(out);
+  launch_sum_squares(static_cast<double*>(out.data), x);
+}
+
+void add_mean(Tensor sum, Tensor values) {
+  launch(add_mean_kernel, 1, 1, 0, static_cast<double*>(sum.data), static_cast<const float*>(values.data),
+         values.numel());
 }
 
 }  // namespace l3c::ops::cuda

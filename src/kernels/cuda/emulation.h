@@ -164,7 +164,7 @@ inline cudaError_t cudaDeviceSynchronize() { return l3c_emu::g_device_fault; }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return l3c_emu::g_device_fault; }
 // Streams and events: every call runs to completion when made, so a stream is a name and an event is always done.
 using cudaEvent_t = void*;
-enum { cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2, cudaHostAllocDefault = 0 };
+enum { cudaStreamDefault = 0, cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2, cudaHostAllocDefault = 0 };
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned) {
   static char name;
   *stream = &name;
