@@ -78,9 +78,7 @@ void attention_forward_impl(Tensor out_t, Tensor lse_t, Tensor q_t, Tensor k_t, 
       const int64_t i0 = tile * q_block, i1 = std::min(dim.seq, i0 + q_block), nq = i1 - i0;
       ConstHeadRows<T> Q(q + dim.q_offset(b, i0, h), nq, dim.hd, Eigen::OuterStride<>(dim.q_stride()));
       auto O = acc.topRows(nq);
-      O.setZero();
-      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
-      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      start_online_softmax(O, row_max, row_sum);
 
       for (int64_t j0 = 0; j0 < i1; j0 += k_block) {
         const int64_t nk = std::min(i1, j0 + k_block) - j0;

@@ -49,9 +49,7 @@ void attention_cached_impl(Tensor out_t, Tensor q_t, Tensor k_t, Tensor v_t, con
       const T* v_slot = v + static_cast<int64_t>(slots[b]) * max_positions * kv_stride + g * hd;
       ConstHeadRows<T> Q(q + ((b * seq + i0) * heads + h) * hd, nq, hd, Eigen::OuterStride<>(q_stride));
       auto O = acc.topRows(nq);
-      O.setZero();
-      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
-      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      start_online_softmax(O, row_max, row_sum);
       for (int64_t j0 = 0; j0 < keys; j0 += kKBlock) {
         const int64_t nk = std::min(keys, j0 + kKBlock) - j0;
         ConstHeadRows<T> K(k_slot + j0 * kv_stride, nk, hd, Eigen::OuterStride<>(kv_stride));

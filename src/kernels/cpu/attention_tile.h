@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 namespace l3c::ops::cpu {
@@ -19,6 +20,15 @@ using ConstHeadRows = Eigen::Map<const RowMajor<T>, 0, Eigen::OuterStride<>>;
 
 // Number of keys of the tile [j0, j0 + nk) that query position i may see (keys <= i); may be <= 0.
 inline int64_t visible_keys(int64_t i, int64_t j0, int64_t nk) { return std::min(nk, i - j0 + 1); }
+
+// The online softmax's state before a query tile's first key tile: no max yet (-inf), an empty sum, a zero
+// output accumulator.
+template <typename T, typename Accumulator>
+void start_online_softmax(Accumulator& O, std::vector<T>& row_max, std::vector<T>& row_sum) {
+  O.setZero();
+  std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
+  std::fill(row_sum.begin(), row_sum.end(), T(0));
+}
 
 // One tile of keys of the online softmax. S (nq, nk) holds the tile's unscaled scores Q K^T; query row r sees
 // the first visible(r) keys of the tile (none when <= 0). Per row: the running max m is raised to the tile's
