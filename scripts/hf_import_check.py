@@ -10,8 +10,9 @@ torch) is not importable by this Python.
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+from hf_check_lib import compare_logits, import_hf_stack, run_l3c
 
 
 def main():
@@ -21,14 +22,10 @@ def main():
     parser.add_argument("--tied", action="store_true", help="tie the input and output embeddings")
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args()
-    try:
-        import numpy as np
-        import torch
-        import transformers
-        from safetensors.numpy import load_file
-    except ImportError as e:
-        print(f"skipped: {e}")
+    stack = import_hf_stack()
+    if stack is None:
         return 77
+    np, torch, transformers, load_file = stack
 
     torch.manual_seed(3)
     config = transformers.LlamaConfig(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
@@ -42,22 +39,17 @@ def main():
     logits_path = os.path.join(args.work, "logits.safetensors")
     for command in (["import", "hf", hf_dir, l3c_dir],
                     ["logits", "--checkpoint", l3c_dir, "--tokens", " ".join(map(str, ids)), "--out", logits_path]):
-        run = subprocess.run([args.l3c] + command, capture_output=True, text=True)
-        if run.returncode != 0:
-            print(f"l3c {command[0]} failed ({run.returncode}):\n{run.stderr}")
+        if not run_l3c(args.l3c, command, command[0]):
             return 2
     ours = load_file(logits_path)["logits"].astype(np.float64)
     with torch.no_grad():
         theirs = model(torch.tensor([ids])).logits[0].double().numpy()
-    max_abs_diff = float(np.abs(ours - theirs).max())
-    max_abs_logit = float(np.abs(theirs).max())
-    relative = max_abs_diff / max(max_abs_logit, 1e-30)
-    ok = relative <= args.tolerance
-    print(f"imported LlamaForCausalLM ({'tied' if args.tied else 'untied'}): max |l3c - hf| = {max_abs_diff:.3g}, "
-          f"max |logit| = {max_abs_logit:.3g}, relative {relative:.3g} ({'ok' if ok else 'FAILED'})")
-    print(json.dumps({"max_abs_diff": max_abs_diff, "max_abs_logit": max_abs_logit, "relative": relative,
-                      "tolerance": args.tolerance, "ok": ok}))
-    return 0 if ok else 1
+    result = compare_logits(ours, theirs, theirs, args.tolerance)
+    print(f"imported LlamaForCausalLM ({'tied' if args.tied else 'untied'}): "
+          f"max |l3c - hf| = {result['max_abs_diff']:.3g}, max |logit| = {result['max_abs_logit']:.3g}, "
+          f"relative {result['relative']:.3g} ({'ok' if result['ok'] else 'FAILED'})")
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -19,8 +19,9 @@ is not importable by this Python (nothing is checked; the message says which imp
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+from hf_check_lib import compare_logits, import_hf_stack, run_l3c
 
 
 def main():
@@ -32,20 +33,14 @@ def main():
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args()
 
-    try:
-        import numpy as np
-        import torch
-        import transformers
-        from safetensors.numpy import load_file
-    except ImportError as e:
-        print(f"skipped: {e} (Hugging Face transformers, torch and safetensors are needed for this check)")
+    stack = import_hf_stack(" (Hugging Face transformers, torch and safetensors are needed for this check)")
+    if stack is None:
         return 77
+    np, torch, transformers, load_file = stack
 
     os.makedirs(args.work, exist_ok=True)
     export_dir = os.path.join(args.work, "hf")
-    run = subprocess.run([args.l3c, "export", "hf", args.checkpoint, export_dir], capture_output=True, text=True)
-    if run.returncode != 0:
-        print(f"l3c export hf failed ({run.returncode}):\n{run.stderr}")
+    if not run_l3c(args.l3c, ["export", "hf", args.checkpoint, export_dir], "export hf"):
         return 2
     with open(os.path.join(export_dir, "config.json")) as f:
         hf_config = json.load(f)
@@ -55,10 +50,8 @@ def main():
     ids = [(7 * i + 3 * (i // 5) + 1) % vocab for i in range(length)]
 
     logits_path = os.path.join(args.work, "l3c_logits.safetensors")
-    run = subprocess.run([args.l3c, "logits", "--checkpoint", args.checkpoint, "--tokens", " ".join(map(str, ids)),
-                          "--out", logits_path], capture_output=True, text=True)
-    if run.returncode != 0:
-        print(f"l3c logits failed ({run.returncode}):\n{run.stderr}")
+    if not run_l3c(args.l3c, ["logits", "--checkpoint", args.checkpoint, "--tokens", " ".join(map(str, ids)),
+                              "--out", logits_path], "logits"):
         return 2
     ours = load_file(logits_path)["logits"].astype(np.float64)  # (T, V)
 
@@ -69,17 +62,13 @@ def main():
     with torch.no_grad():
         theirs = model(torch.tensor([ids], dtype=torch.long)).logits[0].double().numpy()
 
-    max_abs_diff = float(np.abs(ours - theirs).max())
-    max_abs_logit = float(np.abs(ours).max())
-    relative = max_abs_diff / max(max_abs_logit, 1e-30)
-    ok = relative <= args.tolerance
+    result = compare_logits(ours, theirs, ours, args.tolerance)
     architecture = type(model).__name__
     print(f"{architecture} (transformers {transformers.__version__}, torch {torch.__version__}): {length} tokens, "
-          f"max |l3c - hf| = {max_abs_diff:.3g}, max |logit| = {max_abs_logit:.3g}, relative {relative:.3g} "
-          f"({'ok' if ok else 'FAILED'}, tolerance {args.tolerance:g})")
-    print(json.dumps({"architecture": architecture, "tokens": length, "max_abs_diff": max_abs_diff,
-                      "max_abs_logit": max_abs_logit, "relative": relative, "tolerance": args.tolerance, "ok": ok}))
-    return 0 if ok else 1
+          f"max |l3c - hf| = {result['max_abs_diff']:.3g}, max |logit| = {result['max_abs_logit']:.3g}, "
+          f"relative {result['relative']:.3g} ({'ok' if result['ok'] else 'FAILED'}, tolerance {args.tolerance:g})")
+    print(json.dumps({"architecture": architecture, "tokens": length, **result}))
+    return 0 if result["ok"] else 1
 
 
 if __name__ == "__main__":

@@ -13,58 +13,44 @@
 
 namespace l3c::test {
 
+// field = json[key], converted to the field's type, for each (key, field) pair.
+inline void read_fields(const nlohmann::json&) {}
+template <typename Field, typename... Rest>
+void read_fields(const nlohmann::json& json, const char* key, Field& field, Rest&... rest) {
+  field = json.at(key).get<Field>();
+  read_fields(json, rest...);
+}
+
 // The config the golden file was made with (its "config" metadata: model, optional "l3" and "moe", and
 // the training hyper-parameters), for micro-batches of B x T.
 inline Config golden_config(const SafetensorsFile& golden, int64_t B, int64_t T) {
   const auto meta = nlohmann::json::parse(golden.metadata().at("config"));
   Config c;
-  c.model.vocab_size = meta["vocab_size"];
-  c.model.d_model = meta["d_model"];
-  c.model.n_layers = meta["n_layers"];
-  c.model.n_heads = meta["n_heads"];
-  c.model.n_kv_heads = meta["n_kv_heads"];
-  c.model.ffn_hidden = meta["ffn_hidden"];
-  c.model.rope_theta = meta["rope_theta"];
-  c.model.norm_eps = meta["norm_eps"];
-  c.model.tie_embeddings = meta["tie_embeddings"];
+  ModelConfig& m = c.model;
+  read_fields(meta, "vocab_size", m.vocab_size, "d_model", m.d_model, "n_layers", m.n_layers, "n_heads", m.n_heads,
+              "n_kv_heads", m.n_kv_heads, "ffn_hidden", m.ffn_hidden, "rope_theta", m.rope_theta, "norm_eps",
+              m.norm_eps, "tie_embeddings", m.tie_embeddings);
   if (meta.contains("l3")) {
-    const auto& l3 = meta["l3"];
-    c.model.l3.after_layers = l3["after_layers"].get<std::vector<int64_t>>();
-    c.model.l3.v = l3["v"];
-    c.model.l3.k = l3["k"];
-    c.model.l3.d_emb = l3["d_emb"];
-    c.model.l3.d_up = l3["d_up"];
-    c.model.l3.tie_kv = l3["tie_kv"];
-    c.model.l3.residual = l3["residual"];
-    c.model.l3.allocation.method = AllocationMethod::Uniform;  // replaced by the golden allocations (model.l3.{j}.alloc)
+    read_fields(meta["l3"], "after_layers", m.l3.after_layers, "v", m.l3.v, "k", m.l3.k, "d_emb", m.l3.d_emb, "d_up",
+                m.l3.d_up, "tie_kv", m.l3.tie_kv, "residual", m.l3.residual);
+    m.l3.allocation.method = AllocationMethod::Uniform;  // replaced by the golden allocations (model.l3.{j}.alloc)
   }
   if (meta.contains("moe")) {
-    const auto& moe = meta["moe"];
-    REQUIRE(moe["layers"] == "all");
-    c.model.moe.layers.all = true;
-    c.model.moe.experts = moe["experts"];
-    c.model.moe.top_k = moe["top_k"];
-    c.model.moe.expert_hidden = moe["expert_hidden"];
-    c.model.moe.shared_expert_hidden = moe["shared_expert_hidden"];
-    c.model.moe.normalize_topk = moe["normalize_topk"];
-    c.model.moe.aux_loss = moe["aux_loss"];
-    c.model.moe.z_loss = moe["z_loss"];
+    REQUIRE(meta["moe"]["layers"] == "all");
+    m.moe.layers.all = true;
+    read_fields(meta["moe"], "experts", m.moe.experts, "top_k", m.moe.top_k, "expert_hidden", m.moe.expert_hidden,
+                "shared_expert_hidden", m.moe.shared_expert_hidden, "normalize_topk", m.moe.normalize_topk,
+                "aux_loss", m.moe.aux_loss, "z_loss", m.moe.z_loss);
   }
-  const auto& t = meta["train"];
   c.data.train = "unused";
   c.data.seq_len = T;
-  c.train.steps = t["steps"];
   c.train.micro_batch = B;
   c.train.batch_tokens = B * T;
-  c.train.lr = t["lr"];
-  c.train.min_lr = t["lr"];
+  read_fields(meta["train"], "steps", c.train.steps, "lr", c.train.lr, "lr", c.train.min_lr, "beta1", c.train.beta1,
+              "beta2", c.train.beta2, "eps", c.train.eps, "weight_decay", c.train.weight_decay, "grad_clip",
+              c.train.grad_clip);
   c.train.schedule = Schedule::Constant;
   c.train.warmup_steps = 0;
-  c.train.beta1 = t["beta1"];
-  c.train.beta2 = t["beta2"];
-  c.train.eps = t["eps"];
-  c.train.weight_decay = t["weight_decay"];
-  c.train.grad_clip = t["grad_clip"];
   c.train.device = DeviceChoice::Cpu;  // this file checks the CPU; test_cuda_model.cpp compares the GPU with the CPU
   return c;
 }

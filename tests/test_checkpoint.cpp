@@ -49,52 +49,47 @@ std::string write_train_shard(const fs::path& dir) {
   return shard.string();
 }
 
-// A tiny dense model, 2 micro-batches of 2 x 16 tokens per step (gradient accumulation), a checkpoint every
-// 3 steps; written to dir/c.json.
-fs::path dense_config(const fs::path& dir, int steps = 8) {
-  const std::string shard = write_train_shard(dir);
-  const fs::path config = dir / "c.json";
+// dir/`name` (returned): a config of the model section `model` (its JSON text) that trains on `shard` in
+// 2 micro-batches of 2 x 16 tokens per step (gradient accumulation), `steps` steps at learning rate `lr`, with a
+// checkpoint every 3 steps.
+fs::path write_config(const fs::path& dir, const std::string& name, const std::string& model, const std::string& shard,
+                      int steps, const std::string& lr) {
+  const fs::path config = dir / name;
   write_text(config, R"({
-  "model": {"vocab_size": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64},
+  "model": )" + model + R"(,
   "data": {"train": ")" + shard + R"(", "seq_len": 16},
-  "train": {"steps": )" + std::to_string(steps) + R"(, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-3, "warmup_steps": 2},
+  "train": {"steps": )" + std::to_string(steps) + R"(, "batch_tokens": 64, "micro_batch": 2, "lr": )" + lr + R"(, "warmup_steps": 2},
   "checkpoint": {"every": 3, "keep": 2},
   "run": {"dir": ")" + (dir / "run").string() + R"("}
 })");
   return config;
 }
 
+// A tiny dense model, written to dir/c.json.
+fs::path dense_config(const fs::path& dir, int steps = 8) {
+  const std::string shard = write_train_shard(dir);
+  return write_config(dir, "c.json",
+                      R"({"vocab_size": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64})",
+                      shard, steps, "1e-3");
+}
+
 // The same with one L3 layer (LZW allocation from the shard) after layer 1.
 fs::path l3_config(const fs::path& dir, int steps = 8) {
   const std::string shard = write_train_shard(dir);
-  const fs::path config = dir / "l3.json";
-  write_text(config, R"({
-  "model": {"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+  return write_config(dir, "l3.json", R"({"vocab_size": 256, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
             "l3": {"after_layers": [1], "v": 512, "k": 4, "d_emb": 16, "d_up": 32,
-                   "allocation": {"method": "lzw", "data": ")" + shard + R"("}}},
-  "data": {"train": ")" + shard + R"(", "seq_len": 16},
-  "train": {"steps": )" + std::to_string(steps) + R"(, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-3, "warmup_steps": 2},
-  "checkpoint": {"every": 3, "keep": 2},
-  "run": {"dir": ")" + (dir / "run").string() + R"("}
-})");
-  return config;
+                   "allocation": {"method": "lzw", "data": ")" + shard + R"("}}})",
+                      shard, steps, "1e-3");
 }
 
 // The dense model with MoE FFNs: `layers` ("all" or a JSON list), 4 experts, top-2, and a shared expert of
 // `shared` hidden units (0: none).
 fs::path moe_config(const fs::path& dir, int steps = 8, const std::string& layers = "\"all\"", int shared = 0) {
   const std::string shard = write_train_shard(dir);
-  const fs::path config = dir / "moe.json";
-  write_text(config, R"({
-  "model": {"vocab_size": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
+  return write_config(dir, "moe.json", R"({"vocab_size": 32, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 64,
             "moe": {"layers": )" + layers + R"(, "experts": 4, "top_k": 2, "expert_hidden": 24,
-                    "shared_expert_hidden": )" + std::to_string(shared) + R"(}},
-  "data": {"train": ")" + shard + R"(", "seq_len": 16},
-  "train": {"steps": )" + std::to_string(steps) + R"(, "batch_tokens": 64, "micro_batch": 2, "lr": 1e-2, "warmup_steps": 2},
-  "checkpoint": {"every": 3, "keep": 2},
-  "run": {"dir": ")" + (dir / "run").string() + R"("}
-})");
-  return config;
+                    "shared_expert_hidden": )" + std::to_string(shared) + R"(}})",
+                      shard, steps, "1e-2");
 }
 
 std::string run_dir_set(const fs::path& run) { return " --set run.dir=" + run.string(); }
@@ -154,6 +149,13 @@ void check_same_run(const fs::path& a, const fs::path& b) {
     CHECK(lb.at(step) == loss);  // exact
   }
   CHECK(same_tensors(a / "model.safetensors", b / "model.safetensors"));
+}
+
+// Trains `config` (with `options`) without interruption into `straight`; `run` must equal that run bit for bit.
+void check_same_as_straight_run(const fs::path& config, const fs::path& run, const fs::path& straight,
+                                const std::string& options = "") {
+  REQUIRE(run_l3c("train " + config.string() + options + run_dir_set(straight)).exit_code == 0);
+  check_same_run(straight, run);
 }
 
 // Starts l3c in the background (stdout and stderr to `log`); `env` is prepended to the command.
@@ -253,9 +255,7 @@ TEST_CASE("SIGTERM finishes the step, writes a checkpoint and exits 0, and resum
   const Result resume = run_l3c("train " + config.string() + " --resume auto");
   INFO(resume.output);
   REQUIRE(resume.exit_code == 0);
-  const Result a = run_l3c("train " + config.string() + run_dir_set(straight));
-  REQUIRE(a.exit_code == 0);
-  check_same_run(straight, run);
+  check_same_as_straight_run(config, run, straight);
 }
 
 TEST_CASE("a second SIGINT stops the trainer at once", "[checkpoint]") {
@@ -297,9 +297,7 @@ TEST_CASE("SIGKILL in the middle of a checkpoint write: --resume auto takes the 
   CHECK_THAT(resume.output, Contains("removing " + partial.string()));
   CHECK_THAT(resume.output, Contains("continuing from " + checkpoint(run, 3).string()));
   CHECK_FALSE(fs::exists(partial));
-  const Result a = run_l3c("train " + config.string() + run_dir_set(straight));
-  REQUIRE(a.exit_code == 0);
-  check_same_run(straight, run);
+  check_same_as_straight_run(config, run, straight);
 }
 
 TEST_CASE("a damaged checkpoint is reported precisely, never loaded, and resume auto takes the one before",
@@ -596,17 +594,23 @@ TEST_CASE("exported dense, L3 and MoE models give l3c's logits in Hugging Face t
     std::exit(4);
   }
   const fs::path dir = fresh_dir("hf_logits");
+  // Trains `config` (3 steps, with `options`) into `run`; hf_logits_check.py on its last checkpoint (work folder
+  // `work`) exits 0 and prints what `expected` matches.
+  auto check_logits = [&](const fs::path& config, const std::string& options, const fs::path& run, const fs::path& work,
+                          const auto& expected) {
+    REQUIRE(run_l3c("train " + config.string() + run_dir_set(run) + options).exit_code == 0);
+    const Result check = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_logits_check.py --l3c " +
+                                                kL3c + " --checkpoint " + checkpoint(run, 3).string() + " --work " +
+                                                work.string() + " 2>&1");
+    INFO(check.output);
+    CHECK(check.exit_code == 0);
+    CHECK_THAT(check.output, expected);
+  };
   const fs::path dense = dense_config(dir, 3);
   for (const char* tied : {"false", "true"}) {
     INFO("tie_embeddings " << tied);
-    const fs::path run = dir / (std::string("run_") + tied);
-    REQUIRE(run_l3c("train " + dense.string() + run_dir_set(run) + " --set model.tie_embeddings=" + tied).exit_code == 0);
-    const Result check = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_logits_check.py --l3c " +
-                                                kL3c + " --checkpoint " + checkpoint(run, 3).string() + " --work " +
-                                                (dir / (std::string("work_") + tied)).string() + " 2>&1");
-    INFO(check.output);
-    CHECK(check.exit_code == 0);
-    CHECK_THAT(check.output, Contains("\"ok\": true"));
+    check_logits(dense, std::string(" --set model.tie_embeddings=") + tied, dir / (std::string("run_") + tied),
+                 dir / (std::string("work_") + tied), Contains("\"ok\": true"));
   }
   // import hf: a Llama made by transformers gives transformers' logits in l3c (untied and tied)
   for (const char* tied : {"", " --tied"}) {
@@ -618,21 +622,10 @@ TEST_CASE("exported dense, L3 and MoE models give l3c's logits in Hugging Face t
     CHECK_THAT(imported.output, Contains("\"ok\": true"));
   }
   // an L3 model through modeling_l3c.py (trust_remote_code)
-  REQUIRE(run_l3c("train " + l3_config(dir, 3).string() + run_dir_set(dir / "run_l3")).exit_code == 0);
-  const Result l3_check = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_logits_check.py --l3c " +
-                                                 kL3c + " --checkpoint " + checkpoint(dir / "run_l3", 3).string() +
-                                                 " --work " + (dir / "work_l3").string() + " 2>&1");
-  INFO(l3_check.output);
-  CHECK(l3_check.exit_code == 0);
-  CHECK_THAT(l3_check.output, Contains("L3LlamaForCausalLM") && Contains("\"ok\": true"));
-  const fs::path moe = moe_config(dir, 3);
-  REQUIRE(run_l3c("train " + moe.string() + run_dir_set(dir / "run_moe")).exit_code == 0);
-  const Result check = l3c::test::run_command(python + " " + L3C_SOURCE_DIR + "/scripts/hf_logits_check.py --l3c " +
-                                              kL3c + " --checkpoint " + checkpoint(dir / "run_moe", 3).string() +
-                                              " --work " + (dir / "work_moe").string() + " 2>&1");
-  INFO(check.output);
-  CHECK(check.exit_code == 0);
-  CHECK_THAT(check.output, Contains("MixtralForCausalLM") && Contains("\"ok\": true"));
+  check_logits(l3_config(dir, 3), "", dir / "run_l3", dir / "work_l3",
+               Contains("L3LlamaForCausalLM") && Contains("\"ok\": true"));
+  check_logits(moe_config(dir, 3), "", dir / "run_moe", dir / "work_moe",
+               Contains("MixtralForCausalLM") && Contains("\"ok\": true"));
 }
 
 // ---- one trainer per run folder; hostile checkpoints and shards ------------------------------------------------
@@ -712,8 +705,7 @@ TEST_CASE("a shard truncated under the trainer ends the run naming it, after a c
   INFO(resume.output);
   REQUIRE(resume.exit_code == 0);
   CHECK_THAT(resume.output, Contains("continuing from " + checkpoint(run, last).string()));
-  REQUIRE(run_l3c("train " + config.string() + " --set checkpoint.every=0" + run_dir_set(straight)).exit_code == 0);
-  check_same_run(straight, run);
+  check_same_as_straight_run(config, run, straight, " --set checkpoint.every=0");
 }
 
 TEST_CASE("crafted checkpoints with matching checksums are refused with the field or tensor named",

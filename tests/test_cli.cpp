@@ -42,6 +42,29 @@ std::string small_config(const fs::path& dir) {
 })";
 }
 
+// Writes `text` to dir/c.json and returns its path.
+fs::path write_config(const fs::path& dir, const std::string& text) {
+  const fs::path config = dir / "c.json";
+  write_text(config, text);
+  return config;
+}
+
+// Runs l3c with `args`; it must exit 0 (the output is shown where it does not).
+Result l3c_ok(const std::string& args) {
+  const Result r = run_l3c(args);
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  return r;
+}
+
+// The same for `args` that ask for --json: the JSON line.
+nlohmann::json l3c_json(const std::string& args) { return last_json_line(l3c_ok(args).output); }
+
+// The options of `l3c eval` that read the run folder (or checkpoint) `run` and the shard `data`.
+std::string eval_inputs(const fs::path& run, const fs::path& data) {
+  return "--checkpoint " + run.string() + " --data " + data.string();
+}
+
 }  // namespace
 
 TEST_CASE("bad configs and command lines exit 2 with one clear message", "[cli]") {
@@ -105,8 +128,7 @@ TEST_CASE("bad configs and command lines exit 2 with one clear message", "[cli]"
 
 TEST_CASE("bad data exits 2 naming the shard, before anything is written", "[cli]") {
   const fs::path dir = fresh_dir("bad_data");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_config(dir));
+  const fs::path config = write_config(dir, small_config(dir));
   const std::string shard = (dir / "train.bin").string();
 
   SECTION("missing shard") {
@@ -134,34 +156,23 @@ TEST_CASE("bad data exits 2 naming the shard, before anything is written", "[cli
 
 TEST_CASE("a finished run is never overwritten, and eval rejects a folder without weights", "[cli]") {
   const fs::path dir = fresh_dir("no_overwrite");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_config(dir));
-  const Result first = run_l3c("train " + config.string());
-  INFO(first.output);
-  REQUIRE(first.exit_code == 0);
+  const fs::path config = write_config(dir, small_config(dir));
+  l3c_ok("train " + config.string());
   const auto before = fs::last_write_time(dir / "run" / "model.safetensors");
   check_user_error(run_l3c("train " + config.string()), "already holds a run");
   CHECK(fs::last_write_time(dir / "run" / "model.safetensors") == before);
   fs::create_directories(dir / "empty");
-  check_user_error(run_l3c("eval --checkpoint " + (dir / "empty").string() + " --data " + (dir / "train.bin").string()),
-                   "config.json: missing");
+  check_user_error(run_l3c("eval " + eval_inputs(dir / "empty", dir / "train.bin")), "config.json: missing");
 }
 
 TEST_CASE("inspect and bench print one JSON object as their last line", "[cli]") {
   const fs::path dir = fresh_dir("json");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_config(dir));
-  const Result inspect = run_l3c("inspect " + config.string() + " --json");
-  INFO(inspect.output);
-  REQUIRE(inspect.exit_code == 0);
-  const auto j = last_json_line(inspect.output);
+  const fs::path config = write_config(dir, small_config(dir));
+  const auto j = l3c_json("inspect " + config.string() + " --json");
   // 2 x (32 x 32) embeddings + 2 layers x (attention 32x32 + 2 x 16x32 + 32x32, FFN 3 x 64x32, 2 norms) + norm
   CHECK(j["total_params"] == 2 * 32 * 32 + 2 * (2 * 1024 + 2 * 512 + 3 * 2048 + 64) + 32);
   CHECK(j["memory_bytes"]["total"].get<int64_t>() > 0);
-  const Result bench = run_l3c("bench " + config.string() + " --steps 2 --warmup 1 --json");
-  INFO(bench.output);
-  REQUIRE(bench.exit_code == 0);
-  const auto b = last_json_line(bench.output);
+  const auto b = l3c_json("bench " + config.string() + " --steps 2 --warmup 1 --json");
   CHECK(b["tokens_per_second"].get<double>() > 0);
   CHECK(b["tokens_per_step"] == 64);
   CHECK(b["mfu"].get<double>() > 0);
@@ -185,11 +196,8 @@ TEST_CASE("generate: prompts from a file in batches, L3 tables in memory or mapp
   const std::string run = (dir / "run").string();
   write_text(dir / "prompts.txt", "abc\nhead, \nx\n");
   auto generate_json = [&](const std::string& extra) {
-    const Result r = run_l3c("generate --checkpoint " + run + " --prompts " + (dir / "prompts.txt").string() +
-                             " --tokens 30 --temperature 0 --json " + extra);
-    INFO(r.output);
-    REQUIRE(r.exit_code == 0);
-    return last_json_line(r.output)["results"];
+    return l3c_json("generate --checkpoint " + run + " --prompts " + (dir / "prompts.txt").string() +
+                    " --tokens 30 --temperature 0 --json " + extra)["results"];
   };
   const auto in_memory = generate_json("--batch 2");
   REQUIRE(in_memory.size() == 3);
@@ -201,11 +209,8 @@ TEST_CASE("generate: prompts from a file in batches, L3 tables in memory or mapp
   CHECK(streamed.exit_code == 0);
   CHECK_THAT(streamed.output, Contains("abc"));  // the prompt, then the continuation's raw bytes as they come
 
-  const Result bench = run_l3c("bench --generate " + run + " --batch 2 --prompt-tokens 8 --new-tokens 8 --repeats 1 "
-                               "--l3-tables mmap --cold --json");
-  INFO(bench.output);
-  REQUIRE(bench.exit_code == 0);
-  const auto b = last_json_line(bench.output);
+  const auto b = l3c_json("bench --generate " + run + " --batch 2 --prompt-tokens 8 --new-tokens 8 --repeats 1 "
+                          "--l3-tables mmap --cold --json");
   CHECK(b["decode_tokens_per_second"].get<double>() > 0);
   CHECK(b["page_cache"] == "dropped");
   CHECK(b["table_bytes_in_memory"] == 0);
@@ -233,9 +238,7 @@ TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram 
   const fs::path shakespeare = fs::path(L3C_SOURCE_DIR) / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt";
   REQUIRE(fs::exists(shakespeare));
   const fs::path dir = fresh_dir("shakespeare");
-  const Result prepare = run_l3c("prepare --out " + (dir / "data").string() + " " + shakespeare.string());
-  INFO(prepare.output);
-  REQUIRE(prepare.exit_code == 0);
+  l3c_ok("prepare --out " + (dir / "data").string() + " " + shakespeare.string());
 
   // The byte unigram entropy of Tiny Shakespeare is 3.31 nats; a model that learned nothing about
   // context cannot go below it.
@@ -261,8 +264,7 @@ TEST_CASE("training the tiny dense config on Tiny Shakespeare beats the unigram 
   CHECK(step_lines == 40);
 
   // eval over the same validation windows reproduces the training run's validation loss.
-  const Result eval = run_l3c("eval --json --batches 4 --checkpoint " + run.string() + " --data " +
-                              (dir / "data" / "val_000000.bin").string());
+  const Result eval = run_l3c("eval --json --batches 4 " + eval_inputs(run, dir / "data" / "val_000000.bin"));
   INFO(eval.output);
   REQUIRE(eval.exit_code == 0);
   CHECK(last_json_line(eval.output)["loss"].get<double>() == Approx(val_loss).epsilon(1e-6));
@@ -323,10 +325,7 @@ TEST_CASE("l3c allocate writes an allocation and its summary, and sizes outside 
   const fs::path dir = fresh_dir("allocate");
   small_l3_config(dir);  // writes train.bin
   const std::string shard = (dir / "train.bin").string(), out = (dir / "alloc.safetensors").string();
-  const Result r = run_l3c("allocate --data " + shard + " --vocab-size 32 --v 100 --k 8 --out " + out + " --json");
-  INFO(r.output);
-  REQUIRE(r.exit_code == 0);
-  const auto j = last_json_line(r.output);
+  const auto j = l3c_json("allocate --data " + shard + " --vocab-size 32 --v 100 --k 8 --out " + out + " --json");
   CHECK(j["method"] == "lzw");
   CHECK(j["v"] == 100);
   CHECK(j["k"] == 8);
@@ -357,12 +356,8 @@ TEST_CASE("l3c allocate writes an allocation and its summary, and sizes outside 
 
 TEST_CASE("training an L3 model computes its allocation, saves it with the weights, and evaluates", "[cli][l3][slow]") {
   const fs::path dir = fresh_dir("l3_train");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_l3_config(dir));
-  const Result inspect = run_l3c("inspect " + config.string() + " --json");
-  INFO(inspect.output);
-  REQUIRE(inspect.exit_code == 0);
-  const auto i = last_json_line(inspect.output);
+  const fs::path config = write_config(dir, small_l3_config(dir));
+  const auto i = l3c_json("inspect " + config.string() + " --json");
   // the tables (512 rows of 32 + 16) count k = 4 rows as active
   CHECK(i["total_params"].get<int64_t>() - i["active_params"].get<int64_t>() == (512 - 4) * (32 + 16));
   CHECK(i["sparsity"].get<double>() > 1.0);
@@ -380,7 +375,7 @@ TEST_CASE("training an L3 model computes its allocation, saves it with the weigh
   const size_t n = std::fread(buffer, 1, sizeof buffer - 1, pipe);
   ::pclose(pipe);
   CHECK_THAT(std::string(buffer, n), Contains("int32 (256,) 512 (512, 32)"));
-  const Result eval = run_l3c("eval --json --checkpoint " + (dir / "run").string() + " --data " + (dir / "train.bin").string());
+  const Result eval = run_l3c("eval --json " + eval_inputs(dir / "run", dir / "train.bin"));
   INFO(eval.output);
   CHECK(eval.exit_code == 0);
 
@@ -389,14 +384,13 @@ TEST_CASE("training an L3 model computes its allocation, saves it with the weigh
   counts[3] = 0;
   counts[4] = 4;
   patch_i32_tensor(dir / "run" / "model.safetensors", "model.l3.0.alloc", counts);
-  check_user_error(run_l3c("eval --checkpoint " + (dir / "run").string() + " --data " + (dir / "train.bin").string()),
+  check_user_error(run_l3c("eval " + eval_inputs(dir / "run", dir / "train.bin")),
                    "model.l3.0.alloc: token 3 owns 0 rows");
 }
 
 TEST_CASE("bad L3 configs and allocation files exit 2 before anything is written", "[cli][l3]") {
   const fs::path dir = fresh_dir("l3_bad");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_l3_config(dir));
+  const fs::path config = write_config(dir, small_l3_config(dir));
   const std::string shard = (dir / "train.bin").string();
   auto with_file = [&](const std::string& file) {
     return " --set model.l3.allocation.data= --set model.l3.allocation.path=" + file;
@@ -454,7 +448,7 @@ TEST_CASE("training a model with MoE and L3 layers logs each loss term and the e
     CHECK(layer["load_balance_loss"].get<double>() >= 0.01 - 1e-9);  // alpha at perfect balance, more otherwise
   }
   CHECK(steps == 3);
-  const Result eval = run_l3c("eval --json --checkpoint " + (dir / "run").string() + " --data " + (dir / "train.bin").string());
+  const Result eval = run_l3c("eval --json " + eval_inputs(dir / "run", dir / "train.bin"));
   INFO(eval.output);
   CHECK(eval.exit_code == 0);
 }
@@ -462,11 +456,8 @@ TEST_CASE("training a model with MoE and L3 layers logs each loss term and the e
 TEST_CASE("inspect --match compares two models and sizes the experts for iso-sparsity", "[cli][moe]") {
   const fs::path dir = fresh_dir("moe_match");
   const fs::path source = fs::path(L3C_SOURCE_DIR) / "configs" / "tiny";
-  const Result r = run_l3c("inspect " + (source / "moe.json").string() + " --match " + (source / "l3.json").string() +
-                           " --json");
-  INFO(r.output);
-  REQUIRE(r.exit_code == 0);
-  const auto match = last_json_line(r.output)["match"];
+  const auto match =
+      l3c_json("inspect " + (source / "moe.json").string() + " --match " + (source / "l3.json").string() + " --json")["match"];
   // the committed tiny MoE config is iso-sparse with the tiny L3 config within 5%
   CHECK(std::abs(match["active_diff_percent"].get<double>()) < 5.0);
   CHECK(std::abs(match["total_diff_percent"].get<double>()) < 5.0);
@@ -515,8 +506,7 @@ void rewrite_safetensors_header(const fs::path& path, const std::function<void(n
 TEST_CASE("thread counts beyond the machine and sizes beyond l3c's limits are refused before anything starts",
           "[cli][limits]") {
   const fs::path dir = fresh_dir("threads");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_config(dir));
+  const fs::path config = write_config(dir, small_config(dir));
   // 100000 threads crashed inside OpenMP.
   check_one_user_error(run_l3c("train " + config.string() + " --set train.threads=100000"),
                        "train.threads: 100000 threads is more than");
@@ -565,11 +555,8 @@ TEST_CASE("prepare names a device or a FIFO as what it is, not as missing", "[cl
 
 TEST_CASE("a weights file whose offsets wrap around is refused by eval, export and generate", "[cli][safetensors]") {
   const fs::path dir = fresh_dir("wrapped_offsets");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_config(dir));
-  const Result trained = run_l3c("train " + config.string());
-  INFO(trained.output);
-  REQUIRE(trained.exit_code == 0);
+  const fs::path config = write_config(dir, small_config(dir));
+  l3c_ok("train " + config.string());
   const fs::path weights = dir / "run" / "model.safetensors";
   // data_offsets near 2^64: data start + end wrapped around to a small number and passed the size check, and the
   // tensor pointed far outside the file.
@@ -580,19 +567,18 @@ TEST_CASE("a weights file whose offsets wrap around is refused by eval, export a
     header["model.norm.weight"]["data_offsets"] = {end - bytes, end};
   });
   const std::string data = (dir / "train.bin").string();
-  check_one_user_error(run_l3c("eval --checkpoint " + (dir / "run").string() + " --data " + data),
+  check_one_user_error(run_l3c("eval " + eval_inputs(dir / "run", data)),
                        "tensor model.norm.weight: data_offsets");
   check_one_user_error(run_l3c("export hf " + (dir / "run").string() + " " + (dir / "hf").string()), "overflows");
   check_one_user_error(run_l3c("generate --tokens 3 --checkpoint " + (dir / "run").string()), "overflows");
   rewrite_safetensors_header(weights, [](nlohmann::json& header) { header["model.norm.weight"]["shape"] = {-1}; });
-  check_one_user_error(run_l3c("eval --checkpoint " + (dir / "run").string() + " --data " + data),
+  check_one_user_error(run_l3c("eval " + eval_inputs(dir / "run", data)),
                        "must be a non-negative integer, got -1");
 }
 
 TEST_CASE("a run folder that cannot be created or written names the system's reason", "[cli]") {
   const fs::path dir = fresh_dir("unwritable");
-  const fs::path config = dir / "c.json";
-  write_text(config, small_config(dir));
+  const fs::path config = write_config(dir, small_config(dir));
   write_text(dir / "file", "not a folder");
   check_one_user_error(run_l3c("train " + config.string() + " --set run.dir=" + (dir / "file" / "run").string()),
                        "Not a directory");

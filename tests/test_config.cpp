@@ -56,6 +56,13 @@ json with(const std::string& section, const std::string& key, const json& value)
   return j;
 }
 
+// minimal() with `changes` merged in (a JSON merge patch: {"model": {"d_model": 250}} sets one field).
+json patched(const json& changes) {
+  json j = minimal();
+  j.merge_patch(changes);
+  return j;
+}
+
 // minimal() without j[section][key].
 json without(const std::string& section, const std::string& key) {
   json j = minimal();
@@ -317,38 +324,20 @@ TEST_CASE("a missing required field is an error naming it", "[config]") {
 }
 
 TEST_CASE("rules relating several fields are checked after all fields are read", "[config]") {
-  json j = minimal();
-  j["model"]["d_model"] = 250;
-  j["model"]["n_heads"] = 8;
-  CHECK_THAT(error_from_json(j), Contains("model.d_model (250) must be divisible by model.n_heads (8)"));
-
-  j = minimal();
-  j["model"]["n_heads"] = 8;
-  j["model"]["d_model"] = 128;
-  j["model"]["n_kv_heads"] = 3;
-  CHECK_THAT(error_from_json(j), Contains("model.n_heads (8) must be divisible by model.n_kv_heads (3)"));
-
-  j = minimal();
-  j["model"]["d_model"] = 28;  // head dimension 7
-  CHECK_THAT(error_from_json(j), Contains("model.d_model / model.n_heads = 7 (the head dimension) must be even "
-                                          "for rotary embeddings (RoPE)"));
-
-  j = minimal();
-  j["data"]["seq_len"] = 256;
-  j["train"]["micro_batch"] = 2;
-  j["train"]["batch_tokens"] = 1000;
-  CHECK_THAT(error_from_json(j), Contains("train.batch_tokens (1000) must be a multiple of train.micro_batch * "
-                                          "data.seq_len (512)"));
-
-  j = minimal();
-  j["train"]["lr"] = 0.01;
-  j["train"]["min_lr"] = 0.1;
-  CHECK_THAT(error_from_json(j), Contains("train.min_lr (0.1) must be <= train.lr (0.01)"));
-
-  j = minimal();
-  j["train"]["warmup_steps"] = 200;
-  j["train"]["steps"] = 100;
-  CHECK_THAT(error_from_json(j), Contains("train.warmup_steps (200) must be <= train.steps (100)"));
+  CHECK_THAT(error_from_json(patched({{"model", {{"d_model", 250}, {"n_heads", 8}}}})),
+             Contains("model.d_model (250) must be divisible by model.n_heads (8)"));
+  CHECK_THAT(error_from_json(patched({{"model", {{"n_heads", 8}, {"d_model", 128}, {"n_kv_heads", 3}}}})),
+             Contains("model.n_heads (8) must be divisible by model.n_kv_heads (3)"));
+  CHECK_THAT(error_from_json(patched({{"model", {{"d_model", 28}}}})),  // head dimension 7
+             Contains("model.d_model / model.n_heads = 7 (the head dimension) must be even for rotary embeddings "
+                      "(RoPE)"));
+  CHECK_THAT(error_from_json(
+                 patched({{"data", {{"seq_len", 256}}}, {"train", {{"micro_batch", 2}, {"batch_tokens", 1000}}}})),
+             Contains("train.batch_tokens (1000) must be a multiple of train.micro_batch * data.seq_len (512)"));
+  CHECK_THAT(error_from_json(patched({{"train", {{"lr", 0.01}, {"min_lr", 0.1}}}})),
+             Contains("train.min_lr (0.1) must be <= train.lr (0.01)"));
+  CHECK_THAT(error_from_json(patched({{"train", {{"warmup_steps", 200}, {"steps", 100}}}})),
+             Contains("train.warmup_steps (200) must be <= train.steps (100)"));
 }
 
 TEST_CASE("config_from_json rejects extends", "[config]") {

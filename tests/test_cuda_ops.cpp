@@ -621,6 +621,32 @@ RouterReference router_reference(const std::vector<double>& logits, int64_t n, i
   }
   return r;
 }
+
+// grouped_matmul_forward and _backward against loops in double: rows (M, d) times w (E, F, d)^T per expert over
+// the groups `offsets` (E + 1), out (M, F), dx (M, d) and dw (E, F, d) within f32 tolerance. Returns dw read back
+// (it starts at zero, so an expert with no rows keeps zeros).
+std::vector<double> check_grouped_matmul(const TestTensor& rows, const DeviceTensor& rows_gpu, const TestTensor& w,
+                                         const TestTensor& dout, const DeviceTensor& offsets) {
+  const int64_t M = rows.tensor().dim(0), d = rows.tensor().dim(1), E = w.tensor().dim(0), F = w.tensor().dim(1);
+  const std::vector<double> offs = offsets.values();
+  DeviceTensor w_gpu(w), dout_gpu(dout), out(DType::F32, {M, F});
+  ops::cuda::grouped_matmul_forward(out, rows_gpu, w_gpu, offsets);
+  std::vector<double> expect_out(M * F, 0.0), expect_dx(M * d, 0.0), expect_dw(E * F * d, 0.0);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t i = static_cast<int64_t>(offs[e]); i < static_cast<int64_t>(offs[e + 1]); ++i)
+      for (int64_t o = 0; o < F; ++o)
+        for (int64_t c = 0; c < d; ++c) {
+          expect_out[i * F + o] += rows[i * d + c] * w[(e * F + o) * d + c];
+          expect_dx[i * d + c] += dout[i * F + o] * w[(e * F + o) * d + c];
+          expect_dw[(e * F + o) * d + c] += dout[i * F + o] * rows[i * d + c];
+        }
+  CHECK(norm_relative_error(out.values(), expect_out) <= kF32);
+  DeviceTensor dx(DType::F32, {M, d}), dw(TestTensor(DType::F32, {E, F, d}));
+  ops::cuda::grouped_matmul_backward(dx, dw, dout_gpu, rows_gpu, w_gpu, offsets, false);
+  CHECK(norm_relative_error(dx.values(), expect_dx) <= kF32);
+  CHECK(norm_relative_error(dw.values(), expect_dw) <= kF32);
+  return dw.values();
+}
 }  // namespace
 
 TEST_CASE("cuda: the MoE router matches the reference: probabilities, lse, top-k with ties, weights", "[cuda]") {
@@ -715,23 +741,8 @@ TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty expe
   random_fill(rows, 71);
   random_fill(w, 72);
   random_fill(dout, 73);
-  DeviceTensor rows_gpu(rows), w_gpu(w), dout_gpu(dout), out(DType::F32, {M, F});
-  ops::cuda::grouped_matmul_forward(out, rows_gpu, w_gpu, offsets);
-  std::vector<double> expect_out(M * F, 0.0), expect_dx(M * d, 0.0), expect_dw(E * F * d, 0.0);
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t i = static_cast<int64_t>(offs[e]); i < static_cast<int64_t>(offs[e + 1]); ++i)
-      for (int64_t o = 0; o < F; ++o)
-        for (int64_t c = 0; c < d; ++c) {
-          expect_out[i * F + o] += rows[i * d + c] * w[(e * F + o) * d + c];
-          expect_dx[i * d + c] += dout[i * F + o] * w[(e * F + o) * d + c];
-          expect_dw[(e * F + o) * d + c] += dout[i * F + o] * rows[i * d + c];
-        }
-  CHECK(norm_relative_error(out.values(), expect_out) <= kF32);
-  DeviceTensor dx(DType::F32, {M, d}), dw(TestTensor(DType::F32, {E, F, d}));
-  ops::cuda::grouped_matmul_backward(dx, dw, dout_gpu, rows_gpu, w_gpu, offsets, false);
-  CHECK(norm_relative_error(dx.values(), expect_dx) <= kF32);
-  CHECK(norm_relative_error(dw.values(), expect_dw) <= kF32);
-  const std::vector<double> dw_all = dw.values();
+  DeviceTensor rows_gpu(rows);
+  const std::vector<double> dw_all = check_grouped_matmul(rows, rows_gpu, w, dout, offsets);
   const std::vector<double> dw_expert2(dw_all.begin() + 2 * F * d, dw_all.begin() + 3 * F * d);
   CHECK(dw_expert2 == std::vector<double>(F * d, 0.0));  // the empty expert's gradient stays as it was
 
@@ -922,23 +933,8 @@ TEST_CASE("cuda: MoE routing with an expert that every token picks and one that 
   random_fill(rows, 701);
   random_fill(w, 702, 0.1);
   random_fill(dout, 703);
-  DeviceTensor rows_gpu(rows), w_gpu(w), dout_gpu(dout), out(DType::F32, {M, F});
-  ops::cuda::grouped_matmul_forward(out, rows_gpu, w_gpu, offsets);
-  std::vector<double> expect_out(M * F, 0.0), expect_dx(M * d, 0.0), expect_dw(E * F * d, 0.0);
-  for (int64_t e = 0; e < E; ++e)
-    for (int64_t i = static_cast<int64_t>(offs[e]); i < static_cast<int64_t>(offs[e + 1]); ++i)
-      for (int64_t o = 0; o < F; ++o)
-        for (int64_t c = 0; c < d; ++c) {
-          expect_out[i * F + o] += rows[i * d + c] * w[(e * F + o) * d + c];
-          expect_dx[i * d + c] += dout[i * F + o] * w[(e * F + o) * d + c];
-          expect_dw[(e * F + o) * d + c] += dout[i * F + o] * rows[i * d + c];
-        }
-  CHECK(norm_relative_error(out.values(), expect_out) <= kF32);
-  DeviceTensor dx(DType::F32, {M, d}), dw(TestTensor(DType::F32, {E, F, d}));
-  ops::cuda::grouped_matmul_backward(dx, dw, dout_gpu, rows_gpu, w_gpu, offsets, false);
-  CHECK(norm_relative_error(dx.values(), expect_dx) <= kF32);
-  CHECK(norm_relative_error(dw.values(), expect_dw) <= kF32);
-  const std::vector<double> dw_all = dw.values();
+  DeviceTensor rows_gpu(rows);
+  const std::vector<double> dw_all = check_grouped_matmul(rows, rows_gpu, w, dout, offsets);
   CHECK(std::vector<double>(dw_all.end() - F * d, dw_all.end()) == std::vector<double>(F * d, 0.0));
 }
 #endif

@@ -129,6 +129,13 @@ std::string with_pid_files(const fs::path& dir, const std::string& l3c_args) {
          l3c_args + " --set train.threads=1'";
 }
 
+// Two ranks training the dense model in `dir` for 200 steps of at least 150 ms, in the background (start): each
+// rank's pid in dir/pid.RANK, the job's output in dir/log, its exit code in dir/log.rc.
+void start_slow_job(const fs::path& dir) {
+  const fs::path config = write_config(dir, Model::Dense, 200, 128);
+  start("L3C_TEST_STEP_PAUSE_MS=150 " + with_pid_files(dir, config.string()), dir / "log");
+}
+
 int read_pid(const fs::path& path) {
   std::ifstream in(path);
   int pid = 0;
@@ -193,13 +200,11 @@ TEST_CASE("data parallel: a checkpoint of 2 ranks (ZeRO-1) resumes on 1 and on 3
 TEST_CASE("data parallel: SIGTERM to one rank stops every rank after the same step with one checkpoint", "[dist][mpi]") {
   if (skip_without_mpi()) return;
   const fs::path dir = fresh_dir("sigterm");
-  const fs::path config = write_config(dir, Model::Dense, 200, 128);
-  start("L3C_TEST_STEP_PAUSE_MS=150 " + with_pid_files(dir, config.string()), dir / "log");
+  start_slow_job(dir);
   REQUIRE(wait_until([&] { return losses(dir / "run" / "metrics.jsonl").size() >= 2; }));
   REQUIRE(::kill(read_pid(dir / "pid.1"), SIGTERM) == 0);
   REQUIRE(wait_until([&] { return fs::exists(dir / "log.rc"); }));
-  std::ifstream log(dir / "log");
-  const std::string output((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  const std::string output = l3c::test::read_text(dir / "log");
   INFO(output);
   CHECK(read_pid(dir / "log.rc") == 0);
   CHECK_THAT(output, Contains("(SIGTERM): checkpoint"));
@@ -214,15 +219,13 @@ TEST_CASE("data parallel: SIGTERM to one rank stops every rank after the same st
 TEST_CASE("data parallel: a killed rank ends the job with an error naming it", "[dist][mpi]") {
   if (skip_without_mpi()) return;
   const fs::path dir = fresh_dir("kill");
-  const fs::path config = write_config(dir, Model::Dense, 200, 128);
-  start("L3C_TEST_STEP_PAUSE_MS=150 " + with_pid_files(dir, config.string()), dir / "log");
+  start_slow_job(dir);
   REQUIRE(wait_until([&] { return !losses(dir / "run" / "metrics.jsonl").empty(); }));
   const auto killed = std::chrono::steady_clock::now();
   REQUIRE(::kill(read_pid(dir / "pid.1"), SIGKILL) == 0);
   REQUIRE(wait_until([&] { return fs::exists(dir / "log.rc"); }, 30));
   CHECK(std::chrono::steady_clock::now() - killed < std::chrono::seconds(25));  // within dist.timeout (20 s) + exit
-  std::ifstream log(dir / "log");
-  const std::string output((std::istreambuf_iterator<char>(log)), std::istreambuf_iterator<char>());
+  const std::string output = l3c::test::read_text(dir / "log");
   INFO(output);
   CHECK(read_pid(dir / "log.rc") != 0);
   CHECK_THAT(output, Contains("rank 1"));

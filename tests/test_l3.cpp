@@ -24,6 +24,7 @@
 #include "model/l3.h"
 #include "model/llama.h"
 #include "test_util.h"
+#include "tiny_models.h"
 
 using namespace l3c;
 using namespace l3c::test;
@@ -56,13 +57,7 @@ const std::vector<int32_t> kCounts = {1, 4, 2, 3, 1, 4, 2};
 const std::vector<int32_t> kTokens = {1, 3, 1, 0, 5, 2, 1, 4, 3, 3, 5, 1, 2, 0};  // N = 14
 
 ModelConfig layer_model(const LayerOptions& o) {
-  ModelConfig m;
-  m.vocab_size = 7;
-  m.d_model = 8;
-  m.n_layers = 1;
-  m.n_heads = 2;
-  m.n_kv_heads = 2;
-  m.ffn_hidden = 8;
+  ModelConfig m = one_layer_config(7);
   m.l3.after_layers = {0};
   m.l3.v = std::accumulate(kCounts.begin(), kCounts.end(), 0);
   m.l3.k = 4;
@@ -90,10 +85,7 @@ struct LayerFixture {
     layer.register_params(registry);
     params = FlatBuffer(registry.total(), dtype);
     grads = FlatBuffer(registry.total(), dtype);
-    init_params(registry, params, 3);
-    for (const ParamInfo& p : registry.params())  // gains away from 1
-      if (p.init == InitKind::Ones)
-        for (int64_t i = 0; i < p.numel; ++i) set_value(params.view(p), i, 1.0 + 0.3 * std::sin(1.3 * i + p.offset));
+    init_params_with_gains(registry, params, 3, 0.3, 1.3);
     rows = L3Rows::from_counts(kCounts);
     tokens = token_tensor(kTokens);
     order = TestTensor(DType::I32, {N});
@@ -435,14 +427,7 @@ TEST_CASE("L3 gradients touch only the table rows of tokens in the batch, and pr
 
 namespace {
 ModelConfig l3_model(bool tie_kv, bool residual) {
-  ModelConfig m;
-  m.vocab_size = 13;
-  m.d_model = 8;
-  m.n_layers = 2;
-  m.n_heads = 2;
-  m.n_kv_heads = 1;
-  m.ffn_hidden = 12;
-  m.init_std = 0.3;
+  ModelConfig m = tiny_model_config(2);
   m.l3.after_layers = {0, 1};
   m.l3.k = 3;
   m.l3.v = 26;
@@ -472,26 +457,11 @@ TEST_CASE("every gradient of a model with L3 layers matches finite differences (
     mutable_model.set_l3_allocation(0, counts, "test");
     std::reverse(counts.begin(), counts.end());
     mutable_model.set_l3_allocation(1, counts, "test");
-    FlatBuffer params(model.registry().total(), DType::F64), grads(model.registry().total(), DType::F64);
-    init_params(model.registry(), params, 7);
-    for (const ParamInfo& p : model.registry().params())
-      if (p.init == InitKind::Ones)
-        for (int64_t i = 0; i < p.numel; ++i) set_value(params.view(p), i, 1.0 + 0.2 * std::sin(1.7 * i + p.offset));
-    const int64_t B = 2, T = 5;
-    TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
-    random_tokens(tokens, 13, 11);
-    random_tokens(targets, 13, 12);
-    Arena arena(model.activation_bytes(B, T, DType::F64, true), "test");
-    auto loss_sum = [&] {
-      arena.reset();
-      return model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy * B * T;
-    };
-    arena.reset();
-    REQUIRE(std::isfinite(model.forward_backward(params, &grads, tokens, targets, 1.0, arena).cross_entropy));
-    CHECK(arena.peak() == model.activation_bytes(B, T, DType::F64, true));
+    ModelGradCheck check(model);
+    REQUIRE(std::isfinite(check.backward()));
+    CHECK(check.arena.peak() == model.activation_bytes(ModelGradCheck::B, ModelGradCheck::T, DType::F64, true));
     for (const ParamInfo& p : model.registry().params()) {
-      const std::vector<double> numeric = numerical_gradient(params.view(p), loss_sum, 1e-5);
-      const std::vector<double> analytic = to_double_vector(grads.view(p));
+      const std::vector<double> numeric = check.numeric(p), analytic = check.analytic(p);
       INFO("tie_kv " << tie << ": " << p.name << ": analytic norm " << norm2(analytic) << ", numeric norm "
                      << norm2(numeric));
       CHECK(norm_relative_error(analytic, numeric) < 1e-6);
@@ -907,16 +877,7 @@ TEST_CASE("benchmark: L3 layer forward+backward vs one dense decoder block of th
   std::vector<uint32_t> stream(text.begin(), text.end());
   for (auto& t : stream) t &= 0xFF;
   const std::vector<int32_t> counts = lzw_allocation(dictionary_of(stream, 256, -1), v, k);
-  auto base = [] {
-    ModelConfig m;
-    m.vocab_size = 256;
-    m.d_model = 256;
-    m.n_heads = 8;
-    m.n_kv_heads = 4;
-    m.ffn_hidden = 688;
-    m.n_layers = 1;
-    return m;
-  };
+  auto base = [] { return model_of_sizes(256, 256, 1, 8, 4, 688); };
   auto time_model = [&](const ModelConfig& m) {
     Llama model(m);
     if (m.l3.enabled()) model.set_l3_allocations(counts, "bench");

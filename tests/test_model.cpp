@@ -10,56 +10,31 @@
 #include "kernels/arena.h"
 #include "model/llama.h"
 #include "test_util.h"
+#include "tiny_models.h"
 
 using namespace l3c;
 
 namespace {
 
 ModelConfig tiny_model(bool tied) {
-  ModelConfig m;
-  m.vocab_size = 13;
-  m.d_model = 8;
-  m.n_layers = 2;
-  m.n_heads = 2;
-  m.n_kv_heads = 1;
-  m.ffn_hidden = 12;
+  ModelConfig m = test::tiny_model_config(2);
   m.tie_embeddings = tied;
-  m.init_std = 0.3;  // large enough that every gradient is far from zero
   return m;
 }
 
 // Random weights with norm gains away from 1, so that every parameter matters.
 void randomise(const Llama& model, FlatBuffer& params) {
-  init_params(model.registry(), params, 7);
-  for (const ParamInfo& p : model.registry().params())
-    if (p.init == InitKind::Ones) {
-      const Tensor gain = params.view(p);
-      for (int64_t i = 0; i < p.numel; ++i) test::set_value(gain, i, 1.0 + 0.2 * std::sin(1.7 * i + p.offset));
-    }
+  test::init_params_with_gains(model.registry(), params, 7, 0.2, 1.7);
 }
 
 void check_every_gradient(bool tied) {
   const Llama model(tiny_model(tied));
-  FlatBuffer params(model.registry().total(), DType::F64), grads(model.registry().total(), DType::F64);
-  randomise(model, params);
-  const int64_t B = 2, T = 5;
-  test::TestTensor tokens(DType::I32, {B, T}), targets(DType::I32, {B, T});
-  test::random_tokens(tokens, 13, 11);
-  test::random_tokens(targets, 13, 12);
-  Arena arena(model.activation_bytes(B, T, DType::F64, true), "test");
-
-  // Objective: the summed loss, so the analytic gradient uses grad_scale = 1.
-  auto loss_sum = [&] {
-    arena.reset();
-    return model.forward_backward(params, nullptr, tokens, targets, 0.0, arena).cross_entropy * B * T;
-  };
-  arena.reset();
-  const double loss = model.forward_backward(params, &grads, tokens, targets, 1.0, arena).cross_entropy;
+  test::ModelGradCheck check(model);  // the summed loss, so the analytic gradient uses grad_scale = 1
+  const double loss = check.backward();
   REQUIRE(std::isfinite(loss));
 
   for (const ParamInfo& p : model.registry().params()) {
-    const std::vector<double> numeric = test::numerical_gradient(params.view(p), loss_sum, 1e-5);
-    const std::vector<double> analytic = test::to_double_vector(grads.view(p));
+    const std::vector<double> numeric = check.numeric(p), analytic = check.analytic(p);
     INFO(p.name << ": analytic norm " << test::norm2(analytic) << ", numeric norm " << test::norm2(numeric));
     CHECK(test::norm2(numeric) > 1e-6);
     CHECK(test::norm_relative_error(analytic, numeric) < 1e-6);
@@ -83,12 +58,7 @@ TEST_CASE("parameters carry the Hugging Face Llama names and shapes", "[model]")
 }
 
 TEST_CASE("output projections start with std scaled by 1/sqrt(2 n_layers)", "[model]") {
-  ModelConfig m = tiny_model(false);
-  m.d_model = 64;
-  m.n_heads = 4;
-  m.n_kv_heads = 2;
-  m.ffn_hidden = 256;
-  m.n_layers = 8;
+  ModelConfig m = test::model_of_sizes(13, 64, 8, 4, 2, 256);
   m.init_std = 0.02;
   const Llama model(m);
   FlatBuffer params(model.registry().total(), DType::F64);

@@ -18,6 +18,7 @@
 #include "model/llama.h"
 #include "model/moe.h"
 #include "test_util.h"
+#include "tiny_models.h"
 
 using namespace l3c;
 using namespace l3c::test;
@@ -241,13 +242,7 @@ TEST_CASE("moe_combine forward and backward equal the weighted per-token sums", 
 namespace {
 
 ModelConfig moe_layer_model(int64_t shared_hidden, bool normalize) {
-  ModelConfig m;
-  m.vocab_size = 11;
-  m.d_model = 8;
-  m.n_layers = 1;
-  m.n_heads = 2;
-  m.n_kv_heads = 2;
-  m.ffn_hidden = 8;
+  ModelConfig m = one_layer_config(11);
   m.moe.layers.layers = {0};
   m.moe.experts = 4;
   m.moe.top_k = 2;
@@ -419,14 +414,7 @@ TEST_CASE("every gradient of the MoE layer matches finite differences (f64)", "[
 namespace {
 // Three layers: MoE, dense, MoE with a shared expert and an L3 layer after layer 1 (a mixed model).
 ModelConfig mixed_model(bool with_l3) {
-  ModelConfig m;
-  m.vocab_size = 13;
-  m.d_model = 8;
-  m.n_layers = 3;
-  m.n_heads = 2;
-  m.n_kv_heads = 1;
-  m.ffn_hidden = 12;
-  m.init_std = 0.3;
+  ModelConfig m = tiny_model_config(3);
   m.moe.layers.layers = {0, 2};
   m.moe.experts = 4;
   m.moe.top_k = 2;

@@ -49,6 +49,23 @@ std::vector<double> added(std::vector<double> a, const std::vector<double>& b) {
   return a;
 }
 
+// The gradients of a two-input op against central differences in f64: after forward(out, a, b) has run once,
+// backward(da, db, dout = R, a, b) must give the gradients of sum(out * R) with respect to a and b.
+template <typename Forward, typename Backward>
+void check_input_gradients(const TestTensor& a, const TestTensor& b, const TestTensor& R, Forward forward,
+                           Backward backward) {
+  TestTensor out = TestTensor::zeros_like(R);
+  auto objective = [&] {
+    forward(out, a, b);
+    return dot(out, R);
+  };
+  objective();  // what the backward reads of the forward (rmsnorm's rstd)
+  TestTensor da = TestTensor::zeros_like(a), db = TestTensor::zeros_like(b);
+  backward(da, db, R, a, b);
+  CHECK(norm_relative_error(da.values(), numerical_gradient(a, objective)) < kGradTolerance);
+  CHECK(norm_relative_error(db.values(), numerical_gradient(b, objective)) < kGradTolerance);
+}
+
 // ---- naive references -------------------------------------------------------------------------------
 
 std::vector<double> matmul_reference(const std::vector<double>& x, const std::vector<double>& w, int64_t n,
@@ -112,6 +129,18 @@ std::vector<double> rope_reference(std::vector<double> x, int64_t batch, int64_t
           row[i + half] = x2 * c + x1 * s;
         }
   return x;
+}
+
+// Applies `rope` (ops::rope_forward, direction +1, or ops::rope_backward, -1) at `theta` in place to x (B, T, nh, hd)
+// and checks it against rope_reference; returns x's values from before.
+template <typename Rope>
+std::vector<double> check_rope(const TestTensor& x, Rope rope, double theta, double direction) {
+  const Tensor& t = x.tensor();
+  const std::vector<double> before = x.values();
+  rope(x, theta);
+  CHECK(norm_relative_error(x.values(), rope_reference(before, t.dim(0), t.dim(1), t.dim(2), t.dim(3), theta,
+                                                       direction)) < tolerance(t.dtype));
+  return before;
 }
 
 struct AttentionShape {
@@ -369,16 +398,10 @@ TEST_CASE("rmsnorm_backward matches finite differences for x and weight", "[ops]
   const int64_t N = 5, d = 12;
   const double eps = 1e-5;
   TestTensor x = randn(DType::F64, {N, d}, 40), w = randn(DType::F64, {d}, 41), R = randn(DType::F64, {N, d}, 42);
-  TestTensor out(DType::F64, {N, d}), rstd(DType::F64, {N});
-  auto objective = [&] {
-    ops::rmsnorm_forward(out, rstd, x, w, eps);
-    return dot(out, R);
-  };
-  objective();
-  TestTensor dx(DType::F64, {N, d}), dw(DType::F64, {d});
-  ops::rmsnorm_backward(dx, dw, R, x, w, rstd);
-  CHECK(norm_relative_error(dx.values(), numerical_gradient(x, objective)) < kGradTolerance);
-  CHECK(norm_relative_error(dw.values(), numerical_gradient(w, objective)) < kGradTolerance);
+  TestTensor rstd(DType::F64, {N});
+  check_input_gradients(
+      x, w, R, [&](Tensor out, Tensor a, Tensor b) { ops::rmsnorm_forward(out, rstd, a, b, eps); },
+      [&](Tensor da, Tensor db, Tensor dout, Tensor a, Tensor b) { ops::rmsnorm_backward(da, db, dout, a, b, rstd); });
 }
 
 // =====================================================================================================
@@ -444,15 +467,9 @@ TEST_CASE("matmul_backward: dx overwrites or accumulates, dw accumulates, empty 
 TEST_CASE("matmul_backward matches finite differences for x and w", "[ops]") {
   const int64_t N = 6, K = 5, M = 7;
   TestTensor x = randn(DType::F64, {N, K}, 70), w = randn(DType::F64, {M, K}, 71), R = randn(DType::F64, {N, M}, 72);
-  TestTensor out(DType::F64, {N, M});
-  auto objective = [&] {
-    ops::matmul_forward(out, x, w);
-    return dot(out, R);
-  };
-  TestTensor dx(DType::F64, {N, K}), dw(DType::F64, {M, K});
-  ops::matmul_backward(dx, dw, R, x, w);
-  CHECK(norm_relative_error(dx.values(), numerical_gradient(x, objective)) < kGradTolerance);
-  CHECK(norm_relative_error(dw.values(), numerical_gradient(w, objective)) < kGradTolerance);
+  check_input_gradients(
+      x, w, R, [](Tensor out, Tensor a, Tensor b) { ops::matmul_forward(out, a, b); },
+      [](Tensor da, Tensor db, Tensor dout, Tensor a, Tensor b) { ops::matmul_backward(da, db, dout, a, b); });
 }
 
 // =====================================================================================================
@@ -462,11 +479,9 @@ TEST_CASE("matmul_backward matches finite differences for x and w", "[ops]") {
 TEST_CASE("rope_forward rotates each pair (i, i + hd/2) at position t by the angle t theta^(-2i/hd)", "[ops]") {
   for (DType dtype : kFloatTypes) {
     INFO("dtype " << dtype_name(dtype));
-    const int64_t B = 2, T = 9, nh = 3, hd = 16;
-    TestTensor x = randn(dtype, {B, T, nh, hd}, 80);
-    const std::vector<double> x0 = x.values();
-    ops::rope_forward(x, 10000.0);
-    CHECK(norm_relative_error(x.values(), rope_reference(x0, B, T, nh, hd, 10000.0, 1.0)) < tolerance(dtype));
+    const int64_t nh = 3, hd = 16;
+    TestTensor x = randn(dtype, {2, 9, nh, hd}, 80);
+    const std::vector<double> x0 = check_rope(x, ops::rope_forward, 10000.0, 1.0);
     // Position 0 is not rotated.
     for (int64_t c = 0; c < nh * hd; ++c) CHECK(x[c] == x0[c]);
   }
@@ -480,11 +495,8 @@ TEST_CASE("rope_forward rotates each pair (i, i + hd/2) at position t by the ang
 TEST_CASE("rope_backward matches the inverse rotation, finite differences, and undoes rope_forward", "[ops]") {
   for (DType dtype : kFloatTypes) {
     INFO("dtype " << dtype_name(dtype));
-    const int64_t B = 2, T = 11, nh = 2, hd = 8;
-    TestTensor d = randn(dtype, {B, T, nh, hd}, 90);
-    const std::vector<double> d0 = d.values();
-    ops::rope_backward(d, 1000.0);
-    CHECK(norm_relative_error(d.values(), rope_reference(d0, B, T, nh, hd, 1000.0, -1.0)) < tolerance(dtype));
+    TestTensor d = randn(dtype, {2, 11, 2, 8}, 90);
+    const std::vector<double> d0 = check_rope(d, ops::rope_backward, 1000.0, -1.0);
     ops::rope_forward(d, 1000.0);
     CHECK(norm_relative_error(d.values(), d0) < tolerance(dtype));
   }
@@ -679,15 +691,7 @@ TEST_CASE("swiglu_backward matches the naive backward and finite differences, an
   }
   const int64_t N = 4, F = 9;
   TestTensor gate = randn(DType::F64, {N, F}, 180, 2.0), up = randn(DType::F64, {N, F}, 181), R = randn(DType::F64, {N, F}, 182);
-  TestTensor out(DType::F64, {N, F});
-  auto objective = [&] {
-    ops::swiglu_forward(out, gate, up);
-    return dot(out, R);
-  };
-  TestTensor dgate(DType::F64, {N, F}), dup(DType::F64, {N, F});
-  ops::swiglu_backward(dgate, dup, R, gate, up);
-  CHECK(norm_relative_error(dgate.values(), numerical_gradient(gate, objective)) < kGradTolerance);
-  CHECK(norm_relative_error(dup.values(), numerical_gradient(up, objective)) < kGradTolerance);
+  check_input_gradients(gate, up, R, ops::swiglu_forward, ops::swiglu_backward);
 }
 
 // =====================================================================================================

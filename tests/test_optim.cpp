@@ -9,6 +9,26 @@
 
 using namespace l3c;
 
+namespace {
+// A learning-rate schedule of `steps` steps, the first `warmup` of them warming up to `lr`, down to `min_lr`.
+TrainConfig schedule_of(Schedule schedule, int64_t steps, int64_t warmup, double lr, double min_lr) {
+  return {.steps = steps, .lr = lr, .min_lr = min_lr, .warmup_steps = warmup, .schedule = schedule, .trainable = {}};
+}
+
+// One weight after `steps` AdamW steps of the same gradient g, written out from MODEL.md: decoupled weight decay
+// wd, beta1 0.9, beta2 0.95, eps 1e-8, bias-corrected moments.
+double adamw_reference(double w, double g, double lr, double wd, int steps) {
+  double m = 0, v = 0;
+  for (int t = 1; t <= steps; ++t) {
+    w -= lr * wd * w;
+    m = 0.9 * m + 0.1 * g;
+    v = 0.95 * v + 0.05 * g * g;
+    w -= lr * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.95, t))) + 1e-8);
+  }
+  return w;
+}
+}  // namespace
+
 TEST_CASE("AdamW matches the PyTorch update, with decay only on 2-D weights", "[optim]") {
   ParamRegistry r;
   r.add("w", {2, 2}, InitKind::Normal, 1.0, "ffn");
@@ -26,13 +46,7 @@ TEST_CASE("AdamW matches the PyTorch update, with decay only on 2-D weights", "[
   // The same two steps written out from MODEL.md.
   for (size_t i = 0; i < w0.size(); ++i) {
     const double wd = i < 4 ? 0.1 : 0.0;
-    double w = w0[i], m = 0, v = 0;
-    for (int t = 1; t <= 2; ++t) {
-      w -= lr * wd * w;
-      m = 0.9 * m + 0.1 * g[i];
-      v = 0.95 * v + 0.05 * g[i] * g[i];
-      w -= lr * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.95, t))) + 1e-8);
-    }
+    const double w = adamw_reference(w0[i], g[i], lr, wd, 2);
     INFO("element " << i);
     CHECK(test::get_value(params.all(), static_cast<int64_t>(i)) == Approx(w).epsilon(1e-12));
   }
@@ -62,13 +76,7 @@ TEST_CASE("L3 tables train with their own learning-rate factor and weight decay,
       const bool table = i >= 4 && i < 10;
       const double step_lr = table ? 4.0 * lr : lr;
       const double wd = i >= 10 ? 0.0 : table && table_decay >= 0 ? table_decay : 0.1;
-      double w = w0[i], m = 0, v = 0;
-      for (int t = 1; t <= 2; ++t) {
-        w -= step_lr * wd * w;
-        m = 0.9 * m + 0.1 * g[i];
-        v = 0.95 * v + 0.05 * g[i] * g[i];
-        w -= step_lr * (m / (1 - std::pow(0.9, t))) / (std::sqrt(v / (1 - std::pow(0.95, t))) + 1e-8);
-      }
+      const double w = adamw_reference(w0[i], g[i], step_lr, wd, 2);
       INFO("table weight decay " << table_decay << ", element " << i);
       CHECK(test::get_value(params.all(), static_cast<int64_t>(i)) == Approx(w).epsilon(1e-12));
     }
@@ -91,12 +99,7 @@ TEST_CASE("clipping scales gradients to the max norm, as clip_grad_norm_ does", 
 }
 
 TEST_CASE("cosine schedule: linear warmup, then cosine from lr to min_lr at the last step", "[optim]") {
-  TrainConfig t;
-  t.steps = 110;
-  t.warmup_steps = 10;
-  t.lr = 1.0;
-  t.min_lr = 0.1;
-  t.schedule = Schedule::Cosine;
+  const TrainConfig t = schedule_of(Schedule::Cosine, 110, 10, 1.0, 0.1);
   CHECK(learning_rate(t, 0) == Approx(0.1));
   CHECK(learning_rate(t, 9) == Approx(1.0));
   CHECK(learning_rate(t, 10) == Approx(1.0));
@@ -107,12 +110,7 @@ TEST_CASE("cosine schedule: linear warmup, then cosine from lr to min_lr at the 
 }
 
 TEST_CASE("warmup-stable-decay schedule: flat, then a linear decay over the last fraction", "[optim]") {
-  TrainConfig t;
-  t.steps = 100;
-  t.warmup_steps = 10;
-  t.lr = 1.0;
-  t.min_lr = 0.0;
-  t.schedule = Schedule::Wsd;
+  TrainConfig t = schedule_of(Schedule::Wsd, 100, 10, 1.0, 0.0);
   t.decay_fraction = 0.2;
   CHECK(learning_rate(t, 4) == Approx(0.5));
   CHECK(learning_rate(t, 50) == 1.0);
@@ -123,11 +121,7 @@ TEST_CASE("warmup-stable-decay schedule: flat, then a linear decay over the last
 }
 
 TEST_CASE("constant schedule keeps lr after warmup", "[optim]") {
-  TrainConfig t;
-  t.steps = 50;
-  t.warmup_steps = 0;
-  t.lr = 0.3;
-  t.schedule = Schedule::Constant;
+  const TrainConfig t = schedule_of(Schedule::Constant, 50, 0, 0.3, 0.0);
   CHECK(learning_rate(t, 0) == 0.3);
   CHECK(learning_rate(t, 49) == 0.3);
 }

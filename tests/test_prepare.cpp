@@ -84,6 +84,14 @@ std::string decoded(const Tokenizer& tokenizer, const fs::path& shard) {
   return tokenizer.decode(ids);
 }
 
+// `count` JSONL documents {"text": "<prefix><i>"}, i = 0 .. count - 1, written to `path`; returns the text.
+std::string write_numbered_docs(const fs::path& path, int count, const std::string& prefix) {
+  std::string jsonl;
+  for (int i = 0; i < count; ++i) jsonl += "{\"text\": \"" + prefix + std::to_string(i) + "\"}\n";
+  write_text(path, jsonl);
+  return jsonl;
+}
+
 PrepareOptions options_for(const fs::path& out, std::vector<std::string> inputs) {
   PrepareOptions o;
   o.out = out.string();
@@ -163,9 +171,7 @@ TEST_CASE("folders are read recursively in sorted order, hidden files skipped", 
 
 TEST_CASE("the document split is a pure function of (seed, index)", "[prepare]") {
   const fs::path dir = fresh_dir("split");
-  std::string jsonl;
-  for (int i = 0; i < 200; ++i) jsonl += "{\"text\": \"d" + std::to_string(i) + "\"}\n";
-  write_text(dir / "docs.jsonl", jsonl);
+  const std::string jsonl = write_numbered_docs(dir / "docs.jsonl", 200, "d");
   auto run = [&](const std::string& name, uint64_t seed, const std::string& input) {
     PrepareOptions o = options_for(dir / name, {input});
     o.val_fraction = 0.25;
@@ -245,9 +251,7 @@ TEST_CASE("shards are uint16 for vocabularies up to 65536 ids, else uint32", "[p
 
 TEST_CASE("the manifest records the tokenizer, the inputs, counts and shards", "[prepare]") {
   const fs::path dir = fresh_dir("manifest");
-  std::string jsonl;
-  for (int i = 0; i < 40; ++i) jsonl += "{\"text\": \"document number " + std::to_string(i) + "\"}\n";
-  write_text(dir / "docs.jsonl", jsonl);
+  const std::string jsonl = write_numbered_docs(dir / "docs.jsonl", 40, "document number ");
   write_text(dir / "extra.txt", "an extra text file\n");
   PrepareOptions o = options_for(dir / "out", {(dir / "docs.jsonl").string(), (dir / "extra.txt").string()});
   o.val_fraction = 0.2;

@@ -8,6 +8,22 @@
 #include "core/errors.h"
 
 namespace l3c::cli {
+namespace {
+// The value of option --name read whole by parse(text, &characters_used) (std::stoll, std::stod); anything else,
+// leading or trailing, fails with "--name: expected <what>".
+template <typename T, typename Parse>
+T parse_whole(const std::string& name, const std::string& text, const char* what, Parse parse) {
+  size_t used = 0;
+  T value = 0;
+  try {
+    value = parse(text, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size()) fail("--{}: expected {}, got '{}'", name, what, text);
+  return value;
+}
+}  // namespace
 
 std::string Args::get(const std::string& name, const std::string& fallback) const {
   auto it = options.find(name);
@@ -23,14 +39,8 @@ std::string Args::require(const std::string& name) const {
 int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min_value, int64_t max_value) const {
   auto it = options.find(name);
   if (it == options.end()) return fallback;
-  size_t used = 0;
-  int64_t value = 0;
-  try {
-    value = std::stoll(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != it->second.size()) fail("--{}: expected an integer, got '{}'", name, it->second);
+  const int64_t value = parse_whole<int64_t>(name, it->second, "an integer",
+                                             [](const std::string& text, size_t* used) { return std::stoll(text, used); });
   if (value < min_value) fail("--{}: must be >= {}, got {}", name, min_value, value);
   if (value > max_value) fail("--{}: must be <= {} (l3c's limit), got {}", name, max_value, value);
   return value;
@@ -39,15 +49,8 @@ int64_t Args::get_int(const std::string& name, int64_t fallback, int64_t min_val
 double Args::get_double(const std::string& name, double fallback) const {
   auto it = options.find(name);
   if (it == options.end()) return fallback;
-  size_t used = 0;
-  double value = 0;
-  try {
-    value = std::stod(it->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != it->second.size()) fail("--{}: expected a number, got '{}'", name, it->second);
-  return value;
+  return parse_whole<double>(name, it->second, "a number",
+                             [](const std::string& text, size_t* used) { return std::stod(text, used); });
 }
 
 std::vector<std::string> Args::overrides() const {

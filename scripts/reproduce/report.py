@@ -103,6 +103,19 @@ def zero_shot(evaluation):
     return figures, average
 
 
+def save_plot(fig, ax, title, name, what, plots, results_dir, legend=True, grid_axis="both"):
+    """Titles the plot, adds its legend and grid, writes it as results_dir/name, closes it and lists it in `plots`
+    with `what` it shows."""
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    ax.grid(axis=grid_axis, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(os.path.join(results_dir, name), dpi=110)
+    plt.close(fig)
+    plots.append((name, what))
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit("usage: report.py EXPERIMENT_JSON RESULTS_DIR")
@@ -205,17 +218,14 @@ def main():
     if ax.lines:
         ax.set_xlabel("tokens seen (millions)")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.set_title(f"{spec['experiment']}: validation loss")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
         # The end of training is where the models differ: zoom on the last two thirds.
         ys = [y for line in ax.lines for y in line.get_ydata()[len(line.get_ydata()) // 3:]]
         if ys:
             ax.set_ylim(min(ys) - 0.05, max(ys) + 0.05)
-        fig.tight_layout()
-        fig.savefig(os.path.join(results_dir, "val_loss.png"), dpi=110)
-        plots.append(("val_loss.png", "validation loss against tokens seen"))
-    plt.close(fig)
+        save_plot(fig, ax, f"{spec['experiment']}: validation loss", "val_loss.png",
+                  "validation loss against tokens seen", plots, results_dir)
+    else:
+        plt.close(fig)
 
     # --- final.png ---
     key, label = ("heldout_bits_per_byte", "held-out bits per byte")
@@ -232,12 +242,8 @@ def main():
         lo, hi = min(means) - max(s or 0 for s in sds), max(means) + max(s or 0 for s in sds)
         ax.set_ylim(lo - 0.3 * (hi - lo + 1e-3), hi + 0.3 * (hi - lo + 1e-3))
         ax.set_ylabel(label)
-        ax.set_title(f"{spec['experiment']}: {label} (lower is better)")
-        ax.grid(axis="y", alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(results_dir, "final.png"), dpi=110)
-        plt.close(fig)
-        plots.append(("final.png", label + ", mean over seeds with the spread"))
+        save_plot(fig, ax, f"{spec['experiment']}: {label} (lower is better)", "final.png",
+                  label + ", mean over seeds with the spread", plots, results_dir, legend=False, grid_axis="y")
 
     # --- allocation.png ---
     allocations = {}
@@ -259,13 +265,8 @@ def main():
         ax.set_yscale("log")
         ax.set_xlabel("rows owned by a token (n_u)")
         ax.set_ylabel("tokens")
-        ax.set_title("L3 allocation (first L3 layer)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(results_dir, "allocation.png"), dpi=110)
-        plt.close(fig)
-        plots.append(("allocation.png", "rows per token of each allocation"))
+        save_plot(fig, ax, "L3 allocation (first L3 layer)", "allocation.png", "rows per token of each allocation",
+                  plots, results_dir)
 
     # --- lens.png ---
     lens_models = [(m["name"], runs[(m["name"], seeds[0])]["lens"]) for m in models if runs[(m["name"], seeds[0])]["lens"]]
@@ -282,13 +283,8 @@ def main():
         ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
         ax.set_yscale("log")
         ax.set_ylabel("KL(final || lens) (nats)")
-        ax.set_title("logit lens: KL to the final distribution after each layer (squares: L3 layers)")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(results_dir, "lens.png"), dpi=110)
-        plt.close(fig)
-        plots.append(("lens.png", "the logit lens"))
+        save_plot(fig, ax, "logit lens: KL to the final distribution after each layer (squares: L3 layers)", "lens.png",
+                  "the logit lens", plots, results_dir)
 
     if plots:
         lines += ["", "Plots: " + ", ".join(f"`{p}` ({what})" for p, what in plots) + "."]

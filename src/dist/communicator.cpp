@@ -15,15 +15,6 @@
 
 namespace l3c {
 
-const char* comm_backend_name(CommBackend backend) {
-  switch (backend) {
-    case CommBackend::Local: return "local";
-    case CommBackend::Mpi: return "mpi";
-    case CommBackend::Nccl: return "nccl";
-  }
-  return "?";
-}
-
 template <typename F>
 void Communicator::timed(size_t bytes, F&& f) {
   const auto start = std::chrono::steady_clock::now();
@@ -35,7 +26,7 @@ void Communicator::timed(size_t bytes, F&& f) {
 
 void Communicator::all_reduce(Tensor buffer, ReduceOp op) {
   L3C_CHECK(buffer.device == buffer_device(), "all_reduce: a {} buffer for the {} communicator",
-            buffer.device == Device::CPU ? "host" : "GPU", comm_backend_name(backend()));
+            buffer.device == Device::CPU ? "host" : "GPU", choice_name(backend()));
   if (buffer.numel() == 0) return;
   timed(buffer.bytes(), [&] { do_all_reduce(buffer, op); });
 }

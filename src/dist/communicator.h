@@ -19,6 +19,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/choice.h"
 #include "core/tensor.h"
 
 namespace l3c {
@@ -26,7 +27,9 @@ namespace l3c {
 enum class ReduceOp : uint8_t { Sum, Average, Max };
 
 enum class CommBackend : uint8_t { Local, Mpi, Nccl };
-const char* comm_backend_name(CommBackend backend);
+template <> struct ChoiceNames<CommBackend> {
+  static constexpr std::array<std::string_view, 3> names = {"local", "mpi", "nccl"};
+};
 
 // What the collectives of a communicator moved: payload bytes (the buffer each rank passed in, as an all-reduce
 // of n bytes is counted n whatever its algorithm), calls, and the time spent in them.

@@ -52,32 +52,37 @@ int64_t logit_block_rows(int64_t vocab) {
   return std::clamp<int64_t>((int64_t{1} << 22) / std::max<int64_t>(vocab, 1), 16, 1024);
 }
 
-// log-softmax of one row of logits at `target`, and the row's argmax (the lowest index among equal maxima).
+// A row of logits' argmax (the lowest index among equal maxima), its max, and log(sum_v exp(logit_v - max)).
+struct SoftmaxStats {
+  int64_t argmax = 0;
+  double max = 0.0, log_sum = 0.0;
+};
+SoftmaxStats softmax_stats(const double* logits, int64_t V) {
+  int64_t best = 0;
+  for (int64_t v = 1; v < V; ++v)
+    if (logits[v] > logits[best]) best = v;
+  const double max = logits[best];
+  double sum = 0.0;
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(logits[v] - max);
+  return {best, max, std::log(sum)};
+}
+
+// log-softmax of one row of logits at `target`, and the row's argmax.
 struct RowStats {
   double log_prob = 0.0;
   int64_t argmax = 0;
 };
 RowStats row_stats(const double* logits, int64_t V, int64_t target) {
-  int64_t best = 0;
-  for (int64_t v = 1; v < V; ++v)
-    if (logits[v] > logits[best]) best = v;
-  const double max = logits[best];
-  double sum = 0.0;
-  for (int64_t v = 0; v < V; ++v) sum += std::exp(logits[v] - max);
-  return {logits[target] - max - std::log(sum), best};
+  const SoftmaxStats s = softmax_stats(logits, V);
+  return {logits[target] - s.max - s.log_sum, s.argmax};
 }
 
 // log-softmax of a row in place; returns its argmax.
 int64_t log_softmax_inplace(double* logits, int64_t V) {
-  int64_t best = 0;
-  for (int64_t v = 1; v < V; ++v)
-    if (logits[v] > logits[best]) best = v;
-  const double max = logits[best];
-  double sum = 0.0;
-  for (int64_t v = 0; v < V; ++v) sum += std::exp(logits[v] - max);
-  const double lse = max + std::log(sum);
+  const SoftmaxStats s = softmax_stats(logits, V);
+  const double lse = s.max + s.log_sum;
   for (int64_t v = 0; v < V; ++v) logits[v] -= lse;
-  return best;
+  return s.argmax;
 }
 
 }  // namespace

@@ -32,15 +32,6 @@ constexpr KnownTask kKnownTasks[] = {
     {"lambada", "lambada_openai.jsonl", TaskFormat::LastWord, ""},
 };
 
-const char* format_name(TaskFormat f) {
-  switch (f) {
-    case TaskFormat::MultipleChoice: return "multiple_choice";
-    case TaskFormat::PartialContext: return "partial_context";
-    case TaskFormat::LastWord: return "last_word";
-  }
-  return "";
-}
-
 // The format a task file's first record has, by its fields.
 TaskFormat detect_format(const std::string& path) {
   std::ifstream in(path);
@@ -269,7 +260,7 @@ TaskResult evaluate_task(Scorer& scorer, const Tokenizer& tokenizer, const TaskS
 }
 
 nlohmann::ordered_json TaskResult::to_json() const {
-  nlohmann::ordered_json j = {{"file", file}, {"sha256", sha256}, {"format", format_name(format)},
+  nlohmann::ordered_json j = {{"file", file}, {"sha256", sha256}, {"format", std::string(choice_name(format))},
                               {"examples", examples}, {"requests", requests},
                               {"acc", acc}, {"acc_stderr", acc_stderr}};
   if (format == TaskFormat::LastWord) {

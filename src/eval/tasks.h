@@ -21,12 +21,16 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/choice.h"
 #include "data/tokenizer.h"
 #include "eval/scorer.h"
 
 namespace l3c {
 
 enum class TaskFormat { MultipleChoice, PartialContext, LastWord };
+template <> struct ChoiceNames<TaskFormat> {  // as results.json spells them
+  static constexpr std::array<std::string_view, 3> names = {"multiple_choice", "partial_context", "last_word"};
+};
 
 struct TaskSpec {
   std::string name;

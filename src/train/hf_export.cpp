@@ -13,51 +13,36 @@
 #include "modeling_l3c_py.h"
 
 namespace l3c {
+namespace {
+// j[key] = value for each (key, value) of `values`, in their order: a new key goes at the end, a key j holds
+// keeps its place.
+void set_keys(nlohmann::ordered_json& j, const nlohmann::ordered_json& values) {
+  for (const auto& [key, value] : values.items()) j[key] = value;
+}
+}  // namespace
 
 nlohmann::ordered_json hf_config(const Config& config) {
   const ModelConfig& m = config.model;
   if (m.l3.enabled() && m.moe.enabled())
     fail("export hf: this model has both Large Lookup Layers and MoE FFNs; the exported L3 class (L3LlamaForCausalLM, "
          "modeling_l3c.py) extends Llama, whose FFNs are dense: use the l3c checkpoint as it is (l3c eval / l3c generate)");
-  nlohmann::ordered_json j;
   // What HF's LlamaConfig reads; the keys also mean the same in MixtralConfig.
-  j["architectures"] = {"LlamaForCausalLM"};
-  j["model_type"] = "llama";
-  j["vocab_size"] = m.vocab_size;
-  j["hidden_size"] = m.d_model;
-  j["intermediate_size"] = m.ffn_hidden;
-  j["num_hidden_layers"] = m.n_layers;
-  j["num_attention_heads"] = m.n_heads;
-  j["num_key_value_heads"] = m.n_kv_heads;
-  j["head_dim"] = m.head_dim();
-  j["hidden_act"] = "silu";
-  j["max_position_embeddings"] = config.data.seq_len;
-  j["rms_norm_eps"] = m.norm_eps;
-  j["rope_theta"] = m.rope_theta;
-  j["rope_scaling"] = nullptr;
-  j["attention_bias"] = false;
-  j["attention_dropout"] = 0.0;
-  j["mlp_bias"] = false;
-  j["tie_word_embeddings"] = m.tie_embeddings;
-  j["initializer_range"] = m.init_std;
-  j["pretraining_tp"] = 1;
-  j["use_cache"] = true;
-  j["bos_token_id"] = nullptr;
-  j["eos_token_id"] = nullptr;
-  j["torch_dtype"] = "float32";
+  nlohmann::ordered_json j;
+  set_keys(j, {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"vocab_size", m.vocab_size},
+               {"hidden_size", m.d_model}, {"intermediate_size", m.ffn_hidden}, {"num_hidden_layers", m.n_layers},
+               {"num_attention_heads", m.n_heads}, {"num_key_value_heads", m.n_kv_heads}, {"head_dim", m.head_dim()},
+               {"hidden_act", "silu"}, {"max_position_embeddings", config.data.seq_len}, {"rms_norm_eps", m.norm_eps},
+               {"rope_theta", m.rope_theta}, {"rope_scaling", nullptr}, {"attention_bias", false},
+               {"attention_dropout", 0.0}, {"mlp_bias", false}, {"tie_word_embeddings", m.tie_embeddings},
+               {"initializer_range", m.init_std}, {"pretraining_tp", 1}, {"use_cache", true}, {"bos_token_id", nullptr},
+               {"eos_token_id", nullptr}, {"torch_dtype", "float32"}});
   if (m.l3.enabled()) {
     // L3LlamaForCausalLM from the modeling file written beside the weights (trust_remote_code).
-    j["architectures"] = {"L3LlamaForCausalLM"};
-    j["model_type"] = "l3_llama";
-    j["auto_map"] = {{"AutoConfig", "modeling_l3c.L3LlamaConfig"},
-                     {"AutoModelForCausalLM", "modeling_l3c.L3LlamaForCausalLM"}};
-    j["l3_after_layers"] = m.l3.after_layers;
-    j["l3_v"] = m.l3.v;
-    j["l3_k"] = m.l3.k;
-    j["l3_d_emb"] = m.l3.d_emb;
-    j["l3_d_up"] = m.l3.d_up;
-    j["l3_tie_kv"] = m.l3.tie_kv;
-    j["l3_residual"] = m.l3.residual;
+    set_keys(j, {{"architectures", {"L3LlamaForCausalLM"}}, {"model_type", "l3_llama"},
+                 {"auto_map", {{"AutoConfig", "modeling_l3c.L3LlamaConfig"},
+                               {"AutoModelForCausalLM", "modeling_l3c.L3LlamaForCausalLM"}}},
+                 {"l3_after_layers", m.l3.after_layers}, {"l3_v", m.l3.v}, {"l3_k", m.l3.k}, {"l3_d_emb", m.l3.d_emb},
+                 {"l3_d_up", m.l3.d_up}, {"l3_tie_kv", m.l3.tie_kv}, {"l3_residual", m.l3.residual}});
   }
   if (m.moe.enabled()) {
     // MixtralForCausalLM: an MoE FFN in every layer, all alike, softmax over all experts then renormalised
@@ -80,15 +65,10 @@ nlohmann::ordered_json hf_config(const Config& config) {
       for (const std::string& r : unsupported) reasons += "; " + r;
       fail("export hf: this MoE model has no Hugging Face class: MixtralForCausalLM cannot run it{}", reasons);
     }
-    j["architectures"] = {"MixtralForCausalLM"};
-    j["model_type"] = "mixtral";
-    j["intermediate_size"] = moe.expert_hidden;
-    j["num_local_experts"] = moe.experts;
-    j["num_experts_per_tok"] = moe.top_k;
-    j["router_aux_loss_coef"] = moe.aux_loss;
-    j["router_jitter_noise"] = 0.0;
-    j["output_router_logits"] = false;
-    j["sliding_window"] = nullptr;
+    set_keys(j, {{"architectures", {"MixtralForCausalLM"}}, {"model_type", "mixtral"},
+                 {"intermediate_size", moe.expert_hidden}, {"num_local_experts", moe.experts},
+                 {"num_experts_per_tok", moe.top_k}, {"router_aux_loss_coef", moe.aux_loss},
+                 {"router_jitter_noise", 0.0}, {"output_router_logits", false}, {"sliding_window", nullptr}});
     for (const char* llama_only : {"mlp_bias", "pretraining_tp", "attention_bias"}) j.erase(llama_only);
   }
   return j;

@@ -215,7 +215,7 @@ void log_run(const Config& config, const RunInputs& in, TrainingState& state, co
                  config.train.steps, state.tokens_per_step(), config.train.micro_batch, config.data.seq_len,
                  state.accum_steps(), ranks, threads, peak / 1e9);
   if (comm.size() > 1)
-    spdlog::info("data parallel: {} ranks ({}), gradients {}{}", comm.size(), comm_backend_name(comm.backend()),
+    spdlog::info("data parallel: {} ranks ({}), gradients {}{}", comm.size(), choice_name(comm.backend()),
                  state.gradient_sync().sharded() ? "reduce-scattered, ZeRO-1 optimizer shards"
                                                   : fmt::format("all-reduced in buckets of {} MiB", config.dist.bucket_mb),
                  !state.gradient_sync().sharded() && config.dist.row_sparse ? ", row-sparse tables" : "");

@@ -25,6 +25,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/attention_tile.h"
 #include "kernels/cpu/cpu_ops.h"
 
 namespace l3c::ops::cpu {
@@ -32,14 +33,6 @@ namespace {
 
 constexpr int64_t kDefaultQBlock = 64;
 constexpr int64_t kDefaultKBlock = 64;
-
-template <typename T>
-using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-// Rows of one head inside a (B, T, heads, hd) tensor: consecutive positions are heads*hd apart.
-template <typename T>
-using HeadRows = Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>>;
-template <typename T>
-using ConstHeadRows = Eigen::Map<const RowMajor<T>, 0, Eigen::OuterStride<>>;
 
 struct AttentionDims {
   int64_t batch, seq, heads, kv_heads, hd;
@@ -54,9 +47,6 @@ struct AttentionDims {
 AttentionDims dims_of(const Tensor& q, const Tensor& k) {
   return {q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
 }
-
-// Number of keys of the tile [j0, j0 + nk) that query position i may see (keys <= i); may be <= 0.
-inline int64_t visible_keys(int64_t i, int64_t j0, int64_t nk) { return std::min(nk, i - j0 + 1); }
 
 template <typename T>
 void attention_forward_impl(Tensor out_t, Tensor lse_t, Tensor q_t, Tensor k_t, Tensor v_t,
@@ -88,9 +78,7 @@ void attention_forward_impl(Tensor out_t, Tensor lse_t, Tensor q_t, Tensor k_t, 
       const int64_t i0 = tile * q_block, i1 = std::min(dim.seq, i0 + q_block), nq = i1 - i0;
       ConstHeadRows<T> Q(q + dim.q_offset(b, i0, h), nq, dim.hd, Eigen::OuterStride<>(dim.q_stride()));
       auto O = acc.topRows(nq);
-      O.setZero();
-      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
-      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      start_online_softmax(O, row_max, row_sum);
 
       for (int64_t j0 = 0; j0 < i1; j0 += k_block) {
         const int64_t nk = std::min(i1, j0 + k_block) - j0;
@@ -98,22 +86,7 @@ void attention_forward_impl(Tensor out_t, Tensor lse_t, Tensor q_t, Tensor k_t, 
         ConstHeadRows<T> V(v + dim.kv_offset(b, j0, g), nk, dim.hd, Eigen::OuterStride<>(dim.kv_stride()));
         auto S = scores.topLeftCorner(nq, nk);
         S.noalias() = Q * K.transpose();  // (nq, nk) unscaled scores
-        for (int64_t r = 0; r < nq; ++r) {
-          const int64_t visible = visible_keys(i0 + r, j0, nk);
-          if (visible <= 0) {  // the whole tile is in this row's future
-            S.row(r).setZero();
-            continue;
-          }
-          auto row = S.row(r).head(visible);
-          const T tile_max = row.maxCoeff() * scale;
-          const T new_max = std::max(row_max[r], tile_max);
-          const T rescale = std::exp(row_max[r] - new_max);  // 0 on the first tile (max was -inf)
-          row = (row.array() * scale - new_max).exp();
-          S.row(r).tail(nk - visible).setZero();
-          row_sum[r] = row_sum[r] * rescale + row.sum();
-          if (rescale != T(1)) O.row(r) *= rescale;
-          row_max[r] = new_max;
-        }
+        online_softmax_tile(S, O, row_max, row_sum, scale, [&](int64_t r) { return visible_keys(i0 + r, j0, nk); });
         O.noalias() += S * V;
       }
 

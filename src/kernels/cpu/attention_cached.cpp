@@ -11,6 +11,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/attention_tile.h"
 #include "kernels/cpu/cpu_ops.h"
 
 namespace l3c::ops::cpu {
@@ -18,13 +19,6 @@ namespace {
 
 constexpr int64_t kQBlock = 64;
 constexpr int64_t kKBlock = 128;
-
-template <typename T>
-using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using ConstRows = Eigen::Map<const RowMajor<T>, 0, Eigen::OuterStride<>>;
-template <typename T>
-using Rows = Eigen::Map<RowMajor<T>, 0, Eigen::OuterStride<>>;
 
 template <typename T>
 void attention_cached_impl(Tensor out_t, Tensor q_t, Tensor k_t, Tensor v_t, const int32_t* slots,
@@ -53,35 +47,21 @@ void attention_cached_impl(Tensor out_t, Tensor q_t, Tensor k_t, Tensor v_t, con
       const int64_t keys = first + i1;  // the last row of the tile sees positions 0 .. first + i1 - 1
       const T* k_slot = k + static_cast<int64_t>(slots[b]) * max_positions * kv_stride + g * hd;
       const T* v_slot = v + static_cast<int64_t>(slots[b]) * max_positions * kv_stride + g * hd;
-      ConstRows<T> Q(q + ((b * seq + i0) * heads + h) * hd, nq, hd, Eigen::OuterStride<>(q_stride));
+      ConstHeadRows<T> Q(q + ((b * seq + i0) * heads + h) * hd, nq, hd, Eigen::OuterStride<>(q_stride));
       auto O = acc.topRows(nq);
-      O.setZero();
-      std::fill(row_max.begin(), row_max.end(), -std::numeric_limits<T>::infinity());
-      std::fill(row_sum.begin(), row_sum.end(), T(0));
+      start_online_softmax(O, row_max, row_sum);
       for (int64_t j0 = 0; j0 < keys; j0 += kKBlock) {
         const int64_t nk = std::min(keys, j0 + kKBlock) - j0;
-        ConstRows<T> K(k_slot + j0 * kv_stride, nk, hd, Eigen::OuterStride<>(kv_stride));
-        ConstRows<T> V(v_slot + j0 * kv_stride, nk, hd, Eigen::OuterStride<>(kv_stride));
+        ConstHeadRows<T> K(k_slot + j0 * kv_stride, nk, hd, Eigen::OuterStride<>(kv_stride));
+        ConstHeadRows<T> V(v_slot + j0 * kv_stride, nk, hd, Eigen::OuterStride<>(kv_stride));
         auto S = scores.topLeftCorner(nq, nk);
         S.noalias() = Q * K.transpose();
-        for (int64_t r = 0; r < nq; ++r) {
-          const int64_t visible = std::min(nk, first + i0 + r - j0 + 1);  // keys at positions <= the query's
-          if (visible <= 0) {
-            S.row(r).setZero();
-            continue;
-          }
-          auto row = S.row(r).head(visible);
-          const T new_max = std::max(row_max[r], row.maxCoeff() * scale);
-          const T rescale = std::exp(row_max[r] - new_max);
-          row = (row.array() * scale - new_max).exp();
-          S.row(r).tail(nk - visible).setZero();
-          row_sum[r] = row_sum[r] * rescale + row.sum();
-          if (rescale != T(1)) O.row(r) *= rescale;
-          row_max[r] = new_max;
-        }
+        // row r is the query at position first + i0 + r: it sees the keys at positions up to its own
+        online_softmax_tile(S, O, row_max, row_sum, scale,
+                            [&](int64_t r) { return visible_keys(first + i0 + r, j0, nk); });
         O.noalias() += S * V;
       }
-      Rows<T> Out(out + ((b * seq + i0) * heads + h) * hd, nq, hd, Eigen::OuterStride<>(q_stride));
+      HeadRows<T> Out(out + ((b * seq + i0) * heads + h) * hd, nq, hd, Eigen::OuterStride<>(q_stride));
       for (int64_t r = 0; r < nq; ++r) Out.row(r) = O.row(r) * (T(1) / row_sum[r]);
     }
   }

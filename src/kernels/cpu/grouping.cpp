@@ -20,20 +20,22 @@ void gather_impl(T* out, const T* x, const int32_t* index, int64_t m, int64_t d)
   for (int64_t i = 0; i < m; ++i) std::memcpy(out + i * d, x + static_cast<int64_t>(index[i]) * d, sizeof(T) * d);
 }
 
+// dst (width) = / += src (width).
+template <typename T>
+void copy_or_add_row(T* dst, const T* src, int64_t width, bool accumulate) {
+  if (accumulate) {
+#pragma omp simd
+    for (int64_t c = 0; c < width; ++c) dst[c] += src[c];
+  } else {
+    std::memcpy(dst, src, sizeof(T) * width);
+  }
+}
+
 template <typename T>
 void scatter_impl(T* out, const T* x, const int32_t* index, int64_t m, int64_t d, bool accumulate) {
   // out (N, d)[index (M)] = / += x (M, d); index is injective, so rows never collide.
 #pragma omp parallel for schedule(static) if (m * d > kParallelMin)
-  for (int64_t i = 0; i < m; ++i) {
-    T* dst = out + static_cast<int64_t>(index[i]) * d;
-    const T* src = x + i * d;
-    if (accumulate) {
-#pragma omp simd
-      for (int64_t c = 0; c < d; ++c) dst[c] += src[c];
-    } else {
-      std::memcpy(dst, src, sizeof(T) * d);
-    }
-  }
+  for (int64_t i = 0; i < m; ++i) copy_or_add_row(out + static_cast<int64_t>(index[i]) * d, x + i * d, d, accumulate);
 }
 
 template <typename T>
@@ -47,22 +49,12 @@ void concat_impl(T* out, const T* a, const T* b, int64_t n, int64_t da, int64_t 
 }
 
 template <typename T>
-void split_part(T* dst, const T* src, int64_t width, bool accumulate) {
-  if (accumulate) {
-#pragma omp simd
-    for (int64_t c = 0; c < width; ++c) dst[c] += src[c];
-  } else {
-    std::memcpy(dst, src, sizeof(T) * width);
-  }
-}
-
-template <typename T>
 void split_impl(T* da, T* db, const T* dout, int64_t n, int64_t wa, int64_t wb, bool acc_a, bool acc_b) {
   const int64_t w = wa + wb;
 #pragma omp parallel for schedule(static) if (n * w > kParallelMin)
   for (int64_t i = 0; i < n; ++i) {
-    split_part(da + i * wa, dout + i * w, wa, acc_a);
-    split_part(db + i * wb, dout + i * w + wa, wb, acc_b);
+    copy_or_add_row(da + i * wa, dout + i * w, wa, acc_a);
+    copy_or_add_row(db + i * wb, dout + i * w + wa, wb, acc_b);
   }
 }
 

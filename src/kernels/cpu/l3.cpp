@@ -71,61 +71,76 @@ void softmax_rows(T* p, int64_t m, int64_t n, int64_t width) {
   }
 }
 
+// A token's group: its positions g0 .. g0 + m - 1 and its table rows r0 .. r0 + n - 1.
+struct Group {
+  int64_t g0, m, r0, n;
+};
+
+// What the forward and the backward share: the shapes, the offsets, the work list, and the inputs' rows.
+template <typename T>
+struct LookupInputs {
+  using ConstMap = Eigen::Map<const RowMajor<T>>;
+
+  int64_t d, d_emb, width;
+  const int32_t* go;
+  const int32_t* ro;
+  WorkList work;
+  const T* X;
+  const T* K;
+  const T* V;
+
+  LookupInputs(Tensor x, Tensor w_k, Tensor w_v, Tensor probs, Tensor group_offsets, Tensor row_offsets)
+      : d(x.dim(-1)), d_emb(w_v.dim(1)), width(probs.dim(-1)), go(group_offsets.ptr<int32_t>()),
+        ro(row_offsets.ptr<int32_t>()), work(make_work_list(go, ro, group_offsets.numel() - 1, width)),
+        X(x.ptr<T>()), K(w_k.ptr<T>()), V(w_v.ptr<T>()) {}
+
+  int64_t tasks() const { return static_cast<int64_t>(work.groups.size()); }
+  // The group of task t (largest first).
+  Group group(int64_t t) const {
+    const int64_t u = work.groups[t];
+    return {go[u], go[u + 1] - go[u], ro[u], ro[u + 1] - ro[u]};
+  }
+  ConstMap x_rows(int64_t g0, int64_t m) const { return ConstMap(X + g0 * d, m, d); }          // (m, d)
+  ConstMap k_rows(int64_t r0, int64_t n) const { return ConstMap(K + r0 * d, n, d); }          // (n, d)
+  ConstMap v_rows(int64_t r0, int64_t n) const { return ConstMap(V + r0 * d_emb, n, d_emb); }  // (n, d_emb)
+};
+
 template <typename T>
 void forward_impl(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_v, Tensor group_offsets,
                   Tensor row_offsets) {
-  const int64_t d = x.dim(-1), d_emb = w_v.dim(1), width = probs.dim(-1);
-  const int32_t* go = group_offsets.ptr<int32_t>();
-  const int32_t* ro = row_offsets.ptr<int32_t>();
-  const WorkList work = make_work_list(go, ro, group_offsets.numel() - 1, width);
-  const T* X = x.ptr<T>();
-  const T* K = w_k.ptr<T>();
-  const T* V = w_v.ptr<T>();
+  const LookupInputs<T> in(x, w_k, w_v, probs, group_offsets, row_offsets);
+  const int64_t d_emb = in.d_emb, width = in.width, tasks = in.tasks();
   T* P = probs.ptr<T>();
   T* E = out.ptr<T>();
-  const int64_t tasks = static_cast<int64_t>(work.groups.size());
 #pragma omp parallel for schedule(dynamic, 1) if (x.numel() > (1 << 14))
   for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t u = work.groups[t];
-    const int64_t g0 = go[u], m = go[u + 1] - g0, r0 = ro[u], n = ro[u + 1] - r0;
-    Eigen::Map<const RowMajor<T>> Xu(X + g0 * d, m, d);            // (m, d)
-    Eigen::Map<const RowMajor<T>> Ku(K + r0 * d, n, d);            // (n, d)
-    Eigen::Map<const RowMajor<T>> Vu(V + r0 * d_emb, n, d_emb);    // (n, d_emb)
+    const auto [g0, m, r0, n] = in.group(t);
     Block<T> Pu(P + g0 * width, m, n, Eigen::OuterStride<>(width));  // (m, n) inside (m, width)
     Eigen::Map<RowMajor<T>> Eu(E + g0 * d_emb, m, d_emb);          // (m, d_emb)
-    Pu.noalias() = Xu * Ku.transpose();
+    Pu.noalias() = in.x_rows(g0, m) * in.k_rows(r0, n).transpose();
     softmax_rows(P + g0 * width, m, n, width);
-    Eu.noalias() = Pu * Vu;
+    Eu.noalias() = Pu * in.v_rows(r0, n);
   }
 }
 
 template <typename T>
 void backward_impl(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v, Tensor probs,
                    Tensor group_offsets, Tensor row_offsets) {
-  const int64_t d = x.dim(-1), d_emb = w_v.dim(1), width = probs.dim(-1);
-  const int32_t* go = group_offsets.ptr<int32_t>();
-  const int32_t* ro = row_offsets.ptr<int32_t>();
-  const WorkList work = make_work_list(go, ro, group_offsets.numel() - 1, width);
-  const T* X = x.ptr<T>();
-  const T* K = w_k.ptr<T>();
-  const T* V = w_v.ptr<T>();
+  const LookupInputs<T> in(x, w_k, w_v, probs, group_offsets, row_offsets);
+  const int64_t d = in.d, d_emb = in.d_emb, width = in.width, tasks = in.tasks();
   const T* P = probs.ptr<T>();
   const T* dE = dout.ptr<T>();
   T* dX = dx.ptr<T>();
   T* dK = dw_k.ptr<T>();
   T* dV = dw_v.ptr<T>();
-  const int64_t tasks = static_cast<int64_t>(work.groups.size());
 #pragma omp parallel if (x.numel() > (1 << 14))
   {
     // dP, then dS, of one group; aligned so that Eigen's code path does not depend on the heap (classifier.cpp)
-    std::vector<T, Eigen::aligned_allocator<T>> scratch(static_cast<size_t>(work.max_block));
+    std::vector<T, Eigen::aligned_allocator<T>> scratch(static_cast<size_t>(in.work.max_block));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t u = work.groups[t];
-      const int64_t g0 = go[u], m = go[u + 1] - g0, r0 = ro[u], n = ro[u + 1] - r0;
-      Eigen::Map<const RowMajor<T>> Xu(X + g0 * d, m, d);             // (m, d)
-      Eigen::Map<const RowMajor<T>> Ku(K + r0 * d, n, d);             // (n, d)
-      Eigen::Map<const RowMajor<T>> Vu(V + r0 * d_emb, n, d_emb);     // (n, d_emb)
+      const auto [g0, m, r0, n] = in.group(t);
+      const auto Xu = in.x_rows(g0, m), Ku = in.k_rows(r0, n), Vu = in.v_rows(r0, n);
       ConstBlock<T> Pu(P + g0 * width, m, n, Eigen::OuterStride<>(width));  // (m, n)
       Eigen::Map<const RowMajor<T>> dEu(dE + g0 * d_emb, m, d_emb);   // (m, d_emb)
       Eigen::Map<RowMajor<T>> dXu(dX + g0 * d, m, d);                 // (m, d)
