@@ -131,7 +131,7 @@ bench dense_124m configs/gpu/dense_124m.json fp32
 bench dense_124m_recompute configs/gpu/dense_124m.json bf16 --set train.recompute=all
 bench l3_124m configs/gpu/l3_124m.json bf16
 bench l3_124m configs/gpu/l3_124m.json fp32
-bench moe_124m configs/gpu/moe_124m.json fp32
+bench moe_124m configs/gpu/moe_124m.json bf16
 
 if [ "${SKIP_TORCH:-0}" != 1 ] && python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   for precision in bf16 fp32; do

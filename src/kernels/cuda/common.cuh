@@ -95,6 +95,14 @@ decltype(auto) dispatch_float(DType dtype, const char* op, Fn&& fn) {
   if (dtype == DType::BF16) return fn(TypeTag<bf16>{});
   unsupported_dtype(op, dtype);
 }
+// For the ops that accumulate parameter gradients: calls fn(TypeTag<T>, TypeTag<G>) with T the call's dtype and G
+// the gradient's: (f32, f32), (bf16, bf16), or (bf16, f32), the mixed-precision case (fp32 gradient accumulation).
+template <typename Fn>
+decltype(auto) dispatch_gradient(DType dtype, DType grad_dtype, const char* op, Fn&& fn) {
+  if (dtype == DType::BF16 && grad_dtype == DType::F32) return fn(TypeTag<bf16>{}, TypeTag<float>{});
+  if (grad_dtype != dtype) unsupported_dtype(op, grad_dtype);
+  return dispatch_float(dtype, op, [&](auto tag) { return fn(tag, tag); });
+}
 
 // ---- deterministic reductions (fixed trees; blockDim.x a multiple of 32, 1-D blocks) --------------------
 // After a butterfly every lane holds the same bits: a + b == b + a exactly.
