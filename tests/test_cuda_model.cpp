@@ -1,7 +1,7 @@
 // The whole model on the GPU against the CPU: logits, loss and every gradient in fp32 (dense untied and tied, two
 // L3 layers, MoE FFNs, with the weights and allocations of the PyTorch reference files), the MoE layer and model in
 // bf16 (the layer without a single wait for the GPU), 10 training steps in fp32 (1e-4) and in bf16 (within 2% of the
-// CPU's losses; MoE 4%), recomputation giving the same bits, the activation arena's
+// CPU's losses; the MoE model in bf16 within 4%), recomputation giving the same bits, the activation arena's
 // peak equal to the estimate, and bit-exact resume through a checkpoint (10 steps straight == 5, checkpoint,
 // load, 5). Without a GPU every test exits with code 4 (CTest: skipped).
 #include <catch2/catch.hpp>
@@ -215,11 +215,12 @@ struct MoeLayerCase {
 };
 
 // One forward and backward of the layer (dout = probe, aux_scale 1) on `device` in `dtype` (parameter gradients in
-// dtype too); everything read back as doubles. host_waits: how often the host waited for the GPU in between.
+// dtype too); everything read back as doubles. host_waits: how often the host waited for the GPU during the forward
+// and backward; statistics_waits: during the read of the statistics.
 struct MoeLayerRun {
   std::vector<double> out, dx, grads, experts;
   MoeLayerStats stats;
-  int64_t host_waits = 0;
+  int64_t host_waits = 0, statistics_waits = 0;
 };
 MoeLayerRun run_moe_layer(const MoeLayerCase& c, Device device, DType dtype, const std::vector<double>& probe) {
   const int64_t N = MoeLayerCase::N, d = MoeLayerCase::d, n = c.params.numel();
@@ -266,6 +267,7 @@ MoeLayerRun run_moe_layer(const MoeLayerCase& c, Device device, DType dtype, con
   MoeLayerRun r;
   r.host_waits = cuda_host_synchronizations() - waits_before;
   r.stats = c.layer.statistics(a);
+  r.statistics_waits = cuda_host_synchronizations() - waits_before - r.host_waits;
   r.out = read(out.all());
   r.dx = read(dx.all());
   r.grads = read(grads.all());
@@ -296,6 +298,7 @@ TEST_CASE("cuda: the MoE layer matches the CPU in fp32 and bf16 with an expert t
     CHECK(gpu.stats.load_min == 0.0);
     // No read-back, copy or synchronisation inside the layer: the offsets and statistics stay on the device.
     CHECK(gpu.host_waits == 0);
+    CHECK(gpu.statistics_waits == 1);  // the one copy of the five numbers, which the counter sees
     // fp32: different summation orders. bf16: the same bf16 inputs, activations rounded to bf16 at every op (the
     // router's logits, the expert rows, the SwiGLU products, the outputs): a few roundings of 2^-9 relative along
     // the way, amplified where the backward multiplies them.
@@ -422,9 +425,9 @@ TEST_CASE("cuda: recomputing SwiGLU and attention in the backward gives the same
   }());
 }
 
-TEST_CASE("cuda: 10 training steps on the GPU track the CPU: fp32 within 1e-4, bf16 within 2% (MoE: 4%)", "[cuda]") {
+TEST_CASE("cuda: 10 training steps on the GPU track the CPU: fp32 within 1e-4, bf16 within 2%", "[cuda]") {
   require_gpu();
-  for (const char* file : {"dense_tiny.safetensors", "l3_tiny.safetensors", "moe_tiny.safetensors"}) {
+  for (const char* file : {"dense_tiny.safetensors", "l3_tiny.safetensors"}) {
     INFO(file);
     const SafetensorsFile golden(golden_path(file));
     const Tensor tokens = golden.get("input.tokens");
@@ -432,16 +435,30 @@ TEST_CASE("cuda: 10 training steps on the GPU track the CPU: fp32 within 1e-4, b
     const std::vector<double> cpu = train_losses(config, "cpu", "fp32", golden);
     const std::vector<double> gpu = train_losses(config, "cuda", "fp32", golden);
     const std::vector<double> bf16 = train_losses(config, "cuda", "bf16", golden);
-    // MoE: tokens within bf16 rounding of a routing tie choose other experts than in f32, so the bf16 run wanders
-    // further from the CPU's (measured: 2.3% at most, at step 4, closing to 1.2% by step 9).
-    const double bf16_tolerance = std::string(file).starts_with("moe") ? 0.04 : 0.02;
     for (size_t step = 0; step < cpu.size(); ++step) {
       INFO("step " << step << ": cpu " << cpu[step] << ", gpu fp32 " << gpu[step] << ", gpu bf16 " << bf16[step]);
       CHECK(std::abs(gpu[step] - cpu[step]) <= 1e-4 * std::abs(cpu[step]));
-      CHECK(std::abs(bf16[step] - cpu[step]) <= bf16_tolerance * std::abs(cpu[step]));
+      CHECK(std::abs(bf16[step] - cpu[step]) <= 0.02 * std::abs(cpu[step]));
     }
     // Deterministic kernels: a second fp32 run on the GPU gives the same losses, bit for bit.
     CHECK(train_losses(config, "cuda", "fp32", golden) == gpu);
+  }
+}
+
+TEST_CASE("cuda: 10 bf16 training steps of the MoE model on the GPU track the CPU's fp32 losses within 4%",
+          "[cuda][moe][bf16]") {
+  require_gpu();
+  const SafetensorsFile golden(golden_path("moe_tiny.safetensors"));
+  const Tensor tokens = golden.get("input.tokens");
+  const Config config = config_of(golden, tokens.dim(0), tokens.dim(1));
+  const std::vector<double> cpu = train_losses(config, "cpu", "fp32", golden);
+  const std::vector<double> bf16 = train_losses(config, "cuda", "bf16", golden);
+  for (size_t step = 0; step < cpu.size(); ++step) {
+    INFO("step " << step << ": cpu " << cpu[step] << ", gpu bf16 " << bf16[step]);
+    // Twice the dense models' 2%: tokens within bf16 rounding of a routing tie choose other experts than in f32, so
+    // the bf16 run wanders further from the CPU's (measured: 2.3% at most, at step 4, 1.2% by step 9). The fp32 MoE
+    // model on the GPU is held to the CPU's gradients above and to bit-exact resume below.
+    CHECK(std::abs(bf16[step] - cpu[step]) <= 0.04 * std::abs(cpu[step]));
   }
 }
 
