@@ -4,7 +4,7 @@
 # scripts/gpu_deps.sh put in .gpu_deps/ (carry that folder along with the checkout), runs the GPU test suite
 # (ctest -L cuda: every CUDA op against the CPU op, the whole model against the CPU), then the benchmarks
 # (l3c bench on configs/gpu/: the 124M dense Llama at T = 1024 and its L3 variant, bf16 and fp32, and the
-# iso-sparse MoE model in fp32; and the
+# iso-sparse MoE model in bf16; and the
 # PyTorch baseline on the same model when python3 has torch: eager and torch.compile), and writes the logs and
 # summary.md into OUT_DIR.
 #

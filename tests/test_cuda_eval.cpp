@@ -71,7 +71,7 @@ Scored score_on(Device device, DType dtype) {
 
 }  // namespace
 
-TEST_CASE("cuda: the scorer and the lens on the GPU match the CPU (fp32; bf16 parameters within 2%)",
+TEST_CASE("cuda: the scorer and the lens on the GPU match the CPU (fp32), with MoE layers also in bf16 (within 2%)",
           "[cuda][eval]") {
   require_gpu();
   const Scored cpu = score_on(Device::CPU, DType::F32);

@@ -158,7 +158,7 @@ TEST_CASE("cuda: the model with MoE FFNs on the GPU matches the CPU: logits, los
 
 namespace {
 
-// The MoE layer of MoeLayerFixture's config, its parameters and one batch of inputs, on the CPU in f32 and on the
+// The MoE layer of MoeLayerCase::model(), its parameters and one batch of inputs, on the CPU in f32 and on the
 // GPU in `dtype` with the same values (bf16: the CPU gets the bf16-rounded values). The router is set so that every
 // token picks expert 0 first and none picks expert 3: x[:, 0] = 1, with router weights +2 (expert 0) and -2
 // (expert 3) on that coordinate and the others scaled down to std 0.06 (logits of experts 1 and 2 near 0).
