@@ -48,8 +48,6 @@ InferenceModel::InferenceModel(const Config& config, const InferenceOptions& opt
   L3C_CHECK(gpu ? (options.dtype == DType::F32 || options.dtype == DType::BF16) : options.dtype == DType::F32,
             "inference computes in f32 on the CPU, f32 or bf16 on the GPU; asked for {} on {}",
             dtype_name(options.dtype), device_name(options.device));
-  if (gpu && options.dtype == DType::BF16 && !config.model.moe.layers.empty() && !llama_->moe_layers().empty())
-    fail("MoE models run in fp32 on the GPU (the CUDA MoE kernels take f32): use --precision fp32");
   llama_->set_device(options.device);
 }
 

@@ -15,6 +15,7 @@
 namespace l3c::ops::cuda {
 size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& shape);
 void reserve_workspace(size_t bytes);
+int64_t host_synchronizations();
 }  // namespace l3c::ops::cuda
 namespace l3c::cuda {
 int device_count();
@@ -159,6 +160,14 @@ void cuda_copy_to_device_async(void* stream, void* dst, const void* src, size_t 
 void cuda_copy_stream_record(void* stream) { L3C_CUDA_ONLY(copy_stream_record(stream)); }
 void cuda_default_stream_wait(void* stream) { L3C_CUDA_ONLY(default_stream_wait(stream)); }
 #undef L3C_CUDA_ONLY
+
+int64_t cuda_host_synchronizations() {
+#ifdef L3C_WITH_CUDA
+  return ops::cuda::host_synchronizations();
+#else
+  return 0;
+#endif
+}
 
 size_t cuda_workspace_bytes(const CudaWorkspaceShape& shape) {
 #ifdef L3C_WITH_CUDA

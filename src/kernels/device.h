@@ -45,6 +45,9 @@ void cuda_destroy_copy_stream(void* stream);
 void cuda_copy_to_device_async(void* stream, void* dst, const void* src, size_t bytes);  // src: pinned host memory
 void cuda_copy_stream_record(void* stream);
 void cuda_default_stream_wait(void* stream);
+// How many times so far the host has waited for the GPU (blocking copies either way, read-backs, synchronisations,
+// frees); 0 without the backend. A test reads it before and after a piece of code to show that it never waits.
+int64_t cuda_host_synchronizations();
 
 // The CUDA ops' workspace: scratch shared by the ops (the classifier's logits block, L3's softmax gradients,
 // partial sums, the RoPE table). cuda_workspace_bytes is what the largest call of a training step needs for a
@@ -54,6 +57,7 @@ struct CudaWorkspaceShape {
   int64_t seq_len = 0, head_dim = 0, vocab = 0;
   int64_t widest_norm = 0;  // the largest RMSNorm width (d_model, or L3's d_up)
   int64_t l3_width = 0;     // L3's k (0 without L3)
+  int64_t moe_experts = 0, moe_top_k = 0;  // the MoE layers' E and top_k (0 without MoE)
   DType dtype = DType::F32;
 };
 size_t cuda_workspace_bytes(const CudaWorkspaceShape& shape);

@@ -174,7 +174,13 @@ Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t 
     a.routing.group_offsets = arena.alloc(DType::I32, {config_.vocab_size + 1});
     for (const L3Layer& layer : l3_layers_) a.l3.push_back(layer.allocate_activations(arena, N, dtype));
   }
-  for (const MoeLayer& layer : moe_layers_) a.moe.push_back(layer.allocate_activations(arena, N, dtype));
+  if (!moe_layers_.empty()) {
+    a.moe_statistics = arena.alloc(stats, {static_cast<int64_t>(moe_layers_.size()), ops::kMoeStatistics});
+    for (size_t j = 0; j < moe_layers_.size(); ++j) {
+      const auto row = static_cast<int64_t>(j);
+      a.moe.push_back(moe_layers_[j].allocate_activations(arena, N, dtype, a.moe_statistics.rows(row, row + 1)));
+    }
+  }
   return a;
 }
 
@@ -206,7 +212,7 @@ size_t Llama::activation_bytes(int64_t B, int64_t T, DType dtype, bool training)
 }
 
 void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T,
-                          LossReport& report, const ResidualObserver& observe) const {
+                          const ResidualObserver& observe) const {
   const int64_t N = B * T, d = config_.d_model, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
   const double eps = config_.norm_eps, theta = config_.rope_theta;
@@ -235,9 +241,7 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
     ops::rmsnorm_forward(l.ln2, l.rstd2, l.resid_mid, lw.post_norm, eps);
     ops::copy(resid_out, l.resid_mid);
     if (const int64_t j = moe_index(i); j >= 0) {
-      const MoeLayerStats stats = moe_layers_[j].forward(w.moe[j], a.moe[j], l.ln2, resid_out);
-      report.aux_loss += stats.load_balance_loss + stats.z_loss;
-      report.moe.push_back(stats);
+      moe_layers_[j].forward(w.moe[j], a.moe[j], l.ln2, resid_out);
     } else {
       ops::matmul_forward(l.gate, l.ln2, lw.w_gate);
       ops::matmul_forward(l.up, l.ln2, lw.w_up);
@@ -305,8 +309,7 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
             "live there", device_name(device_));
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, dtype);
-  LossReport report;
-  forward_trunk(w, a, tokens, B, T, report);
+  forward_trunk(w, a, tokens, B, T);
 
   Tensor flat_targets = targets.view({N});
   if (grads == nullptr) {
@@ -334,16 +337,35 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
   }
   double sum = 0.0;
   for (int64_t n = 0; n < N; ++n) sum += losses[n];
+  LossReport report;
   report.cross_entropy = sum / static_cast<double>(N);
+  read_moe_statistics(a, report);
   return report;
+}
+
+void Llama::read_moe_statistics(const Activations& a, LossReport& report) const {
+  if (moe_layers_.empty()) return;
+  const int64_t n = a.moe_statistics.numel();
+  std::vector<double> values(static_cast<size_t>(n));
+  if (a.moe_statistics.dtype == DType::F64) {
+    ops::copy(Tensor(values.data(), DType::F64, {n}), a.moe_statistics.view({n}));
+  } else {
+    std::vector<float> f32(values.size());
+    ops::copy(Tensor(f32.data(), DType::F32, {n}), a.moe_statistics.view({n}));
+    std::copy(f32.begin(), f32.end(), values.begin());
+  }
+  for (size_t j = 0; j < moe_layers_.size(); ++j) {
+    const MoeLayerStats stats = moe_layers_[j].statistics(values.data() + j * ops::kMoeStatistics);
+    report.aux_loss += stats.load_balance_loss + stats.z_loss;
+    report.moe.push_back(stats);
+  }
 }
 
 void Llama::forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, params.dtype());
-  LossReport unused;
-  forward_trunk(w, a, tokens, B, T, unused);
+  forward_trunk(w, a, tokens, B, T);
   ops::matmul_forward(logits, a.lnf, w.lm_head);
 }
 
@@ -361,8 +383,7 @@ void Llama::forward_hidden(const FlatBuffer& params, Tensor tokens, Tensor hidde
             "and output must live there", device_name(device_));
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, params.dtype(), /*inference=*/true);
-  LossReport unused;
-  forward_trunk(w, a, tokens, B, T, unused, observe);
+  forward_trunk(w, a, tokens, B, T, observe);
   ops::copy(hidden, a.lnf);
 }
 

@@ -133,6 +133,7 @@ class Llama {
     L3Routing routing;                         // when the model has L3 layers
     std::vector<L3Layer::Activations> l3;
     std::vector<MoeLayer::Activations> moe;
+    Tensor moe_statistics;                     // (MoE layers, ops::kMoeStatistics): each layer's row, read in one copy
   };
   struct Scratch {
     Tensor dresid, dln, datt, dq, dk, dv, dact, dgate, dup;
@@ -144,9 +145,11 @@ class Llama {
   // inference: one layer's buffers serve every layer (the residual stream alternates between two).
   Activations allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype, bool inference = false) const;
   Scratch allocate_scratch(Arena& arena, int64_t B, int64_t T, DType dtype) const;
-  // Runs everything up to the final norm; appends each MoE layer's statistics to report.
-  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T, LossReport& report,
+  // Runs everything up to the final norm (each MoE layer leaves its routing statistics in a.moe_statistics).
+  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T,
                      const ResidualObserver& observe = {}) const;
+  // Reads every MoE layer's routing statistics back (one copy) into report: per layer, and the auxiliary loss.
+  void read_moe_statistics(const Activations& a, LossReport& report) const;
   // aux_scale: the weight of the MoE auxiliary losses in the differentiated objective.
   void backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
                       int64_t B, int64_t T, double aux_scale) const;

@@ -1,6 +1,7 @@
 // CUDA runtime: GPU discovery, device memory with errors that say what to change, the ops' workspace, the
 // cuBLAS handle, and the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros.
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -9,6 +10,7 @@
 #include "core/errors.h"
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/internal.cuh"
 #include "kernels/device.h"
 
 namespace l3c::cuda {
@@ -64,7 +66,9 @@ void* malloc_bytes(size_t bytes, const std::string& what) {
 }
 
 void free_bytes(void* p) {
-  if (p != nullptr) L3C_CUDA_CHECK(cudaFree(p));
+  if (p == nullptr) return;
+  ops::cuda::count_host_synchronization();  // cudaFree waits for the device
+  L3C_CUDA_CHECK(cudaFree(p));
 }
 
 void* malloc_host(size_t bytes, const std::string& what) {
@@ -208,10 +212,20 @@ size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& s) {
   bytes = std::max(bytes, static_cast<size_t>(s.seq_len * s.head_dim) * sizeof(float) + pad);         // rope.cu
   bytes = std::max(bytes, static_cast<size_t>(s.rows * s.l3_width) * sizeof(float) + pad);           // l3.cu
   bytes = std::max(bytes, static_cast<size_t>(kPartialBlocks + 1) * sizeof(double) + pad);            // elementwise.cu
+  bytes = std::max(bytes, moe_workspace_bytes(s.rows * s.moe_top_k, s.moe_experts));                  // moe.cu
   return bytes;
 }
 
-void synchronize() { L3C_CUDA_CHECK(cudaDeviceSynchronize()); }
+void synchronize() {
+  count_host_synchronization();
+  L3C_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+namespace {
+std::atomic<int64_t> g_host_synchronizations{0};
+}  // namespace
+void count_host_synchronization() { g_host_synchronizations.fetch_add(1, std::memory_order_relaxed); }
+int64_t host_synchronizations() { return g_host_synchronizations.load(std::memory_order_relaxed); }
 
 cublasHandle_t cublas() {
   static cublasHandle_t handle = [] {

@@ -2,6 +2,7 @@
 // scale, and the sum of squares behind the global gradient norm (two passes with fixed partitions, in double).
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/internal.cuh"
 
 namespace l3c::ops::cuda {
 namespace {
@@ -65,6 +66,7 @@ void copy(Tensor dst, Tensor src) {
 
 void copy_between(Tensor dst, Tensor src) {
   // cudaMemcpy orders itself after the queued work and returns when the copy is complete.
+  count_host_synchronization();
   L3C_CUDA_CHECK(cudaMemcpy(dst.data, src.data, dst.bytes(), cudaMemcpyDefault));
 }
 
@@ -112,6 +114,7 @@ double sum_squares(Tensor x) {
   });
   launch(sum_partials, 1, kThreads, 0, result, partial, kSumBlocks);
   double host = 0.0;
+  count_host_synchronization();
   L3C_CUDA_CHECK(cudaMemcpy(&host, result, sizeof host, cudaMemcpyDeviceToHost));
   return host;
 }

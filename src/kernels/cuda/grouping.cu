@@ -139,17 +139,25 @@ __global__ void split_kernel(T* __restrict__ da_out, T* __restrict__ db_out, con
 
 }  // namespace
 
-int64_t group_by_key_device(int32_t* order, int32_t* offsets, const int32_t* keys, int64_t n, int64_t groups) {
+void launch_group_by_key(int32_t* order, int32_t* offsets, const int32_t* keys, int64_t n, int64_t groups) {
   launch(group_by_key_kernel, 1, kSortThreads, 0, order, offsets, keys, n, groups);
+}
+
+int64_t group_by_key_device(int32_t* order, int32_t* offsets, const int32_t* keys, int64_t n, int64_t groups) {
+  launch_group_by_key(order, offsets, keys, n, groups);
   int32_t valid = 0;
+  count_host_synchronization();
   L3C_CUDA_CHECK(cudaMemcpy(&valid, offsets + groups, sizeof valid, cudaMemcpyDeviceToHost));
   return valid;
 }
 
-void group_by_key(Tensor order, Tensor offsets, Tensor keys) {
+void group_by_key(Tensor order, Tensor offsets, Tensor keys, bool verify_keys) {
   const int64_t n = keys.numel(), groups = offsets.numel() - 1;
-  const int64_t valid = group_by_key_device(static_cast<int32_t*>(order.data), static_cast<int32_t*>(offsets.data),
-                                            static_cast<const int32_t*>(keys.data), n, groups);
+  auto* order_data = static_cast<int32_t*>(order.data);
+  auto* offsets_data = static_cast<int32_t*>(offsets.data);
+  const auto* keys_data = static_cast<const int32_t*>(keys.data);
+  if (!verify_keys) return launch_group_by_key(order_data, offsets_data, keys_data, n, groups);
+  const int64_t valid = group_by_key_device(order_data, offsets_data, keys_data, n, groups);
   L3C_CHECK(valid == n, "ops::group_by_key: {} of {} keys are outside [0, {})", n - valid, n, groups);
 }
 

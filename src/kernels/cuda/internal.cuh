@@ -9,6 +9,12 @@ namespace l3c::ops::cuda {
 // The stable counting sort of grouping.cu on raw device pointers: order (n), offsets (groups + 1), keys (n).
 // Returns the number of keys inside [0, groups) (read back from the device; n when all are valid).
 int64_t group_by_key_device(int32_t* order, int32_t* offsets, const int32_t* keys, int64_t n, int64_t groups);
+// The same sort, only queued: keys outside [0, groups) are left out of order and offsets, and nothing is read back.
+void launch_group_by_key(int32_t* order, int32_t* offsets, const int32_t* keys, int64_t n, int64_t groups);
+
+// Every place where the host waits for the device (a blocking copy in either direction, a read-back, a
+// synchronisation, a free) calls this first; host_synchronizations() (cuda_ops.h) counts them.
+void count_host_synchronization();
 
 // cuBLAS GEMM (matmul.cu), column-major: C (m x n, ldc) = alpha op(A) op(B) + beta C, fp32 accumulation; the
 // types are F32 or BF16 (A and B alike).
