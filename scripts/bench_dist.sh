@@ -81,7 +81,7 @@ PY
 done
 
 echo
-echo "Paper configs at 8 ranks (gradients in the run's dtype; a ring all-reduce sends 2 x 7/8 of the payload per rank):"
+echo "Paper configs at 8 ranks (bf16 parameters, f32 gradients; a ring all-reduce sends 2 x 7/8 of the payload per rank):"
 echo
 echo "| config | payload per step | of which row tables (L3, untied embedding) | sent per rank | at 450 GB/s | at 50 GB/s | memory per GPU (zero 0 / zero 1) |"
 echo "| --- | --- | --- | --- | --- | --- | --- |"
