@@ -168,6 +168,7 @@ fi
 # Each prints one line per version (ms per call, TFLOP/s, errors against the CPU); exit 1 when an error is too large.
 declare -A ladder_args=(
   [dev_attention]="--batch 8 --seq 1024 --heads 12 --kv-heads 12 --head-dim 64"  # configs/gpu/dense_124m.json
+  [dev_moe]="--tokens 16384 --experts 21 --top-k 2 --in 768 --out 1175"  # configs/gpu/moe_124m.json, gate/up
 )
 if [ -n "$bin" ]; then
   for ladder in "$bin"/dev_*; do

@@ -17,23 +17,21 @@
 // difference over the norm of the CPU's) of out, dq, dk, dv. Exit status 1 when an error exceeds its tolerance.
 // The emulated build (dev_attention_emulated) runs the same code on the host emulation of CUDA; CTest runs it on a
 // small shape (emulated/dev_attention).
-#include <chrono>
-#include <cmath>
+#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "core/tensor.h"
+#include "ladder.h"
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/cuda/cuda_ops.h"
-#include "kernels/device.h"
 #include "kernels/ops.h"
 
 using namespace l3c;
+using namespace l3c::dev;
 using ops::cuda::AttentionKernel;
 
 namespace {
@@ -44,22 +42,13 @@ struct Options {
   int64_t check_sequences = 1;
 };
 
-[[noreturn]] void usage(const char* problem) {
-  std::fprintf(stderr,
-               "dev_attention: %s\nusage: dev_attention [--batch B] [--seq T] [--heads H] [--kv-heads Hkv] "
-               "[--head-dim hd] [--warmup N] [--iters N] [--check-sequences N]\n",
-               problem);
-  std::exit(2);
-}
+constexpr const char* kUsage =
+    "[--batch B] [--seq T] [--heads H] [--kv-heads Hkv] [--head-dim hd] [--warmup N] [--iters N] "
+    "[--check-sequences N]";
 
 Options parse(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    if (i + 1 >= argc) usage(("missing value after " + flag).c_str());
-    char* end = nullptr;
-    const long long value = std::strtoll(argv[++i], &end, 10);
-    if (*end != '\0' || value < 0) usage(("not a non-negative integer after " + flag).c_str());
+  parse_integer_flags(argc, argv, "dev_attention", kUsage, [&o](const std::string& flag, int64_t value) {
     if (flag == "--batch") o.batch = value;
     else if (flag == "--seq") o.seq = value;
     else if (flag == "--heads") o.heads = value;
@@ -68,81 +57,16 @@ Options parse(int argc, char** argv) {
     else if (flag == "--warmup") o.warmup = static_cast<int>(value);
     else if (flag == "--iters") o.iters = static_cast<int>(value);
     else if (flag == "--check-sequences") o.check_sequences = value;
-    else usage(("unknown option " + flag).c_str());
-  }
+    else return false;
+    return true;
+  });
+  auto fail = [](const char* problem) { usage("dev_attention", kUsage, problem); };
   if (o.batch < 1 || o.seq < 1 || o.heads < 1 || o.kv_heads < 1 || o.head_dim < 1 || o.heads % o.kv_heads != 0)
-    usage("batch, seq, heads, kv-heads, head-dim must be >= 1 and heads a multiple of kv-heads");
-  if (o.head_dim > 256) usage("head-dim above 256: no CUDA kernel takes it");
-  if (o.iters < 1) usage("iters must be >= 1");
+    fail("batch, seq, heads, kv-heads, head-dim must be >= 1 and heads a multiple of kv-heads");
+  if (o.head_dim > 256) fail("head-dim above 256: no CUDA kernel takes it");
+  if (o.iters < 1) fail("iters must be >= 1");
   if (o.check_sequences > o.batch) o.check_sequences = o.batch;
   return o;
-}
-
-// A device tensor that owns its memory.
-class DeviceTensor {
- public:
-  DeviceTensor(DType dtype, std::initializer_list<int64_t> shape) : tensor_(nullptr, dtype, shape, Device::CUDA) {
-    tensor_.data = cuda_malloc(tensor_.bytes(), "a dev_attention tensor");
-  }
-  ~DeviceTensor() { cuda_free(tensor_.data); }
-  DeviceTensor(const DeviceTensor&) = delete;
-  DeviceTensor& operator=(const DeviceTensor&) = delete;
-  operator Tensor() const { return tensor_; }  // NOLINT: passed to ops as it is
-  const Tensor& tensor() const { return tensor_; }
-
- private:
-  Tensor tensor_;
-};
-
-// The first `sequences` rows of a (B, ...) device tensor as host f32 values.
-std::vector<float> first_sequences_on_host(const Tensor& device, int64_t sequences) {
-  const Tensor slice = device.rows(0, sequences);
-  const int64_t n = slice.numel();
-  std::vector<float> host(static_cast<size_t>(n));
-  if (slice.dtype == DType::F32) {
-    ops::copy(Tensor(host.data(), DType::F32, {n}), slice.view({n}));
-  } else {
-    DeviceTensor converted(DType::F32, {n});
-    ops::convert(converted, slice.view({n}));
-    ops::copy(Tensor(host.data(), DType::F32, {n}), converted);
-  }
-  return host;
-}
-
-double relative_error(const std::vector<float>& a, const std::vector<float>& reference) {
-  double diff = 0.0, norm = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff += (static_cast<double>(a[i]) - reference[i]) * (static_cast<double>(a[i]) - reference[i]);
-    norm += static_cast<double>(reference[i]) * reference[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-30);
-}
-
-// Random normal values (SplitMix64 and Box-Muller), the same for every run.
-void fill_normal(std::vector<float>& values, uint64_t seed) {
-  auto next = [&seed] {
-    uint64_t z = (seed += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  };
-  for (float& x : values) {
-    const double u1 = (static_cast<double>(next() >> 11) + 0.5) / 9007199254740992.0;
-    const double u2 = static_cast<double>(next() >> 11) / 9007199254740992.0;
-    x = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
-  }
-}
-
-// Wall-clock milliseconds per call of fn, after `warmup` calls; the device is idle before and after.
-template <typename Fn>
-double milliseconds_per_call(Fn&& fn, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) fn();
-  ops::cuda::synchronize();
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < iters; ++i) fn();
-  ops::cuda::synchronize();
-  const std::chrono::duration<double, std::milli> elapsed = std::chrono::steady_clock::now() - start;
-  return elapsed.count() / iters;
 }
 
 struct Version {
@@ -166,14 +90,7 @@ struct Inputs {
         dout16(DType::BF16, {o.batch, o.seq, o.heads, o.head_dim}) {
     uint64_t seed = 1;
     const std::pair<DeviceTensor*, DeviceTensor*> pairs[] = {{&q32, &q16}, {&k32, &k16}, {&v32, &v16}, {&dout32, &dout16}};
-    for (auto [f32, bf16] : pairs) {
-      const int64_t n = f32->tensor().numel();
-      std::vector<float> host(static_cast<size_t>(n));
-      fill_normal(host, seed++);
-      ops::copy(f32->tensor().view({n}), Tensor(host.data(), DType::F32, {n}));
-      ops::convert(*bf16, *f32);  // round once ...
-      ops::convert(*f32, *bf16);  // ... and give the f32 version the rounded values
-    }
+    for (auto [f32, bf16] : pairs) fill_rounded_pair(*f32, *bf16, seed++);
   }
 };
 
@@ -183,8 +100,8 @@ struct Reference {
 };
 Reference cpu_reference(const Options& o, const Inputs& in) {
   const int64_t S = o.check_sequences, T = o.seq, H = o.heads, Hkv = o.kv_heads, hd = o.head_dim;
-  std::vector<float> q = first_sequences_on_host(in.q32, S), k = first_sequences_on_host(in.k32, S);
-  std::vector<float> v = first_sequences_on_host(in.v32, S), dout = first_sequences_on_host(in.dout32, S);
+  std::vector<float> q = first_rows_on_host(in.q32, S), k = first_rows_on_host(in.k32, S);
+  std::vector<float> v = first_rows_on_host(in.v32, S), dout = first_rows_on_host(in.dout32, S);
   Reference r;
   r.out.resize(q.size());
   r.dq.resize(q.size());
@@ -204,12 +121,7 @@ Reference cpu_reference(const Options& o, const Inputs& in) {
 
 int main(int argc, char** argv) try {
   const Options o = parse(argc, argv);
-  if (cuda_device_count() == 0) {
-    std::printf("dev_attention: no CUDA device (%s): nothing to compare\n",
-                built_with_cuda() ? "none present" : "backend not built");
-    return 4;
-  }
-  std::printf("device: %s%s\n", cuda_device_description(0).c_str(), cuda_emulated() ? " (emulated)" : "");
+  if (!print_device("dev_attention")) return 4;
   std::printf("shape: B %lld, T %lld, H %lld, Hkv %lld, head_dim %lld; %d warmup + %d timed calls; CPU check on %lld "
               "sequence(s)\n",
               static_cast<long long>(o.batch), static_cast<long long>(o.seq), static_cast<long long>(o.heads),
@@ -247,10 +159,10 @@ int main(int argc, char** argv) try {
     const double backward_ms = milliseconds_per_call(
         [&] { ops::cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse, version.kernel); }, o.warmup,
         o.iters);
-    const double errors[4] = {relative_error(first_sequences_on_host(out, o.check_sequences), reference.out),
-                              relative_error(first_sequences_on_host(dq, o.check_sequences), reference.dq),
-                              relative_error(first_sequences_on_host(dk, o.check_sequences), reference.dk),
-                              relative_error(first_sequences_on_host(dv, o.check_sequences), reference.dv)};
+    const double errors[4] = {relative_error(first_rows_on_host(out, o.check_sequences), reference.out),
+                              relative_error(first_rows_on_host(dq, o.check_sequences), reference.dq),
+                              relative_error(first_rows_on_host(dk, o.check_sequences), reference.dk),
+                              relative_error(first_rows_on_host(dv, o.check_sequences), reference.dv)};
     // f32: summation order only. bf16: outputs rounded to bf16 (and, on tensor cores, P and dS before their second
     // product), as tests/test_cuda_attention.cpp states; backward from each version's own forward.
     const double tolerance[4] = {f32 ? 1e-5 : 1e-2, f32 ? 1e-4 : 2e-2, f32 ? 1e-4 : 2e-2, f32 ? 1e-4 : 2e-2};
