@@ -226,6 +226,36 @@ __global__ void row_tiles_kernel(int32_t* __restrict__ tile_group, int32_t* __re
   for (int64_t s = total + t; s < slots; s += kMapThreads) tile_group[s] = -1;
 }
 
+// The inner loop of both product kernels: thread (ty, tx) adds to its 4 x 4 outputs (rows ty + 16 i of a, columns
+// tx + 16 j of b) the products over one kTileDepth-deep slice staged in shared memory.
+__device__ __forceinline__ void add_slice_product(float (&acc)[4][4], const float (*a)[kTileRows + 4],
+                                                  const float (*b)[kTileCols + 4], int tx, int ty) {
+  for (int kk = 0; kk < kTileDepth; ++kk) {
+    float a_values[4], b_values[4];
+    for (int i = 0; i < 4; ++i) a_values[i] = a[kk][ty + 16 * i];
+    for (int j = 0; j < 4; ++j) b_values[j] = b[kk][tx + 16 * j];
+    for (int i = 0; i < 4; ++i)
+      for (int j = 0; j < 4; ++j) acc[i][j] += a_values[i] * b_values[j];
+  }
+}
+
+// Writes thread (ty, tx)'s 4 x 4 outputs to rows row0 + ty + 16 i (< row_end) and columns col0 + tx + 16 j (< width)
+// of out (rows of `width`), adding to what is there when accumulate.
+template <typename Out>
+__device__ __forceinline__ void store_outputs(Out* out, const float (&acc)[4][4], int64_t row0, int64_t row_end,
+                                              int64_t col0, int64_t width, bool accumulate, int tx, int ty) {
+  for (int i = 0; i < 4; ++i) {
+    const int64_t row = row0 + ty + 16 * i;
+    if (row >= row_end) continue;
+    for (int j = 0; j < 4; ++j) {
+      const int64_t col = col0 + tx + 16 * j;
+      if (col >= width) continue;
+      Out* target = out + row * width + col;
+      *target = from_float<Out>(acc[i][j] + (accumulate ? to_float(*target) : 0.0f));
+    }
+  }
+}
+
 // Row tile blockIdx.x, columns [blockIdx.y * kTileCols, + kTileCols) of out (M, width) = a (M, depth) B, where B
 // (depth, width) is w_e^T with w_e (width, depth) when kWeightTransposed (the forward: x w_e^T), else w_e itself
 // with w_e (depth, width) (the backward's dx: dout w_e). Overwrites out, or adds to it when accumulate.
@@ -261,25 +291,10 @@ __global__ void grouped_rows_kernel(T* __restrict__ out, const T* __restrict__ a
       }
     }
     __syncthreads();
-    for (int kk = 0; kk < kTileDepth; ++kk) {
-      float a_values[4], b_values[4];
-      for (int i = 0; i < 4; ++i) a_values[i] = a_tile[kk][ty + 16 * i];
-      for (int j = 0; j < 4; ++j) b_values[j] = b_tile[kk][tx + 16 * j];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] += a_values[i] * b_values[j];
-    }
+    add_slice_product(acc, a_tile, b_tile, tx, ty);
     __syncthreads();  // the tiles are read before the next slice overwrites them
   }
-  for (int i = 0; i < 4; ++i) {
-    const int64_t row = row0 + ty + 16 * i;
-    if (row >= row_end) continue;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t col = col0 + tx + 16 * j;
-      if (col >= width) continue;
-      T* target = out + row * width + col;
-      *target = from_float<T>(acc[i][j] + (accumulate ? to_float(*target) : 0.0f));
-    }
-  }
+  store_outputs(out, acc, row0, row_end, col0, width, accumulate, tx, ty);
 }
 
 // dw[e] (out_features, in_features) += sum over group e's rows r of dout[r]^T x[r]: block (blockIdx.x, blockIdx.y)
@@ -310,26 +325,11 @@ __global__ void grouped_weight_grad_kernel(G* __restrict__ dw, const T* __restri
       x_tile[kk][n] = row < end && c < in_features ? to_float(x[row * in_features + c]) : 0.0f;
     }
     __syncthreads();
-    for (int kk = 0; kk < kTileDepth; ++kk) {
-      float d_values[4], x_values[4];
-      for (int i = 0; i < 4; ++i) d_values[i] = dout_tile[kk][ty + 16 * i];
-      for (int j = 0; j < 4; ++j) x_values[j] = x_tile[kk][tx + 16 * j];
-      for (int i = 0; i < 4; ++i)
-        for (int j = 0; j < 4; ++j) acc[i][j] += d_values[i] * x_values[j];
-    }
+    add_slice_product(acc, dout_tile, x_tile, tx, ty);
     __syncthreads();
   }
-  G* dw_e = dw + group * out_features * in_features;
-  for (int i = 0; i < 4; ++i) {
-    const int64_t o = o0 + ty + 16 * i;
-    if (o >= out_features) continue;
-    for (int j = 0; j < 4; ++j) {
-      const int64_t c = i0 + tx + 16 * j;
-      if (c >= in_features) continue;
-      G* target = dw_e + o * in_features + c;
-      *target = from_float<G>(to_float(*target) + acc[i][j]);
-    }
-  }
+  store_outputs(dw + group * out_features * in_features, acc, o0, out_features, i0, in_features,
+                /*accumulate=*/true, tx, ty);
 }
 
 // The row tiles of one grouped call, laid out in the workspace (device pointers).
