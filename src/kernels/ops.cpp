@@ -69,7 +69,7 @@ void require_param_grad(const char* op, DType dtype, std::initializer_list<const
 
 // Statistics (rstd, lse, losses, L3 probs) have the call's dtype, except that a bf16 call keeps them in f32.
 void require_stats(const char* op, DType dtype, std::initializer_list<const Tensor*> tensors) {
-  const DType expected = dtype == DType::BF16 ? DType::F32 : dtype;
+  const DType expected = statistics_dtype(dtype);
   for (const Tensor* t : tensors)
     L3C_CHECK(t->dtype == expected, "ops::{}: a statistics tensor {} is {}, expected {} for a {} call", op,
               t->shape_string(), dtype_name(t->dtype), dtype_name(expected), dtype_name(dtype));

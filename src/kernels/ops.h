@@ -16,6 +16,9 @@
 
 namespace l3c::ops {
 
+// The dtype of the statistics of a call in `dtype` (see above): f32 for a bf16 call, else the call's own.
+inline DType statistics_dtype(DType dtype) { return dtype == DType::BF16 ? DType::F32 : dtype; }
+
 // ---- elementwise ---------------------------------------------------------------------------------
 void fill_zero(Tensor t);
 void copy(Tensor dst, Tensor src);                   // dst = src (same size and dtype; also host <-> device)

@@ -79,24 +79,27 @@ const L3Layer* Llama::l3_after(int64_t i) const {
   return nullptr;
 }
 
+Llama::LayerWeights Llama::layer_weights(const FlatBuffer& buffer, const ParamRegistry& registry, int64_t i) const {
+  auto get = [&](const std::string& name) { return buffer.view(registry.find(name)); };
+  LayerWeights lw{get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
+                  get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
+                  get(layer_name(i, "self_attn.o_proj.weight")), get(layer_name(i, "post_attention_layernorm.weight")),
+                  {}, {}, {}};
+  if (moe_index(i) < 0) {
+    lw.w_gate = get(layer_name(i, "mlp.gate_proj.weight"));
+    lw.w_up = get(layer_name(i, "mlp.up_proj.weight"));
+    lw.w_down = get(layer_name(i, "mlp.down_proj.weight"));
+  }
+  return lw;
+}
+
 Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
   auto get = [&](const std::string& name) { return buffer.view(registry_.find(name)); };
   Weights w;
   w.embed = get("model.embed_tokens.weight");
   w.final_norm = get("model.norm.weight");
   w.lm_head = config_.tie_embeddings ? w.embed : get("lm_head.weight");
-  for (int64_t i = 0; i < config_.n_layers; ++i) {
-    LayerWeights lw{get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
-                    get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
-                    get(layer_name(i, "self_attn.o_proj.weight")), get(layer_name(i, "post_attention_layernorm.weight")),
-                    {}, {}, {}};
-    if (moe_index(i) < 0) {
-      lw.w_gate = get(layer_name(i, "mlp.gate_proj.weight"));
-      lw.w_up = get(layer_name(i, "mlp.up_proj.weight"));
-      lw.w_down = get(layer_name(i, "mlp.down_proj.weight"));
-    }
-    w.layers.push_back(lw);
-  }
+  for (int64_t i = 0; i < config_.n_layers; ++i) w.layers.push_back(layer_weights(buffer, registry_, i));
   for (const L3Layer& layer : l3_layers_) w.l3.push_back(layer.weights(buffer, registry_));
   for (const MoeLayer& layer : moe_layers_) w.moe.push_back(layer.weights(buffer, registry_));
   return w;
@@ -105,7 +108,7 @@ Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
 Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype, bool inference) const {
   const int64_t N = B * T, d = config_.d_model, F = config_.ffn_hidden, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
-  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;  // rstd, lse, losses (ops.h)
+  const DType stats = ops::statistics_dtype(dtype);  // rstd, lse, losses (ops.h)
   Activations a;
   if (recompute_.attention) a.att_shared = arena.alloc(dtype, {B, T, H, hd});
   if (recompute_.swiglu) a.act_shared = arena.alloc(dtype, {N, F});
@@ -345,15 +348,7 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
 
 void Llama::read_moe_statistics(const Activations& a, LossReport& report) const {
   if (moe_layers_.empty()) return;
-  const int64_t n = a.moe_statistics.numel();
-  std::vector<double> values(static_cast<size_t>(n));
-  if (a.moe_statistics.dtype == DType::F64) {
-    ops::copy(Tensor(values.data(), DType::F64, {n}), a.moe_statistics.view({n}));
-  } else {
-    std::vector<float> f32(values.size());
-    ops::copy(Tensor(f32.data(), DType::F32, {n}), a.moe_statistics.view({n}));
-    std::copy(f32.begin(), f32.end(), values.begin());
-  }
+  const std::vector<double> values = MoeLayer::read_statistics(a.moe_statistics);
   for (size_t j = 0; j < moe_layers_.size(); ++j) {
     const MoeLayerStats stats = moe_layers_[j].statistics(values.data() + j * ops::kMoeStatistics);
     report.aux_loss += stats.load_balance_loss + stats.z_loss;

@@ -113,10 +113,14 @@ class Llama {
   // Parameter counts by component and training FLOPs per token at sequence length seq_len.
   ModelCost cost(int64_t seq_len) const;
 
- private:
+  // The weights of decoder layer i: views into `buffer`, laid out by `registry` (the model's own, or another that
+  // holds the same names, as inference's trunk does).
   struct LayerWeights {
     Tensor input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down;  // FFN weights empty in MoE layers
   };
+  LayerWeights layer_weights(const FlatBuffer& buffer, const ParamRegistry& registry, int64_t i) const;
+
+ private:
   struct Weights {
     Tensor embed, final_norm, lm_head;  // lm_head is the embedding when tied
     std::vector<LayerWeights> layers;

@@ -72,13 +72,12 @@ MoeLayer::Weights MoeLayer::weights(const FlatBuffer& buffer, const ParamRegistr
 }
 
 MoeLayer::Activations MoeLayer::allocate_activations(Arena& arena, int64_t N, DType dtype) const {
-  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;
-  return allocate_activations(arena, N, dtype, arena.alloc(stats, {ops::kMoeStatistics}));
+  return allocate_activations(arena, N, dtype, arena.alloc(ops::statistics_dtype(dtype), {ops::kMoeStatistics}));
 }
 
 MoeLayer::Activations MoeLayer::allocate_activations(Arena& arena, int64_t N, DType dtype, Tensor statistics) const {
   const int64_t M = N * top_k_;
-  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;  // softmax, weights, lse (ops.h)
+  const DType stats = ops::statistics_dtype(dtype);  // softmax, weights, lse (ops.h)
   Activations a;
   a.logits = arena.alloc(dtype, {N, E_});
   a.probs = arena.alloc(stats, {N, E_});
@@ -108,7 +107,7 @@ MoeLayer::Activations MoeLayer::allocate_activations(Arena& arena, int64_t N, DT
 
 MoeLayer::Scratch MoeLayer::allocate_scratch(Arena& arena, int64_t N, DType dtype) const {
   const int64_t M = N * top_k_;
-  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;
+  const DType stats = ops::statistics_dtype(dtype);
   Scratch s;
   s.dy_rows = arena.alloc(dtype, {M, d_});
   s.dx_rows = arena.alloc(dtype, {M, d_});
@@ -163,16 +162,21 @@ MoeLayerStats MoeLayer::statistics(const double* values) const {
   return stats;
 }
 
-MoeLayerStats MoeLayer::statistics(const Activations& a) const {
-  double values[ops::kMoeStatistics];
-  if (a.statistics.dtype == DType::F64) {
-    ops::copy(Tensor(values, DType::F64, {ops::kMoeStatistics}), a.statistics);
+std::vector<double> MoeLayer::read_statistics(const Tensor& statistics) {
+  const int64_t n = statistics.numel();
+  std::vector<double> values(static_cast<size_t>(n));
+  if (statistics.dtype == DType::F64) {
+    ops::copy(Tensor(values.data(), DType::F64, {n}), statistics.view({n}));
   } else {
-    float f32[ops::kMoeStatistics];
-    ops::copy(Tensor(f32, DType::F32, {ops::kMoeStatistics}), a.statistics);
-    for (int64_t i = 0; i < ops::kMoeStatistics; ++i) values[i] = f32[i];
+    std::vector<float> f32(values.size());
+    ops::copy(Tensor(f32.data(), DType::F32, {n}), statistics.view({n}));
+    std::copy(f32.begin(), f32.end(), values.begin());
   }
-  return statistics(values);
+  return values;
+}
+
+MoeLayerStats MoeLayer::statistics(const Activations& a) const {
+  return statistics(read_statistics(a.statistics).data());
 }
 
 void MoeLayer::backward(const Weights& w, const Weights& g, const Activations& a, Scratch& s, Tensor x, Tensor dout,

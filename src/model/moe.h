@@ -100,6 +100,8 @@ class MoeLayer {
   // of a.statistics read to the host (one copy), or from such values already read.
   MoeLayerStats statistics(const Activations& a) const;
   MoeLayerStats statistics(const double* values) const;
+  // The values of routing statistics (f32 or f64, of one layer or of several), read to the host in one copy.
+  static std::vector<double> read_statistics(const Tensor& statistics);
   // x (N, d) is the forward's input, dout (N, d) = d loss / d out; overwrites dx (N, d) with
   // d loss / d x and accumulates the parameter gradients into g. The auxiliary losses enter with weight aux_scale (the same factor the
   // cross-entropy's per-token sum is scaled by, times N: each micro-batch contributes its mean).

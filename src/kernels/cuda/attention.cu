@@ -69,7 +69,8 @@ __device__ __forceinline__ float row_dot(const float (&row)[EPT], const float* t
 }
 // row += weight * tile_row.
 template <int TPK, int EPT>
-__device__ __forceinline__ void add_scaled_row(float (&row)[EPT], float weight, const float* tile_row, int sub, int hd) {
+__device__ __forceinline__ void add_scaled_row(float (&row)[EPT], float weight, const float* tile_row, int sub,
+                                               int hd) {
 #pragma unroll
   for (int e = 0; e < EPT; ++e) {
     const int c = sub + TPK * e;
