@@ -221,13 +221,14 @@ __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __rest
   const bool row_valid = i < dim.seq;
 
   float qr[EPT], dor[EPT], dqr[EPT] = {};
-  load_row<T, TPK>(qr, q + dim.q_offset(b, i, h), sub, dim.hd, row_valid);
-  load_row<T, TPK>(dor, dout + dim.q_offset(b, i, h), sub, dim.hd, row_valid);
-  float delta = 0.0f;
+  float delta = 0.0f;  // D_i = dO_i . O_i, with the loads of the row (one loop, as the compiler contracts it)
 #pragma unroll
   for (int e = 0; e < EPT; ++e) {
     const int c = sub + TPK * e;
-    delta += row_valid && c < dim.hd ? dor[e] * to_float(out[dim.q_offset(b, i, h) + c]) : 0.0f;
+    const bool inside = row_valid && c < dim.hd;
+    qr[e] = inside ? to_float(q[dim.q_offset(b, i, h) + c]) : 0.0f;
+    dor[e] = inside ? to_float(dout[dim.q_offset(b, i, h) + c]) : 0.0f;
+    delta += inside ? dor[e] * to_float(out[dim.q_offset(b, i, h) + c]) : 0.0f;
   }
   delta = group_sum<TPK>(delta);
   const float lse_i = row_valid ? lse[dim.lse_offset(b, h, i)] : 0.0f;

@@ -143,21 +143,15 @@ __device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, int64_t r
   }
 }
 
-// The keys and values j0 .. j0 + 63 of kv head g into k_tile and v_tile, and the query rows i0 .. i0 + 63 of head h
-// with their dO into q_tile and dout_tile (rows past T are zeros).
+// Rows t0 .. t0 + 63 of head `head` (of `heads`) of two (B, T, heads, HD) tensors a and b into tile_a and tile_b
+// (rows past T are zeros): the keys and values of a kv head, or the query rows of a head and their dO.
 template <int HD>
-__device__ __forceinline__ void load_kv_tiles(bf16* k_tile, bf16* v_tile, const bf16* k, const bf16* v,
-                                              const FlashDims& dim, int b, int j0, int g) {
-  const int64_t kv_stride = static_cast<int64_t>(dim.kv_heads) * HD;
-  load_rows<HD>(k_tile, k + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
-  load_rows<HD>(v_tile, v + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
-}
-template <int HD>
-__device__ __forceinline__ void load_query_tiles(bf16* q_tile, bf16* dout_tile, const bf16* q, const bf16* dout,
-                                                 const FlashDims& dim, int b, int i0, int h) {
-  const int64_t q_stride = static_cast<int64_t>(dim.heads) * HD;
-  load_rows<HD>(q_tile, q + dim.q_offset(b, i0, h), q_stride, dim.rows_from(i0));
-  load_rows<HD>(dout_tile, dout + dim.q_offset(b, i0, h), q_stride, dim.rows_from(i0));
+__device__ __forceinline__ void load_head_tiles(bf16* tile_a, bf16* tile_b, const bf16* a, const bf16* b,
+                                                const FlashDims& dim, int batch, int t0, int head, int heads) {
+  const int64_t stride = static_cast<int64_t>(heads) * HD;
+  const int64_t offset = (static_cast<int64_t>(batch) * dim.seq + t0) * stride + static_cast<int64_t>(head) * HD;
+  load_rows<HD>(tile_a, a + offset, stride, dim.rows_from(t0));
+  load_rows<HD>(tile_b, b + offset, stride, dim.rows_from(t0));
 }
 
 // scores (16, 64) f32 = A (16, hd) B^T, with A the warp's 16 rows of a row-major (., hd + pad) tile and B the 64
@@ -247,7 +241,7 @@ __global__ void flash_forward_kernel(bf16* __restrict__ out, float* __restrict__
   const int last_row = (i0 + kTile < dim.seq ? i0 + kTile : dim.seq) - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
     __syncthreads();  // every warp is done with the previous K and V tiles (the first time: Q is complete)
-    load_kv_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g);
+    load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
     __syncthreads();
     if (j0 > warp_row0 + kFrag - 1) continue;  // every key of the tile comes after this warp's rows
 
@@ -347,7 +341,7 @@ __global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restric
   const int j = j0 + warp * kFrag + r;
   const int64_t kv_stride = static_cast<int64_t>(dim.kv_heads) * HD;
 
-  load_kv_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g);
+  load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
   Accumulator dk_acc[HD / kFrag], dv_acc[HD / kFrag];  // the warp's (16, hd) dK and dV
   for (int n = 0; n < HD / kFrag; ++n) {
     wmma::fill_fragment(dk_acc[n], 0.0f);
@@ -361,7 +355,7 @@ __global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restric
     // Query rows before the block's first key see none of its keys (tiles of queries and keys are both 64 rows).
     for (int i0 = j0; i0 < dim.seq; i0 += kTile) {
       __syncthreads();  // every warp is done with the previous query tile
-      load_query_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h);
+      load_head_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h, dim.heads);
       if (threadIdx.x < kTile) {
         const int i = i0 + static_cast<int>(threadIdx.x);
         lse_tile[threadIdx.x] = i < dim.seq ? lse[dim.lse_offset(b, h, i)] : 0.0f;
@@ -426,7 +420,7 @@ __global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __re
   const int i = warp_row0 + r;
   const int64_t q_stride = static_cast<int64_t>(dim.heads) * HD;
 
-  load_query_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h);
+  load_head_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h, dim.heads);
   __syncthreads();
   const float delta = row_delta<HD>(dout_tile + (warp * kFrag + r) * kLd, out, dim, b, i, h, half);
   const float lse_i = i < dim.seq ? lse[dim.lse_offset(b, h, i)] : 0.0f;
@@ -438,7 +432,7 @@ __global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __re
   const int last_row = (i0 + kTile < dim.seq ? i0 + kTile : dim.seq) - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
     __syncthreads();  // every warp is done with the previous K and V tiles
-    load_kv_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g);
+    load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
     __syncthreads();
     if (j0 > warp_row0 + kFrag - 1) continue;  // every key of the tile comes after this warp's rows
 
