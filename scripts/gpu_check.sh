@@ -170,6 +170,7 @@ declare -A ladder_args=(
   [dev_attention]="--batch 8 --seq 1024 --heads 12 --kv-heads 12 --head-dim 64"  # configs/gpu/dense_124m.json
   [dev_l3]="--positions 8192 --vocab 50304 --v 262144 --k 64 --d 768 --d-emb 384"  # configs/gpu/l3_124m.json
   [dev_classifier]="--rows 8192 --dim 768 --warmup 1 --iters 5"  # the same micro-batch; V = 50257 and 180K
+  [dev_moe]="--tokens 16384 --experts 21 --top-k 2 --in 768 --out 1175"  # configs/gpu/moe_124m.json, gate/up
 )
 if [ -n "$bin" ]; then
   for ladder in "$bin"/dev_*; do

@@ -1,7 +1,6 @@
 // Evaluation on the GPU against the CPU: the scorer's log-likelihoods and greedy flags and the logit lens for a model
-// with dense, MoE and L3 layers (fp32, within 1e-5), and the scores with bf16 parameters (within 2%; without the MoE
-// layer, whose CUDA kernels take f32 only). Without a GPU every test exits
-// with code 4 (CTest: skipped); the emulated/ twin runs them on the host emulation of CUDA.
+// with dense, MoE and L3 layers (fp32, within 1e-5), and the scores with bf16 parameters (within 2%). Without a GPU
+// every test exits with code 4 (CTest: skipped); the emulated/ twin runs them on the host emulation of CUDA.
 #include <catch2/catch.hpp>
 
 #include <cmath>
@@ -22,14 +21,13 @@ using namespace l3c::test;
 
 namespace {
 
-// With MoE layers or without (the CUDA MoE kernels take f32 only, so bf16 runs without them).
-Config mixed_config(bool moe) {
+// Dense, L3 and MoE layers.
+Config mixed_config() {
   nlohmann::json j = nlohmann::json::parse(R"({
     "model": {"vocab_size": 96, "d_model": 32, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "ffn_hidden": 48,
               "l3": {"after_layers": [0], "v": 200, "k": 4, "allocation": {"method": "uniform"}},
               "moe": {"layers": [1], "experts": 4, "top_k": 2, "expert_hidden": 24}},
     "data": {"train": "unused", "seq_len": 16}, "train": {"steps": 1}})");
-  if (!moe) j["model"].erase("moe");
   return config_from_json(j);
 }
 
@@ -51,9 +49,10 @@ struct Scored {
   LensTotals lens;
 };
 
-// The scores and the lens of the same model and weights (dense, L3 and, when asked, MoE layers) on `device`, with parameters in `dtype` there.
-Scored score_on(Device device, DType dtype, bool moe = true) {
-  const Config config = mixed_config(moe);
+// The scores and the lens of the same model and weights (dense, L3 and MoE layers) on `device`, with parameters in
+// `dtype` there.
+Scored score_on(Device device, DType dtype) {
+  const Config config = mixed_config();
   Llama model(config.model);
   FlatBuffer host(model.registry().total(), DType::F32);
   init_params(model.registry(), host, 3);
@@ -72,19 +71,18 @@ Scored score_on(Device device, DType dtype, bool moe = true) {
 
 }  // namespace
 
-TEST_CASE("cuda: the scorer and the lens on the GPU match the CPU (fp32, and bf16 parameters within 2%)",
+TEST_CASE("cuda: the scorer and the lens on the GPU match the CPU (fp32), with MoE layers also in bf16 (within 2%)",
           "[cuda][eval]") {
   require_gpu();
   const Scored cpu = score_on(Device::CPU, DType::F32);
   const Scored gpu = score_on(Device::CUDA, DType::F32);
-  const Scored cpu_dense = score_on(Device::CPU, DType::F32, /*moe=*/false);
-  const Scored bf16 = score_on(Device::CUDA, DType::BF16, /*moe=*/false);
+  const Scored bf16 = score_on(Device::CUDA, DType::BF16);
   REQUIRE(gpu.scores.size() == cpu.scores.size());
   for (size_t i = 0; i < cpu.scores.size(); ++i) {
     CHECK(gpu.scores[i].tokens == cpu.scores[i].tokens);
     CHECK(gpu.scores[i].log_prob == Approx(cpu.scores[i].log_prob).epsilon(1e-5));
     CHECK(gpu.scores[i].greedy == cpu.scores[i].greedy);
-    CHECK(bf16.scores[i].log_prob == Approx(cpu_dense.scores[i].log_prob).epsilon(0.02));
+    CHECK(bf16.scores[i].log_prob == Approx(cpu.scores[i].log_prob).epsilon(0.02));
   }
   REQUIRE(gpu.lens.points.size() == 3);
   CHECK(gpu.lens.positions == cpu.lens.positions);

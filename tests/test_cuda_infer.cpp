@@ -1,7 +1,7 @@
 // The inference session on the GPU against the CPU: RoPE at an offset, the KV cache write and attention against the
 // cache as ops; whole sessions (dense, MoE, L3, mixed) with greedy decoding in fp32 giving the CPU's tokens and logits
 // within 1e-4; L3 tables in pinned host memory (copied on the side stream) and mapped from the checkpoint giving
-// the device tables' logits bit for bit, in fp32 and bf16; bf16 logits near the CPU's. Without a GPU every test
+// the device tables' logits bit for bit, in fp32 and bf16; bf16 logits near the CPU's (L3 and MoE models). Without a GPU every test
 // exits with code 4 (CTest: skipped); the emulated/ twins run the same kernels on the host emulation of CUDA.
 #include <catch2/catch.hpp>
 
@@ -98,6 +98,18 @@ TEST_CASE("GPU inference sessions decode the CPU's greedy tokens with its logits
     const Trace expected = run_trace(cpu, 4), got = run_trace(gpu, 4);
     CHECK(got.tokens == expected.tokens);
     CHECK(max_abs_diff(got.logits, expected.logits) <= 1e-4);
+  }
+}
+
+TEST_CASE("GPU inference of MoE models in bf16: the prompts' logits near the fp32 CPU's", "[cuda][infer][moe]") {
+  require_gpu();
+  for (InferKind kind : {InferKind::Moe, InferKind::Mixed}) {
+    INFO("model: " << infer_kind_name(kind));
+    const RandomModel r = random_model(kind, 24);
+    InferenceModel cpu(r.config, *r.model, r.params, {});
+    InferenceModel gpu(r.config, *r.model, r.params, {.device = Device::CUDA, .dtype = DType::BF16});
+    const Trace expected = run_trace(cpu, 0), got = run_trace(gpu, 0);
+    CHECK(max_abs_diff(got.logits, expected.logits) <= 0.25);  // as for the L3 models in bf16 below
   }
 }
 

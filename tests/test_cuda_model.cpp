@@ -1,6 +1,7 @@
 // The whole model on the GPU against the CPU: logits, loss and every gradient in fp32 (dense untied and tied, two
-// L3 layers, MoE FFNs, with the weights and allocations of the PyTorch reference files), 10 training steps in fp32
-// (1e-4) and in bf16 (within 2% of the CPU's losses), recomputation giving the same bits, the activation arena's
+// L3 layers, MoE FFNs, with the weights and allocations of the PyTorch reference files), the MoE layer and model in
+// bf16 (the layer without a single wait for the GPU), 10 training steps in fp32 (1e-4) and in bf16 (within 2% of the
+// CPU's losses; the MoE model in bf16 within 4%), recomputation giving the same bits, the activation arena's
 // peak equal to the estimate, bit-exact resume through a checkpoint (10 steps straight == 5, checkpoint,
 // load, 5), bf16 gradients accumulated in f32 over 32 micro-batches, and 32 micro-batches of fp32 gradients against
 // the CPU's, and a bf16 step of the L3 model that reads back once with the loss and norm of the host sums. Without a
@@ -189,6 +190,256 @@ TEST_CASE("cuda: the model with MoE FFNs on the GPU matches the CPU: logits, los
   compare_with_cpu("moe_tiny.safetensors");
 }
 
+namespace {
+
+// The MoE layer of MoeLayerCase::model(), its parameters and one batch of inputs, on the CPU in f32 and on the
+// GPU in `dtype` with the same values (bf16: the CPU gets the bf16-rounded values). The router is set so that every
+// token picks expert 0 first and none picks expert 3: x[:, 0] = 1, with router weights +2 (expert 0) and -2
+// (expert 3) on that coordinate and the others scaled down to std 0.06 (logits of experts 1 and 2 near 0).
+struct MoeLayerCase {
+  static constexpr int64_t N = 80, d = 16, E = 4, top_k = 2;  // expert 0's 80 rows span two 64-row tiles
+  ModelConfig config;
+  MoeLayer layer;
+  ParamRegistry registry;
+  FlatBuffer params;  // f32 on the host, rounded to the GPU's dtype
+  std::vector<double> x;
+
+  explicit MoeLayerCase(DType dtype) : config(model()), layer(config, 0), registry(registered(layer)),
+                                       params(registry.total(), DType::F32) {
+    init_params(registry, params, 7);
+    const Tensor router = params.view(registry.find(layer.name("gate.weight")));
+    for (int64_t i = 0; i < router.numel(); ++i) set_value(router, i, 0.2 * get_value(router, i));
+    for (int64_t e = 0; e < E; ++e) set_value(router, e * d, e == 0 ? 2.0 : (e == E - 1 ? -2.0 : 0.0));
+    TestTensor input(DType::F32, {N, d});
+    random_fill(input, 8);
+    for (int64_t n = 0; n < N; ++n) input.set(n * d, 1.0);
+    x = rounded(input.tensor(), dtype);
+    const std::vector<double> values = rounded(params.all(), dtype);
+    for (int64_t i = 0; i < params.numel(); ++i) set_value(params.all(), i, values[i]);
+  }
+  static ModelConfig model() {
+    ModelConfig m;
+    m.vocab_size = 11;
+    m.d_model = d;
+    m.n_layers = 1;
+    m.n_heads = 2;
+    m.n_kv_heads = 2;
+    m.ffn_hidden = 8;
+    m.moe.layers.layers = {0};
+    m.moe.experts = E;
+    m.moe.top_k = top_k;
+    m.moe.expert_hidden = 12;
+    m.moe.shared_expert_hidden = 6;
+    m.moe.aux_loss = 0.05;
+    m.moe.z_loss = 0.02;
+    m.moe.init_std = 0.3;
+    return m;
+  }
+  static ParamRegistry registered(const MoeLayer& layer) {
+    ParamRegistry r;
+    layer.register_params(r);
+    return r;
+  }
+  // The values of t after a round trip through `dtype` (bf16 rounding to nearest even, as the GPU converts).
+  static std::vector<double> rounded(const Tensor& t, DType dtype) {
+    TestTensor copy(DType::F32, {t.numel()});
+    for (int64_t i = 0; i < t.numel(); ++i) copy.set(i, get_value(t, i));
+    return dtype == DType::BF16 ? copy.converted(DType::BF16).values() : copy.values();
+  }
+};
+
+// One forward and backward of the layer (dout = probe, aux_scale 1) on `device` in `dtype` (parameter gradients in
+// dtype too); everything read back as doubles. host_waits: how often the host waited for the GPU during the forward
+// and backward; statistics_waits: during the read of the statistics.
+struct MoeLayerRun {
+  std::vector<double> out, dx, grads, experts;
+  MoeLayerStats stats;
+  int64_t host_waits = 0, statistics_waits = 0;
+};
+MoeLayerRun run_moe_layer(const MoeLayerCase& c, Device device, DType dtype, const std::vector<double>& probe) {
+  const int64_t N = MoeLayerCase::N, d = MoeLayerCase::d, n = c.params.numel();
+  auto on_device = [&](const std::vector<double>& values, std::initializer_list<int64_t> shape) {
+    TestTensor host(dtype == DType::BF16 ? DType::BF16 : DType::F32, shape);
+    for (size_t i = 0; i < values.size(); ++i) host.set(static_cast<int64_t>(i), values[i]);
+    return host;
+  };
+  auto read = [&](const Tensor& t) {
+    FlatBuffer f32(t.numel(), DType::F32, device), host(t.numel(), DType::F32);
+    ops::convert(f32.all(), t.view({t.numel()}));
+    ops::copy(host.all(), f32.all());
+    return to_double_vector(host.all());
+  };
+  FlatBuffer params(n, dtype, device), grads(n, dtype, device), x(N * d, dtype, device), out(N * d, dtype, device),
+      dout(N * d, dtype, device), dx(N * d, dtype, device);
+  ops::copy(params.all(), on_device(to_double_vector(c.params.all()), {n}));
+  ops::copy(x.all(), on_device(c.x, {N * d}));
+  ops::copy(dout.all(), on_device(probe, {N * d}));
+  ops::fill_zero(grads.all());
+  ops::fill_zero(out.all());
+  Arena measuring;
+  c.layer.allocate_activations(measuring, N, dtype);
+  c.layer.allocate_scratch(measuring, N, dtype);
+  Arena arena(measuring.peak(), "test", device);
+  MoeLayer::Activations a = c.layer.allocate_activations(arena, N, dtype);
+  MoeLayer::Scratch s = c.layer.allocate_scratch(arena, N, dtype);
+  const MoeLayer::Weights w = c.layer.weights(params, c.registry), g = c.layer.weights(grads, c.registry);
+  if (device == Device::CUDA) {
+    CudaWorkspaceShape shape;  // the layer's model, one sequence of N positions
+    shape.rows = N;
+    shape.seq_len = N;
+    shape.head_dim = c.config.head_dim();
+    shape.vocab = c.config.vocab_size;
+    shape.widest_norm = d;
+    shape.moe_experts = MoeLayerCase::E;
+    shape.moe_top_k = MoeLayerCase::top_k;
+    shape.dtype = dtype;
+    cuda_reserve_workspace(cuda_workspace_bytes(shape));  // reserved up front, as training does
+  }
+  const int64_t waits_before = cuda_host_synchronizations();
+  c.layer.forward(w, a, x.all().view({N, d}), out.all().view({N, d}));
+  c.layer.backward(w, g, a, s, x.all().view({N, d}), dout.all().view({N, d}), dx.all().view({N, d}), 1.0);
+  MoeLayerRun r;
+  r.host_waits = cuda_host_synchronizations() - waits_before;
+  r.stats = c.layer.statistics(a);
+  r.statistics_waits = cuda_host_synchronizations() - waits_before - r.host_waits;
+  r.out = read(out.all());
+  r.dx = read(dx.all());
+  r.grads = read(grads.all());
+  TestTensor experts(DType::I32, {N, MoeLayerCase::top_k});
+  ops::copy(experts, a.experts);
+  r.experts = experts.values();
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: the MoE layer matches the CPU in fp32 and bf16 with an expert that every token reaches and one "
+          "that none does, and never waits for the GPU", "[cuda][moe]") {
+  require_gpu();
+  for (DType dtype : {DType::F32, DType::BF16}) {
+    INFO(dtype_name(dtype));
+    const MoeLayerCase c(dtype);
+    TestTensor probe(DType::F32, {MoeLayerCase::N, MoeLayerCase::d});
+    random_fill(probe, 9);
+    const std::vector<double> dout = MoeLayerCase::rounded(probe.tensor(), dtype);
+    const MoeLayerRun cpu = run_moe_layer(c, Device::CPU, DType::F32, dout);
+    const MoeLayerRun gpu = run_moe_layer(c, Device::CUDA, dtype, dout);
+    // The routing: expert 0 receives every token, expert 3 none; the GPU chooses as the CPU does.
+    REQUIRE(gpu.experts == cpu.experts);
+    CHECK(cpu.stats.load_max == 1.0);
+    CHECK(cpu.stats.load_min == 0.0);
+    CHECK(gpu.stats.load_max == 1.0);
+    CHECK(gpu.stats.load_min == 0.0);
+    // No read-back, copy or synchronisation inside the layer: the offsets and statistics stay on the device.
+    CHECK(gpu.host_waits == 0);
+    CHECK(gpu.statistics_waits == 1);  // the one copy of the five numbers, which the counter sees
+    // fp32: different summation orders. bf16: the same bf16 inputs, activations rounded to bf16 at every op (the
+    // router's logits, the expert rows, the SwiGLU products, the outputs): a few roundings of 2^-9 relative along
+    // the way, amplified where the backward multiplies them.
+    const double tol = dtype == DType::F32 ? 1e-5 : 2e-2;
+    CHECK(norm_relative_error(gpu.out, cpu.out) < tol);
+    CHECK(norm_relative_error(gpu.dx, cpu.dx) < tol);
+    for (const ParamInfo& p : c.registry.params()) {
+      const std::vector<double> g(gpu.grads.begin() + p.offset, gpu.grads.begin() + p.offset + p.numel);
+      const std::vector<double> r(cpu.grads.begin() + p.offset, cpu.grads.begin() + p.offset + p.numel);
+      INFO(p.name << ": relative error " << norm_relative_error(g, r));
+      if (p.name.find("experts.3.") != std::string::npos) {
+        CHECK(g == std::vector<double>(g.size(), 0.0));  // the expert no token reached has no gradient
+        continue;
+      }
+      CHECK(norm_relative_error(g, r) < tol);
+    }
+    // The statistics: f32 on the device from the same routing.
+    CHECK(gpu.stats.load_balance_loss == Approx(cpu.stats.load_balance_loss).epsilon(dtype == DType::F32 ? 1e-5 : 1e-2));
+    CHECK(gpu.stats.z_loss == Approx(cpu.stats.z_loss).epsilon(dtype == DType::F32 ? 1e-5 : 1e-2));
+    CHECK(gpu.stats.router_entropy == Approx(cpu.stats.router_entropy).epsilon(dtype == DType::F32 ? 1e-5 : 1e-2));
+  }
+}
+
+namespace {
+
+// The values of a host buffer after a round trip through bf16 on the GPU (what a bf16 copy of it holds).
+FlatBuffer rounded_to_bf16(const FlatBuffer& host) {
+  const int64_t n = host.numel();
+  FlatBuffer f32(n, DType::F32, Device::CUDA), bf16(n, DType::BF16, Device::CUDA), rounded(n, DType::F32);
+  ops::copy(f32.all(), host.all());
+  ops::convert(bf16.all(), f32.all());
+  ops::convert(f32.all(), bf16.all());
+  ops::copy(rounded.all(), f32.all());
+  return rounded;
+}
+
+// run() in bf16 on the GPU: parameters (cpu_params rounded to bf16), activations and gradients in bf16, the
+// statistics in f32; logits and gradients read back as f32.
+Result run_bf16(const Llama& cpu_model, const FlatBuffer& cpu_params, const Tensor& tokens, const Tensor& targets) {
+  const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T, V = cpu_model.config().vocab_size;
+  Llama model = cpu_model;
+  model.set_device(Device::CUDA);
+  const int64_t n = cpu_params.numel();
+  FlatBuffer staged(n, DType::F32, Device::CUDA), params(n, DType::BF16, Device::CUDA), grads(n, DType::BF16, Device::CUDA);
+  ops::copy(staged.all(), cpu_params.all());
+  ops::convert(params.all(), staged.all());
+  Arena arena(model.activation_bytes(B, T, DType::BF16, true), "test", Device::CUDA);
+  FlatBuffer tok(N, DType::I32, Device::CUDA), tgt(N, DType::I32, Device::CUDA);
+  ops::copy(tok.all(), tokens.view({N}));
+  ops::copy(tgt.all(), targets.view({N}));
+  FlatBuffer logits(N * V, DType::BF16, Device::CUDA);
+  model.forward_logits(params, tok.all().view({B, T}), logits.all().view({N, V}), arena);
+  arena.reset();
+  Result r;
+  r.loss = model.forward_backward(params, &grads, tok.all().view({B, T}), tgt.all().view({B, T}),
+                                  1.0 / static_cast<double>(N), arena).cross_entropy;
+  CHECK(arena.peak() == model.activation_bytes(B, T, DType::BF16, true));
+  auto read = [](const FlatBuffer& bf16) {
+    FlatBuffer f32(bf16.numel(), DType::F32, Device::CUDA), host(bf16.numel(), DType::F32);
+    ops::convert(f32.all(), bf16.all());
+    ops::copy(host.all(), f32.all());
+    return to_double_vector(host.all());
+  };
+  r.logits = read(logits);
+  r.grads = read(grads);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: the model with MoE FFNs in bf16 on the GPU tracks the CPU: loss and logits, and every gradient "
+          "where the routing is the same", "[cuda][moe][bf16]") {
+  require_gpu();
+  const SafetensorsFile golden(golden_path("moe_tiny.safetensors"));
+  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
+  const Config config = config_of(golden, tokens.dim(0), tokens.dim(1));
+  Llama model(config.model);
+  FlatBuffer params(model.registry().total(), DType::F32);
+  load_model_state(golden, model, params, ExtraTensors::Ignore);
+  for (const bool zero_router : {false, true}) {
+    // With the golden router, the tokens whose top-k is within bf16 rounding of a tie in some layer choose other
+    // experts in bf16 than in f32 (as a bf16 Mixtral does against its f32 self): those experts' gradients and
+    // everything downstream of them differ by far more than rounding, so only the loss and the logits are compared.
+    // With the routers zeroed, every token takes experts 0 and 1 in every layer (a tie, to the lower indices) on both
+    // sides, and every gradient is compared: bf16 rounding of the activations, as in the dense and L3 models.
+    if (zero_router)
+      for (const ParamInfo& p : model.registry().params())
+        if (p.name.find("block_sparse_moe.gate.weight") != std::string::npos) ops::fill_zero(params.view(p));
+    INFO((zero_router ? "routers zeroed" : "golden routers"));
+    // The CPU computes in f32 from the same bf16 weights; the GPU rounds every activation and gradient to bf16.
+    const Result cpu = run(model, rounded_to_bf16(params), tokens, targets, Device::CPU);
+    const Result gpu = run_bf16(model, params, tokens, targets);
+    const double logits_error = norm_relative_error(gpu.logits, cpu.logits);
+    INFO("logits: relative error " << logits_error << "; loss " << gpu.loss << " vs " << cpu.loss);
+    CHECK(gpu.loss == Approx(cpu.loss).epsilon(zero_router ? 1e-3 : 5e-3));
+    CHECK(logits_error < (zero_router ? 2e-2 : 6e-2));  // measured: 0.7% and 3.6%
+    if (!zero_router) continue;
+    for (const ParamInfo& p : model.registry().params()) {
+      const std::vector<double> g(gpu.grads.begin() + p.offset, gpu.grads.begin() + p.offset + p.numel);
+      const std::vector<double> c(cpu.grads.begin() + p.offset, cpu.grads.begin() + p.offset + p.numel);
+      const double error = norm_relative_error(g, c);
+      INFO("gradient of " << p.name << ": relative error " << error);
+      CHECK(error < 3e-2);  // measured: at most 1.5%, as in the dense model
+    }
+  }
+}
+
 TEST_CASE("cuda: recomputing SwiGLU and attention in the backward gives the same bits", "[cuda]") {
   require_gpu();
   const SafetensorsFile golden(golden_path("l3_tiny.safetensors"));
@@ -225,6 +476,23 @@ TEST_CASE("cuda: 10 training steps on the GPU track the CPU: fp32 within 1e-4, b
     }
     // Deterministic kernels: a second fp32 run on the GPU gives the same losses, bit for bit.
     CHECK(train_losses(config, "cuda", "fp32", golden) == gpu);
+  }
+}
+
+TEST_CASE("cuda: 10 bf16 training steps of the MoE model on the GPU track the CPU's fp32 losses within 4%",
+          "[cuda][moe][bf16]") {
+  require_gpu();
+  const SafetensorsFile golden(golden_path("moe_tiny.safetensors"));
+  const Tensor tokens = golden.get("input.tokens");
+  const Config config = config_of(golden, tokens.dim(0), tokens.dim(1));
+  const std::vector<double> cpu = train_losses(config, "cpu", "fp32", golden);
+  const std::vector<double> bf16 = train_losses(config, "cuda", "bf16", golden);
+  for (size_t step = 0; step < cpu.size(); ++step) {
+    INFO("step " << step << ": cpu " << cpu[step] << ", gpu bf16 " << bf16[step]);
+    // Twice the dense models' 2%: tokens within bf16 rounding of a routing tie choose other experts than in f32, so
+    // the bf16 run wanders further from the CPU's (measured: 2.3% at most, at step 4, 1.2% by step 9). The fp32 MoE
+    // model on the GPU is held to the CPU's gradients above and to bit-exact resume below.
+    CHECK(std::abs(bf16[step] - cpu[step]) <= 0.04 * std::abs(cpu[step]));
   }
 }
 

@@ -1,7 +1,8 @@
 // Every CUDA op against the CPU op on the same random inputs: f32 within 1e-5 (relative to the reference's norm),
 // bf16 within the per-op tolerances below (with the reason); edge shapes (T not a multiple of the tile, one head,
 // GQA ratios 1, 2, 8, head sizes of every kernel configuration; tokens with one row and with k rows in L3;
-// experts receiving no tokens in MoE); deterministic results (the same bits twice).
+// experts receiving no tokens and one receiving all in MoE, whose ops also run in bf16 with f32 routing statistics);
+// deterministic results (the same bits twice).
 // Without a GPU every test exits with code 4 (CTest: skipped); their emulated/ twins run the same kernels on the
 // host emulation of CUDA.
 #include <catch2/catch.hpp>
@@ -649,132 +650,215 @@ std::vector<double> check_grouped_matmul(const TestTensor& rows, const DeviceTen
 }
 }  // namespace
 
-TEST_CASE("cuda: the MoE router matches the reference: probabilities, lse, top-k with ties, weights", "[cuda]") {
+TEST_CASE("cuda: the MoE router matches the reference in f32 and from bf16 logits: probabilities, lse, top-k with "
+          "ties, weights, and its backward", "[cuda][moe]") {
   require_gpu();
   const int64_t n = 9, E = 6, top_k = 2;
-  TestTensor logits = TestTensor(DType::F32, {n, E});
-  random_fill(logits, 60);
-  for (int64_t e = 0; e < E; ++e) logits.set(3 * E + e, 0.5);  // row 3: all tied -> experts 0 and 1
-  logits.set(5 * E + 4, 2.0);
-  logits.set(5 * E + 1, 2.0);  // row 5: a tie for the top -> expert 1 before 4
-  for (bool normalize : {true, false}) {
-    INFO("normalize " << normalize);
-    const RouterReference ref = router_reference(logits.values(), n, E, top_k, normalize);
-    DeviceTensor z(logits), probs(DType::F32, {n, E}), lse(DType::F32, {n}), experts(DType::I32, {n, top_k}),
-        weights(DType::F32, {n, top_k});
-    ops::cuda::moe_router_forward(probs, lse, experts, weights, z, normalize);
-    CHECK(norm_relative_error(probs.values(), ref.probs) <= kF32);
-    CHECK(norm_relative_error(lse.values(), ref.lse) <= kF32);
-    CHECK(norm_relative_error(weights.values(), ref.weights) <= kF32);
-    std::vector<double> expected_experts(ref.experts.begin(), ref.experts.end());
-    CHECK(experts.values() == expected_experts);
+  for (DType dtype : kGpuTypes) {
+    // bf16 logits hold the same values as the reference's (random values rounded to bf16; the ties are exact)
+    TestTensor logits = TestTensor(dtype, {n, E});
+    random_fill(logits, 60);
+    for (int64_t e = 0; e < E; ++e) logits.set(3 * E + e, 0.5);  // row 3: all tied -> experts 0 and 1
+    logits.set(5 * E + 4, 2.0);
+    logits.set(5 * E + 1, 2.0);  // row 5: a tie for the top -> expert 1 before 4
+    for (bool normalize : {true, false}) {
+      INFO(dtype_name(dtype) << ", normalize " << normalize);
+      const RouterReference ref = router_reference(logits.values(), n, E, top_k, normalize);
+      // the routing statistics are f32 whatever the logits' dtype: computed in f32 from the same values
+      DeviceTensor z(logits), probs(DType::F32, {n, E}), lse(DType::F32, {n}), experts(DType::I32, {n, top_k}),
+          weights(DType::F32, {n, top_k});
+      ops::moe_router_forward(probs, lse, experts, weights, z, normalize);
+      CHECK(norm_relative_error(probs.values(), ref.probs) <= kF32);
+      CHECK(norm_relative_error(lse.values(), ref.lse) <= kF32);
+      CHECK(norm_relative_error(weights.values(), ref.weights) <= kF32);
+      std::vector<double> expected_experts(ref.experts.begin(), ref.experts.end());
+      CHECK(experts.values() == expected_experts);
 
-    // Backward against central differences (in double, on the reference) of
-    //   sum dweights * weights + sum bias_e p_e + z_scale * sum lse^2.
-    TestTensor dweights_host(DType::F32, {n, top_k}), bias_host(DType::F32, {E});
-    random_fill(dweights_host, 61);
-    random_fill(bias_host, 62, 0.1);
-    const double z_scale = 0.05;
-    auto objective = [&](const std::vector<double>& z_values) {
-      const RouterReference r = router_reference(z_values, n, E, top_k, normalize);
-      double f = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        for (int64_t s = 0; s < top_k; ++s) {
-          // the selection is held fixed at the reference's: differentiate the weights of those experts
-          const int64_t e = ref.experts[i * top_k + s];
-          double selected = 0;
-          for (int64_t t = 0; t < top_k; ++t) selected += r.probs[i * E + ref.experts[i * top_k + t]];
-          f += dweights_host[i * top_k + s] * r.probs[i * E + e] / (normalize ? selected : 1.0);
+      // Backward against central differences (in double, on the reference) of
+      //   sum dweights * weights + sum bias_e p_e + z_scale * sum lse^2.
+      TestTensor dweights_host(DType::F32, {n, top_k}), bias_host(DType::F32, {E});
+      random_fill(dweights_host, 61);
+      random_fill(bias_host, 62, 0.1);
+      const double z_scale = 0.05;
+      auto objective = [&](const std::vector<double>& z_values) {
+        const RouterReference r = router_reference(z_values, n, E, top_k, normalize);
+        double f = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          for (int64_t s = 0; s < top_k; ++s) {
+            // the selection is held fixed at the reference's: differentiate the weights of those experts
+            const int64_t e = ref.experts[i * top_k + s];
+            double selected = 0;
+            for (int64_t t = 0; t < top_k; ++t) selected += r.probs[i * E + ref.experts[i * top_k + t]];
+            f += dweights_host[i * top_k + s] * r.probs[i * E + e] / (normalize ? selected : 1.0);
+          }
+          for (int64_t e = 0; e < E; ++e) f += bias_host[e] * r.probs[i * E + e];
+          f += z_scale * r.lse[i] * r.lse[i];
         }
-        for (int64_t e = 0; e < E; ++e) f += bias_host[e] * r.probs[i * E + e];
-        f += z_scale * r.lse[i] * r.lse[i];
+        return f;
+      };
+      std::vector<double> numeric(n * E);
+      std::vector<double> zv = logits.values();
+      for (int64_t i = 0; i < n * E; ++i) {
+        const double saved = zv[i];
+        zv[i] = saved + 1e-6;
+        const double plus = objective(zv);
+        zv[i] = saved - 1e-6;
+        const double minus = objective(zv);
+        zv[i] = saved;
+        numeric[i] = (plus - minus) / 2e-6;
       }
-      return f;
-    };
-    std::vector<double> numeric(n * E);
-    std::vector<double> zv = logits.values();
-    for (int64_t i = 0; i < n * E; ++i) {
-      const double saved = zv[i];
-      zv[i] = saved + 1e-6;
-      const double plus = objective(zv);
-      zv[i] = saved - 1e-6;
-      const double minus = objective(zv);
-      zv[i] = saved;
-      numeric[i] = (plus - minus) / 2e-6;
+      // dlogits has the logits' dtype: one bf16 rounding of each element on top of the f32 kernel's error
+      DeviceTensor dweights(dweights_host), bias(bias_host), dlogits(dtype, {n, E});
+      ops::moe_router_backward(dlogits, dweights, probs, lse, experts, weights, bias, z_scale, normalize);
+      CHECK(norm_relative_error(dlogits.values(), numeric) <= (dtype == DType::F32 ? 1e-4 : kBf16Output));
     }
-    DeviceTensor dweights(dweights_host), bias(bias_host), dlogits(DType::F32, {n, E});
-    ops::cuda::moe_router_backward(dlogits, dweights, probs, lse, experts, weights, bias, z_scale, normalize);
-    CHECK(norm_relative_error(dlogits.values(), numeric) <= 1e-4);  // f32 kernel vs f64 differences
   }
 }
 
-TEST_CASE("cuda: MoE column sums, pair indices, grouped products with empty experts, combine", "[cuda][grids]") {
+namespace {
+// The (token, slot) pairs with the given experts grouped by expert on the GPU: order and offsets there, and the
+// offsets read back.
+struct Grouping {
+  DeviceTensor order, offsets;
+  std::vector<double> host_offsets;
+};
+Grouping group_pairs(const std::vector<int32_t>& pair_experts, int64_t E) {
+  const auto M = static_cast<int64_t>(pair_experts.size());
+  Grouping g{DeviceTensor(DType::I32, {M}), DeviceTensor(DType::I32, {E + 1}), {}};
+  DeviceTensor keys(ints({M}, pair_experts));
+  ops::group_by_key(g.order, g.offsets, keys, ops::KeyCheck::Trusted);
+  g.host_offsets = g.offsets.values();
+  return g;
+}
+}  // namespace
+
+TEST_CASE("cuda: MoE routing statistics and the load-balancing bias are reduced on the device as on the CPU",
+          "[cuda][moe]") {
   require_gpu();
-  const int64_t n = 10, top_k = 2, E = 4, d = 6, F = 5, M = n * top_k;
-  // column_sum
-  TestTensor x(DType::F32, {n, E});
-  random_fill(x, 70);
-  DeviceTensor x_gpu(x), sums(DType::F32, {E});
-  ops::cuda::column_sum(sums, x_gpu);
-  std::vector<double> expect_sums(E, 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t e = 0; e < E; ++e) expect_sums[e] += x[i * E + e];
-  CHECK(norm_relative_error(sums.values(), expect_sums) <= kF32);
-
-  // Pairs sorted by expert; expert 2 gets no token.
-  std::vector<int32_t> pair_expert(M);
-  for (int64_t p = 0; p < M; ++p) pair_expert[p] = static_cast<int32_t>((p * 7 + p / 3) % 3 == 2 ? 3 : (p * 7 + p / 3) % 3);
-  DeviceTensor keys(ints({M}, pair_expert)), order(DType::I32, {M}), offsets(DType::I32, {E + 1});
-  ops::group_by_key(order, offsets, keys);
-  const std::vector<double> offs = offsets.values(), ord = order.values();
-  REQUIRE(offs[2] == offs[3]);  // the empty expert
-  DeviceTensor token_of_row(DType::I32, {M}), row_of_pair(DType::I32, {M});
-  ops::cuda::moe_pair_indices(token_of_row, row_of_pair, order, top_k);
-  const std::vector<double> tor = token_of_row.values(), rop = row_of_pair.values();
-  for (int64_t i = 0; i < M; ++i) {
-    CHECK(tor[i] == std::floor(ord[i] / top_k));
-    CHECK(rop[static_cast<int64_t>(ord[i])] == i);
+  const int64_t n = 23, E = 5, top_k = 2;
+  TestTensor logits(DType::F32, {n, E});
+  random_fill(logits, 63, 2.0);
+  TestTensor probs(DType::F32, {n, E}), lse(DType::F32, {n}), experts(DType::I32, {n, top_k}),
+      weights(DType::F32, {n, top_k}), order(DType::I32, {n * top_k}), offsets(DType::I32, {E + 1});
+  ops::moe_router_forward(probs, lse, experts, weights, logits, true);
+  ops::group_by_key(order, offsets, experts.tensor().view({n * top_k}));
+  TestTensor stats(DType::F32, {ops::kMoeStatistics}), bias(DType::F32, {E});
+  ops::moe_routing_stats(stats, probs, lse, offsets);
+  ops::moe_balance_bias(bias, offsets, 0.125);
+  DeviceTensor probs_gpu(probs), lse_gpu(lse), offsets_gpu(offsets), stats_gpu(DType::F32, {ops::kMoeStatistics}),
+      bias_gpu(DType::F32, {E});
+  ops::moe_routing_stats(stats_gpu, probs_gpu, lse_gpu, offsets_gpu);
+  ops::moe_balance_bias(bias_gpu, offsets_gpu, 0.125);
+  CHECK(norm_relative_error(stats_gpu.values(), stats.values()) <= kF32);
+  CHECK(bias_gpu.values() == bias.values());  // a count times a scale: exact
+  // balance: sum_e (rows_e / 2n) P_e with rows_e from the offsets
+  double balance = 0.0;
+  for (int64_t e = 0; e < E; ++e) {
+    double mean = 0.0;
+    for (int64_t i = 0; i < n; ++i) mean += probs[i * E + e] / n;
+    balance += (offsets[e + 1] - offsets[e]) / static_cast<double>(n * top_k) * mean;
   }
+  CHECK(stats_gpu.values()[0] == Approx(balance).epsilon(1e-6));
 
-  // grouped_matmul: rows (M, d) times w (E, F, d)^T per expert.
-  TestTensor rows(DType::F32, {M, d}), w(DType::F32, {E, F, d}), dout(DType::F32, {M, F});
-  random_fill(rows, 71);
-  random_fill(w, 72);
-  random_fill(dout, 73);
-  DeviceTensor rows_gpu(rows);
-  const std::vector<double> dw_all = check_grouped_matmul(rows, rows_gpu, w, dout, offsets);
-  const std::vector<double> dw_expert2(dw_all.begin() + 2 * F * d, dw_all.begin() + 3 * F * d);
-  CHECK(dw_expert2 == std::vector<double>(F * d, 0.0));  // the empty expert's gradient stays as it was
+  // Routing statistics are f32 on CUDA, also for a bf16 model.
+  DeviceTensor bf16_stats(DType::BF16, {ops::kMoeStatistics}), bf16_probs(DType::BF16, {n, E}), bf16_lse(DType::BF16, {n});
+  REQUIRE_THROWS_WITH(ops::moe_routing_stats(bf16_stats, bf16_probs, bf16_lse, offsets_gpu),
+                      Contains("moe_routing_stats") && Contains("f32 on CUDA"));
+}
 
-  // combine: out[t] = sum_s weight[t, s] rows[row_of_pair[t * top_k + s]]
-  TestTensor weights(DType::F32, {n, top_k}), dcomb(DType::F32, {n, d});
-  random_fill(weights, 74);
-  random_fill(dcomb, 75);
-  DeviceTensor weights_gpu(weights), dcomb_gpu(dcomb), combined(DType::F32, {n, d});
-  ops::cuda::moe_combine_forward(combined, rows_gpu, weights_gpu, row_of_pair, false);
-  std::vector<double> expect_comb(n * d, 0.0), expect_drows(M * d, 0.0), expect_dweights(n * top_k, 0.0);
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t s = 0; s < top_k; ++s) {
-      const int64_t r = static_cast<int64_t>(rop[t * top_k + s]);
-      for (int64_t c = 0; c < d; ++c) {
-        expect_comb[t * d + c] += weights[t * top_k + s] * rows[r * d + c];
-        expect_drows[r * d + c] = weights[t * top_k + s] * dcomb[t * d + c];
-        expect_dweights[t * top_k + s] += dcomb[t * d + c] * rows[r * d + c];
+TEST_CASE("cuda: MoE pair indices and grouped products match the CPU in f32 and bf16 (f32 or bf16 weight "
+          "gradients): empty experts, an expert with every row, groups over several row and column tiles",
+          "[cuda][moe]") {
+  require_gpu();
+  // 75 tokens, top_k 2: 150 rows. The grouped kernels' tiles are 64 rows by 64 columns: experts 1 and 3 receive
+  // about 70 rows each (two row tiles), expert 2 a few, experts 0 and 4 none; O = 70 is two column tiles. Then
+  // every row goes to expert 2.
+  const int64_t n = 75, top_k = 2, M = n * top_k, E = 5, I = 20, O = 70;
+  std::vector<int32_t> spread(M), all_to_two(M, 2);
+  for (int64_t p = 0; p < M; ++p) spread[p] = p % 50 < 3 ? 2 : (p * 7 % 147 < 70 ? 1 : 3);
+  for (const auto& [what, pair_experts] : {std::pair{"spread", spread}, std::pair{"all rows to expert 2", all_to_two}}) {
+    INFO(what);
+    const Grouping g = group_pairs(pair_experts, E);
+    REQUIRE(g.host_offsets[1] == 0);   // expert 0: no row
+    REQUIRE(g.host_offsets[5] == g.host_offsets[4]);  // expert 4: no row
+    const Pair offsets = pair_of(g.offsets.host());
+
+    DeviceTensor token_of_row(DType::I32, {M}), row_of_pair(DType::I32, {M});
+    ops::moe_pair_indices(token_of_row, row_of_pair, g.order, top_k);
+    const std::vector<double> ord = g.order.values(), tor = token_of_row.values(), rop = row_of_pair.values();
+    for (int64_t i = 0; i < M; ++i) {
+      CHECK(tor[i] == std::floor(ord[i] / top_k));
+      CHECK(rop[static_cast<int64_t>(ord[i])] == i);
+    }
+
+    for (DType dtype : kGpuTypes) {
+      for (DType grad_dtype : {dtype, DType::F32}) {
+        INFO(dtype_name(dtype) << " inputs, " << dtype_name(grad_dtype) << " weight gradient");
+        Pair x = random_pair(dtype, {M, I}, 71), w = random_pair(dtype, {E, O, I}, 72, 0.3),
+             dout = random_pair(dtype, {M, O}, 73), out = zero_pair(dtype, {M, O});
+        ops::grouped_matmul_forward(out.gpu, x.gpu, w.gpu, offsets.gpu);
+        ops::grouped_matmul_forward(out.cpu, x.cpu, w.cpu, offsets.cpu);
+        CHECK(close_to(out.gpu, out.cpu, output_tolerance(dtype)));
+
+        // dx overwriting, then accumulating; dw accumulating onto random values (its empty experts stay as they were)
+        Pair dx = random_pair(dtype, {M, I}, 74);
+        Pair dw = random_pair(grad_dtype == DType::BF16 ? DType::BF16 : DType::F32, {E, O, I}, 75);
+        const std::vector<double> dw_before = dw.gpu.values();
+        ops::grouped_matmul_backward(dx.gpu, dw.gpu, dout.gpu, x.gpu, w.gpu, offsets.gpu, false);
+        ops::grouped_matmul_backward(dx.cpu, dw.cpu, dout.cpu, x.cpu, w.cpu, offsets.cpu, false);
+        CHECK(close_to(dx.gpu, dx.cpu, output_tolerance(dtype)));
+        // an f32 gradient of bf16 inputs sums the same products in f32: the f32 tolerance
+        CHECK(close_to(dw.gpu, dw.cpu, grad_dtype == DType::F32 ? kF32 : accumulate_tolerance(dtype)));
+        const std::vector<double> dw_after = dw.gpu.values();
+        for (int64_t e : {0, 4})
+          CHECK(std::equal(dw_after.begin() + e * O * I, dw_after.begin() + (e + 1) * O * I,
+                           dw_before.begin() + e * O * I));
+        ops::grouped_matmul_backward(dx.gpu, Tensor(), dout.gpu, x.gpu, w.gpu, offsets.gpu, true);
+        ops::grouped_matmul_backward(dx.cpu, Tensor(), dout.cpu, x.cpu, w.cpu, offsets.cpu, true);
+        CHECK(close_to(dx.gpu, dx.cpu, accumulate_tolerance(dtype)));
+        if (dtype == DType::F32) break;  // f32 inputs have f32 gradients only
       }
     }
-  CHECK(norm_relative_error(combined.values(), expect_comb) <= kF32);
-  DeviceTensor drows(DType::F32, {M, d}), dweights(DType::F32, {n, top_k});
-  ops::cuda::moe_combine_backward(drows, dweights, dcomb_gpu, rows_gpu, weights_gpu, row_of_pair);
-  CHECK(norm_relative_error(drows.values(), expect_drows) <= kF32);
-  CHECK(norm_relative_error(dweights.values(), expect_dweights) <= kF32);
+  }
+  // Gradients of another dtype than the inputs' are refused, except f32 for bf16.
+  DeviceTensor x(DType::F32, {M, I}), w(DType::F32, {E, O, I}), dout(DType::F32, {M, O}), dw(DType::BF16, {E, O, I});
+  const Grouping g = group_pairs(all_to_two, E);
+  REQUIRE_THROWS_WITH(ops::grouped_matmul_backward(Tensor(), dw, dout, x, w, g.offsets),
+                      Contains("grouped_matmul_backward") && Contains("parameter gradient") && Contains("expected f32"));
+}
 
-  // Empty weights: every weight is 1 (the dispatch's backward sums each token's rows).
-  ops::cuda::moe_combine_forward(combined, rows_gpu, Tensor(), row_of_pair, false);
-  std::vector<double> expect_sum(n * d, 0.0);
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t s = 0; s < top_k; ++s)
-      for (int64_t c = 0; c < d; ++c) expect_sum[t * d + c] += rows[static_cast<int64_t>(rop[t * top_k + s]) * d + c];
-  CHECK(norm_relative_error(combined.values(), expect_sum) <= kF32);
+TEST_CASE("cuda: MoE combine and its backward match the CPU in f32 and bf16, with f32 routing weights",
+          "[cuda][moe][grids]") {
+  require_gpu();
+  const int64_t n = 10, top_k = 2, E = 4, d = 6, M = n * top_k;
+  std::vector<int32_t> pair_experts(M);
+  for (int64_t p = 0; p < M; ++p) pair_experts[p] = static_cast<int32_t>((p * 7 + p / 3) % 3 == 2 ? 3 : (p * 7 + p / 3) % 3);
+  const Grouping g = group_pairs(pair_experts, E);
+  DeviceTensor token_of_row(DType::I32, {M}), row_of_pair_gpu(DType::I32, {M});
+  ops::moe_pair_indices(token_of_row, row_of_pair_gpu, g.order, top_k);
+  const Pair row_of_pair = pair_of(row_of_pair_gpu.host());
+  for (DType dtype : kGpuTypes) {
+    INFO(dtype_name(dtype));
+    Pair rows = random_pair(dtype, {M, d}, 74), dcomb = random_pair(dtype, {n, d}, 75);
+    Pair weights = random_pair(DType::F32, {n, top_k}, 76);  // a statistic: f32 in a bf16 call
+    Pair combined = random_pair(dtype, {n, d}, 77);
+    ops::moe_combine_forward(combined.gpu, rows.gpu, weights.gpu, row_of_pair.gpu, true);
+    ops::moe_combine_forward(combined.cpu, rows.cpu, weights.cpu, row_of_pair.cpu, true);
+    CHECK(close_to(combined.gpu, combined.cpu, accumulate_tolerance(dtype)));
+    Pair drows = zero_pair(dtype, {M, d}), dweights = zero_pair(DType::F32, {n, top_k});
+    ops::moe_combine_backward(drows.gpu, dweights.gpu, dcomb.gpu, rows.gpu, weights.gpu, row_of_pair.gpu);
+    ops::moe_combine_backward(drows.cpu, dweights.cpu, dcomb.cpu, rows.cpu, weights.cpu, row_of_pair.cpu);
+    CHECK(close_to(drows.gpu, drows.cpu, output_tolerance(dtype)));
+    CHECK(close_to(dweights.gpu, dweights.cpu, kF32));  // f32 sums of the same products
+    // Empty weights: every weight is 1 (the dispatch's backward sums each token's rows).
+    ops::moe_combine_forward(combined.gpu, rows.gpu, Tensor(), row_of_pair.gpu, false);
+    ops::moe_combine_forward(combined.cpu, rows.cpu, Tensor(), row_of_pair.cpu, false);
+    CHECK(close_to(combined.gpu, combined.cpu, output_tolerance(dtype)));
+  }
+  // bf16 routing weights are refused: they are statistics.
+  DeviceTensor out(DType::BF16, {n, d}), rows(DType::BF16, {M, d}), bf16_weights(DType::BF16, {n, top_k});
+  REQUIRE_THROWS_WITH(ops::moe_combine_forward(out, rows, bf16_weights, row_of_pair_gpu),
+                      Contains("moe_combine_forward") && Contains("statistics") && Contains("expected f32"));
 }
 #endif
 

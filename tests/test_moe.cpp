@@ -1,5 +1,5 @@
-// Mixture-of-Experts: the router, pair, grouped-product and combine ops against naive loops written
-// here from MODEL.md; the router's backward (with the load-balancing and z-loss terms) and the whole
+// Mixture-of-Experts: the router, routing statistics, pair, grouped-product and combine ops against naive loops
+// written here from MODEL.md; the router's backward (with the load-balancing and z-loss terms) and the whole
 // MoE layer by finite differences in f64 on inputs whose top-k choice is far from a tie; the grouped
 // layer against a naive per-token loop over experts; the load-balancing loss of an evenly routed batch;
 // a model mixing dense, MoE and L3 layers by finite differences; parameter names and active counts;
@@ -143,6 +143,37 @@ TEST_CASE("moe_router_backward matches finite differences, with the load-balanci
     INFO("normalize " << normalize);
     CHECK(norm_relative_error(dlogits.values(), numeric) < 1e-8);
   }
+}
+
+TEST_CASE("moe_routing_stats and moe_balance_bias give the layer's statistics from probs, lse and offsets",
+          "[moe][ops]") {
+  // 3 tokens, 3 experts, top_k 2: expert 0 receives 3 pairs, expert 1 none, expert 2 three.
+  const TestTensor probs = TestTensor::from_values(DType::F64, {3, 3}, {0.5, 0.2, 0.3, 0.6, 0.1, 0.3, 1.0, 0.0, 0.0});
+  const TestTensor lse = TestTensor::from_values(DType::F64, {3}, {1.0, -2.0, 0.5});
+  const TestTensor offsets = TestTensor::from_values(DType::I32, {4}, {0, 3, 3, 6});
+  TestTensor stats(DType::F64, {ops::kMoeStatistics});
+  ops::moe_routing_stats(stats, probs, lse, offsets);
+  const double P0 = (0.5 + 0.6 + 1.0) / 3, P2 = (0.3 + 0.3 + 0.0) / 3;
+  CHECK(stats[0] == Approx(0.5 * P0 + 0.5 * P2).epsilon(1e-14));          // sum_e f_e P_e, f = (1/2, 0, 1/2)
+  CHECK(stats[1] == Approx((1.0 + 4.0 + 0.25) / 3).epsilon(1e-14));       // mean lse^2
+  CHECK(stats[2] == 1.0);                                                  // 3 of 3 tokens reach expert 0
+  CHECK(stats[3] == 0.0);                                                  // none reaches expert 1
+  auto h = [](double p) { return p > 0.0 ? -p * std::log(p) : 0.0; };     // 0 log 0 = 0: a one-hot row has none
+  CHECK(stats[4] == Approx((h(0.5) + h(0.2) + h(0.3) + h(0.6) + h(0.1) + h(0.3)) / 3).epsilon(1e-14));
+  TestTensor bias(DType::F64, {3});
+  ops::moe_balance_bias(bias, offsets, 0.25);
+  CHECK(bias.values() == std::vector<double>{0.75, 0.0, 0.75});
+  // no token: all zero
+  TestTensor none_probs(DType::F64, {0, 3}), none_lse(DType::F64, {0});
+  const TestTensor none_offsets = TestTensor::from_values(DType::I32, {4}, {0, 0, 0, 0});
+  ops::moe_routing_stats(stats, none_probs, none_lse, none_offsets);
+  CHECK(stats.values() == std::vector<double>(ops::kMoeStatistics, 0.0));
+  // bad shapes
+  TestTensor short_stats(DType::F64, {3});
+  CHECK_THROWS_WITH(ops::moe_routing_stats(short_stats, probs, lse, offsets),
+                    Contains("moe_routing_stats") && Contains("stats (3) (5)"));
+  CHECK_THROWS_WITH(ops::moe_balance_bias(bias, TestTensor(DType::I32, {3}), 1.0),
+                    Contains("moe_balance_bias") && Contains("offsets (3) (E + 1)"));
 }
 
 TEST_CASE("moe_pair_indices inverts the expert order and names each row's token", "[moe][ops]") {
@@ -294,7 +325,8 @@ TEST_CASE("the grouped MoE layer equals a naive per-token loop over experts", "[
       random_fill(x, 51);
       random_fill(out, 52);
       const std::vector<double> before = out.values();
-      const MoeLayerStats stats = f.layer.forward(w, a, x, out);
+      f.layer.forward(w, a, x, out);
+      const MoeLayerStats stats = f.layer.statistics(a);
 
       std::vector<double> loads(E, 0.0), probs_mean(E, 0.0);
       double z = 0.0;
@@ -347,7 +379,8 @@ TEST_CASE("the load-balancing loss equals alpha when the router spreads tokens e
   TestTensor x(DType::F64, {N, d}), out(DType::F64, {N, d});
   for (int64_t n = 0; n < N; ++n) x.set(n * d + n % E, 1.0 + 0.1 * n);  // uneven confidence, even counts
   MoeLayer::Activations a = f.layer.allocate_activations(f.arena, N, DType::F64);
-  const MoeLayerStats stats = f.layer.forward(w, a, x, out);
+  f.layer.forward(w, a, x, out);
+  const MoeLayerStats stats = f.layer.statistics(a);
   CHECK(stats.load_balance_loss == Approx(config.moe.aux_loss).epsilon(1e-12));
   CHECK(stats.load_max == Approx(0.25));
   CHECK(stats.load_min == Approx(0.25));
@@ -361,7 +394,8 @@ TEST_CASE("the load-balancing loss equals alpha when the router spreads tokens e
     set_value(w2.router, e * d + (e + 3) % E, 1.0);  // second choice: the previous expert
   }
   MoeLayer::Activations a2 = f2.layer.allocate_activations(f2.arena, N, DType::F64);
-  const MoeLayerStats stats2 = f2.layer.forward(w2, a2, x, out);
+  f2.layer.forward(w2, a2, x, out);
+  const MoeLayerStats stats2 = f2.layer.statistics(a2);
   CHECK(stats2.load_balance_loss == Approx(config.moe.aux_loss).epsilon(1e-12));
   CHECK(stats2.load_max == Approx(0.5));
 }
@@ -380,7 +414,8 @@ TEST_CASE("every gradient of the MoE layer matches finite differences (f64)", "[
         f.arena.reset();
         MoeLayer::Activations a = f.layer.allocate_activations(f.arena, N, DType::F64);
         ops::fill_zero(out);
-        const MoeLayerStats stats = f.layer.forward(w, a, x, out);
+        f.layer.forward(w, a, x, out);
+        const MoeLayerStats stats = f.layer.statistics(a);
         return dot(out, probe) + stats.load_balance_loss + stats.z_loss;
       };
       // no routing decision may be within reach of the finite-difference step
@@ -510,6 +545,9 @@ TEST_CASE("model.moe bad inputs each give one clear error", "[moe][config]") {
   CHECK(good.model.is_moe_layer(1));
   CHECK(good.model.moe.init_std == good.model.init_std);
   CHECK(config_to_json(good)["model"]["moe"]["layers"] == "all");
+  nlohmann::json in_bf16 = base();  // MoE layers train in bf16 on the GPU like the rest of the model
+  in_bf16["train"]["precision"] = "bf16";
+  CHECK(config_from_json(in_bf16).train.precision == Precision::Bf16);
   auto error_of = [&](const std::string& key, const nlohmann::json& value) {
     nlohmann::json j = base();
     j["model"]["moe"][key] = value;

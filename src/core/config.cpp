@@ -554,13 +554,6 @@ void resolve_and_check_moe(ModelConfig& m) {
   if (moe.init_std == 0.0) moe.init_std = m.init_std;
 }
 
-// Rules between the model and where and how it trains.
-void check_model_for_training(const Config& c) {
-  if (c.model.moe.enabled() && c.train.precision == Precision::Bf16)
-    fail("model.moe with train.precision = \"bf16\": the MoE kernels compute in fp32 so far; use "
-         "train.precision=fp32 for a model with MoE layers");
-}
-
 // Fills the fields whose 0 means "derive me", then checks the rules that relate several fields.
 void resolve_and_check_relations(Config& c) {
   ModelConfig& m = c.model;
@@ -589,7 +582,6 @@ void resolve_and_check_relations(Config& c) {
     fail("train.precision \"bf16\" needs the GPU (train.device \"cuda\" or \"auto\"); the CPU computes in f32 or f64");
   if (m.l3.enabled()) resolve_and_check_l3(m);
   if (m.moe.enabled()) resolve_and_check_moe(m);
-  check_model_for_training(c);
 }
 
 // Recursively merges child into base: objects merge key by key, anything else in child replaces.

@@ -48,8 +48,6 @@ InferenceModel::InferenceModel(const Config& config, const InferenceOptions& opt
   L3C_CHECK(gpu ? (options.dtype == DType::F32 || options.dtype == DType::BF16) : options.dtype == DType::F32,
             "inference computes in f32 on the CPU, f32 or bf16 on the GPU; asked for {} on {}",
             dtype_name(options.dtype), device_name(options.device));
-  if (gpu && options.dtype == DType::BF16 && !config.model.moe.layers.empty() && !llama_->moe_layers().empty())
-    fail("MoE models run in fp32 on the GPU (the CUDA MoE kernels take f32): use --precision fp32");
   llama_->set_device(options.device);
 }
 
@@ -109,18 +107,7 @@ void InferenceModel::build(const Llama& source_model, const Source& source, std:
   weights_.embed = get("model.embed_tokens.weight");
   weights_.final_norm = get("model.norm.weight");
   weights_.lm_head = m.tie_embeddings ? weights_.embed : get("lm_head.weight");
-  for (int64_t i = 0; i < m.n_layers; ++i) {
-    LayerWeights lw{get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
-                    get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
-                    get(layer_name(i, "self_attn.o_proj.weight")), get(layer_name(i, "post_attention_layernorm.weight")),
-                    {}, {}, {}};
-    if (!m.is_moe_layer(i)) {
-      lw.w_gate = get(layer_name(i, "mlp.gate_proj.weight"));
-      lw.w_up = get(layer_name(i, "mlp.up_proj.weight"));
-      lw.w_down = get(layer_name(i, "mlp.down_proj.weight"));
-    }
-    weights_.layers.push_back(lw);
-  }
+  for (int64_t i = 0; i < m.n_layers; ++i) weights_.layers.push_back(llama_->layer_weights(trunk_, trunk_registry_, i));
   for (const MoeLayer& layer : llama_->moe_layers()) weights_.moe.push_back(layer.weights(trunk_, trunk_registry_));
   for (const L3Layer& layer : llama_->l3_layers()) {
     L3Layer::Weights w;

@@ -36,9 +36,7 @@ class InferenceModel {
   const Llama& llama() const { return *llama_; }
   const InferenceOptions& options() const { return options_; }
 
-  struct LayerWeights {
-    Tensor input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down;  // FFN weights empty in MoE layers
-  };
+  using LayerWeights = Llama::LayerWeights;
   struct Weights {
     Tensor embed, final_norm, lm_head;
     std::vector<LayerWeights> layers;

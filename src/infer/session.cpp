@@ -30,7 +30,7 @@ struct Step {
 Step allocate_step(const InferenceModel& model, Arena& arena, int64_t rows, int64_t sequences, int64_t groups,
                    std::span<const int64_t> l3_rows) {
   const ModelConfig& m = model.model_config();
-  const DType dtype = model.options().dtype, stats = dtype == DType::BF16 ? DType::F32 : dtype;
+  const DType dtype = model.options().dtype, stats = ops::statistics_dtype(dtype);
   const int64_t N = rows, B = sequences, d = m.d_model, hd = m.head_dim();
   Step s;
   s.tokens = arena.alloc(DType::I32, {N});

@@ -61,6 +61,7 @@ struct CudaWorkspaceShape {
   int64_t seq_len = 0, head_dim = 0, vocab = 0;
   int64_t widest_norm = 0;  // the largest RMSNorm width (d_model, or L3's d_up)
   int64_t l3_width = 0;     // L3's k (0 without L3)
+  int64_t moe_experts = 0, moe_top_k = 0;  // the MoE layers' E and top_k (0 without MoE)
   DType dtype = DType::F32;
 };
 size_t cuda_workspace_bytes(const CudaWorkspaceShape& shape);

@@ -69,7 +69,7 @@ void require_param_grad(const char* op, DType dtype, std::initializer_list<const
 
 // Statistics (rstd, lse, losses, L3 probs) have the call's dtype, except that a bf16 call keeps them in f32.
 void require_stats(const char* op, DType dtype, std::initializer_list<const Tensor*> tensors) {
-  const DType expected = dtype == DType::BF16 ? DType::F32 : dtype;
+  const DType expected = statistics_dtype(dtype);
   for (const Tensor* t : tensors)
     L3C_CHECK(t->dtype == expected, "ops::{}: a statistics tensor {} is {}, expected {} for a {} call", op,
               t->shape_string(), dtype_name(t->dtype), dtype_name(expected), dtype_name(dtype));
@@ -657,11 +657,15 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
 }
 
 // ---- Mixture-of-Experts ---------------------------------------------------------------------------
+// The router's logits and their gradient, the grouped rows and the expert weights have the call's dtype; the
+// routing statistics (probs, lse, routing weights, dweights, probs_bias, the layer statistics) are statistics.
 namespace {
-// The CUDA MoE kernels compute in f32 (a bf16 model keeps its MoE layers out of the GPU: see Llama).
-void require_moe_dtype(const char* op, Device device, const Tensor& t) {
-  L3C_CHECK(device != Device::CUDA || t.dtype == DType::F32, "ops::{}: the CUDA MoE kernels take f32, got {}", op,
-            dtype_name(t.dtype));
+// For the ops whose floating tensors are all statistics: the CPU's dtype, or f32 on CUDA.
+void require_routing_stats(const char* op, Device device, std::initializer_list<const Tensor*> tensors) {
+  require_float(op, device, tensors);
+  const Tensor* first = *tensors.begin();
+  L3C_CHECK(device != Device::CUDA || first->dtype == DType::F32,
+            "ops::{}: routing statistics are f32 on CUDA (also in a bf16 model), got {}", op, dtype_name(first->dtype));
 }
 }  // namespace
 
@@ -674,8 +678,8 @@ void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights
             logits.shape_string(), probs.shape_string(), lse.shape_string(), experts.shape_string(),
             weights.shape_string());
   const Device device = device_of(op, {&probs, &lse, &experts, &weights, &logits});
-  require_float(op, device, {&probs, &lse, &weights, &logits});
-  require_moe_dtype(op, device, logits);
+  require_float(op, device, {&logits});
+  require_stats(op, logits.dtype, {&probs, &lse, &weights});
   require_i32(op, "experts", experts);
   if (n == 0) return;
   require_data(op, {&probs, &lse, &experts, &weights, &logits});
@@ -694,9 +698,9 @@ void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor l
             "probs_bias {} (E or empty)", op, dlogits.shape_string(), probs.shape_string(), lse.shape_string(),
             experts.shape_string(), weights.shape_string(), dweights.shape_string(), probs_bias.shape_string());
   const Device device = device_of(op, {&dlogits, &dweights, &probs, &lse, &experts, &weights, &probs_bias});
-  if (probs_bias.empty()) require_float(op, device, {&dlogits, &dweights, &probs, &lse, &weights});
-  else require_float(op, device, {&dlogits, &dweights, &probs, &lse, &weights, &probs_bias});
-  require_moe_dtype(op, device, probs);
+  require_float(op, device, {&dlogits});
+  require_stats(op, dlogits.dtype, {&dweights, &probs, &lse, &weights});
+  if (!probs_bias.empty()) require_stats(op, dlogits.dtype, {&probs_bias});
   require_i32(op, "experts", experts);
   if (n == 0) return;
   require_data(op, {&dlogits, &dweights, &probs, &lse, &experts, &weights});
@@ -705,18 +709,33 @@ void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor l
   cpu::moe_router_backward(dlogits, dweights, probs, lse, experts, weights, probs_bias, z_scale, normalize);
 }
 
-void column_sum(Tensor out, Tensor x) {
-  const char* op = "column_sum";
-  L3C_CHECK(out.numel() == last_dim(x), "ops::{}: out {} must be (E) for x {} (N, E)", op, out.shape_string(),
-            x.shape_string());
-  const Device device = device_of(op, {&out, &x});
-  require_float(op, device, {&out, &x});
-  require_moe_dtype(op, device, x);
-  if (out.numel() == 0) return;
-  require_data(op, {&out});
-  if (x.numel() > 0) require_data(op, {&x});
-  if (device == Device::CUDA) L3C_RUN_ON_CUDA(column_sum(out, x));
-  cpu::column_sum(out, x);
+void moe_routing_stats(Tensor stats, Tensor probs, Tensor lse, Tensor offsets) {
+  const char* op = "moe_routing_stats";
+  const int64_t n = leading_rows(probs), E = last_dim(probs);
+  L3C_CHECK(stats.numel() == kMoeStatistics && lse.numel() == n && offsets.numel() == E + 1 && E >= 1,
+            "ops::{}: stats {} ({}), probs {} (N, E), lse {} (N), offsets {} (E + 1)", op, stats.shape_string(),
+            kMoeStatistics, probs.shape_string(), lse.shape_string(), offsets.shape_string());
+  const Device device = device_of(op, {&stats, &probs, &lse, &offsets});
+  require_routing_stats(op, device, {&stats, &probs, &lse});
+  require_i32(op, "offsets", offsets);
+  require_data(op, {&stats, &offsets});
+  if (n == 0) return fill_zero(stats);
+  require_data(op, {&probs, &lse});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(moe_routing_stats(stats, probs, lse, offsets));
+  cpu::moe_routing_stats(stats, probs, lse, offsets);
+}
+
+void moe_balance_bias(Tensor probs_bias, Tensor offsets, double scale) {
+  const char* op = "moe_balance_bias";
+  L3C_CHECK(offsets.numel() == probs_bias.numel() + 1, "ops::{}: probs_bias {} (E), offsets {} (E + 1)", op,
+            probs_bias.shape_string(), offsets.shape_string());
+  const Device device = device_of(op, {&probs_bias, &offsets});
+  require_routing_stats(op, device, {&probs_bias});
+  require_i32(op, "offsets", offsets);
+  if (probs_bias.numel() == 0) return;
+  require_data(op, {&probs_bias, &offsets});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(moe_balance_bias(probs_bias, offsets, scale));
+  cpu::moe_balance_bias(probs_bias, offsets, scale);
 }
 
 void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k) {
@@ -736,7 +755,8 @@ void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int
 }
 
 namespace {
-// w (E, O, I), x (M, I), out (M, O), offsets (E + 1) running from 0 to M.
+// w (E, O, I), x (M, I), out (M, O), offsets (E + 1) running from 0 to M (checked on the CPU; on CUDA the offsets
+// stay on the device, and rows outside [0, M) are left out instead of read).
 void check_grouped_matmul(const char* op, const Tensor& out, const Tensor& x, const Tensor& w, const Tensor& offsets) {
   const bool ok = w.ndim == 3 && last_dim(x) == w.shape[2] && last_dim(out) == w.shape[1] &&
                   leading_rows(out) == leading_rows(x) && offsets.numel() == w.shape[0] + 1;
@@ -744,7 +764,7 @@ void check_grouped_matmul(const char* op, const Tensor& out, const Tensor& x, co
             w.shape_string(), out.shape_string(), offsets.shape_string());
   require_i32(op, "offsets", offsets);
   require_data(op, {&offsets});
-  if (offsets.device != Device::CPU) return;  // the CUDA backend reads the group sizes itself
+  if (offsets.device != Device::CPU) return;
   const int32_t* off = offsets.ptr<int32_t>();
   const int64_t E = w.shape[0];
   L3C_CHECK(off[0] == 0 && off[E] == leading_rows(x), "ops::{}: offsets must run from 0 to M = {}, got {} .. {}", op,
@@ -759,7 +779,6 @@ void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets) {
   const Device device = device_of(op, {&out, &x, &w, &offsets});
   check_grouped_matmul(op, out, x, w, offsets);
   require_float(op, device, {&out, &x, &w});
-  require_moe_dtype(op, device, x);
   if (out.numel() == 0) return;
   require_data(op, {&out, &x, &w});
   if (device == Device::CUDA) L3C_RUN_ON_CUDA(grouped_matmul_forward(out, x, w, offsets));
@@ -777,7 +796,6 @@ void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor
   require_float(op, device, {&dout, &x, &w});
   if (!dx.empty()) require_float(op, device, {&dx, &x});
   if (!dw.empty()) require_param_grad(op, x.dtype, {&dw});
-  require_moe_dtype(op, device, x);
   if (dout.numel() == 0) return;
   require_data(op, {&dout, &x, &w});
   if (device == Device::CUDA) L3C_RUN_ON_CUDA(grouped_matmul_backward(dx, dw, dout, x, w, offsets, accumulate_dx));
@@ -801,9 +819,8 @@ void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_
   const char* op = "moe_combine_forward";
   check_combine(op, out, rows, weights, row_of_pair);
   const Device device = device_of(op, {&out, &rows, &weights, &row_of_pair});
-  if (weights.empty()) require_float(op, device, {&out, &rows});
-  else require_float(op, device, {&out, &rows, &weights});
-  require_moe_dtype(op, device, out);
+  require_float(op, device, {&out, &rows});
+  if (!weights.empty()) require_stats(op, out.dtype, {&weights});
   if (out.numel() == 0) return;
   require_data(op, {&out, &rows, &row_of_pair});
   if (device == Device::CUDA) L3C_RUN_ON_CUDA(moe_combine_forward(out, rows, weights, row_of_pair, accumulate));
@@ -819,9 +836,8 @@ void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor row
             rows.shape_string(), dweights.shape_string());
   const Device device = device_of(op, {&drows, &dweights, &dout, &rows, &weights, &row_of_pair});
   require_float(op, device, {&drows, &dout, &rows});
-  if (!weights.empty()) require_float(op, device, {&drows, &weights});
-  if (!dweights.empty()) require_float(op, device, {&drows, &dweights});
-  require_moe_dtype(op, device, dout);
+  if (!weights.empty()) require_stats(op, dout.dtype, {&weights});
+  if (!dweights.empty()) require_stats(op, dout.dtype, {&dweights});
   if (dout.numel() == 0) return;
   require_data(op, {&drows, &dout, &rows, &row_of_pair});
   if (device == Device::CUDA) L3C_RUN_ON_CUDA(moe_combine_backward(drows, dweights, dout, rows, weights, row_of_pair));

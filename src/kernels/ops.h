@@ -16,6 +16,9 @@
 
 namespace l3c::ops {
 
+// The dtype of the statistics of a call in `dtype` (see above): f32 for a bf16 call, else the call's own.
+inline DType statistics_dtype(DType dtype) { return dtype == DType::BF16 ? DType::F32 : dtype; }
+
 // ---- elementwise ---------------------------------------------------------------------------------
 void fill_zero(Tensor t);
 void copy(Tensor dst, Tensor src);                   // dst = src (same size and dtype; also host <-> device)
@@ -155,6 +158,9 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
 // Routing works on (token, slot) pairs: pair p = n * top_k + s is slot s of token n. The model sorts the
 // pairs by expert id with group_by_key (keys = experts viewed as (N * top_k)), so that the rows of one
 // expert are contiguous, runs each expert's SwiGLU as grouped products, and combines back in token order.
+// Dtypes: the router's logits and their gradient, the grouped rows and the expert weights have the call's dtype;
+// the routing statistics (probs, lse, the routing weights and their gradient, probs_bias, the layer statistics)
+// are statistics in the sense above: f32 in a bf16 call, as Mixtral computes its router softmax in fp32.
 //
 // Router, per row n of logits (N, E): probs[n] = softmax(logits[n]) and lse[n] = logsumexp(logits[n]),
 // computed in at least fp32; experts[n] (top_k) i32 = the top_k largest probabilities in descending order,
@@ -168,17 +174,30 @@ void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights
 // router z-loss (z_scale = beta / N times the loss scale).
 void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts,
                          Tensor weights, Tensor probs_bias, double z_scale, bool normalize);
-// out (E) = sum over the rows of x (N, E) (column sums, accumulated in double). Overwrites.
-void column_sum(Tensor out, Tensor x);
+// The routing statistics of one MoE layer, reduced where the tensors live (on a GPU nothing waits for the device:
+// the caller reads these few numbers back when it wants them). From probs (N, E), lse (N) and the expert
+// offsets (E + 1) i32 of the N * top_k pairs grouped by expert (rows_e = offsets[e + 1] - offsets[e],
+// M = offsets[E]), overwrites stats (kMoeStatistics) with
+//   [0] sum_e (rows_e / M) * P_e, P_e = mean_n probs[n, e]  (the load-balancing sum, before alpha * E)
+//   [1] mean_n lse[n]^2                                      (the z-loss, before beta)
+//   [2] max_e rows_e / N    [3] min_e rows_e / N             (the largest and smallest share of tokens)
+//   [4] mean_n of -sum_e probs[n, e] log probs[n, e]         (the router entropy, nats)
+// computed in double; all zero when N = 0.
+constexpr int64_t kMoeStatistics = 5;
+void moe_routing_stats(Tensor stats, Tensor probs, Tensor lse, Tensor offsets);
+// The load-balancing term of the router's backward from the expert offsets (E + 1) i32, on the device:
+// probs_bias[e] = scale * (offsets[e + 1] - offsets[e]) for probs_bias (E). Overwrites.
+void moe_balance_bias(Tensor probs_bias, Tensor offsets, double scale);
 // From the pairs sorted by expert, order (M = N * top_k) i32: token_of_row[i] = order[i] / top_k (which
 // token grouped row i reads) and row_of_pair[order[i]] = i (where pair p landed). Overwrites both (M) i32.
 void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k);
 // Grouped product: for each group e, rows [offsets[e], offsets[e+1]) of x (M, I) times w[e]^T, where
-// w (E, O, I) holds one nn.Linear weight per group: out (M, O). offsets (E + 1) i32. Overwrites out.
-// Groups may be empty.
+// w (E, O, I) holds one nn.Linear weight per group: out (M, O). offsets (E + 1) i32, running from 0 to M (on
+// CUDA they stay on the device: no group size is read by the host). Overwrites out. Groups may be empty.
 void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);
 // Its backward: dx (M, I) = per-group dout @ w[e] (overwrites, or accumulates when accumulate_dx);
-// dw (E, O, I) += per-group dout^T @ x (accumulates). dx or dw may be empty and is then skipped.
+// dw (E, O, I) += per-group dout^T @ x (accumulates; a parameter gradient: f32 in a bf16 call, or bf16). dx or
+// dw may be empty and is then skipped. An empty group leaves its dw[e] as it was.
 void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
                              bool accumulate_dx = false);
 // Combine: out[n] = sum_s weights[n, s] * rows[row_of_pair[n * top_k + s]], for out (N, d), rows (M, d),

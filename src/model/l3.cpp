@@ -74,7 +74,7 @@ L3Layer::Weights L3Layer::weights(const FlatBuffer& buffer, const ParamRegistry&
 }
 
 L3Layer::Activations L3Layer::allocate_activations(Arena& arena, int64_t N, DType dtype) const {
-  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;
+  const DType stats = ops::statistics_dtype(dtype);
   Activations a;
   a.h = arena.alloc(dtype, {N, d_});
   a.x = arena.alloc(dtype, {N, d_});

@@ -92,24 +92,27 @@ const L3Layer* Llama::l3_after(int64_t i) const {
   return nullptr;
 }
 
+Llama::LayerWeights Llama::layer_weights(const FlatBuffer& buffer, const ParamRegistry& registry, int64_t i) const {
+  auto get = [&](const std::string& name) { return buffer.view(registry.find(name)); };
+  LayerWeights lw{get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
+                  get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
+                  get(layer_name(i, "self_attn.o_proj.weight")), get(layer_name(i, "post_attention_layernorm.weight")),
+                  {}, {}, {}};
+  if (moe_index(i) < 0) {
+    lw.w_gate = get(layer_name(i, "mlp.gate_proj.weight"));
+    lw.w_up = get(layer_name(i, "mlp.up_proj.weight"));
+    lw.w_down = get(layer_name(i, "mlp.down_proj.weight"));
+  }
+  return lw;
+}
+
 Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
   auto get = [&](const std::string& name) { return buffer.view(registry_.find(name)); };
   Weights w;
   w.embed = get("model.embed_tokens.weight");
   w.final_norm = get("model.norm.weight");
   w.lm_head = config_.tie_embeddings ? w.embed : get("lm_head.weight");
-  for (int64_t i = 0; i < config_.n_layers; ++i) {
-    LayerWeights lw{get(layer_name(i, "input_layernorm.weight")), get(layer_name(i, "self_attn.q_proj.weight")),
-                    get(layer_name(i, "self_attn.k_proj.weight")), get(layer_name(i, "self_attn.v_proj.weight")),
-                    get(layer_name(i, "self_attn.o_proj.weight")), get(layer_name(i, "post_attention_layernorm.weight")),
-                    {}, {}, {}};
-    if (moe_index(i) < 0) {
-      lw.w_gate = get(layer_name(i, "mlp.gate_proj.weight"));
-      lw.w_up = get(layer_name(i, "mlp.up_proj.weight"));
-      lw.w_down = get(layer_name(i, "mlp.down_proj.weight"));
-    }
-    w.layers.push_back(lw);
-  }
+  for (int64_t i = 0; i < config_.n_layers; ++i) w.layers.push_back(layer_weights(buffer, registry_, i));
   for (const L3Layer& layer : l3_layers_) w.l3.push_back(layer.weights(buffer, registry_));
   for (const MoeLayer& layer : moe_layers_) w.moe.push_back(layer.weights(buffer, registry_));
   return w;
@@ -118,7 +121,7 @@ Llama::Weights Llama::weights(const FlatBuffer& buffer) const {
 Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype, bool inference) const {
   const int64_t N = B * T, d = config_.d_model, F = config_.ffn_hidden, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
-  const DType stats = dtype == DType::BF16 ? DType::F32 : dtype;  // rstd, lse, losses (ops.h)
+  const DType stats = ops::statistics_dtype(dtype);  // rstd, lse, losses (ops.h)
   Activations a;
   if (recompute_.attention) a.att_shared = arena.alloc(dtype, {B, T, H, hd});
   if (recompute_.swiglu) a.act_shared = arena.alloc(dtype, {N, F});
@@ -187,7 +190,13 @@ Llama::Activations Llama::allocate_activations(Arena& arena, int64_t B, int64_t 
     a.routing.group_offsets = arena.alloc(DType::I32, {config_.vocab_size + 1});
     for (const L3Layer& layer : l3_layers_) a.l3.push_back(layer.allocate_activations(arena, N, dtype));
   }
-  for (const MoeLayer& layer : moe_layers_) a.moe.push_back(layer.allocate_activations(arena, N, dtype));
+  if (!moe_layers_.empty()) {
+    a.moe_statistics = arena.alloc(stats, {static_cast<int64_t>(moe_layers_.size()), ops::kMoeStatistics});
+    for (size_t j = 0; j < moe_layers_.size(); ++j) {
+      const auto row = static_cast<int64_t>(j);
+      a.moe.push_back(moe_layers_[j].allocate_activations(arena, N, dtype, a.moe_statistics.rows(row, row + 1)));
+    }
+  }
   return a;
 }
 
@@ -219,7 +228,7 @@ size_t Llama::activation_bytes(int64_t B, int64_t T, DType dtype, bool training)
 }
 
 void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T,
-                          LossReport& report, const ResidualObserver& observe) const {
+                          const ResidualObserver& observe) const {
   const int64_t N = B * T, d = config_.d_model, hd = config_.head_dim();
   const int64_t H = config_.n_heads, Hkv = config_.n_kv_heads;
   const double eps = config_.norm_eps, theta = config_.rope_theta;
@@ -250,9 +259,7 @@ void Llama::forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64
     ops::rmsnorm_forward(l.ln2, l.rstd2, l.resid_mid, lw.post_norm, eps);
     ops::copy(resid_out, l.resid_mid);
     if (const int64_t j = moe_index(i); j >= 0) {
-      const MoeLayerStats stats = moe_layers_[j].forward(w.moe[j], a.moe[j], l.ln2, resid_out);
-      report.aux_loss += stats.load_balance_loss + stats.z_loss;
-      report.moe.push_back(stats);
+      moe_layers_[j].forward(w.moe[j], a.moe[j], l.ln2, resid_out);
     } else {
       ops::matmul_forward(l.gate, l.ln2, lw.w_gate);
       ops::matmul_forward(l.up, l.ln2, lw.w_up);
@@ -320,8 +327,7 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
             "live there", device_name(device_));
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, dtype);
-  LossReport report;
-  forward_trunk(w, a, tokens, B, T, report);
+  forward_trunk(w, a, tokens, B, T);
 
   Tensor flat_targets = targets.view({N});
   if (grads == nullptr) {
@@ -334,17 +340,28 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
     // weight its summed cross-entropy has per token, times N.
     backward_trunk(w, g, a, s, tokens, B, T, grad_scale * static_cast<double>(N));
   }
+  LossReport report;
   if (loss_sum.empty()) report.cross_entropy = mean_loss(a.losses);
   else ops::add_mean(loss_sum, a.losses);  // left where the model computes, for the caller to read
+  read_moe_statistics(a, report);
   return report;
+}
+
+void Llama::read_moe_statistics(const Activations& a, LossReport& report) const {
+  if (moe_layers_.empty()) return;
+  const std::vector<double> values = MoeLayer::read_statistics(a.moe_statistics);
+  for (size_t j = 0; j < moe_layers_.size(); ++j) {
+    const MoeLayerStats stats = moe_layers_[j].statistics(values.data() + j * ops::kMoeStatistics);
+    report.aux_loss += stats.load_balance_loss + stats.z_loss;
+    report.moe.push_back(stats);
+  }
 }
 
 void Llama::forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, params.dtype());
-  LossReport unused;
-  forward_trunk(w, a, tokens, B, T, unused);
+  forward_trunk(w, a, tokens, B, T);
   ops::matmul_forward(logits, a.lnf, w.lm_head);
 }
 
@@ -362,8 +379,7 @@ void Llama::forward_hidden(const FlatBuffer& params, Tensor tokens, Tensor hidde
             "and output must live there", device_name(device_));
   const Weights w = weights(params);
   Activations a = allocate_activations(arena, B, T, params.dtype(), /*inference=*/true);
-  LossReport unused;
-  forward_trunk(w, a, tokens, B, T, unused, observe);
+  forward_trunk(w, a, tokens, B, T, observe);
   ops::copy(hidden, a.lnf);
 }
 

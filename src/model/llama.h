@@ -116,10 +116,14 @@ class Llama {
   // Parameter counts by component and training FLOPs per token at sequence length seq_len.
   ModelCost cost(int64_t seq_len) const;
 
- private:
+  // The weights of decoder layer i: views into `buffer`, laid out by `registry` (the model's own, or another that
+  // holds the same names, as inference's trunk does).
   struct LayerWeights {
     Tensor input_norm, wq, wk, wv, wo, post_norm, w_gate, w_up, w_down;  // FFN weights empty in MoE layers
   };
+  LayerWeights layer_weights(const FlatBuffer& buffer, const ParamRegistry& registry, int64_t i) const;
+
+ private:
   struct Weights {
     Tensor embed, final_norm, lm_head;  // lm_head is the embedding when tied
     std::vector<LayerWeights> layers;
@@ -136,6 +140,7 @@ class Llama {
     L3Routing routing;                         // when the model has L3 layers
     std::vector<L3Layer::Activations> l3;
     std::vector<MoeLayer::Activations> moe;
+    Tensor moe_statistics;                     // (MoE layers, ops::kMoeStatistics): each layer's row, read in one copy
   };
   struct Scratch {
     Tensor dresid, dln, datt, dq, dk, dv, dact, dgate, dup;
@@ -147,9 +152,11 @@ class Llama {
   // inference: one layer's buffers serve every layer (the residual stream alternates between two).
   Activations allocate_activations(Arena& arena, int64_t B, int64_t T, DType dtype, bool inference = false) const;
   Scratch allocate_scratch(Arena& arena, int64_t B, int64_t T, DType dtype) const;
-  // Runs everything up to the final norm; appends each MoE layer's statistics to report.
-  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T, LossReport& report,
+  // Runs everything up to the final norm (each MoE layer leaves its routing statistics in a.moe_statistics).
+  void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T,
                      const ResidualObserver& observe = {}) const;
+  // Reads every MoE layer's routing statistics back (one copy) into report: per layer, and the auxiliary loss.
+  void read_moe_statistics(const Activations& a, LossReport& report) const;
   // aux_scale: the weight of the MoE auxiliary losses in the differentiated objective.
   void backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
                       int64_t B, int64_t T, double aux_scale) const;

@@ -11,30 +11,6 @@
 
 namespace l3c {
 
-namespace {
-// The values of an f32 / f64 tensor in host or GPU memory, as doubles in host memory.
-std::vector<double> host_values(const Tensor& t) {
-  std::vector<double> out(static_cast<size_t>(t.numel()));
-  if (t.dtype == DType::F64) {
-    ops::copy(Tensor(out.data(), DType::F64, {t.numel()}), t);
-    return out;
-  }
-  std::vector<float> f32(out.size());
-  ops::copy(Tensor(f32.data(), DType::F32, {t.numel()}), t);
-  for (size_t i = 0; i < out.size(); ++i) out[i] = f32[i];
-  return out;
-}
-
-// The rows each expert received: the group sizes of the expert offsets (E + 1), read to the host.
-std::vector<int64_t> rows_per_expert(const Tensor& offsets) {
-  std::vector<int32_t> host(static_cast<size_t>(offsets.numel()));
-  ops::copy(Tensor(host.data(), DType::I32, {offsets.numel()}), offsets);
-  std::vector<int64_t> rows(host.size() - 1);
-  for (size_t e = 0; e + 1 < host.size(); ++e) rows[e] = host[e + 1] - host[e];
-  return rows;
-}
-}  // namespace
-
 MoeLayer::MoeLayer(const ModelConfig& model, int64_t layer)
     : layer_(layer),
       d_(model.d_model),
@@ -96,13 +72,18 @@ MoeLayer::Weights MoeLayer::weights(const FlatBuffer& buffer, const ParamRegistr
 }
 
 MoeLayer::Activations MoeLayer::allocate_activations(Arena& arena, int64_t N, DType dtype) const {
+  return allocate_activations(arena, N, dtype, arena.alloc(ops::statistics_dtype(dtype), {ops::kMoeStatistics}));
+}
+
+MoeLayer::Activations MoeLayer::allocate_activations(Arena& arena, int64_t N, DType dtype, Tensor statistics) const {
   const int64_t M = N * top_k_;
+  const DType stats = ops::statistics_dtype(dtype);  // softmax, weights, lse (ops.h)
   Activations a;
   a.logits = arena.alloc(dtype, {N, E_});
-  a.probs = arena.alloc(dtype, {N, E_});
-  a.lse = arena.alloc(dtype, {N});
+  a.probs = arena.alloc(stats, {N, E_});
+  a.lse = arena.alloc(stats, {N});
   a.experts = arena.alloc(DType::I32, {N, top_k_});
-  a.weights = arena.alloc(dtype, {N, top_k_});
+  a.weights = arena.alloc(stats, {N, top_k_});
   a.order = arena.alloc(DType::I32, {M});
   a.expert_offsets = arena.alloc(DType::I32, {E_ + 1});
   a.token_of_row = arena.alloc(DType::I32, {M});
@@ -117,21 +98,25 @@ MoeLayer::Activations MoeLayer::allocate_activations(Arena& arena, int64_t N, DT
     a.shared_up = arena.alloc(dtype, {N, shared_F_});
     a.shared_act = arena.alloc(dtype, {N, shared_F_});
   }
-  a.probs_mean = arena.alloc(dtype, {E_});
+  a.statistics = statistics;
+  L3C_CHECK(a.statistics.numel() == ops::kMoeStatistics && a.statistics.dtype == stats,
+            "{}: the routing statistics need ({}) {}, got {} {}", name("statistics"), ops::kMoeStatistics,
+            dtype_name(stats), a.statistics.shape_string(), dtype_name(a.statistics.dtype));
   return a;
 }
 
 MoeLayer::Scratch MoeLayer::allocate_scratch(Arena& arena, int64_t N, DType dtype) const {
   const int64_t M = N * top_k_;
+  const DType stats = ops::statistics_dtype(dtype);
   Scratch s;
   s.dy_rows = arena.alloc(dtype, {M, d_});
   s.dx_rows = arena.alloc(dtype, {M, d_});
   s.dact = arena.alloc(dtype, {M, F_});
   s.dgate = arena.alloc(dtype, {M, F_});
   s.dup = arena.alloc(dtype, {M, F_});
-  s.dweights = arena.alloc(dtype, {N, top_k_});
+  s.dweights = arena.alloc(stats, {N, top_k_});
   s.dlogits = arena.alloc(dtype, {N, E_});
-  s.probs_bias = arena.alloc(dtype, {E_});
+  s.probs_bias = arena.alloc(stats, {E_});
   if (shared_F_ > 0) {
     s.dshared_act = arena.alloc(dtype, {N, shared_F_});
     s.dshared_gate = arena.alloc(dtype, {N, shared_F_});
@@ -140,12 +125,13 @@ MoeLayer::Scratch MoeLayer::allocate_scratch(Arena& arena, int64_t N, DType dtyp
   return s;
 }
 
-MoeLayerStats MoeLayer::forward(const Weights& w, Activations& a, Tensor x, Tensor out) const {
+void MoeLayer::forward(const Weights& w, Activations& a, Tensor x, Tensor out) const {
   const int64_t N = x.numel() / d_, M = N * top_k_;
-  // routing: probabilities, top-k experts and weights, then the pairs grouped by expert
+  // routing: probabilities, top-k experts and weights, then the pairs grouped by expert (the router's experts
+  // are in range by construction: no check that would wait for the device)
   ops::matmul_forward(a.logits, x, w.router);
   ops::moe_router_forward(a.probs, a.lse, a.experts, a.weights, a.logits, normalize_);
-  ops::group_by_key(a.order, a.expert_offsets, a.experts.view({M}));
+  ops::group_by_key(a.order, a.expert_offsets, a.experts.view({M}), ops::KeyCheck::Trusted);
   ops::moe_pair_indices(a.token_of_row, a.row_of_pair, a.order, top_k_);
   // every expert's SwiGLU on its rows, as grouped products
   ops::gather_rows(a.x_rows, x, a.token_of_row);
@@ -161,32 +147,36 @@ MoeLayerStats MoeLayer::forward(const Weights& w, Activations& a, Tensor x, Tens
     ops::swiglu_forward(a.shared_act, a.shared_gate, a.shared_up);
     ops::matmul_forward(out, a.shared_act, w.shared_down, /*accumulate=*/true);
   }
+  // the auxiliary losses and load statistics, reduced where the routing lives
+  ops::moe_routing_stats(a.statistics, a.probs, a.lse, a.expert_offsets);
+}
 
-  // Auxiliary losses and load statistics, read to the host (E + 1 offsets, E means, the (N, E) probabilities).
+MoeLayerStats MoeLayer::statistics(const double* values) const {
   MoeLayerStats stats;
   stats.layer = layer_;
-  ops::column_sum(a.probs_mean, a.probs);
-  ops::scale_inplace(a.probs_mean, 1.0 / static_cast<double>(std::max<int64_t>(N, 1)));
-  a.expert_rows = rows_per_expert(a.expert_offsets);
-  const std::vector<int64_t>& rows = a.expert_rows;
-  const std::vector<double> probs_mean = host_values(a.probs_mean);
-  double balance = 0.0;
-  stats.load_min = N > 0 ? 1.0 : 0.0;
-  for (int64_t e = 0; e < E_; ++e) {
-    const double assigned = static_cast<double>(rows[e]);
-    const double f = M > 0 ? assigned / static_cast<double>(M) : 0.0;  // f_e: share of the N * top_k pairs
-    balance += f * probs_mean[e];
-    const double load = N > 0 ? assigned / static_cast<double>(N) : 0.0;  // share of tokens reaching e
-    stats.load_max = std::max(stats.load_max, load);
-    stats.load_min = std::min(stats.load_min, load);
-  }
-  stats.load_balance_loss = aux_loss_ * static_cast<double>(E_) * balance;
-  stats.z_loss = N > 0 ? z_loss_ * ops::sum_squares(a.lse) / static_cast<double>(N) : 0.0;
-  double entropy = 0.0;
-  for (const double p : host_values(a.probs))
-    if (p > 0.0) entropy -= p * std::log(p);
-  stats.router_entropy = N > 0 ? entropy / static_cast<double>(N) : 0.0;
+  stats.load_balance_loss = aux_loss_ * static_cast<double>(E_) * values[0];
+  stats.z_loss = z_loss_ * values[1];
+  stats.load_max = values[2];
+  stats.load_min = values[3];
+  stats.router_entropy = values[4];
   return stats;
+}
+
+std::vector<double> MoeLayer::read_statistics(const Tensor& statistics) {
+  const int64_t n = statistics.numel();
+  std::vector<double> values(static_cast<size_t>(n));
+  if (statistics.dtype == DType::F64) {
+    ops::copy(Tensor(values.data(), DType::F64, {n}), statistics.view({n}));
+  } else {
+    std::vector<float> f32(values.size());
+    ops::copy(Tensor(f32.data(), DType::F32, {n}), statistics.view({n}));
+    std::copy(f32.begin(), f32.end(), values.begin());
+  }
+  return values;
+}
+
+MoeLayerStats MoeLayer::statistics(const Activations& a) const {
+  return statistics(read_statistics(a.statistics).data());
 }
 
 void MoeLayer::backward(const Weights& w, const Weights& g, const Activations& a, Scratch& s, Tensor x, Tensor dout,
@@ -202,21 +192,13 @@ void MoeLayer::backward(const Weights& w, const Weights& g, const Activations& a
   // the dispatch gather: each token's top_k row gradients summed back into dx
   ops::moe_combine_forward(dx, s.dx_rows, Tensor(), a.row_of_pair, /*accumulate=*/false);
 
-  // router: through the weights, plus the load-balancing term (f_e fixed: d/dp_{n,e} of
-  // alpha E sum_e f_e P_e is alpha E f_e / N) and the z-loss (beta / N * sum_n lse_n^2)
-  const std::vector<int64_t>& rows = a.expert_rows;  // f_e, as the forward counted it
+  // router: through the weights, plus the load-balancing term (f_e = rows_e / M fixed: d/dp_{n,e} of
+  // alpha E sum_e f_e P_e is alpha E f_e / N, computed from the expert offsets on the device) and the z-loss
+  // (beta / N * sum_n lse_n^2)
   const double n_tokens = static_cast<double>(std::max<int64_t>(N, 1));
-  std::vector<double> bias(static_cast<size_t>(E_));
-  for (int64_t e = 0; e < E_; ++e) {
-    const double f = M > 0 ? static_cast<double>(rows[e]) / static_cast<double>(M) : 0.0;
-    bias[e] = aux_scale * aux_loss_ * static_cast<double>(E_) * f / n_tokens;
-  }
-  if (s.probs_bias.dtype == DType::F64) {
-    ops::copy(s.probs_bias, Tensor(bias.data(), DType::F64, {E_}));
-  } else {
-    std::vector<float> f32(bias.begin(), bias.end());
-    ops::copy(s.probs_bias, Tensor(f32.data(), DType::F32, {E_}));
-  }
+  const double n_pairs = static_cast<double>(std::max<int64_t>(M, 1));
+  ops::moe_balance_bias(s.probs_bias, a.expert_offsets,
+                        aux_scale * aux_loss_ * static_cast<double>(E_) / (n_pairs * n_tokens));
   ops::moe_router_backward(s.dlogits, s.dweights, a.probs, a.lse, a.experts, a.weights, s.probs_bias,
                            aux_scale * z_loss_ / n_tokens, normalize_);
   ops::matmul_backward(dx, g.router, s.dlogits, x, w.router, /*accumulate_dx=*/true);

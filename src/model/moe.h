@@ -12,6 +12,11 @@
 // Parameters (Hugging Face Mixtral names) are registered expert-major per projection: all experts' w1,
 // then all w3, then all w2, so that each projection of the layer is one contiguous (E, out, in) tensor
 // of the flat buffer that the grouped products read directly.
+//
+// Precision: activations and weights in the model's dtype (bf16 on a GPU in mixed precision); the router's
+// softmax, top-k weights, lse and the statistics in fp32 there (the op contract's statistics). The forward and
+// backward never wait for the device: the expert offsets and the routing statistics stay where they are computed,
+// and statistics() reads the few logged numbers back when the caller wants them.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -57,10 +62,11 @@ class MoeLayer {
 
   // Everything the backward needs. M = N * top_k routed rows, in grouped (expert) order.
   struct Activations {
-    Tensor logits, probs;              // (N, E)
-    Tensor lse;                        // (N)
+    Tensor logits;                     // (N, E) the router's product, in the model's dtype
+    Tensor probs;                      // (N, E) softmax(logits), a statistic (f32 in a bf16 model)
+    Tensor lse;                        // (N) logsumexp(logits), a statistic
     Tensor experts;                    // (N, top_k) i32: the chosen experts, by descending probability
-    Tensor weights;                    // (N, top_k): their combine weights
+    Tensor weights;                    // (N, top_k): their combine weights, a statistic
     Tensor order;                      // (M) i32: the pairs sorted by expert
     Tensor expert_offsets;             // (E + 1) i32: expert e's rows are [expert_offsets[e], expert_offsets[e + 1])
     Tensor token_of_row, row_of_pair;  // (M) i32 (ops::moe_pair_indices)
@@ -68,25 +74,34 @@ class MoeLayer {
     Tensor gate, up, act;              // (M, F)
     Tensor y_rows;                     // (M, d) each pair's expert output, before weighting
     Tensor shared_gate, shared_up, shared_act;  // (N, Fs) when there is a shared expert
-    Tensor probs_mean;                 // (E) P_e, the mean router probability
-    std::vector<int64_t> expert_rows;  // (E) rows each expert received, read to the host once by the forward
+    Tensor statistics;                 // (ops::kMoeStatistics) the routing statistics of the forward, a statistic
   };
+  // The first form allocates the routing statistics too; the second has the forward write them to `statistics`
+  // ((ops::kMoeStatistics) in the statistics dtype: Llama gives every MoE layer a row of one tensor, read back with
+  // one copy).
   Activations allocate_activations(Arena& arena, int64_t N, DType dtype) const;
+  Activations allocate_activations(Arena& arena, int64_t N, DType dtype, Tensor statistics) const;
 
   // Backward temporaries; one set serves every MoE layer of the model (same sizes).
   struct Scratch {
     Tensor dy_rows, dx_rows;           // (M, d)
     Tensor dact, dgate, dup;           // (M, F)
-    Tensor dweights;                   // (N, top_k)
-    Tensor dlogits;                    // (N, E)
-    Tensor probs_bias;                 // (E)
+    Tensor dweights;                   // (N, top_k) a statistic
+    Tensor dlogits;                    // (N, E) in the model's dtype
+    Tensor probs_bias;                 // (E) the load-balancing term on d loss / d probs, a statistic
     Tensor dshared_act, dshared_gate, dshared_up;  // (N, Fs)
   };
   Scratch allocate_scratch(Arena& arena, int64_t N, DType dtype) const;
 
-  // x (N, d) is the FFN input (the post-attention RMSNorm's output); out (N, d) += the layer's output.
-  // Returns the routing statistics and auxiliary losses of this micro-batch.
-  MoeLayerStats forward(const Weights& w, Activations& a, Tensor x, Tensor out) const;
+  // x (N, d) is the FFN input (the post-attention RMSNorm's output); out (N, d) += the layer's output. Writes
+  // the routing statistics of this micro-batch to a.statistics, where they stay (on the device) until read.
+  void forward(const Weights& w, Activations& a, Tensor x, Tensor out) const;
+  // The routing statistics and auxiliary losses of the last forward into a: from the ops::kMoeStatistics values
+  // of a.statistics read to the host (one copy), or from such values already read.
+  MoeLayerStats statistics(const Activations& a) const;
+  MoeLayerStats statistics(const double* values) const;
+  // The values of routing statistics (f32 or f64, of one layer or of several), read to the host in one copy.
+  static std::vector<double> read_statistics(const Tensor& statistics);
   // x (N, d) is the forward's input, dout (N, d) = d loss / d out; overwrites dx (N, d) with
   // d loss / d x and accumulates the parameter gradients into g. The auxiliary losses enter with weight aux_scale (the same factor the
   // cross-entropy's per-token sum is scaled by, times N: each micro-batch contributes its mean).

@@ -39,6 +39,8 @@ CudaWorkspaceShape workspace_shape(const Config& config, DType dtype) {
   w.vocab = config.model.vocab_size;
   w.widest_norm = std::max(config.model.d_model, config.model.l3.enabled() ? config.model.l3.d_up : int64_t{0});
   w.l3_width = config.model.l3.enabled() ? config.model.l3.k : 0;
+  w.moe_experts = config.model.moe.enabled() ? config.model.moe.experts : 0;
+  w.moe_top_k = config.model.moe.enabled() ? config.model.moe.top_k : 0;
   w.dtype = dtype;
   return w;
 }

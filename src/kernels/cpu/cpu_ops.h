@@ -108,7 +108,8 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
 void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize);
 void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
                          Tensor probs_bias, double z_scale, bool normalize);
-void column_sum(Tensor out, Tensor x);
+void moe_routing_stats(Tensor stats, Tensor probs, Tensor lse, Tensor offsets);
+void moe_balance_bias(Tensor probs_bias, Tensor offsets, double scale);
 void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k);
 void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);
 void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,

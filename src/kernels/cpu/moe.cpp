@@ -1,6 +1,6 @@
 // CPU Mixture-of-Experts ops: the router (softmax, top-k, renormalisation) and its backward with the
-// auxiliary losses, the (token, slot) pair bookkeeping, the grouped expert products and the weighted
-// combine back into token order. Every row / token is independent, so the work is split over rows and
+// auxiliary losses, the layer's routing statistics, the (token, slot) pair bookkeeping, the grouped expert
+// products and the weighted combine back into token order. Every row / token is independent, so the work is split over rows and
 // each output element is written by one thread in a fixed order: results do not depend on scheduling.
 // GCC 12 reports false "may be used uninitialized" warnings inside Eigen's AVX-512 kernels.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -104,15 +104,45 @@ void router_backward_impl(Tensor dlogits, Tensor dweights, Tensor probs, Tensor 
   }
 }
 
+// The kMoeStatistics values of ops.h, in double, rows in order (N is small next to the layer's products).
 template <typename T>
-void column_sum_impl(Tensor out, Tensor x) {
-  const int64_t cols = x.dim(-1), rows = x.numel() / cols;
-  const T* xs = x.ptr<T>();
-  std::vector<double> sums(static_cast<size_t>(cols), 0.0);
-  for (int64_t n = 0; n < rows; ++n)
-    for (int64_t c = 0; c < cols; ++c) sums[c] += static_cast<double>(xs[n * cols + c]);
-  T* o = out.ptr<T>();
-  for (int64_t c = 0; c < cols; ++c) o[c] = static_cast<T>(sums[c]);
+void routing_stats_impl(Tensor stats, Tensor probs, Tensor lse, Tensor offsets) {
+  const int64_t E = probs.dim(-1), n_rows = probs.numel() / E;
+  const T* p = probs.ptr<T>();
+  const T* l = lse.ptr<T>();
+  const int32_t* off = offsets.ptr<int32_t>();
+  std::vector<double> mass(static_cast<size_t>(E), 0.0);
+  double entropy = 0.0, lse_squares = 0.0;
+  for (int64_t n = 0; n < n_rows; ++n) {
+    for (int64_t e = 0; e < E; ++e) {
+      const double pe = static_cast<double>(p[n * E + e]);
+      mass[e] += pe;
+      if (pe > 0.0) entropy -= pe * std::log(pe);
+    }
+    lse_squares += static_cast<double>(l[n]) * static_cast<double>(l[n]);
+  }
+  const double tokens = static_cast<double>(n_rows), pairs = static_cast<double>(off[E] - off[0]);
+  double balance = 0.0, most = 0.0, least = 0.0;
+  for (int64_t e = 0; e < E; ++e) {
+    const double rows = static_cast<double>(off[e + 1] - off[e]);
+    if (pairs > 0.0) balance += rows / pairs * (mass[e] / tokens);
+    most = e == 0 ? rows : std::max(most, rows);
+    least = e == 0 ? rows : std::min(least, rows);
+  }
+  T* out = stats.ptr<T>();
+  out[0] = static_cast<T>(balance);
+  out[1] = static_cast<T>(lse_squares / tokens);
+  out[2] = static_cast<T>(most / tokens);
+  out[3] = static_cast<T>(least / tokens);
+  out[4] = static_cast<T>(entropy / tokens);
+}
+
+template <typename T>
+void balance_bias_impl(Tensor probs_bias, Tensor offsets, double scale) {
+  const int32_t* off = offsets.ptr<int32_t>();
+  T* bias = probs_bias.ptr<T>();
+  for (int64_t e = 0; e < probs_bias.numel(); ++e)
+    bias[e] = static_cast<T>(scale * static_cast<double>(off[e + 1] - off[e]));
 }
 
 template <typename T>
@@ -220,8 +250,14 @@ void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor l
   });
 }
 
-void column_sum(Tensor out, Tensor x) {
-  dispatch_float(x.dtype, "column_sum", [&](auto tag) { column_sum_impl<decltype(tag)>(out, x); });
+void moe_routing_stats(Tensor stats, Tensor probs, Tensor lse, Tensor offsets) {
+  dispatch_float(probs.dtype, "moe_routing_stats",
+                 [&](auto tag) { routing_stats_impl<decltype(tag)>(stats, probs, lse, offsets); });
+}
+
+void moe_balance_bias(Tensor probs_bias, Tensor offsets, double scale) {
+  dispatch_float(probs_bias.dtype, "moe_balance_bias",
+                 [&](auto tag) { balance_bias_impl<decltype(tag)>(probs_bias, offsets, scale); });
 }
 
 void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k) {

@@ -33,17 +33,7 @@ namespace {
 
 constexpr int kTile = 32;  // rows per block and keys (or query rows) per shared-memory tile
 
-struct Dims {
-  int batch, seq, heads, kv_heads, hd;
-  __host__ __device__ int group() const { return heads / kv_heads; }
-  // Offsets of element 0 of row t of head h in a (B, T, heads, hd) tensor and of kv head g in (B, T, Hkv, hd).
-  __host__ __device__ int64_t q_offset(int b, int t, int h) const {
-    return ((static_cast<int64_t>(b) * seq + t) * heads + h) * hd;
-  }
-  __host__ __device__ int64_t kv_offset(int b, int t, int g) const {
-    return ((static_cast<int64_t>(b) * seq + t) * kv_heads + g) * hd;
-  }
-};
+using Dims = AttentionDims;
 
 // Loads rows [t0, t0 + kTile) of head `head` (of `heads`) of a (B, T, heads, hd) tensor into tile (kTile, hd) as
 // f32; rows past the sequence are zeros. Every thread of the block takes part.
@@ -53,6 +43,47 @@ __device__ __forceinline__ void load_tile(float* tile, const T* src, const Dims&
   for (int idx = threadIdx.x; idx < kTile * dim.hd; idx += blockDim.x) {
     const int row = idx / dim.hd, c = idx % dim.hd, t = t0 + row;
     tile[idx] = t < dim.seq ? to_float(src[((static_cast<int64_t>(b) * dim.seq + t) * heads + head) * dim.hd + c]) : 0.0f;
+  }
+}
+
+// A thread group of TPK threads holds one row of hd values, EPT a thread: thread `sub` holds columns sub + TPK e.
+// Loads that row from src (row start; zeros where !valid or past hd).
+template <typename T, int TPK, int EPT>
+__device__ __forceinline__ void load_row(float (&row)[EPT], const T* src, int sub, int hd, bool valid) {
+#pragma unroll
+  for (int e = 0; e < EPT; ++e) {
+    const int c = sub + TPK * e;
+    row[e] = valid && c < hd ? to_float(src[c]) : 0.0f;
+  }
+}
+// The dot product of the group's row with a row of a shared tile, summed over the group (every thread gets it).
+template <int TPK, int EPT>
+__device__ __forceinline__ float row_dot(const float (&row)[EPT], const float* tile_row, int sub, int hd) {
+  float part = 0.0f;
+#pragma unroll
+  for (int e = 0; e < EPT; ++e) {
+    const int c = sub + TPK * e;
+    if (c < hd) part += row[e] * tile_row[c];
+  }
+  return group_sum<TPK>(part);
+}
+// row += weight * tile_row.
+template <int TPK, int EPT>
+__device__ __forceinline__ void add_scaled_row(float (&row)[EPT], float weight, const float* tile_row, int sub,
+                                               int hd) {
+#pragma unroll
+  for (int e = 0; e < EPT; ++e) {
+    const int c = sub + TPK * e;
+    if (c < hd) row[e] += weight * tile_row[c];
+  }
+}
+// dst (row start) = the group's row times scale.
+template <typename T, int TPK, int EPT>
+__device__ __forceinline__ void store_row(T* dst, const float (&row)[EPT], float scale, int sub, int hd) {
+#pragma unroll
+  for (int e = 0; e < EPT; ++e) {
+    const int c = sub + TPK * e;
+    if (c < hd) dst[c] = from_float<T>(row[e] * scale);
   }
 }
 
@@ -69,13 +100,8 @@ __global__ void attention_forward_kernel(T* __restrict__ out, float* __restrict_
   const int i = tile * kTile + r;
   const bool row_valid = i < dim.seq;
 
-  float qr[EPT], acc[EPT];
-#pragma unroll
-  for (int e = 0; e < EPT; ++e) {
-    const int c = sub + TPK * e;
-    qr[e] = row_valid && c < dim.hd ? to_float(q[dim.q_offset(b, i, h) + c]) : 0.0f;
-    acc[e] = 0.0f;
-  }
+  float qr[EPT], acc[EPT] = {};
+  load_row<T, TPK>(qr, q + dim.q_offset(b, i, h), sub, dim.hd, row_valid);
   float m = -INFINITY, l = 0.0f;
 
   const int last_row = (tile + 1) * kTile < dim.seq ? (tile + 1) * kTile - 1 : dim.seq - 1;
@@ -89,13 +115,7 @@ __global__ void attention_forward_kernel(T* __restrict__ out, float* __restrict_
     float tile_max = -INFINITY;
 #pragma unroll
     for (int jj = 0; jj < kTile; ++jj) {
-      float part = 0.0f;
-#pragma unroll
-      for (int e = 0; e < EPT; ++e) {
-        const int c = sub + TPK * e;
-        if (c < dim.hd) part += qr[e] * key_tile[jj * dim.hd + c];
-      }
-      part = group_sum<TPK>(part);
+      const float part = row_dot<TPK>(qr, key_tile + jj * dim.hd, sub, dim.hd);
       s[jj] = j0 + jj <= i ? part * scale : -INFINITY;  // causal mask (rows past T compute harmlessly)
       tile_max = fmaxf(tile_max, s[jj]);
     }
@@ -109,24 +129,15 @@ __global__ void attention_forward_kernel(T* __restrict__ out, float* __restrict_
       for (int jj = 0; jj < kTile; ++jj) {
         const float p = expf(s[jj] - new_max);  // 0 for masked keys
         l += p;
-#pragma unroll
-        for (int e = 0; e < EPT; ++e) {
-          const int c = sub + TPK * e;
-          if (c < dim.hd) acc[e] += p * value_tile[jj * dim.hd + c];
-        }
+        add_scaled_row<TPK>(acc, p, value_tile + jj * dim.hd, sub, dim.hd);
       }
       m = new_max;
     }
   }
 
   if (row_valid) {
-    const float inv = 1.0f / l;
-#pragma unroll
-    for (int e = 0; e < EPT; ++e) {
-      const int c = sub + TPK * e;
-      if (c < dim.hd) out[dim.q_offset(b, i, h) + c] = from_float<T>(acc[e] * inv);
-    }
-    if (sub == 0) lse[(static_cast<int64_t>(b) * dim.heads + h) * dim.seq + i] = m + logf(l);
+    store_row<T, TPK>(out + dim.q_offset(b, i, h), acc, 1.0f / l, sub, dim.hd);
+    if (sub == 0) lse[dim.lse_offset(b, h, i)] = m + logf(l);
   }
 }
 
@@ -146,20 +157,13 @@ __global__ void attention_backward_dkv_kernel(T* __restrict__ dk, T* __restrict_
   const int j = tile * kTile + r;  // this thread group's key
   const bool key_valid = j < dim.seq;
 
-  float kr[EPT], vr[EPT], dkr[EPT], dvr[EPT];
-#pragma unroll
-  for (int e = 0; e < EPT; ++e) {
-    const int c = sub + TPK * e;
-    const bool inside = key_valid && c < dim.hd;
-    kr[e] = inside ? to_float(k[dim.kv_offset(b, j, g) + c]) : 0.0f;
-    vr[e] = inside ? to_float(v[dim.kv_offset(b, j, g) + c]) : 0.0f;
-    dkr[e] = 0.0f;
-    dvr[e] = 0.0f;
-  }
+  float kr[EPT], vr[EPT], dkr[EPT] = {}, dvr[EPT] = {};
+  load_row<T, TPK>(kr, k + dim.kv_offset(b, j, g), sub, dim.hd, key_valid);
+  load_row<T, TPK>(vr, v + dim.kv_offset(b, j, g), sub, dim.hd, key_valid);
 
   for (int hr = 0; hr < dim.group(); ++hr) {
     const int h = g * dim.group() + hr;
-    const float* lse_head = lse + (static_cast<int64_t>(b) * dim.heads + h) * dim.seq;
+    const float* lse_head = lse + dim.lse_offset(b, h, 0);
     // Query rows before the tile's first key see none of its keys.
     for (int i0 = tile * kTile; i0 < dim.seq; i0 += kTile) {
       __syncthreads();
@@ -184,41 +188,20 @@ __global__ void attention_backward_dkv_kernel(T* __restrict__ dk, T* __restrict_
       __syncthreads();
       for (int ii = 0; ii < kTile; ++ii) {
         const int i = i0 + ii;
-        float score = 0.0f, dp = 0.0f;
-#pragma unroll
-        for (int e = 0; e < EPT; ++e) {
-          const int c = sub + TPK * e;
-          if (c < dim.hd) {
-            score += kr[e] * query_tile[ii * dim.hd + c];
-            dp += vr[e] * dout_tile[ii * dim.hd + c];
-          }
-        }
-        score = group_sum<TPK>(score);
-        dp = group_sum<TPK>(dp);
+        const float score = row_dot<TPK>(kr, query_tile + ii * dim.hd, sub, dim.hd);
+        const float dp = row_dot<TPK>(vr, dout_tile + ii * dim.hd, sub, dim.hd);
         const bool visible = key_valid && j <= i && i < dim.seq;
         const float p = visible ? expf(score * scale - lse_tile[ii]) : 0.0f;
         const float ds = p * (dp - delta_tile[ii]) * scale;
-#pragma unroll
-        for (int e = 0; e < EPT; ++e) {
-          const int c = sub + TPK * e;
-          if (c < dim.hd) {
-            dvr[e] += p * dout_tile[ii * dim.hd + c];
-            dkr[e] += ds * query_tile[ii * dim.hd + c];
-          }
-        }
+        add_scaled_row<TPK>(dvr, p, dout_tile + ii * dim.hd, sub, dim.hd);
+        add_scaled_row<TPK>(dkr, ds, query_tile + ii * dim.hd, sub, dim.hd);
       }
     }
   }
 
   if (key_valid) {
-#pragma unroll
-    for (int e = 0; e < EPT; ++e) {
-      const int c = sub + TPK * e;
-      if (c < dim.hd) {
-        dk[dim.kv_offset(b, j, g) + c] = from_float<T>(dkr[e]);
-        dv[dim.kv_offset(b, j, g) + c] = from_float<T>(dvr[e]);
-      }
-    }
+    store_row<T, TPK>(dk + dim.kv_offset(b, j, g), dkr, 1.0f, sub, dim.hd);
+    store_row<T, TPK>(dv + dim.kv_offset(b, j, g), dvr, 1.0f, sub, dim.hd);
   }
 }
 
@@ -237,8 +220,8 @@ __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __rest
   const int i = tile * kTile + r;
   const bool row_valid = i < dim.seq;
 
-  float qr[EPT], dor[EPT], dqr[EPT];
-  float delta = 0.0f;
+  float qr[EPT], dor[EPT], dqr[EPT] = {};
+  float delta = 0.0f;  // D_i = dO_i . O_i, with the loads of the row (one loop, as the compiler contracts it)
 #pragma unroll
   for (int e = 0; e < EPT; ++e) {
     const int c = sub + TPK * e;
@@ -246,10 +229,9 @@ __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __rest
     qr[e] = inside ? to_float(q[dim.q_offset(b, i, h) + c]) : 0.0f;
     dor[e] = inside ? to_float(dout[dim.q_offset(b, i, h) + c]) : 0.0f;
     delta += inside ? dor[e] * to_float(out[dim.q_offset(b, i, h) + c]) : 0.0f;
-    dqr[e] = 0.0f;
   }
   delta = group_sum<TPK>(delta);
-  const float lse_i = row_valid ? lse[(static_cast<int64_t>(b) * dim.heads + h) * dim.seq + i] : 0.0f;
+  const float lse_i = row_valid ? lse[dim.lse_offset(b, h, i)] : 0.0f;
 
   const int last_row = (tile + 1) * kTile < dim.seq ? (tile + 1) * kTile - 1 : dim.seq - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
@@ -258,44 +240,19 @@ __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __rest
     load_tile(value_tile, v, dim, b, j0, g, dim.kv_heads);
     __syncthreads();
     for (int jj = 0; jj < kTile; ++jj) {
-      float score = 0.0f, dp = 0.0f;
-#pragma unroll
-      for (int e = 0; e < EPT; ++e) {
-        const int c = sub + TPK * e;
-        if (c < dim.hd) {
-          score += qr[e] * key_tile[jj * dim.hd + c];
-          dp += dor[e] * value_tile[jj * dim.hd + c];
-        }
-      }
-      score = group_sum<TPK>(score);
-      dp = group_sum<TPK>(dp);
+      const float score = row_dot<TPK>(qr, key_tile + jj * dim.hd, sub, dim.hd);
+      const float dp = row_dot<TPK>(dor, value_tile + jj * dim.hd, sub, dim.hd);
       const bool visible = row_valid && j0 + jj <= i;
       const float p = visible ? expf(score * scale - lse_i) : 0.0f;
       const float ds = p * (dp - delta) * scale;
-#pragma unroll
-      for (int e = 0; e < EPT; ++e) {
-        const int c = sub + TPK * e;
-        if (c < dim.hd) dqr[e] += ds * key_tile[jj * dim.hd + c];
-      }
+      add_scaled_row<TPK>(dqr, ds, key_tile + jj * dim.hd, sub, dim.hd);
     }
   }
 
-  if (row_valid) {
-#pragma unroll
-    for (int e = 0; e < EPT; ++e) {
-      const int c = sub + TPK * e;
-      if (c < dim.hd) dq[dim.q_offset(b, i, h) + c] = from_float<T>(dqr[e]);
-    }
-  }
+  if (row_valid) store_row<T, TPK>(dq + dim.q_offset(b, i, h), dqr, 1.0f, sub, dim.hd);
 }
 
-Dims dims_of(const Tensor& q, const Tensor& k) {
-  auto narrow = [](int64_t v) {
-    L3C_CHECK(v > 0 && v <= 65535 * 32, "ops::attention: dimension {} is too large for the CUDA kernels", v);
-    return static_cast<int>(v);
-  };
-  return {narrow(q.dim(0)), narrow(q.dim(1)), narrow(q.dim(2)), narrow(k.dim(2)), narrow(q.dim(3))};
-}
+Dims dims_of(const Tensor& q, const Tensor& k) { return attention_dims(q, k, 65535 * kTile, "CUDA kernels"); }
 
 template <int V>
 using Int = std::integral_constant<int, V>;

@@ -58,18 +58,7 @@ using OperandBt = wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, bf16, wmma
 using OperandB = wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, bf16, wmma::row_major>;
 using Accumulator = wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, float>;
 
-struct FlashDims {
-  int batch, seq, heads, kv_heads, hd;
-  __host__ __device__ int group() const { return heads / kv_heads; }
-  __host__ __device__ int64_t q_offset(int b, int t, int h) const {
-    return ((static_cast<int64_t>(b) * seq + t) * heads + h) * hd;
-  }
-  __host__ __device__ int64_t kv_offset(int b, int t, int g) const {
-    return ((static_cast<int64_t>(b) * seq + t) * kv_heads + g) * hd;
-  }
-  __host__ __device__ int64_t lse_offset(int b, int h, int t) const {
-    return (static_cast<int64_t>(b) * heads + h) * seq + t;
-  }
+struct FlashDims : AttentionDims {
   __device__ int rows_from(int t0) const { return seq - t0 < kTile ? seq - t0 : kTile; }  // valid rows of a tile
 };
 
@@ -142,6 +131,17 @@ __device__ __forceinline__ void load_rows(bf16* tile, const bf16* src, int64_t r
     if (row < valid_rows) copy16(dst, src + row * row_stride + chunk * 8);
     else zero16(dst);
   }
+}
+
+// Rows t0 .. t0 + 63 of head `head` (of `heads`) of two (B, T, heads, HD) tensors a and b into tile_a and tile_b
+// (rows past T are zeros): the keys and values of a kv head, or the query rows of a head and their dO.
+template <int HD>
+__device__ __forceinline__ void load_head_tiles(bf16* tile_a, bf16* tile_b, const bf16* a, const bf16* b,
+                                                const FlashDims& dim, int batch, int t0, int head, int heads) {
+  const int64_t stride = static_cast<int64_t>(heads) * HD;
+  const int64_t offset = (static_cast<int64_t>(batch) * dim.seq + t0) * stride + static_cast<int64_t>(head) * HD;
+  load_rows<HD>(tile_a, a + offset, stride, dim.rows_from(t0));
+  load_rows<HD>(tile_b, b + offset, stride, dim.rows_from(t0));
 }
 
 // scores (16, 64) f32 = A (16, hd) B^T, with A the warp's 16 rows of a row-major (., hd + pad) tile and B the 64
@@ -231,9 +231,7 @@ __global__ void flash_forward_kernel(bf16* __restrict__ out, float* __restrict__
   const int last_row = (i0 + kTile < dim.seq ? i0 + kTile : dim.seq) - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
     __syncthreads();  // every warp is done with the previous K and V tiles (the first time: Q is complete)
-    const int64_t kv_stride = static_cast<int64_t>(dim.kv_heads) * HD;
-    load_rows<HD>(k_tile, k + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
-    load_rows<HD>(v_tile, v + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
+    load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
     __syncthreads();
     if (j0 > warp_row0 + kFrag - 1) continue;  // every key of the tile comes after this warp's rows
 
@@ -331,10 +329,9 @@ __global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restric
   const int j0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z;
   const int r = lane / 2, half = lane % 2;  // this lane's key (row of the warp's 16) and its columns half + 2e
   const int j = j0 + warp * kFrag + r;
-  const int64_t kv_stride = static_cast<int64_t>(dim.kv_heads) * HD, q_stride = static_cast<int64_t>(dim.heads) * HD;
+  const int64_t kv_stride = static_cast<int64_t>(dim.kv_heads) * HD;
 
-  load_rows<HD>(k_tile, k + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
-  load_rows<HD>(v_tile, v + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
+  load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
   Accumulator dk_acc[HD / kFrag], dv_acc[HD / kFrag];  // the warp's (16, hd) dK and dV
   for (int n = 0; n < HD / kFrag; ++n) {
     wmma::fill_fragment(dk_acc[n], 0.0f);
@@ -348,8 +345,7 @@ __global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restric
     // Query rows before the block's first key see none of its keys (tiles of queries and keys are both 64 rows).
     for (int i0 = j0; i0 < dim.seq; i0 += kTile) {
       __syncthreads();  // every warp is done with the previous query tile
-      load_rows<HD>(q_tile, q + dim.q_offset(b, i0, h), q_stride, dim.rows_from(i0));
-      load_rows<HD>(dout_tile, dout + dim.q_offset(b, i0, h), q_stride, dim.rows_from(i0));
+      load_head_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h, dim.heads);
       if (threadIdx.x < kTile) {
         const int i = i0 + static_cast<int>(threadIdx.x);
         lse_tile[threadIdx.x] = i < dim.seq ? lse[dim.lse_offset(b, h, i)] : 0.0f;
@@ -412,10 +408,9 @@ __global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __re
   const int warp_row0 = i0 + warp * kFrag;
   const int r = lane / 2, half = lane % 2;
   const int i = warp_row0 + r;
-  const int64_t kv_stride = static_cast<int64_t>(dim.kv_heads) * HD, q_stride = static_cast<int64_t>(dim.heads) * HD;
+  const int64_t q_stride = static_cast<int64_t>(dim.heads) * HD;
 
-  load_rows<HD>(q_tile, q + dim.q_offset(b, i0, h), q_stride, dim.rows_from(i0));
-  load_rows<HD>(dout_tile, dout + dim.q_offset(b, i0, h), q_stride, dim.rows_from(i0));
+  load_head_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h, dim.heads);
   __syncthreads();
   const float delta = row_delta<HD>(dout_tile + (warp * kFrag + r) * kLd, out, dim, b, i, h, half);
   const float lse_i = i < dim.seq ? lse[dim.lse_offset(b, h, i)] : 0.0f;
@@ -427,8 +422,7 @@ __global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __re
   const int last_row = (i0 + kTile < dim.seq ? i0 + kTile : dim.seq) - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
     __syncthreads();  // every warp is done with the previous K and V tiles
-    load_rows<HD>(k_tile, k + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
-    load_rows<HD>(v_tile, v + dim.kv_offset(b, j0, g), kv_stride, dim.rows_from(j0));
+    load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
     __syncthreads();
     if (j0 > warp_row0 + kFrag - 1) continue;  // every key of the tile comes after this warp's rows
 
@@ -452,11 +446,7 @@ __global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __re
 }
 
 FlashDims flash_dims_of(const Tensor& q, const Tensor& k) {
-  auto narrow = [](int64_t v) {
-    L3C_CHECK(v > 0 && v <= 65535 * kTile, "ops::attention: dimension {} is too large for the tensor-core kernels", v);
-    return static_cast<int>(v);
-  };
-  const FlashDims dim{narrow(q.dim(0)), narrow(q.dim(1)), narrow(q.dim(2)), narrow(k.dim(2)), narrow(q.dim(3))};
+  const FlashDims dim{attention_dims(q, k, 65535 * kTile, "tensor-core kernels")};
   L3C_CHECK(dim.batch <= 65535 && dim.heads <= 65535, "ops::attention: batch {} or heads {} above 65535", dim.batch,
             dim.heads);
   return dim;

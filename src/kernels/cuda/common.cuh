@@ -27,19 +27,16 @@ using bf16 = __nv_bfloat16;
 // Raises an InternalError "file:line: call: message".
 [[noreturn]] void raise_cuda_error(const char* file, int line, const char* call, const char* message);
 
-#define L3C_CUDA_CHECK(call)                                                                   \
+// Runs call (of status type `type`) and raises the error above unless it returned `success`; message(status) says why.
+#define L3C_CUDA_STATUS_CHECK_(call, call_text, type, success, message)                          \
   do {                                                                                         \
-    const cudaError_t l3c_status_ = (call);                                                    \
-    if (l3c_status_ != cudaSuccess)                                                            \
-      ::l3c::ops::cuda::raise_cuda_error(__FILE__, __LINE__, #call, cudaGetErrorString(l3c_status_)); \
+    const type l3c_status_ = (call);                                                           \
+    if (l3c_status_ != (success))                                                              \
+      ::l3c::ops::cuda::raise_cuda_error(__FILE__, __LINE__, call_text, message(l3c_status_)); \
   } while (0)
-
-#define L3C_CUBLAS_CHECK(call)                                                                 \
-  do {                                                                                         \
-    const cublasStatus_t l3c_status_ = (call);                                                 \
-    if (l3c_status_ != CUBLAS_STATUS_SUCCESS)                                                  \
-      ::l3c::ops::cuda::raise_cuda_error(__FILE__, __LINE__, #call, cublasGetStatusString(l3c_status_)); \
-  } while (0)
+#define L3C_CUDA_CHECK(call) L3C_CUDA_STATUS_CHECK_(call, #call, cudaError_t, cudaSuccess, cudaGetErrorString)
+#define L3C_CUBLAS_CHECK(call) \
+  L3C_CUDA_STATUS_CHECK_(call, #call, cublasStatus_t, CUBLAS_STATUS_SUCCESS, cublasGetStatusString)
 
 // A launch's grid and the place in the source that launches it (the caller's file and line, taken where the grid
 // converts to this type), so that an error names the kernel launch that failed.
@@ -123,6 +120,46 @@ decltype(auto) dispatch_gradient(DType dtype, DType grad_dtype, const char* op, 
   if (dtype == DType::BF16 && grad_dtype == DType::F32) return fn(TypeTag<bf16>{}, TypeTag<float>{});
   if (grad_dtype != dtype) unsupported_dtype(op, grad_dtype);
   return dispatch_float(dtype, op, [&](auto tag) { return fn(tag, tag); });
+}
+
+// ---- attention shapes --------------------------------------------------------------------------------
+// The dimensions of a causal attention call: q, out (B, T, heads, hd), k, v (B, T, kv_heads, hd), lse (B, heads, T),
+// and where element 0 of a row starts in each.
+struct AttentionDims {
+  int batch, seq, heads, kv_heads, hd;
+  __host__ __device__ int group() const { return heads / kv_heads; }
+  // Offsets of element 0 of row t of head h in a (B, T, heads, hd) tensor and of kv head g in (B, T, Hkv, hd).
+  __host__ __device__ int64_t q_offset(int b, int t, int h) const {
+    return ((static_cast<int64_t>(b) * seq + t) * heads + h) * hd;
+  }
+  __host__ __device__ int64_t kv_offset(int b, int t, int g) const {
+    return ((static_cast<int64_t>(b) * seq + t) * kv_heads + g) * hd;
+  }
+  __host__ __device__ int64_t lse_offset(int b, int h, int t) const {
+    return (static_cast<int64_t>(b) * heads + h) * seq + t;
+  }
+};
+// The dimensions of q and k, each at most `limit` (what the kernels' grids and int indices take); `kernels` names
+// them in the error.
+inline AttentionDims attention_dims(const Tensor& q, const Tensor& k, int64_t limit, const char* kernels) {
+  auto narrow = [&](int64_t v) {
+    L3C_CHECK(v > 0 && v <= limit, "ops::attention: dimension {} is too large for the {}", v, kernels);
+    return static_cast<int>(v);
+  };
+  return {narrow(q.dim(0)), narrow(q.dim(1)), narrow(q.dim(2)), narrow(k.dim(2)), narrow(q.dim(3))};
+}
+
+// ---- rotary position embedding ----------------------------------------------------------------------
+// The angle of pair i at position t, in double (as the CPU computes it): t * theta^(-2i / head_dim).
+__device__ __forceinline__ double rope_angle(int64_t t, int64_t i, int64_t head_dim, double theta) {
+  return static_cast<double>(t) * pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
+}
+// Rotates the pair (row[i], row[i + half]) of one head's row by the angle whose cosine and sine are c and s.
+template <typename T>
+__device__ __forceinline__ void rotate_pair(T* row, int64_t i, int64_t half, float c, float s) {
+  const float a = to_float(row[i]), b = to_float(row[i + half]);
+  row[i] = from_float<T>(a * c - b * s);
+  row[i + half] = from_float<T>(b * c + a * s);
 }
 
 // ---- deterministic reductions (fixed trees; blockDim.x a multiple of 32, 1-D blocks) --------------------

@@ -2,7 +2,7 @@
 // ops.cpp checks shapes, dtypes and devices and then calls these; they assume valid input, with every tensor
 // in device memory. Floating tensors are f32 or bf16 (arithmetic in f32); statistics (RMSNorm's rstd,
 // attention's lse, the classifier's losses, L3's probs) are always f32, so a bf16 model keeps fp32 norms,
-// softmax and loss. The MoE ops are f32 only for now.
+// softmax and loss; the MoE ops keep their routing statistics (probabilities, lse, routing weights) in f32.
 //
 // Determinism: all work runs in order on one stream, no kernel uses floating-point atomics, and
 // every reduction has a fixed order or tree (independent of the GPU model, since partitions are fixed sizes),
@@ -41,6 +41,8 @@ void reserve_workspace(size_t bytes);
 size_t workspace_capacity();
 // Bytes of workspace the classifier uses for a block of logits, for V classes and N rows at most.
 size_t classifier_workspace_bytes(int64_t rows, int64_t vocab, DType dtype);
+// Bytes of workspace the MoE ops use for `rows` grouped rows (N * top_k) over `experts` experts.
+size_t moe_workspace_bytes(int64_t rows, int64_t experts);
 // Waits for all queued work (results are then visible to the host).
 void synchronize();
 // How many times so far the host has waited for the device: blocking copies in either direction, read-backs,
@@ -155,13 +157,16 @@ void l3_lookup_forward(Tensor out, Tensor probs, Tensor x, Tensor w_k, Tensor w_
 void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor x, Tensor w_k, Tensor w_v,
                         Tensor probs, Tensor group_offsets, Tensor row_offsets, L3Kernel kernel);
 
-// ---- Mixture-of-Experts (moe.cu; f32) ------------------------------------------------------------------
+// ---- Mixture-of-Experts (moe.cu) -----------------------------------------------------------------------
+// f32 or bf16 with f32 routing statistics (ops.h). Nothing reads back to the host: the expert offsets stay on the
+// device, and the grouped products lay out their row tiles from them there (own tiled kernels, fp32
+// accumulation; see moe.cu for why not cuBLAS's grouped GEMM).
 void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize);
 void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
                          Tensor probs_bias, double z_scale, bool normalize);
-void column_sum(Tensor out, Tensor x);
+void moe_routing_stats(Tensor stats, Tensor probs, Tensor lse, Tensor offsets);
+void moe_balance_bias(Tensor probs_bias, Tensor offsets, double scale);
 void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k);
-// Per-group cuBLAS products; the group sizes are read back from the device first (E + 1 integers).
 void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);
 void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
                              bool accumulate_dx);

@@ -228,6 +228,7 @@ size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& s) {
   bytes = std::max(bytes, static_cast<size_t>(s.seq_len * s.head_dim) * sizeof(float) + pad);         // rope.cu
   bytes = std::max(bytes, static_cast<size_t>(s.rows * s.l3_width) * sizeof(float) + pad);           // l3.cu
   bytes = std::max(bytes, static_cast<size_t>(kPartialBlocks + 1) * sizeof(double) + pad);            // elementwise.cu
+  bytes = std::max(bytes, moe_workspace_bytes(s.rows * s.moe_top_k, s.moe_experts));                  // moe.cu
   return bytes;
 }
 

@@ -25,13 +25,8 @@ __global__ void rope_at_kernel(T* __restrict__ x, const int32_t* __restrict__ st
     const int64_t i = e % half;
     const int64_t row = e / half;  // (b * T + t) * heads + h
     const int64_t bt = row / heads, b = bt / positions, t = bt % positions + start[b];
-    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
-    const double angle = static_cast<double>(t) * inv_freq;
-    const float c = static_cast<float>(cos(angle)), s = static_cast<float>(sin(angle));
-    T* lo = x + row * head_dim;
-    const float a = to_float(lo[i]), v = to_float(lo[i + half]);
-    lo[i] = from_float<T>(a * c - v * s);
-    lo[i + half] = from_float<T>(v * c + a * s);
+    const double angle = rope_angle(t, i, head_dim, theta);
+    rotate_pair(x + row * head_dim, i, half, static_cast<float>(cos(angle)), static_cast<float>(sin(angle)));
   }
 }
 

@@ -15,8 +15,7 @@ __global__ void rope_table_kernel(float* __restrict__ cos_table, float* __restri
   for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < positions * half;
        e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t t = e / half, i = e % half;
-    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(head_dim));
-    const double angle = static_cast<double>(t) * inv_freq;
+    const double angle = rope_angle(t, i, head_dim, theta);
     cos_table[e] = static_cast<float>(cos(angle));
     sin_table[e] = static_cast<float>(sin(angle));
   }
@@ -34,10 +33,7 @@ __global__ void rope_kernel(T* __restrict__ x, const float* __restrict__ cos_tab
     const int64_t row = e / half;                   // (b * T + t) * heads + h
     const int64_t t = row / heads % positions;
     T* lo = x + row * head_dim;                     // x[i] is lo[i], x[i + hd/2] is lo[i + half]
-    const float c = cos_table[t * half + i], s = direction * sin_table[t * half + i];
-    const float a = to_float(lo[i]), b = to_float(lo[i + half]);
-    lo[i] = from_float<T>(a * c - b * s);
-    lo[i + half] = from_float<T>(b * c + a * s);
+    rotate_pair(lo, i, half, cos_table[t * half + i], direction * sin_table[t * half + i]);
   }
 }
 
