@@ -13,7 +13,6 @@
 namespace l3c {
 
 namespace {
-std::string layer_name(int64_t i, const char* suffix) { return fmt::format("model.layers.{}.{}", i, suffix); }
 
 bool same_shape(const Tensor& a, const std::vector<int64_t>& shape) {
   if (a.ndim != static_cast<int>(shape.size())) return false;
