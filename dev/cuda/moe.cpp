@@ -182,11 +182,12 @@ int main(int argc, char** argv) try {
     empty += rows == 0;
   }
   std::printf("shape: %lld tokens, top-%lld of %lld experts (%lld grouped rows: %lld to %lld an expert, %lld empty), "
-              "in %lld, out %lld; %d warmup + %d timed calls; CPU check on %lld expert(s)\n",
+              "in %lld, out %lld; %lld warmup + %lld timed calls; CPU check on %lld expert(s)\n",
               static_cast<long long>(o.tokens), static_cast<long long>(o.top_k), static_cast<long long>(o.experts),
               static_cast<long long>(in.rows), static_cast<long long>(smallest), static_cast<long long>(largest),
-              static_cast<long long>(empty), static_cast<long long>(o.in), static_cast<long long>(o.out), o.warmup,
-              o.iters, static_cast<long long>(o.check_experts));
+              static_cast<long long>(empty), static_cast<long long>(o.in), static_cast<long long>(o.out),
+              static_cast<long long>(o.warmup), static_cast<long long>(o.iters),
+              static_cast<long long>(o.check_experts));
   const Reference reference = cpu_reference(o, in);
   const double forward_flops = 2.0 * static_cast<double>(in.rows) * o.in * o.out, backward_flops = 2.0 * forward_flops;
 

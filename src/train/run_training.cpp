@@ -156,7 +156,7 @@ struct RunInputs {
 
 RunInputs check_inputs(const Config& config, Communicator& comm) {
   RunInputs in{WindowLoader(config.data.train, "data.train", config.data.seq_len, config.model.vocab_size), nullptr,
-               resolve_run_device(config.train), {}};
+               resolve_run_device(config.train), {}, nullptr};
   if (!config.data.val.empty())
     in.val_data = std::make_unique<WindowLoader>(config.data.val, "data.val", config.data.seq_len, config.model.vocab_size);
   {
