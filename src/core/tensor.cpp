@@ -33,7 +33,8 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
             end, shape_string());
   Tensor t = *this;
   const int64_t row_elems = numel() / (shape[0] == 0 ? 1 : shape[0]);
-  t.data = static_cast<char*>(data) + begin * row_elems * dtype_size(dtype);
+  // A tensor without memory (an arena that only measures) stays without: no offset from a null pointer.
+  t.data = data == nullptr ? nullptr : static_cast<char*>(data) + begin * row_elems * dtype_size(dtype);
   t.shape[0] = end - begin;
   return t;
 }
