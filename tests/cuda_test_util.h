@@ -15,6 +15,9 @@
 #include "kernels/device.h"
 #include "kernels/ops.h"
 #include "test_util.h"
+#ifdef L3C_WITH_CUDA
+#include "kernels/cuda/cuda_ops.h"  // the CUDA backend's own entry points: named kernels, device queries
+#endif
 
 namespace l3c::test {
 

@@ -5,6 +5,7 @@
 #pragma once
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,6 +90,19 @@ inline StepProbe run_step_probe(const Config& c, const ProbeBatch& batch) {
   for (size_t i = 0; i < after.size(); ++i) result.update.push_back(after[i] - before[i]);
   result.params = state.model().registry().params();
   return result;
+}
+
+// Checks a step on a device and precision against the CPU's step on the same model and batch: the loss within 1%,
+// and the update (gradient) of each named parameter within max_relative_error of the CPU's, which is not zero.
+inline void check_tracks_cpu(const StepProbe& probe, const StepProbe& cpu, const std::vector<std::string>& names,
+                             double max_relative_error) {
+  CHECK(std::abs(probe.loss - cpu.loss) <= 0.01 * std::abs(cpu.loss));
+  for (const std::string& name : names) {
+    const std::vector<double> g = probe.update_of(name), c = cpu.update_of(name);
+    INFO(name << ": update (gradient) relative error " << norm_relative_error(g, c));
+    CHECK(norm2(c) > 0.0);
+    CHECK(norm_relative_error(g, c) <= max_relative_error);
+  }
 }
 
 }  // namespace l3c::test

@@ -49,6 +49,26 @@ Config config_of(const SafetensorsFile& golden, int64_t B, int64_t T) {
 
 std::string golden_path(const std::string& name) { return source_dir() + "/tests/golden/" + name; }
 
+// A golden file's model with its weights (and L3 allocations when present) in host parameters, its input batch, and
+// config_of for that batch's B x T.
+struct GoldenModel {
+  SafetensorsFile golden;
+  Tensor tokens, targets;
+  Config config;
+  Llama model;
+  FlatBuffer params;
+
+  explicit GoldenModel(const std::string& file)
+      : golden(golden_path(file)),
+        tokens(golden.get("input.tokens")),
+        targets(golden.get("input.targets")),
+        config(config_of(golden, tokens.dim(0), tokens.dim(1))),
+        model(config.model),
+        params(model.registry().total(), DType::F32) {
+    load_model_state(golden, model, params, ExtraTensors::Ignore);
+  }
+};
+
 // Logits, loss and gradients of one forward and backward, on the CPU or (a copy of the model and weights) on the
 // GPU, with the recomputation setting given.
 struct Result {
@@ -85,18 +105,12 @@ Result run(const Llama& cpu_model, const FlatBuffer& cpu_params, const Tensor& t
 
 void compare_with_cpu(const std::string& file) {
   INFO(file);
-  const SafetensorsFile golden(golden_path(file));
-  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
-  const Config config = config_of(golden, tokens.dim(0), tokens.dim(1));
-  Llama model(config.model);
-  FlatBuffer params(model.registry().total(), DType::F32);
-  load_model_state(golden, model, params, ExtraTensors::Ignore);  // weights, and L3 allocations when present
-
-  const Result cpu = run(model, params, tokens, targets, Device::CPU);
-  const Result gpu = run(model, params, tokens, targets, Device::CUDA);
+  const GoldenModel golden(file);
+  const Result cpu = run(golden.model, golden.params, golden.tokens, golden.targets, Device::CPU);
+  const Result gpu = run(golden.model, golden.params, golden.tokens, golden.targets, Device::CUDA);
   CHECK(norm_relative_error(gpu.logits, cpu.logits) < 1e-5);
   CHECK(gpu.loss == Approx(cpu.loss).epsilon(1e-5));
-  for (const ParamInfo& p : model.registry().params()) {
+  for (const ParamInfo& p : golden.model.registry().params()) {
     const std::vector<double> g(gpu.grads.begin() + p.offset, gpu.grads.begin() + p.offset + p.numel);
     const std::vector<double> c(cpu.grads.begin() + p.offset, cpu.grads.begin() + p.offset + p.numel);
     const double error = norm_relative_error(g, c);
@@ -218,22 +232,9 @@ struct MoeLayerCase {
     for (int64_t i = 0; i < params.numel(); ++i) set_value(params.all(), i, values[i]);
   }
   static ModelConfig model() {
-    ModelConfig m;
-    m.vocab_size = 11;
-    m.d_model = d;
-    m.n_layers = 1;
-    m.n_heads = 2;
-    m.n_kv_heads = 2;
-    m.ffn_hidden = 8;
-    m.moe.layers.layers = {0};
-    m.moe.experts = E;
-    m.moe.top_k = top_k;
-    m.moe.expert_hidden = 12;
-    m.moe.shared_expert_hidden = 6;
-    m.moe.aux_loss = 0.05;
-    m.moe.z_loss = 0.02;
-    m.moe.init_std = 0.3;
-    return m;
+    return {.vocab_size = 11, .d_model = d, .n_layers = 1, .n_heads = 2, .n_kv_heads = 2, .ffn_hidden = 8, .l3 = {},
+            .moe = {.layers = {.layers = {0}}, .experts = E, .top_k = top_k, .expert_hidden = 12,
+                    .shared_expert_hidden = 6, .aux_loss = 0.05, .z_loss = 0.02, .init_std = 0.3}};
   }
   static ParamRegistry registered(const MoeLayer& layer) {
     ParamRegistry r;
@@ -406,12 +407,7 @@ Result run_bf16(const Llama& cpu_model, const FlatBuffer& cpu_params, const Tens
 TEST_CASE("cuda: the model with MoE FFNs in bf16 on the GPU tracks the CPU: loss and logits, and every gradient "
           "where the routing is the same", "[cuda][moe][bf16]") {
   require_gpu();
-  const SafetensorsFile golden(golden_path("moe_tiny.safetensors"));
-  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
-  const Config config = config_of(golden, tokens.dim(0), tokens.dim(1));
-  Llama model(config.model);
-  FlatBuffer params(model.registry().total(), DType::F32);
-  load_model_state(golden, model, params, ExtraTensors::Ignore);
+  GoldenModel golden("moe_tiny.safetensors");
   for (const bool zero_router : {false, true}) {
     // With the golden router, the tokens whose top-k is within bf16 rounding of a tie in some layer choose other
     // experts in bf16 than in f32 (as a bf16 Mixtral does against its f32 self): those experts' gradients and
@@ -419,18 +415,18 @@ TEST_CASE("cuda: the model with MoE FFNs in bf16 on the GPU tracks the CPU: loss
     // With the routers zeroed, every token takes experts 0 and 1 in every layer (a tie, to the lower indices) on both
     // sides, and every gradient is compared: bf16 rounding of the activations, as in the dense and L3 models.
     if (zero_router)
-      for (const ParamInfo& p : model.registry().params())
-        if (p.name.find("block_sparse_moe.gate.weight") != std::string::npos) ops::fill_zero(params.view(p));
+      for (const ParamInfo& p : golden.model.registry().params())
+        if (p.name.find("block_sparse_moe.gate.weight") != std::string::npos) ops::fill_zero(golden.params.view(p));
     INFO((zero_router ? "routers zeroed" : "golden routers"));
     // The CPU computes in f32 from the same bf16 weights; the GPU rounds every activation and gradient to bf16.
-    const Result cpu = run(model, rounded_to_bf16(params), tokens, targets, Device::CPU);
-    const Result gpu = run_bf16(model, params, tokens, targets);
+    const Result cpu = run(golden.model, rounded_to_bf16(golden.params), golden.tokens, golden.targets, Device::CPU);
+    const Result gpu = run_bf16(golden.model, golden.params, golden.tokens, golden.targets);
     const double logits_error = norm_relative_error(gpu.logits, cpu.logits);
     INFO("logits: relative error " << logits_error << "; loss " << gpu.loss << " vs " << cpu.loss);
     CHECK(gpu.loss == Approx(cpu.loss).epsilon(zero_router ? 1e-3 : 5e-3));
     CHECK(logits_error < (zero_router ? 2e-2 : 6e-2));  // measured: 0.7% and 3.6%
     if (!zero_router) continue;
-    for (const ParamInfo& p : model.registry().params()) {
+    for (const ParamInfo& p : golden.model.registry().params()) {
       const std::vector<double> g(gpu.grads.begin() + p.offset, gpu.grads.begin() + p.offset + p.numel);
       const std::vector<double> c(cpu.grads.begin() + p.offset, cpu.grads.begin() + p.offset + p.numel);
       const double error = norm_relative_error(g, c);
@@ -442,14 +438,11 @@ TEST_CASE("cuda: the model with MoE FFNs in bf16 on the GPU tracks the CPU: loss
 
 TEST_CASE("cuda: recomputing SwiGLU and attention in the backward gives the same bits", "[cuda]") {
   require_gpu();
-  const SafetensorsFile golden(golden_path("l3_tiny.safetensors"));
-  const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
-  const Config config = config_of(golden, tokens.dim(0), tokens.dim(1));
-  Llama model(config.model);
-  FlatBuffer params(model.registry().total(), DType::F32);
-  load_model_state(golden, model, params, ExtraTensors::Ignore);
-  const Result kept = run(model, params, tokens, targets, Device::CUDA);
-  const Result recomputed = run(model, params, tokens, targets, Device::CUDA, Recompute::from(RecomputeChoice::All));
+  const GoldenModel golden("l3_tiny.safetensors");
+  const Llama& model = golden.model;
+  const Result kept = run(model, golden.params, golden.tokens, golden.targets, Device::CUDA);
+  const Result recomputed = run(model, golden.params, golden.tokens, golden.targets, Device::CUDA,
+                                Recompute::from(RecomputeChoice::All));
   CHECK(recomputed.loss == kept.loss);
   CHECK(recomputed.grads == kept.grads);
   CHECK(model.activation_bytes(2, 8, DType::F32, true) > [&] {
@@ -618,18 +611,13 @@ TEST_CASE("cuda: 32 micro-batches accumulate the same gradients on the GPU as on
 #endif
   for (const char* file : files) {
     INFO(file);
-    const SafetensorsFile golden(golden_path(file));
-    const Tensor tokens = golden.get("input.tokens");
-    const int64_t B = tokens.dim(0), T = tokens.dim(1);
-    const Config config = config_of(golden, B, T);
-    Llama model(config.model);
-    FlatBuffer params(model.registry().total(), DType::F32);
-    load_model_state(golden, model, params, ExtraTensors::Ignore);
+    const GoldenModel golden(file);
+    const int64_t B = golden.tokens.dim(0), T = golden.tokens.dim(1);
     std::vector<double> cpu, gpu;
-    const double cpu_loss = accumulated_gradients(model, params, B, T, 32, Device::CPU, cpu);
-    const double gpu_loss = accumulated_gradients(model, params, B, T, 32, Device::CUDA, gpu);
+    const double cpu_loss = accumulated_gradients(golden.model, golden.params, B, T, 32, Device::CPU, cpu);
+    const double gpu_loss = accumulated_gradients(golden.model, golden.params, B, T, 32, Device::CUDA, gpu);
     CHECK(gpu_loss == Approx(cpu_loss).epsilon(1e-5));
-    for (const ParamInfo& p : model.registry().params()) {
+    for (const ParamInfo& p : golden.model.registry().params()) {
       const std::vector<double> g(gpu.begin() + p.offset, gpu.begin() + p.offset + p.numel);
       const std::vector<double> c(cpu.begin() + p.offset, cpu.begin() + p.offset + p.numel);
       const double error = norm_relative_error(g, c);

@@ -19,9 +19,6 @@
 #include "kernels/ops.h"
 #include "model/params.h"
 #include "cuda_test_util.h"
-#ifdef L3C_WITH_CUDA
-#include "kernels/cuda/cuda_ops.h"
-#endif
 
 using namespace l3c;
 using namespace l3c::test;

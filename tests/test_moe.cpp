@@ -274,15 +274,9 @@ namespace {
 
 ModelConfig moe_layer_model(int64_t shared_hidden, bool normalize) {
   ModelConfig m = one_layer_config(11);
-  m.moe.layers.layers = {0};
-  m.moe.experts = 4;
-  m.moe.top_k = 2;
-  m.moe.expert_hidden = 6;
-  m.moe.shared_expert_hidden = shared_hidden;
-  m.moe.normalize_topk = normalize;
-  m.moe.aux_loss = 0.05;
-  m.moe.z_loss = 0.02;
-  m.moe.init_std = 0.5;
+  m.moe = {.layers = {.layers = {0}}, .experts = 4, .top_k = 2, .expert_hidden = 6,
+           .shared_expert_hidden = shared_hidden, .normalize_topk = normalize, .aux_loss = 0.05, .z_loss = 0.02,
+           .init_std = 0.5};
   return m;
 }
 
@@ -450,14 +444,8 @@ namespace {
 // Three layers: MoE, dense, MoE with a shared expert and an L3 layer after layer 1 (a mixed model).
 ModelConfig mixed_model(bool with_l3) {
   ModelConfig m = tiny_model_config(3);
-  m.moe.layers.layers = {0, 2};
-  m.moe.experts = 4;
-  m.moe.top_k = 2;
-  m.moe.expert_hidden = 6;
-  m.moe.shared_expert_hidden = 4;
-  m.moe.aux_loss = 0.05;
-  m.moe.z_loss = 0.01;
-  m.moe.init_std = 0.3;
+  m.moe = {.layers = {.layers = {0, 2}}, .experts = 4, .top_k = 2, .expert_hidden = 6, .shared_expert_hidden = 4,
+           .aux_loss = 0.05, .z_loss = 0.01, .init_std = 0.3};
   if (with_l3) {
     m.l3.after_layers = {1};
     m.l3.k = 3;

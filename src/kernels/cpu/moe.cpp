@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/router_top_k.h"
 
 namespace l3c::ops::cpu {
 namespace {
@@ -39,24 +40,7 @@ void router_forward_impl(Tensor probs, Tensor lse, Tensor experts, Tensor weight
     const double log_sum = max_logit + std::log(sum);
     row_lse[n] = static_cast<T>(log_sum);
     for (int64_t e = 0; e < E; ++e) pn[e] = static_cast<T>(std::exp(static_cast<double>(rn[e]) - log_sum));
-    // Top-k by repeated selection (k is small): the largest remaining probability, the lower index on
-    // ties (a strict comparison over ascending indices keeps the first maximum).
-    int32_t* cn = chosen + n * k;
-    T* wn = w + n * k;
-    double chosen_sum = 0.0;
-    for (int64_t s = 0; s < k; ++s) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < E; ++e) {
-        bool taken = false;
-        for (int64_t j = 0; j < s; ++j) taken = taken || cn[j] == e;
-        if (!taken && (best < 0 || pn[e] > pn[best])) best = e;
-      }
-      cn[s] = static_cast<int32_t>(best);
-      wn[s] = pn[best];
-      chosen_sum += static_cast<double>(pn[best]);
-    }
-    if (normalize)
-      for (int64_t s = 0; s < k; ++s) wn[s] = static_cast<T>(static_cast<double>(wn[s]) / chosen_sum);
+    router_top_k(chosen + n * k, w + n * k, pn, E, k, normalize);
   }
 }
 

@@ -87,6 +87,33 @@ __device__ __forceinline__ void store_row(T* dst, const float (&row)[EPT], float
   }
 }
 
+// A thread of the forward and dQ grids (query tiles x H x B): thread `sub` of the TPK of its row, query row i (valid:
+// i < T) of head h (kv head g) of batch b; last_row: the block's last row below T.
+struct QueryRowThread {
+  int h, b, g, sub, i;
+  bool valid;
+  int last_row;
+};
+template <int TPK>
+__device__ __forceinline__ QueryRowThread query_row_thread(const Dims& dim) {
+  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+  const int r = threadIdx.x / TPK, sub = threadIdx.x % TPK;
+  const int i = tile * kTile + r;
+  const int last_row = (tile + 1) * kTile < dim.seq ? (tile + 1) * kTile - 1 : dim.seq - 1;
+  return {h, b, h / dim.group(), sub, i, i < dim.seq, last_row};
+}
+
+// Keys and values j0 .. j0 + kTile - 1 of kv head g into key_tile and value_tile, between two barriers: every thread
+// is done with the previous tiles before, and the new ones are complete after.
+template <typename T>
+__device__ __forceinline__ void load_key_value_tiles(float* key_tile, float* value_tile, const T* k, const T* v,
+                                                     const Dims& dim, int b, int j0, int g) {
+  __syncthreads();
+  load_tile(key_tile, k, dim, b, j0, g, dim.kv_heads);
+  load_tile(value_tile, v, dim, b, j0, g, dim.kv_heads);
+  __syncthreads();
+}
+
 template <typename T, int TPK, int EPT>
 __launch_bounds__(kTile * TPK)  // the block size: registers (up to 237 a thread) fit it
 __global__ void attention_forward_kernel(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q,
@@ -94,22 +121,14 @@ __global__ void attention_forward_kernel(T* __restrict__ out, float* __restrict_
   L3C_DYNAMIC_SHARED(float, smem);
   float* key_tile = smem;                    // (kTile, hd)
   float* value_tile = smem + kTile * dim.hd; // (kTile, hd)
-  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int g = h / dim.group();
-  const int r = threadIdx.x / TPK, sub = threadIdx.x % TPK;
-  const int i = tile * kTile + r;
-  const bool row_valid = i < dim.seq;
+  const auto [h, b, g, sub, i, row_valid, last_row] = query_row_thread<TPK>(dim);
 
   float qr[EPT], acc[EPT] = {};
   load_row<T, TPK>(qr, q + dim.q_offset(b, i, h), sub, dim.hd, row_valid);
   float m = -INFINITY, l = 0.0f;
 
-  const int last_row = (tile + 1) * kTile < dim.seq ? (tile + 1) * kTile - 1 : dim.seq - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
-    __syncthreads();  // the previous tile is no longer read
-    load_tile(key_tile, k, dim, b, j0, g, dim.kv_heads);
-    load_tile(value_tile, v, dim, b, j0, g, dim.kv_heads);
-    __syncthreads();
+    load_key_value_tiles(key_tile, value_tile, k, v, dim, b, j0, g);
 
     float s[kTile];
     float tile_max = -INFINITY;
@@ -214,11 +233,7 @@ __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __rest
   L3C_DYNAMIC_SHARED(float, smem);
   float* key_tile = smem;                     // (kTile, hd)
   float* value_tile = smem + kTile * dim.hd;  // (kTile, hd)
-  const int tile = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-  const int g = h / dim.group();
-  const int r = threadIdx.x / TPK, sub = threadIdx.x % TPK;
-  const int i = tile * kTile + r;
-  const bool row_valid = i < dim.seq;
+  const auto [h, b, g, sub, i, row_valid, last_row] = query_row_thread<TPK>(dim);
 
   float qr[EPT], dor[EPT], dqr[EPT] = {};
   float delta = 0.0f;  // D_i = dO_i . O_i, with the loads of the row (one loop, as the compiler contracts it)
@@ -233,12 +248,8 @@ __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __rest
   delta = group_sum<TPK>(delta);
   const float lse_i = row_valid ? lse[dim.lse_offset(b, h, i)] : 0.0f;
 
-  const int last_row = (tile + 1) * kTile < dim.seq ? (tile + 1) * kTile - 1 : dim.seq - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
-    __syncthreads();
-    load_tile(key_tile, k, dim, b, j0, g, dim.kv_heads);
-    load_tile(value_tile, v, dim, b, j0, g, dim.kv_heads);
-    __syncthreads();
+    load_key_value_tiles(key_tile, value_tile, k, v, dim, b, j0, g);
     for (int jj = 0; jj < kTile; ++jj) {
       const float score = row_dot<TPK>(qr, key_tile + jj * dim.hd, sub, dim.hd);
       const float dp = row_dot<TPK>(dor, value_tile + jj * dim.hd, sub, dim.hd);
@@ -252,67 +263,63 @@ __global__ void attention_backward_dq_kernel(T* __restrict__ dq, const T* __rest
   if (row_valid) store_row<T, TPK>(dq + dim.q_offset(b, i, h), dqr, 1.0f, sub, dim.hd);
 }
 
-Dims dims_of(const Tensor& q, const Tensor& k) { return attention_dims(q, k, 65535 * kTile, "CUDA kernels"); }
+// The dimensions of q and k, with batch and heads within the grid's limits (`op` names the call in the error).
+Dims dims_of(const Tensor& q, const Tensor& k, const char* op) {
+  const Dims dim = attention_dims(q, k, 65535 * kTile, "CUDA kernels");
+  L3C_CHECK(dim.batch <= 65535 && dim.heads <= 65535, "ops::{}: batch {} or heads {} above 65535", op, dim.batch,
+            dim.heads);
+  return dim;
+}
 
 template <int V>
 using Int = std::integral_constant<int, V>;
 
-// Calls fn(Int<TPK>, Int<EPT>) for the head size: TPK threads per row, EPT elements per thread (TPK * EPT >= hd,
-// the smallest instantiated size).
+// Calls fn(TypeTag<T>, Int<TPK>, Int<EPT>) for the dtype T of the call `op` and the head size: TPK threads per row,
+// EPT elements per thread (TPK * EPT >= hd, the smallest instantiated size).
 template <typename Fn>
-void dispatch_head_dim(int hd, Fn&& fn) {
-  if (hd <= 32) return fn(Int<4>{}, Int<8>{});
-  if (hd <= 64) return fn(Int<4>{}, Int<16>{});
-  if (hd <= 128) return fn(Int<4>{}, Int<32>{});
-  if (hd <= 256) return fn(Int<8>{}, Int<32>{});
-  L3C_CHECK(false, "ops::attention: head_dim {} is above 256, the largest the CUDA kernels support", hd);
+void dispatch_kernel(DType dtype, int hd, const char* op, Fn&& fn) {
+  dispatch_float(dtype, op, [&](auto tag) {
+    if (hd <= 32) return fn(tag, Int<4>{}, Int<8>{});
+    if (hd <= 64) return fn(tag, Int<4>{}, Int<16>{});
+    if (hd <= 128) return fn(tag, Int<4>{}, Int<32>{});
+    if (hd <= 256) return fn(tag, Int<8>{}, Int<32>{});
+    L3C_CHECK(false, "ops::attention: head_dim {} is above 256, the largest the CUDA kernels support", hd);
+  });
 }
 
 void attention_forward_cuda_cores(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
-  const Dims dim = dims_of(q, k);
-  L3C_CHECK(dim.batch <= 65535 && dim.heads <= 65535, "ops::attention_forward: batch {} or heads {} above 65535",
-            dim.batch, dim.heads);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim.hd)));
+  const Dims dim = dims_of(q, k, "attention_forward");
+  const float scale = dim.scale();
   const dim3 grid((dim.seq + kTile - 1) / kTile, dim.heads, dim.batch);
   const size_t shared = 2 * kTile * dim.hd * sizeof(float);
-  dispatch_float(q.dtype, "attention_forward", [&](auto tag) {
+  dispatch_kernel(q.dtype, dim.hd, "attention_forward", [&](auto tag, auto tpk, auto ept) {
     using T = typename decltype(tag)::type;
-    dispatch_head_dim(dim.hd, [&](auto tpk, auto ept) {
-      constexpr int TPK = decltype(tpk)::value, EPT = decltype(ept)::value;
-      auto* kernel = attention_forward_kernel<T, TPK, EPT>;
-      allow_shared_bytes(kernel, shared);
-      launch(kernel, grid, kTile * TPK, shared, static_cast<T*>(out.data), static_cast<float*>(lse.data),
-             static_cast<const T*>(q.data), static_cast<const T*>(k.data), static_cast<const T*>(v.data), dim, scale);
-    });
+    constexpr int TPK = decltype(tpk)::value, EPT = decltype(ept)::value;
+    launch_with_shared(attention_forward_kernel<T, TPK, EPT>, grid, kTile * TPK, shared, static_cast<T*>(out.data),
+                       static_cast<float*>(lse.data), static_cast<const T*>(q.data), static_cast<const T*>(k.data),
+                       static_cast<const T*>(v.data), dim, scale);
   });
 }
 
 void attention_backward_cuda_cores(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                    Tensor out, Tensor lse) {
-  const Dims dim = dims_of(q, k);
-  L3C_CHECK(dim.batch <= 65535 && dim.heads <= 65535, "ops::attention_backward: batch {} or heads {} above 65535",
-            dim.batch, dim.heads);
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim.hd)));
+  const Dims dim = dims_of(q, k, "attention_backward");
+  const float scale = dim.scale();
   const unsigned tiles = (dim.seq + kTile - 1) / kTile;
   const size_t kv_shared = (2 * kTile * dim.hd + 2 * kTile) * sizeof(float);
   const size_t q_shared = 2 * kTile * dim.hd * sizeof(float);
-  dispatch_float(q.dtype, "attention_backward", [&](auto tag) {
+  dispatch_kernel(q.dtype, dim.hd, "attention_backward", [&](auto tag, auto tpk, auto ept) {
     using T = typename decltype(tag)::type;
-    dispatch_head_dim(dim.hd, [&](auto tpk, auto ept) {
-      constexpr int TPK = decltype(tpk)::value, EPT = decltype(ept)::value;
-      auto* dkv_kernel = attention_backward_dkv_kernel<T, TPK, EPT>;
-      allow_shared_bytes(dkv_kernel, kv_shared);
-      launch(dkv_kernel, dim3(tiles, dim.kv_heads, dim.batch), kTile * TPK, kv_shared, static_cast<T*>(dk.data),
-             static_cast<T*>(dv.data), static_cast<const T*>(dout.data), static_cast<const T*>(q.data),
-             static_cast<const T*>(k.data), static_cast<const T*>(v.data), static_cast<const T*>(out.data),
-             static_cast<const float*>(lse.data), dim, scale);
-      auto* dq_kernel = attention_backward_dq_kernel<T, TPK, EPT>;
-      allow_shared_bytes(dq_kernel, q_shared);
-      launch(dq_kernel, dim3(tiles, dim.heads, dim.batch), kTile * TPK, q_shared, static_cast<T*>(dq.data),
-             static_cast<const T*>(dout.data), static_cast<const T*>(q.data), static_cast<const T*>(k.data),
-             static_cast<const T*>(v.data), static_cast<const T*>(out.data), static_cast<const float*>(lse.data), dim,
-             scale);
-    });
+    constexpr int TPK = decltype(tpk)::value, EPT = decltype(ept)::value;
+    launch_with_shared(attention_backward_dkv_kernel<T, TPK, EPT>, dim3(tiles, dim.kv_heads, dim.batch), kTile * TPK,
+                       kv_shared, static_cast<T*>(dk.data), static_cast<T*>(dv.data),
+                       static_cast<const T*>(dout.data), static_cast<const T*>(q.data), static_cast<const T*>(k.data),
+                       static_cast<const T*>(v.data), static_cast<const T*>(out.data),
+                       static_cast<const float*>(lse.data), dim, scale);
+    launch_with_shared(attention_backward_dq_kernel<T, TPK, EPT>, dim3(tiles, dim.heads, dim.batch), kTile * TPK,
+                       q_shared, static_cast<T*>(dq.data), static_cast<const T*>(dout.data),
+                       static_cast<const T*>(q.data), static_cast<const T*>(k.data), static_cast<const T*>(v.data),
+                       static_cast<const T*>(out.data), static_cast<const float*>(lse.data), dim, scale);
   });
 }
 

@@ -82,24 +82,40 @@ struct Shared {
 };
 constexpr size_t kSharedAlignSlack = 128;
 
-// Hands out consecutive regions of the block's dynamic shared memory.
+__device__ __forceinline__ unsigned char* aligned_shared_base() {
+  L3C_DYNAMIC_SHARED(unsigned char, raw);
+  const uintptr_t address = reinterpret_cast<uintptr_t>(raw);
+  return raw + ((128 - address % 128) % 128);
+}
+// Hands out consecutive regions of the block's dynamic shared memory, in the sizes of Shared<HD>.
+template <int HD>
 class SharedCarve {
  public:
-  __device__ explicit SharedCarve(unsigned char* base) : next_(base) {}
+  __device__ SharedCarve() : next_(aligned_shared_base()) {}
+  __device__ bf16* row_tile() { return take<bf16>(Shared<HD>::kRowTile); }     // (64, hd + pad) bf16
+  __device__ float* row_stats() { return take<float>(Shared<HD>::kRowStats); }  // (64) f32
+  // Warp `warp`'s (16, 64) f32 scratch of a region with one per warp.
+  __device__ float* warp_scores(int warp) {
+    return take<float>(kWarps * Shared<HD>::kScores) + warp * Shared<HD>::kScores / sizeof(float);
+  }
+  // Warp `warp`'s (16, 64) bf16 operand of a region with one per warp.
+  __device__ bf16* warp_probs(int warp) {
+    return take<bf16>(kWarps * Shared<HD>::kProbs) + warp * Shared<HD>::kProbs / sizeof(bf16);
+  }
+
+ private:
   template <typename T>
   __device__ T* take(size_t bytes) {
     T* p = reinterpret_cast<T*>(next_);
     next_ += bytes;
     return p;
   }
-
- private:
   unsigned char* next_;
 };
-__device__ __forceinline__ unsigned char* aligned_shared_base() {
-  L3C_DYNAMIC_SHARED(unsigned char, raw);
-  const uintptr_t address = reinterpret_cast<uintptr_t>(raw);
-  return raw + ((128 - address % 128) % 128);
+// Row `row` of a (64, hd + pad) shared tile.
+template <int HD>
+__device__ __forceinline__ const bf16* tile_row(const bf16* tile, int row) {
+  return tile + row * Shared<HD>::kLd;
 }
 
 // ---- tiles ---------------------------------------------------------------------------------------------
@@ -197,42 +213,54 @@ __device__ __forceinline__ void write_rows(bf16* dst, int64_t row_stride, int va
   }
 }
 
+// The rows of a block of the forward and dQ grids (query tiles x H x B) that a lane works on: rows i0 .. i0 + 63 of
+// query head h (kv head g) of batch b, the warp's 16 from warp_row0, the lane's row i = warp_row0 + r and its columns
+// half + 2e; last_row: the block's last row below T.
+struct WarpQueryRows {
+  int i0, h, b, g, warp_row0, r, half, i, last_row;
+};
+__device__ __forceinline__ WarpQueryRows warp_query_rows(const FlashDims& dim, int warp, int lane) {
+  const int i0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / dim.group();
+  const int warp_row0 = i0 + warp * kFrag;
+  const int r = lane / 2, half = lane % 2;
+  const int last_row = (i0 + kTile < dim.seq ? i0 + kTile : dim.seq) - 1;
+  return {i0, h, b, g, warp_row0, r, half, warp_row0 + r, last_row};
+}
+
+// Keys and values j0 .. j0 + 63 of kv head g into k_tile and v_tile, between two barriers: every warp is done with
+// the previous tiles before (the first time: the block's own tiles are complete), the new ones are complete after.
+template <int HD>
+__device__ __forceinline__ void load_key_value_tiles(bf16* k_tile, bf16* v_tile, const bf16* k, const bf16* v,
+                                                     const FlashDims& dim, int b, int j0, int g) {
+  __syncthreads();
+  load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
+  __syncthreads();
+}
+
 // ---- forward -----------------------------------------------------------------------------------------------
 template <int HD>
 __global__ void flash_forward_kernel(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q,
                                      const bf16* __restrict__ k, const bf16* __restrict__ v, FlashDims dim,
                                      float scale) {
-#ifdef L3C_WMMA_BF16_UNAVAILABLE
-  __trap();
-#else
-  using S = Shared<HD>;
-  constexpr int kLd = S::kLd;
-  SharedCarve carve(aligned_shared_base());
-  bf16* q_tile = carve.take<bf16>(S::kRowTile);  // (64, hd) the block's query rows
-  bf16* k_tile = carve.take<bf16>(S::kRowTile);  // (64, hd) keys j0 ..
-  bf16* v_tile = carve.take<bf16>(S::kRowTile);  // (64, hd) values j0 ..
+#ifndef L3C_WMMA_BF16_UNAVAILABLE
+  SharedCarve<HD> carve;
+  // (64, hd) tiles: the block's query rows, keys j0 .., values j0 ..
+  bf16 *q_tile = carve.row_tile(), *k_tile = carve.row_tile(), *v_tile = carve.row_tile();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* scores = carve.take<float>(kWarps * S::kScores) + warp * S::kScores / sizeof(float);  // (16, 64) f32
-  bf16* probs = carve.take<bf16>(kWarps * S::kProbs) + warp * S::kProbs / sizeof(bf16);       // (16, 64) bf16
-
-  const int i0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / dim.group();
-  const int warp_row0 = i0 + warp * kFrag;
-  const int r = lane / 2, half = lane % 2;  // this lane's row of the warp's 16, and its columns half + 2e
-  const int i = warp_row0 + r;
+  float* scores = carve.warp_scores(warp);  // (16, 64) f32
+  bf16* probs = carve.warp_probs(warp);     // (16, 64) bf16
+  const auto [i0, h, b, g, warp_row0, r, half, i, last_row] = warp_query_rows(dim, warp, lane);
 
   load_rows<HD>(q_tile, q + dim.q_offset(b, i0, h), static_cast<int64_t>(dim.heads) * HD, dim.rows_from(i0));
-  const bf16* q_rows = q_tile + warp * kFrag * kLd;  // the warp's (16, hd) queries
+  const bf16* q_rows = tile_row<HD>(q_tile, warp * kFrag);  // the warp's (16, hd) queries
 
   float o[HD / 2];  // columns half + 2e of row i, unnormalised
 #pragma unroll
   for (int e = 0; e < HD / 2; ++e) o[e] = 0.0f;
   float m = -INFINITY, l = 0.0f;
 
-  const int last_row = (i0 + kTile < dim.seq ? i0 + kTile : dim.seq) - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
-    __syncthreads();  // every warp is done with the previous K and V tiles (the first time: Q is complete)
-    load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
-    __syncthreads();
+    load_key_value_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g);
     if (j0 > warp_row0 + kFrag - 1) continue;  // every key of the tile comes after this warp's rows
 
     product_with_transpose<HD>(scores, q_rows, k_tile);  // S (16, 64) = Q K^T, fp32
@@ -285,10 +313,22 @@ __global__ void flash_forward_kernel(bf16* __restrict__ out, float* __restrict__
     for (int e = 0; e < HD / 2; ++e) row[half + 2 * e] = from_float<bf16>(o[e] * inv);
     if (half == 0) lse[dim.lse_offset(b, h, i)] = m + logf(l);
   }
+#else
+  __trap();
 #endif
 }
 
 // ---- backward ----------------------------------------------------------------------------------------------
+// The tensors both backward kernels read: dO, Q, O (B, T, H, hd) bf16, K, V (B, T, Hkv, hd) bf16, lse (B, H, T) f32.
+struct BackwardInputs {
+  const bf16* __restrict__ dout;
+  const bf16* __restrict__ q;
+  const bf16* __restrict__ k;
+  const bf16* __restrict__ v;
+  const bf16* __restrict__ out;
+  const float* __restrict__ lse;
+};
+
 // D_i = dO_i . O_i for the warp's 16 rows of a tile starting at row t0 of head h: lane pair (2r, 2r + 1) sums row r,
 // dO from the shared tile, O from global memory. Returns the row's D to both lanes of the pair.
 template <int HD>
@@ -304,56 +344,47 @@ __device__ __forceinline__ float row_delta(const bf16* dout_tile_row, const bf16
 }
 
 template <int HD>
-__global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, const bf16* __restrict__ dout,
-                                          const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                          const bf16* __restrict__ v, const bf16* __restrict__ out,
-                                          const float* __restrict__ lse, FlashDims dim, float scale) {
-#ifdef L3C_WMMA_BF16_UNAVAILABLE
-  __trap();
-#else
-  using S = Shared<HD>;
-  constexpr int kLd = S::kLd;
-  SharedCarve carve(aligned_shared_base());
-  bf16* k_tile = carve.take<bf16>(S::kRowTile);        // (64, hd) the block's keys
-  bf16* v_tile = carve.take<bf16>(S::kRowTile);        // (64, hd) their values
-  bf16* q_tile = carve.take<bf16>(S::kRowTile);        // (64, hd) query rows i0 .. of head h
-  bf16* dout_tile = carve.take<bf16>(S::kRowTile);     // (64, hd) their dO
-  float* lse_tile = carve.take<float>(S::kRowStats);   // (64) their lse
-  float* delta_tile = carve.take<float>(S::kRowStats); // (64) their D
+__global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restrict__ dv, BackwardInputs in,
+                                          FlashDims dim, float scale) {
+#ifndef L3C_WMMA_BF16_UNAVAILABLE
+  SharedCarve<HD> carve;
+  bf16 *k_tile = carve.row_tile(), *v_tile = carve.row_tile();         // (64, hd) the block's keys, their values
+  bf16 *q_tile = carve.row_tile(), *dout_tile = carve.row_tile();      // (64, hd) query rows i0 .. of head h, dO
+  float *lse_tile = carve.row_stats(), *delta_tile = carve.row_stats();  // (64) their lse and D
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* scores = carve.take<float>(kWarps * S::kScores) + warp * S::kScores / sizeof(float);  // (16, 64) S^T
-  float* dprobs = carve.take<float>(kWarps * S::kScores) + warp * S::kScores / sizeof(float);  // (16, 64) dP^T
-  bf16* probs = carve.take<bf16>(kWarps * S::kProbs) + warp * S::kProbs / sizeof(bf16);        // (16, 64) P^T
-  bf16* dscores = carve.take<bf16>(kWarps * S::kProbs) + warp * S::kProbs / sizeof(bf16);      // (16, 64) dS^T
+  float* scores = carve.warp_scores(warp);  // (16, 64) S^T
+  float* dprobs = carve.warp_scores(warp);  // (16, 64) dP^T
+  bf16* probs = carve.warp_probs(warp);     // (16, 64) P^T
+  bf16* dscores = carve.warp_probs(warp);   // (16, 64) dS^T
 
   const int j0 = blockIdx.x * kTile, g = blockIdx.y, b = blockIdx.z;
   const int r = lane / 2, half = lane % 2;  // this lane's key (row of the warp's 16) and its columns half + 2e
   const int j = j0 + warp * kFrag + r;
   const int64_t kv_stride = static_cast<int64_t>(dim.kv_heads) * HD;
 
-  load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
+  load_head_tiles<HD>(k_tile, v_tile, in.k, in.v, dim, b, j0, g, dim.kv_heads);
   Accumulator dk_acc[HD / kFrag], dv_acc[HD / kFrag];  // the warp's (16, hd) dK and dV
   for (int n = 0; n < HD / kFrag; ++n) {
     wmma::fill_fragment(dk_acc[n], 0.0f);
     wmma::fill_fragment(dv_acc[n], 0.0f);
   }
-  const bf16* k_rows = k_tile + warp * kFrag * kLd;
-  const bf16* v_rows = v_tile + warp * kFrag * kLd;
+  const bf16* k_rows = tile_row<HD>(k_tile, warp * kFrag);
+  const bf16* v_rows = tile_row<HD>(v_tile, warp * kFrag);
 
   for (int hr = 0; hr < dim.group(); ++hr) {
     const int h = g * dim.group() + hr;
     // Query rows before the block's first key see none of its keys (tiles of queries and keys are both 64 rows).
     for (int i0 = j0; i0 < dim.seq; i0 += kTile) {
       __syncthreads();  // every warp is done with the previous query tile
-      load_head_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h, dim.heads);
+      load_head_tiles<HD>(q_tile, dout_tile, in.q, in.dout, dim, b, i0, h, dim.heads);
       if (threadIdx.x < kTile) {
         const int i = i0 + static_cast<int>(threadIdx.x);
-        lse_tile[threadIdx.x] = i < dim.seq ? lse[dim.lse_offset(b, h, i)] : 0.0f;
+        lse_tile[threadIdx.x] = i < dim.seq ? in.lse[dim.lse_offset(b, h, i)] : 0.0f;
       }
       __syncthreads();
       {  // D for the tile's rows: warp w computes rows 16w .. 16w + 15
         const int row = warp * kFrag + r;
-        const float delta = row_delta<HD>(dout_tile + row * kLd, out, dim, b, i0 + row, h, half);
+        const float delta = row_delta<HD>(tile_row<HD>(dout_tile, row), in.out, dim, b, i0 + row, h, half);
         if (half == 0) delta_tile[row] = delta;
       }
       __syncthreads();
@@ -381,49 +412,35 @@ __global__ void flash_backward_dkv_kernel(bf16* __restrict__ dk, bf16* __restric
     write_rows<HD>(dk + dim.kv_offset(b, warp_key0, g), kv_stride, dim.seq - warp_key0, dk_acc, scores, lane);
     write_rows<HD>(dv + dim.kv_offset(b, warp_key0, g), kv_stride, dim.seq - warp_key0, dv_acc, scores, lane);
   }
+#else
+  __trap();
 #endif
 }
 
 template <int HD>
-__global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __restrict__ dout,
-                                         const bf16* __restrict__ q, const bf16* __restrict__ k,
-                                         const bf16* __restrict__ v, const bf16* __restrict__ out,
-                                         const float* __restrict__ lse, FlashDims dim, float scale) {
-#ifdef L3C_WMMA_BF16_UNAVAILABLE
-  __trap();
-#else
-  using S = Shared<HD>;
-  constexpr int kLd = S::kLd;
-  SharedCarve carve(aligned_shared_base());
-  bf16* q_tile = carve.take<bf16>(S::kRowTile);     // (64, hd) the block's query rows
-  bf16* dout_tile = carve.take<bf16>(S::kRowTile);  // (64, hd) their dO
-  bf16* k_tile = carve.take<bf16>(S::kRowTile);     // (64, hd) keys j0 ..
-  bf16* v_tile = carve.take<bf16>(S::kRowTile);     // (64, hd) values j0 ..
+__global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, BackwardInputs in, FlashDims dim, float scale) {
+#ifndef L3C_WMMA_BF16_UNAVAILABLE
+  SharedCarve<HD> carve;
+  bf16 *q_tile = carve.row_tile(), *dout_tile = carve.row_tile();  // (64, hd) the block's query rows, their dO
+  bf16 *k_tile = carve.row_tile(), *v_tile = carve.row_tile();     // (64, hd) keys j0 .., values j0 ..
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  float* scores = carve.take<float>(kWarps * S::kScores) + warp * S::kScores / sizeof(float);  // (16, 64) S
-  float* dprobs = carve.take<float>(kWarps * S::kScores) + warp * S::kScores / sizeof(float);  // (16, 64) dP
-  bf16* dscores = carve.take<bf16>(kWarps * S::kProbs) + warp * S::kProbs / sizeof(bf16);      // (16, 64) dS
-
-  const int i0 = blockIdx.x * kTile, h = blockIdx.y, b = blockIdx.z, g = h / dim.group();
-  const int warp_row0 = i0 + warp * kFrag;
-  const int r = lane / 2, half = lane % 2;
-  const int i = warp_row0 + r;
+  float* scores = carve.warp_scores(warp);  // (16, 64) S
+  float* dprobs = carve.warp_scores(warp);  // (16, 64) dP
+  bf16* dscores = carve.warp_probs(warp);   // (16, 64) dS
+  const auto [i0, h, b, g, warp_row0, r, half, i, last_row] = warp_query_rows(dim, warp, lane);
   const int64_t q_stride = static_cast<int64_t>(dim.heads) * HD;
 
-  load_head_tiles<HD>(q_tile, dout_tile, q, dout, dim, b, i0, h, dim.heads);
+  load_head_tiles<HD>(q_tile, dout_tile, in.q, in.dout, dim, b, i0, h, dim.heads);
   __syncthreads();
-  const float delta = row_delta<HD>(dout_tile + (warp * kFrag + r) * kLd, out, dim, b, i, h, half);
-  const float lse_i = i < dim.seq ? lse[dim.lse_offset(b, h, i)] : 0.0f;
+  const float delta = row_delta<HD>(tile_row<HD>(dout_tile, warp * kFrag + r), in.out, dim, b, i, h, half);
+  const float lse_i = i < dim.seq ? in.lse[dim.lse_offset(b, h, i)] : 0.0f;
   Accumulator dq_acc[HD / kFrag];  // the warp's (16, hd) dQ
   for (int n = 0; n < HD / kFrag; ++n) wmma::fill_fragment(dq_acc[n], 0.0f);
-  const bf16* q_rows = q_tile + warp * kFrag * kLd;
-  const bf16* dout_rows = dout_tile + warp * kFrag * kLd;
+  const bf16* q_rows = tile_row<HD>(q_tile, warp * kFrag);
+  const bf16* dout_rows = tile_row<HD>(dout_tile, warp * kFrag);
 
-  const int last_row = (i0 + kTile < dim.seq ? i0 + kTile : dim.seq) - 1;
   for (int j0 = 0; j0 <= last_row; j0 += kTile) {
-    __syncthreads();  // every warp is done with the previous K and V tiles
-    load_head_tiles<HD>(k_tile, v_tile, k, v, dim, b, j0, g, dim.kv_heads);
-    __syncthreads();
+    load_key_value_tiles<HD>(k_tile, v_tile, in.k, in.v, dim, b, j0, g);
     if (j0 > warp_row0 + kFrag - 1) continue;  // every key of the tile comes after this warp's rows
 
     product_with_transpose<HD>(scores, q_rows, k_tile);     // S (16 queries, 64 keys)
@@ -442,6 +459,8 @@ __global__ void flash_backward_dq_kernel(bf16* __restrict__ dq, const bf16* __re
 
   if (warp_row0 < dim.seq)  // warp-uniform
     write_rows<HD>(dq + dim.q_offset(b, warp_row0, h), q_stride, dim.seq - warp_row0, dq_acc, scores, lane);
+#else
+  __trap();
 #endif
 }
 
@@ -480,16 +499,13 @@ bool tensor_core_attention_supports(DType dtype, int64_t head_dim) {
 void attention_forward_tensor_cores(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v) {
   const FlashDims dim = flash_dims_of(q, k);
   check_flash_inputs("attention_forward", q.dtype, dim.hd, {&out, &q, &k, &v});
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim.hd)));
+  const float scale = dim.scale();
   const dim3 grid((dim.seq + kTile - 1) / kTile, dim.heads, dim.batch);
   dispatch_flash_head_dim(dim.hd, [&](auto hd) {
     constexpr int HD = decltype(hd)::value;
-    const size_t shared = Shared<HD>::kForward + kSharedAlignSlack;
-    auto* kernel = flash_forward_kernel<HD>;
-    allow_shared_bytes(kernel, shared);
-    launch(kernel, grid, kThreads, shared, static_cast<bf16*>(out.data), static_cast<float*>(lse.data),
-           static_cast<const bf16*>(q.data), static_cast<const bf16*>(k.data), static_cast<const bf16*>(v.data), dim,
-           scale);
+    launch_with_shared(flash_forward_kernel<HD>, grid, kThreads, Shared<HD>::kForward + kSharedAlignSlack,
+                       static_cast<bf16*>(out.data), static_cast<float*>(lse.data), static_cast<const bf16*>(q.data),
+                       static_cast<const bf16*>(k.data), static_cast<const bf16*>(v.data), dim, scale);
   });
 }
 
@@ -497,24 +513,18 @@ void attention_backward_tensor_cores(Tensor dq, Tensor dk, Tensor dv, Tensor dou
                                      Tensor out, Tensor lse) {
   const FlashDims dim = flash_dims_of(q, k);
   check_flash_inputs("attention_backward", q.dtype, dim.hd, {&dq, &dk, &dv, &dout, &q, &k, &v, &out});
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(dim.hd)));
+  const float scale = dim.scale();
   const unsigned tiles = (dim.seq + kTile - 1) / kTile;
+  const BackwardInputs in{static_cast<const bf16*>(dout.data), static_cast<const bf16*>(q.data),
+                          static_cast<const bf16*>(k.data), static_cast<const bf16*>(v.data),
+                          static_cast<const bf16*>(out.data), static_cast<const float*>(lse.data)};
   dispatch_flash_head_dim(dim.hd, [&](auto hd) {
     constexpr int HD = decltype(hd)::value;
-    const size_t kv_shared = Shared<HD>::kBackwardKv + kSharedAlignSlack;
-    auto* dkv_kernel = flash_backward_dkv_kernel<HD>;
-    allow_shared_bytes(dkv_kernel, kv_shared);
-    launch(dkv_kernel, dim3(tiles, dim.kv_heads, dim.batch), kThreads, kv_shared, static_cast<bf16*>(dk.data),
-           static_cast<bf16*>(dv.data), static_cast<const bf16*>(dout.data), static_cast<const bf16*>(q.data),
-           static_cast<const bf16*>(k.data), static_cast<const bf16*>(v.data), static_cast<const bf16*>(out.data),
-           static_cast<const float*>(lse.data), dim, scale);
-    const size_t q_shared = Shared<HD>::kBackwardQ + kSharedAlignSlack;
-    auto* dq_kernel = flash_backward_dq_kernel<HD>;
-    allow_shared_bytes(dq_kernel, q_shared);
-    launch(dq_kernel, dim3(tiles, dim.heads, dim.batch), kThreads, q_shared, static_cast<bf16*>(dq.data),
-           static_cast<const bf16*>(dout.data), static_cast<const bf16*>(q.data), static_cast<const bf16*>(k.data),
-           static_cast<const bf16*>(v.data), static_cast<const bf16*>(out.data), static_cast<const float*>(lse.data),
-           dim, scale);
+    launch_with_shared(flash_backward_dkv_kernel<HD>, dim3(tiles, dim.kv_heads, dim.batch), kThreads,
+                       Shared<HD>::kBackwardKv + kSharedAlignSlack, static_cast<bf16*>(dk.data),
+                       static_cast<bf16*>(dv.data), in, dim, scale);
+    launch_with_shared(flash_backward_dq_kernel<HD>, dim3(tiles, dim.heads, dim.batch), kThreads,
+                       Shared<HD>::kBackwardQ + kSharedAlignSlack, static_cast<bf16*>(dq.data), in, dim, scale);
   });
 }
 

@@ -15,6 +15,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -86,6 +87,12 @@ void allow_shared_bytes(void (*kernel)(Params...), size_t bytes) {
   if (bytes > 48 * 1024)
     L3C_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
+// launch() of a kernel whose dynamic shared memory may be above 48 KiB: allowed first.
+template <typename... Params, typename... Args>
+void launch_with_shared(void (*kernel)(Params...), LaunchGrid grid, dim3 block, size_t shared_bytes, Args... args) {
+  allow_shared_bytes(kernel, shared_bytes);
+  launch(kernel, grid, block, shared_bytes, args...);
+}
 
 // ---- element types: storage T (float or bf16), arithmetic in float ------------------------------------
 __host__ __device__ __forceinline__ float to_float(float x) { return x; }
@@ -128,6 +135,8 @@ decltype(auto) dispatch_gradient(DType dtype, DType grad_dtype, const char* op, 
 struct AttentionDims {
   int batch, seq, heads, kv_heads, hd;
   __host__ __device__ int group() const { return heads / kv_heads; }
+  // The scores' scale 1 / sqrt(hd), computed in double and rounded once.
+  float scale() const { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))); }
   // Offsets of element 0 of row t of head h in a (B, T, heads, hd) tensor and of kv head g in (B, T, Hkv, hd).
   __host__ __device__ int64_t q_offset(int b, int t, int h) const {
     return ((static_cast<int64_t>(b) * seq + t) * heads + h) * hd;
@@ -160,6 +169,26 @@ __device__ __forceinline__ void rotate_pair(T* row, int64_t i, int64_t half, flo
   const float a = to_float(row[i]), b = to_float(row[i + half]);
   row[i] = from_float<T>(a * c - b * s);
   row[i + half] = from_float<T>(b * c + a * s);
+}
+// The cosine and sine a pair turns by.
+struct RopeTurn {
+  float c, s;
+};
+// Rotates every pair of x (B, T, heads, head_dim), one pair per thread of a grid-stride loop: pair i < head_dim / 2
+// of the head rows at batch row b and position t < T turns by turn(b, t, i) (a RopeTurn).
+template <typename T, typename Turn>
+__device__ __forceinline__ void rotate_pairs(T* x, int64_t batch, int64_t positions, int64_t heads, int64_t head_dim,
+                                             Turn turn) {
+  const int64_t half = head_dim / 2;
+  const int64_t pairs = batch * positions * heads * half;
+  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < pairs;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = e % half;
+    const int64_t row = e / half;  // (b * T + t) * heads + h
+    const int64_t bt = row / heads;
+    const RopeTurn r = turn(bt / positions, bt % positions, i);
+    rotate_pair(x + row * head_dim, i, half, r.c, r.s);
+  }
 }
 
 // ---- deterministic reductions (fixed trees; blockDim.x a multiple of 32, 1-D blocks) --------------------

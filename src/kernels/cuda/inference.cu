@@ -18,16 +18,10 @@ constexpr int kAttentionThreads = 128;
 template <typename T>
 __global__ void rope_at_kernel(T* __restrict__ x, const int32_t* __restrict__ start, int64_t batch, int64_t positions,
                                int64_t heads, int64_t head_dim, double theta) {
-  const int64_t half = head_dim / 2;
-  const int64_t pairs = batch * positions * heads * half;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < pairs;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = e % half;
-    const int64_t row = e / half;  // (b * T + t) * heads + h
-    const int64_t bt = row / heads, b = bt / positions, t = bt % positions + start[b];
-    const double angle = rope_angle(t, i, head_dim, theta);
-    rotate_pair(x + row * head_dim, i, half, static_cast<float>(cos(angle)), static_cast<float>(sin(angle)));
-  }
+  rotate_pairs(x, batch, positions, heads, head_dim, [&](int64_t b, int64_t t, int64_t i) {
+    const double angle = rope_angle(t + start[b], i, head_dim, theta);
+    return RopeTurn{static_cast<float>(cos(angle)), static_cast<float>(sin(angle))};
+  });
 }
 
 // cache (S, Tmax, row) [slots[b], start[b] + t] = x (B, T, row) [b, t], one element per thread.

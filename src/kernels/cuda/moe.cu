@@ -16,6 +16,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/internal.cuh"
+#include "kernels/router_top_k.h"
 
 namespace l3c::ops::cuda {
 namespace {
@@ -34,8 +35,6 @@ __global__ void router_forward_kernel(float* __restrict__ probs, float* __restri
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const T* z = logits + row * num_experts;
     float* p = probs + row * num_experts;
-    int32_t* chosen = experts + row * top_k;
-    float* w = weights + row * top_k;
     float row_max = -INFINITY;
     for (int64_t e = 0; e < num_experts; ++e) row_max = fmaxf(row_max, to_float(z[e]));
     double sum = 0.0;
@@ -43,20 +42,7 @@ __global__ void router_forward_kernel(float* __restrict__ probs, float* __restri
     lse[row] = static_cast<float>(static_cast<double>(row_max) + log(sum));
     for (int64_t e = 0; e < num_experts; ++e)
       p[e] = static_cast<float>(static_cast<double>(expf(to_float(z[e]) - row_max)) / sum);
-    double selected = 0.0;
-    for (int64_t s = 0; s < top_k; ++s) {
-      int64_t best = -1;
-      for (int64_t e = 0; e < num_experts; ++e) {
-        bool taken = false;
-        for (int64_t t = 0; t < s; ++t) taken = taken || chosen[t] == e;
-        if (!taken && (best < 0 || p[e] > p[best])) best = e;  // strict: ties keep the lower index
-      }
-      chosen[s] = static_cast<int32_t>(best);
-      w[s] = p[best];
-      selected += static_cast<double>(p[best]);
-    }
-    if (normalize)
-      for (int64_t s = 0; s < top_k; ++s) w[s] = static_cast<float>(static_cast<double>(w[s]) / selected);
+    router_top_k(experts + row * top_k, weights + row * top_k, p, num_experts, top_k, normalize);
   }
 }
 

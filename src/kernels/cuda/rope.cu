@@ -26,15 +26,9 @@ template <typename T>
 __global__ void rope_kernel(T* __restrict__ x, const float* __restrict__ cos_table, const float* __restrict__ sin_table,
                             int64_t batch, int64_t positions, int64_t heads, int64_t head_dim, float direction) {
   const int64_t half = head_dim / 2;
-  const int64_t pairs = batch * positions * heads * half;
-  for (int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; e < pairs;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t i = e % half;
-    const int64_t row = e / half;                   // (b * T + t) * heads + h
-    const int64_t t = row / heads % positions;
-    T* lo = x + row * head_dim;                     // x[i] is lo[i], x[i + hd/2] is lo[i + half]
-    rotate_pair(lo, i, half, cos_table[t * half + i], direction * sin_table[t * half + i]);
-  }
+  rotate_pairs(x, batch, positions, heads, head_dim, [&](int64_t, int64_t t, int64_t i) {
+    return RopeTurn{cos_table[t * half + i], direction * sin_table[t * half + i]};
+  });
 }
 
 void rope(Tensor x, double theta, float direction, const char* op) {
