@@ -26,8 +26,6 @@
 // Precision: inputs bf16, products exact, sums fp32, softmax statistics fp32. P and dS are rounded to bf16 to enter
 // their products (as FlashAttention does); probs and ds stay f32 in memory. tests/test_cuda_l3.cpp states the
 // tolerances against the CPU op.
-#include <cstring>
-
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/internal.cuh"
@@ -71,29 +69,10 @@ __device__ __forceinline__ SharedTiles shared_tiles() {
           reinterpret_cast<float*>(base + 2 * kTileBytes + warp * kScratchBytes)};
 }
 
-// tile (64, kLd) bf16: element (r, c) = src[r * stride + c] for r < rows and c < cols, else 0; bf16 sources are
-// copied (16 bytes at a time where the address allows), f32 ones rounded. Every thread of the block takes part.
-__device__ __forceinline__ bool copy16_if_aligned(bf16* dst, const bf16* src) {
-  if (reinterpret_cast<uintptr_t>(src) % 16 != 0) return false;
-#ifdef L3C_CUDA_EMULATION
-  std::memcpy(dst, src, 16);
-#else
-  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
-#endif
-  return true;
-}
-__device__ __forceinline__ bool copy16_if_aligned(bf16*, const float*) { return false; }
-
+// tile (64, kLd) bf16: element (r, c) = src[r * stride + c] for r < rows and c < cols, else 0 (wmma.cuh).
 template <typename S>
 __device__ __forceinline__ void load_tile(bf16* tile, const S* src, int64_t stride, int rows, int cols) {
-  constexpr int kChunksPerRow = kTile / 8;
-  for (int idx = threadIdx.x; idx < kTile * kChunksPerRow; idx += kThreads) {
-    const int r = idx / kChunksPerRow, c0 = idx % kChunksPerRow * 8;
-    bf16* dst = tile + r * kLd + c0;
-    const S* row = src + r * stride + c0;
-    if (r < rows && c0 + 8 <= cols && copy16_if_aligned(dst, row)) continue;
-    for (int c = 0; c < 8; ++c) dst[c] = from_float<bf16>(r < rows && c0 + c < cols ? to_float(row[c]) : 0.0f);
-  }
+  load_bf16_tile<kTile, kTile, kLd, kThreads>(tile, src, stride, rows, cols);
 }
 
 // Writes the warp's 16 x 64 accumulators through its scratch: for r < rows, c < cols, write(r, c, value). Lanes
