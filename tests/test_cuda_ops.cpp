@@ -824,6 +824,86 @@ TEST_CASE("cuda: MoE pair indices and grouped products match the CPU in f32 and 
                       Contains("grouped_matmul_backward") && Contains("parameter gradient") && Contains("expected f32"));
 }
 
+TEST_CASE("cuda: MoE grouped products in bf16 on tensor cores and on CUDA cores match the CPU: experts of 0, 1, 17 "
+          "and 70 rows, one expert with every row, ragged and unaligned widths, the same bits twice", "[cuda][moe]") {
+  require_gpu();
+  using ops::cuda::MoeKernel;
+  CHECK(ops::cuda::tensor_core_moe_supports(DType::BF16));
+  CHECK_FALSE(ops::cuda::tensor_core_moe_supports(DType::F32));
+  // Every GPU the build targets (sm_80, sm_90) and the emulation have bf16 tensor cores.
+  CHECK(ops::cuda::moe_kernel_for(DType::BF16) == MoeKernel::TensorCores);
+  CHECK(ops::cuda::moe_kernel_for(DType::F32) == MoeKernel::CudaCores);
+
+  // Tiles of 64 rows by 64 columns, slices 32 deep (16 on CUDA cores): 1 and 17 rows are one ragged row tile, 70
+  // rows a full one and a ragged one; out 80 and 70 end in a partial column tile, in 20 and out 70 end a slice
+  // inside a 16-deep fragment step, and their rows (40 and 140 bytes) are loaded element by element.
+  const int64_t M = 88, E = 5;
+  const std::vector<int32_t> ragged = {0, 0, 1, 18, 18, 88}, every_row = {0, 0, 0, 88, 88, 88};
+  struct Case {
+    const char* what;
+    const std::vector<int32_t>& offsets;
+    int64_t I, O;
+  };
+  for (const Case& c : {Case{"experts of 0, 1, 17, 0, 70 rows", ragged, 48, 80},
+                        Case{"experts of 0, 1, 17, 0, 70 rows", ragged, 20, 70},
+                        Case{"every row to expert 2", every_row, 48, 80}}) {
+    const std::vector<int32_t>& offsets_host = c.offsets;
+    const int64_t I = c.I, O = c.O;
+    const Pair offsets = pair_of(ints({E + 1}, offsets_host));
+    // The CPU in f32 on the same bf16 values: the forward, dx overwritten then accumulated, dw added to random
+    // values (an empty expert's stay as they were); each kernel runs twice from the same inputs: the same bits.
+    const Pair x = random_pair(DType::BF16, {M, I}, 91), w = random_pair(DType::BF16, {E, O, I}, 92, 0.3),
+               dout = random_pair(DType::BF16, {M, O}, 93);
+    for (const DType grad_dtype : {DType::F32, DType::BF16}) {
+      TestTensor out(DType::F32, {M, O}), dx(DType::F32, {M, I}), dx_added(DType::F32, {M, I});
+      const Pair dw_start = random_pair(grad_dtype, {E, O, I}, 94);
+      TestTensor dw = dw_start.cpu.converted(DType::F32);
+      ops::grouped_matmul_forward(out, x.cpu, w.cpu, offsets.cpu);
+      ops::grouped_matmul_backward(dx, dw, dout.cpu, x.cpu, w.cpu, offsets.cpu, false);
+      ops::copy(dx_added, dx);
+      ops::grouped_matmul_backward(dx_added, Tensor(), dout.cpu, x.cpu, w.cpu, offsets.cpu, true);
+      const std::vector<double> dw_before = dw_start.gpu.values();
+      for (const MoeKernel kernel : {MoeKernel::TensorCores, MoeKernel::CudaCores}) {
+        INFO(c.what << ", in " << I << ", out " << O << ", " << dtype_name(grad_dtype) << " weight gradient, "
+                  << (kernel == MoeKernel::TensorCores ? "tensor cores" : "CUDA cores"));
+        std::vector<double> first[4];
+        for (int run = 0; run < 2; ++run) {
+          DeviceTensor out_gpu(DType::BF16, {M, O}), dx_gpu(DType::BF16, {M, I}), dw_gpu(grad_dtype, {E, O, I});
+          ops::copy(dw_gpu, dw_start.gpu);
+          ops::cuda::grouped_matmul_forward(out_gpu, x.gpu, w.gpu, offsets.gpu, kernel);
+          ops::cuda::grouped_matmul_backward(dx_gpu, dw_gpu, dout.gpu, x.gpu, w.gpu, offsets.gpu, false, kernel);
+          const std::vector<double> dx_once = dx_gpu.values(), dw_after = dw_gpu.values();
+          ops::cuda::grouped_matmul_backward(dx_gpu, Tensor(), dout.gpu, x.gpu, w.gpu, offsets.gpu, true, kernel);
+          const std::vector<double> results[4] = {out_gpu.values(), dx_once, dw_after, dx_gpu.values()};
+          if (run == 1) {
+            for (int i = 0; i < 4; ++i) CHECK(results[i] == first[i]);
+            break;
+          }
+          std::copy(std::begin(results), std::end(results), std::begin(first));
+          // bf16 outputs: one rounding (dx accumulated: two); an f32 gradient sums the exact bf16 products in
+          // f32 (summation order only), a bf16 one is rounded when added.
+          CHECK(norm_relative_error(results[0], out.values()) <= kBf16Output);
+          CHECK(norm_relative_error(results[1], dx.values()) <= kBf16Output);
+          CHECK(norm_relative_error(results[2], dw.values()) <= (grad_dtype == DType::F32 ? kF32 : kBf16Accumulate));
+          CHECK(norm_relative_error(results[3], dx_added.values()) <= kBf16Accumulate);
+          for (int64_t e = 0; e < E; ++e)
+            if (offsets_host[e + 1] == offsets_host[e])
+              CHECK(std::equal(dw_after.begin() + e * O * I, dw_after.begin() + (e + 1) * O * I,
+                               dw_before.begin() + e * O * I));
+        }
+      }
+    }
+  }
+  // The tensor-core kernels take bf16 only: an f32 call naming them is refused.
+  DeviceTensor x(DType::F32, {M, 16}), w(DType::F32, {E, 16, 16}), out(DType::F32, {M, 16});
+  const DeviceTensor offsets(ints({E + 1}, ragged));
+  REQUIRE_THROWS_WITH(ops::cuda::grouped_matmul_forward(out, x, w, offsets, MoeKernel::TensorCores),
+                      Contains("grouped_matmul_forward") && Contains("tensor-core MoE kernels take bf16"));
+  REQUIRE_THROWS_WITH(
+      ops::cuda::grouped_matmul_backward(Tensor(), w, out, x, w, offsets, false, MoeKernel::TensorCores),
+                      Contains("grouped_matmul_backward") && Contains("tensor-core MoE kernels take bf16"));
+}
+
 TEST_CASE("cuda: MoE combine and its backward match the CPU in f32 and bf16, with f32 routing weights",
           "[cuda][moe][grids]") {
   require_gpu();

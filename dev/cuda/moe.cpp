@@ -3,10 +3,14 @@
 // each checked against the CPU op and timed, forward (out = x w_e^T) and backward (dx = dout w_e, dw_e += dout^T x):
 //   1. tiled f32              moe.cu: the library's own kernels, which find each expert's rows on the device
 //                             (64 x 64 output tiles on CUDA cores; no host wait); what fp32 training runs
-//   2. tiled bf16             the same kernels on bf16 rows and weights, f32 weight gradient; what bf16 training runs
-//   3. cuBLAS per expert f32  the version before them: the expert offsets read back to the host (one wait per
+//   2. tiled bf16             the same kernels on bf16 rows and weights, f32 weight gradient
+//   3. tensor-cores bf16      moe.cu's WMMA kernels: the same tiles and row-tile layout, bf16 16 x 16 x 16 fragments
+//                             with fp32 accumulation, 4 warps of 32 x 32 outputs a block; what bf16 training runs
+//                             on sm_80+ (ops::cuda::moe_kernel_for)
+//   4. cuBLAS per expert f32  the version before them: the expert offsets read back to the host (one wait per
 //                             call), then one cuBLAS product per non-empty expert (ops::matmul_* on row slices)
-//   4. cuBLAS per expert bf16 the same with bf16 inputs on tensor cores, f32 weight gradient
+//   5. cuBLAS per expert bf16 the same with bf16 inputs on tensor cores, f32 weight gradient
+// The tiled versions name their kernel (ops::cuda::MoeKernel), so the ladder measures the code that training runs.
 // All versions read the same values (random normal inputs rounded to bf16 once) and the same routing: each token
 // picks top_k distinct experts at random, so the groups have the uneven sizes of real routing. The CPU reference
 // runs on the first --check-experts experts (their rows come first in grouped order; the CPU op on every expert at
@@ -117,6 +121,7 @@ struct Version {
   const char* name;
   DType dtype;
   bool tiled;
+  ops::cuda::MoeKernel kernel;  // of a tiled version
 };
 
 // Inputs in f32 on the device, already rounded to bf16 (so every version reads the same values), their bf16
@@ -191,10 +196,12 @@ int main(int argc, char** argv) try {
   const Reference reference = cpu_reference(o, in);
   const double forward_flops = 2.0 * static_cast<double>(in.rows) * o.in * o.out, backward_flops = 2.0 * forward_flops;
 
-  const Version versions[] = {{"tiled f32", DType::F32, true},
-                              {"tiled bf16", DType::BF16, true},
-                              {"cuBLAS/expert f32", DType::F32, false},
-                              {"cuBLAS/expert bf16", DType::BF16, false}};
+  using ops::cuda::MoeKernel;
+  const Version versions[] = {{"tiled f32", DType::F32, true, MoeKernel::CudaCores},
+                              {"tiled bf16", DType::BF16, true, MoeKernel::CudaCores},
+                              {"tensor-cores bf16", DType::BF16, true, MoeKernel::TensorCores},
+                              {"cuBLAS/expert f32", DType::F32, false, MoeKernel::CudaCores},
+                              {"cuBLAS/expert bf16", DType::BF16, false, MoeKernel::CudaCores}};
   std::printf("%-19s %9s %9s %9s %9s %6s %9s %9s %9s\n", "version", "fwd ms", "TFLOP/s", "bwd ms", "TFLOP/s",
               "waits", "err out", "err dx", "err dw");
   bool all_within = true;
@@ -204,11 +211,11 @@ int main(int argc, char** argv) try {
     DeviceTensor out(version.dtype, {in.rows, o.out}), dx(version.dtype, {in.rows, o.in});
     DeviceTensor dw(DType::F32, {o.experts, o.out, o.in});  // a parameter gradient: f32, also for bf16 inputs
     auto forward = [&] {
-      if (version.tiled) ops::cuda::grouped_matmul_forward(out, x, w, in.offsets);
+      if (version.tiled) ops::cuda::grouped_matmul_forward(out, x, w, in.offsets, version.kernel);
       else per_expert_forward(out, x, w, in.offsets);
     };
     auto backward = [&] {
-      if (version.tiled) ops::cuda::grouped_matmul_backward(dx, dw, dout, x, w, in.offsets, false);
+      if (version.tiled) ops::cuda::grouped_matmul_backward(dx, dw, dout, x, w, in.offsets, false, version.kernel);
       else per_expert_backward(dx, dw, dout, x, w, in.offsets);
     };
     // One checked call each (dw accumulates: it starts from zero), then the timing loops.
@@ -219,7 +226,8 @@ int main(int argc, char** argv) try {
                               relative_error(first_rows_on_host(dw, o.check_experts), reference.dw)};
     const double forward_ms = milliseconds_per_call(forward, o.warmup, o.iters);
     const double backward_ms = milliseconds_per_call(backward, o.warmup, o.iters);
-    // f32: summation order only. bf16: out and dx rounded to bf16 once; dw sums exact bf16 products in f32.
+    // f32: summation order only. bf16 (CUDA or tensor cores): out and dx rounded to bf16 once; dw sums exact bf16
+    // products in f32.
     const double tolerance[3] = {f32 ? 1e-5 : 1e-2, f32 ? 1e-5 : 1e-2, f32 ? 1e-5 : 1e-4};
     bool within = true;
     for (int i = 0; i < 3; ++i) within = within && errors[i] <= tolerance[i];

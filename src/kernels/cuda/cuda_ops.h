@@ -160,16 +160,31 @@ void l3_lookup_backward(Tensor dx, Tensor dw_k, Tensor dw_v, Tensor dout, Tensor
 // ---- Mixture-of-Experts (moe.cu) -----------------------------------------------------------------------
 // f32 or bf16 with f32 routing statistics (ops.h). Nothing reads back to the host: the expert offsets stay on the
 // device, and the grouped products lay out their row tiles from them there (own tiled kernels, fp32
-// accumulation; see moe.cu for why not cuBLAS's grouped GEMM).
+// accumulation, on tensor cores in bf16; see moe.cu for why not cuBLAS's grouped GEMM).
 void moe_router_forward(Tensor probs, Tensor lse, Tensor experts, Tensor weights, Tensor logits, bool normalize);
 void moe_router_backward(Tensor dlogits, Tensor dweights, Tensor probs, Tensor lse, Tensor experts, Tensor weights,
                          Tensor probs_bias, double z_scale, bool normalize);
 void moe_routing_stats(Tensor stats, Tensor probs, Tensor lse, Tensor offsets);
 void moe_balance_bias(Tensor probs_bias, Tensor offsets, double scale);
 void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int64_t top_k);
-void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);
+// The grouped products have two implementations of the same contract (each output element summed by one owner in
+// a fixed order: no atomics, the same bits on every run; the row tiles never cross an expert):
+enum class MoeKernel {
+  CudaCores,    // f32 or bf16, any shape: 64 x 64 output tiles, 4 x 4 outputs a thread, f32 products
+  TensorCores,  // bf16 on sm_80+, any shape (ragged tiles zero-padded in shared memory): the same 64 x 64 tiles,
+                // WMMA bf16 16 x 16 x 16 fragments with fp32 accumulation, 4 warps of 32 x 32
+};
+// Whether the tensor-core kernels are chosen for this dtype (whatever the GPU): bf16.
+bool tensor_core_moe_supports(DType dtype);
+// The kernel for a dtype on this process's GPU: tensor cores wherever they apply.
+MoeKernel moe_kernel_for(DType dtype);
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets);  // moe_kernel_for's choice
 void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
                              bool accumulate_dx);
+// The kernel named (tests, the dev/ ladder); TensorCores takes bf16 only.
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets, MoeKernel kernel);
+void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
+                             bool accumulate_dx, MoeKernel kernel);
 void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate);
 void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor rows, Tensor weights,
                           Tensor row_of_pair);

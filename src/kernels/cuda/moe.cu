@@ -9,13 +9,15 @@
 // expert weights; f32 for the routing statistics (probs, lse, the routing weights and their gradient, the
 // load-balancing bias, the layer statistics), as Mixtral computes its router softmax in fp32; a grouped product's
 // weight gradient is T or, in a bf16 call, f32 (fp32 gradient accumulation). Every kernel computes in f32 (the
-// statistics' sums in double). The router runs one thread per token (E is small); every other output element has
-// one owner that sums in a fixed order: no atomics, the same bits on every run.
+// statistics' sums in double; the bf16 grouped products on sm_80+ multiply on tensor cores: exact bf16 products
+// summed in fp32). The router runs one thread per token (E is small); every other output element has one owner
+// that sums in a fixed order: no atomics, the same bits on every run.
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/internal.cuh"
+#include "kernels/cuda/wmma.cuh"
 #include "kernels/router_top_k.h"
 
 namespace l3c::ops::cuda {
@@ -161,7 +163,8 @@ __global__ void pair_indices_kernel(int32_t* __restrict__ token_of_row, int32_t*
 // the product kernels launch that many row tiles, those past the last real one returning at once. A block computes
 // a kTileRows x kTileCols tile of the output, staging kTileDepth-deep slices of both operands in shared memory (as
 // f32) and accumulating in f32 registers: 16 x 16 threads, 4 x 4 outputs each, every output summed by one thread in
-// depth order. CUDA cores only: a tensor-core (mma) inner loop is the step for speed.
+// depth order. These CUDA-core kernels serve f32 (and bf16 where the GPU has no bf16 tensor cores); bf16 on sm_80+
+// takes the tensor-core kernels below (WMMA, same tiles), which moe_kernel_for chooses.
 constexpr int kTileRows = 64, kTileCols = 64, kTileDepth = 16;
 constexpr int kGemmThreads = 256;  // 16 x 16, each owning rows ty + 16 i and columns tx + 16 j, i, j < 4
 constexpr int kMapThreads = 256;
@@ -318,6 +321,191 @@ __global__ void grouped_weight_grad_kernel(G* __restrict__ dw, const T* __restri
                 /*accumulate=*/true, tx, ty);
 }
 
+// ---- grouped products on tensor cores (bf16) ------------------------------------------------------------------
+// The same products for bf16 rows and weights on sm_80 and later: the same row tiles and 64 x 64 output tiles as the
+// CUDA-core kernels above (so one row-tile layout serves both), the operands staged in shared memory as bf16 and
+// multiplied with WMMA 16 x 16 x 16 fragments into fp32 accumulators. A block is 4 warps in a 2 x 2 arrangement,
+// each owning a 32 x 32 quarter of the tile (2 x 2 accumulator fragments: per 16-deep step a warp loads 2 A and
+// 2 B fragments for 4 mma, twice the reuse of a 16 x 64 strip), and the depth advances kWmmaDepth = 32 at a time
+// (two fragment steps per pair of barriers). Ragged tiles (the last rows of an expert, columns past the width,
+// depth past the end, rows past the expert in the weight gradient) are zeros in shared memory: nothing outside the
+// group is read. The accumulators leave through a 64 x 64 f32 tile in shared memory, so that each output element
+// is written by one thread, rounded once, and added to what is there when the contract says so.
+//
+// Shared memory: two operand slices of 64 x 32 or 32 x 64 bf16 with padded rows (5 KB and 4.5 KB), and then, in
+// the same bytes, the 64 x 64 f32 output tile (17 KB): 17.5 KB a block, far below the static 48 KB, so that several
+// blocks share an SM (H100 / H200: 228 KB of shared memory, 2048 threads) and hide each other's global loads (no
+// double buffering or asynchronous copies yet: the next step if a profile asks for it).
+constexpr int kWmmaWarps = 4;
+constexpr int kWmmaThreads = 32 * kWmmaWarps;
+constexpr int kWmmaDepth = 32;                 // depth of a staged slice: two 16-deep fragment steps
+constexpr int kFrag = 16;                      // the WMMA tile side
+constexpr int kWarpTile = 32;                  // a warp's rows and columns of the 64 x 64 tile
+constexpr int kWarpFrags = kWarpTile / kFrag;  // 2 x 2 fragments a warp
+constexpr int kLdDepth = kWmmaDepth + 8;       // bf16 slices [row][k]: ldm a multiple of 8, rows apart in banks
+constexpr int kLdWide = kTileCols + 8;         // bf16 slices [k][column]
+constexpr int kLdOut = kTileCols + 4;          // the f32 output tile (ldm a multiple of 4)
+static_assert(kTileRows == 2 * kWarpTile && kTileCols == 2 * kWarpTile && kWmmaWarps == 4, "2 x 2 warps a tile");
+// Region sizes are multiples of 128 bytes, so every fragment pointer keeps WMMA's 32-byte alignment.
+constexpr size_t kSliceBytes = sizeof(bf16) * kTileRows * kLdDepth;  // (64, kLdDepth) or (32, kLdWide), the larger
+static_assert(sizeof(bf16) * kWmmaDepth * kLdWide <= kSliceBytes && kSliceBytes % 128 == 0, "slice regions");
+constexpr size_t kOutTileBytes = sizeof(float) * kTileRows * kLdOut;
+static_assert(kOutTileBytes % 128 == 0, "the output tile keeps the alignment");
+constexpr size_t kWmmaSharedBytes = (2 * kSliceBytes > kOutTileBytes ? 2 * kSliceBytes : kOutTileBytes) + 128;
+static_assert(kWmmaSharedBytes <= 48 * 1024, "within the static shared-memory limit");
+
+using Accumulator = wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, float>;
+using WarpAccumulators = Accumulator[kWarpFrags][kWarpFrags];
+
+struct WmmaShared {
+  bf16* a;      // the first operand's slice
+  bf16* b;      // the second's
+  float* out;   // (64, kLdOut), over both slices once the products are done
+};
+__device__ __forceinline__ WmmaShared wmma_shared() {
+  L3C_DYNAMIC_SHARED(unsigned char, raw);
+  unsigned char* base = raw + (128 - reinterpret_cast<uintptr_t>(raw) % 128) % 128;
+  return {reinterpret_cast<bf16*>(base), reinterpret_cast<bf16*>(base + kSliceBytes), reinterpret_cast<float*>(base)};
+}
+
+// acc += the warp's 32 x 32 of A B over one kWmmaDepth slice: fragment (i, kk) of A at a + 16 (i a_row + kk a_k),
+// fragment (kk, j) of B at b + 16 (kk b_k + j b_col), both of leading dimension ld_a / ld_b; the fragment types give
+// the layouts (a [row][k] slice is a row-major A, a [k][row] one a column-major A, and so on).
+template <typename FragmentA, typename FragmentB>
+__device__ __forceinline__ void multiply_slice(WarpAccumulators& acc, const bf16* a, int a_row, int a_k, int ld_a,
+                                               const bf16* b, int b_k, int b_col, int ld_b) {
+  for (int kk = 0; kk < kWmmaDepth / kFrag; ++kk) {
+    FragmentA fa[kWarpFrags];
+    FragmentB fb[kWarpFrags];
+    for (int i = 0; i < kWarpFrags; ++i) wmma::load_matrix_sync(fa[i], a + kFrag * (i * a_row + kk * a_k), ld_a);
+    for (int j = 0; j < kWarpFrags; ++j) wmma::load_matrix_sync(fb[j], b + kFrag * (kk * b_k + j * b_col), ld_b);
+    for (int i = 0; i < kWarpFrags; ++i)
+      for (int j = 0; j < kWarpFrags; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+  }
+}
+
+// After the last slice (the caller's barrier passed): the block's 64 x 64 accumulators through the shared output
+// tile into rows [row0, row0 + rows) and columns [col0, col0 + cols) of out (rows of `width`), adding to what is
+// there when accumulate. Each element has one writer; consecutive threads write consecutive columns.
+template <typename Out>
+__device__ __forceinline__ void store_tile(Out* out, const WarpAccumulators& acc, float* tile, int warp_row,
+                                           int warp_col, int64_t row0, int rows, int64_t col0, int cols, int64_t width,
+                                           bool accumulate) {
+  for (int i = 0; i < kWarpFrags; ++i)
+    for (int j = 0; j < kWarpFrags; ++j)
+      wmma::store_matrix_sync(tile + (warp_row + kFrag * i) * kLdOut + warp_col + kFrag * j, acc[i][j], kLdOut,
+                              wmma::mem_row_major);
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < kTileRows * kTileCols; idx += kWmmaThreads) {
+    const int r = idx / kTileCols, c = idx % kTileCols;
+    if (r >= rows || c >= cols) continue;
+    Out* target = out + (row0 + r) * width + col0 + c;
+    *target = from_float<Out>(tile[r * kLdOut + c] + (accumulate ? to_float(*target) : 0.0f));
+  }
+}
+
+__device__ __forceinline__ void zero_accumulators(WarpAccumulators& acc) {
+  for (int i = 0; i < kWarpFrags; ++i)
+    for (int j = 0; j < kWarpFrags; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+}
+
+__device__ __forceinline__ int tile_extent(int64_t remaining, int tile) {
+  return static_cast<int>(remaining < tile ? remaining : tile);
+}
+
+// grouped_rows_kernel on tensor cores: row tile blockIdx.x, columns [blockIdx.y * 64, + 64) of out (M, width) =
+// a (M, depth) B with B = w_e^T (w_e (width, depth)) when kWeightTransposed, else w_e (depth, width). bf16 in and
+// out; overwrites out, or adds to it when accumulate. The a slice is staged [row][k]; the w_e^T slice [column][k]
+// (w_e's rows as they lie: a column-major B), the w_e slice [k][column] (a row-major B).
+template <bool kWeightTransposed>
+__global__ void __launch_bounds__(kWmmaThreads)
+    grouped_rows_wmma_kernel(bf16* __restrict__ out, const bf16* __restrict__ a, const bf16* __restrict__ w,
+                             const int32_t* __restrict__ tile_group, const int32_t* __restrict__ tile_begin,
+                             const int32_t* __restrict__ tile_end, int64_t depth, int64_t width, bool accumulate) {
+#ifdef L3C_WMMA_BF16_UNAVAILABLE
+  __trap();
+#else
+  const int32_t group = tile_group[blockIdx.x];
+  if (group < 0) return;  // past the last tile: the whole block leaves before any barrier
+  const int64_t row0 = tile_begin[blockIdx.x];
+  const int rows = static_cast<int>(tile_end[blockIdx.x] - row0);
+  const int64_t col0 = static_cast<int64_t>(blockIdx.y) * kTileCols;
+  const int cols = tile_extent(width - col0, kTileCols);
+  const bf16* w_e = w + static_cast<int64_t>(group) * width * depth;
+  const WmmaShared shared = wmma_shared();
+  const int warp = threadIdx.x / 32, warp_row = warp / 2 * kWarpTile, warp_col = warp % 2 * kWarpTile;
+  const bool warp_has_rows = warp_row < rows;  // warp-uniform: a warp below the tile's last row has only zeros
+  WarpAccumulators acc;
+  zero_accumulators(acc);
+  for (int64_t k0 = 0; k0 < depth; k0 += kWmmaDepth) {
+    const int slice = tile_extent(depth - k0, kWmmaDepth);
+    load_bf16_tile<kTileRows, kWmmaDepth, kLdDepth, kWmmaThreads>(shared.a, a + row0 * depth + k0, depth, rows, slice);
+    if constexpr (kWeightTransposed)
+      load_bf16_tile<kTileCols, kWmmaDepth, kLdDepth, kWmmaThreads>(shared.b, w_e + col0 * depth + k0, depth, cols,
+                                                                     slice);
+    else
+      load_bf16_tile<kWmmaDepth, kTileCols, kLdWide, kWmmaThreads>(shared.b, w_e + k0 * width + col0, width, slice,
+                                                                    cols);
+    __syncthreads();
+    if (warp_has_rows) {
+      const bf16* a_warp = shared.a + warp_row * kLdDepth;
+      if constexpr (kWeightTransposed)
+        multiply_slice<wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, bf16, wmma::row_major>,
+                       wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, bf16, wmma::col_major>>(
+            acc, a_warp, kLdDepth, 1, kLdDepth, shared.b + warp_col * kLdDepth, 1, kLdDepth, kLdDepth);
+      else
+        multiply_slice<wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, bf16, wmma::row_major>,
+                       wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, bf16, wmma::row_major>>(
+            acc, a_warp, kLdDepth, 1, kLdDepth, shared.b + warp_col, kLdWide, 1, kLdWide);
+    }
+    __syncthreads();  // the slices are read before the next ones (or the output tile) overwrite them
+  }
+  store_tile(out, acc, shared.out, warp_row, warp_col, row0, rows, col0, cols, width, accumulate);
+#endif
+}
+
+// grouped_weight_grad_kernel on tensor cores: dw[e] (out_features, in_features) += sum over group e's rows of
+// dout[r]^T x[r], block (blockIdx.x, blockIdx.y) owning the 64 x 64 tile of input features blockIdx.x * 64 and
+// output features blockIdx.y * 64 of dw[blockIdx.z], walking the group's rows kWmmaDepth at a time in row order.
+// Both slices are staged [row][feature]: the dout slice is dout^T as a column-major A, the x slice a row-major B.
+// An empty group leaves its gradient untouched. dout and x are bf16, dw is G (bf16, or f32).
+template <typename G>
+__global__ void __launch_bounds__(kWmmaThreads)
+    grouped_weight_grad_wmma_kernel(G* __restrict__ dw, const bf16* __restrict__ dout, const bf16* __restrict__ x,
+                                    const int32_t* __restrict__ offsets, int64_t rows, int64_t out_features,
+                                    int64_t in_features) {
+#ifdef L3C_WMMA_BF16_UNAVAILABLE
+  __trap();
+#else
+  const int64_t group = blockIdx.z;
+  int64_t begin = 0, end = 0;
+  group_bounds(offsets, group, rows, begin, end);
+  if (end == begin) return;  // the whole block leaves before any barrier
+  const int64_t o0 = static_cast<int64_t>(blockIdx.y) * kTileRows, i0 = static_cast<int64_t>(blockIdx.x) * kTileCols;
+  const int outs = tile_extent(out_features - o0, kTileRows), ins = tile_extent(in_features - i0, kTileCols);
+  const WmmaShared shared = wmma_shared();
+  const int warp = threadIdx.x / 32, warp_row = warp / 2 * kWarpTile, warp_col = warp % 2 * kWarpTile;
+  const bool warp_has_rows = warp_row < outs;  // warp-uniform
+  WarpAccumulators acc;
+  zero_accumulators(acc);
+  for (int64_t r0 = begin; r0 < end; r0 += kWmmaDepth) {
+    const int slice = tile_extent(end - r0, kWmmaDepth);
+    load_bf16_tile<kWmmaDepth, kTileRows, kLdWide, kWmmaThreads>(shared.a, dout + r0 * out_features + o0,
+                                                                  out_features, slice, outs);
+    load_bf16_tile<kWmmaDepth, kTileCols, kLdWide, kWmmaThreads>(shared.b, x + r0 * in_features + i0, in_features,
+                                                                  slice, ins);
+    __syncthreads();
+    if (warp_has_rows)
+      multiply_slice<wmma::fragment<wmma::matrix_a, kFrag, kFrag, kFrag, bf16, wmma::col_major>,
+                     wmma::fragment<wmma::matrix_b, kFrag, kFrag, kFrag, bf16, wmma::row_major>>(
+          acc, shared.a + warp_row, 1, kLdWide, kLdWide, shared.b + warp_col, kLdWide, 1, kLdWide);
+    __syncthreads();
+  }
+  store_tile(dw + group * out_features * in_features, acc, shared.out, warp_row, warp_col, o0, outs, i0, ins,
+             in_features, /*accumulate=*/true);
+#endif
+}
+
 // The row tiles of one grouped call, laid out in the workspace (device pointers).
 struct RowTiles {
   int32_t* group = nullptr;
@@ -445,41 +633,77 @@ void moe_pair_indices(Tensor token_of_row, Tensor row_of_pair, Tensor order, int
          static_cast<int32_t*>(row_of_pair.data), static_cast<const int32_t*>(order.data), m, top_k);
 }
 
-void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets) {
-  const int64_t groups = w.dim(0), out_features = w.dim(1), in_features = w.dim(2), rows = x.numel() / in_features;
+bool tensor_core_moe_supports(DType dtype) { return dtype == DType::BF16; }
+
+MoeKernel moe_kernel_for(DType dtype) {
+  return tensor_core_moe_supports(dtype) && gpu_has_bf16_tensor_cores() ? MoeKernel::TensorCores
+                                                                        : MoeKernel::CudaCores;
+}
+
+namespace {
+void check_tensor_core_moe(const char* op, DType dtype) {
+  L3C_CHECK(dtype == DType::BF16, "ops::{}: the tensor-core MoE kernels take bf16, got {}", op, dtype_name(dtype));
+}
+// out (rows, width) (+)= a (rows, depth) B per row tile, B = w_e^T (the forward) or w_e (the backward's dx).
+template <bool kWeightTransposed>
+void grouped_rows(Tensor out, Tensor a, Tensor w, Tensor offsets, int64_t depth, int64_t width, bool accumulate,
+                  MoeKernel kernel, const char* op) {
+  const int64_t groups = w.dim(0), rows = a.numel() / depth;
   const RowTiles tiles = lay_out_row_tiles(offsets, groups, rows);
-  dispatch_float(x.dtype, "grouped_matmul_forward", [&](auto tag) {
+  const dim3 grid(static_cast<unsigned>(tiles.slots), column_tiles(width));
+  if (kernel == MoeKernel::TensorCores) {
+    check_tensor_core_moe(op, a.dtype);
+    launch(grouped_rows_wmma_kernel<kWeightTransposed>, grid, kWmmaThreads, kWmmaSharedBytes,
+           static_cast<bf16*>(out.data), static_cast<const bf16*>(a.data), static_cast<const bf16*>(w.data),
+           tiles.group, tiles.begin, tiles.end, depth, width, accumulate);
+    return;
+  }
+  dispatch_float(a.dtype, op, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    launch(grouped_rows_kernel<T, true>, dim3(static_cast<unsigned>(tiles.slots), column_tiles(out_features)),
-           kGemmThreads, 0, static_cast<T*>(out.data), static_cast<const T*>(x.data), static_cast<const T*>(w.data),
-           tiles.group, tiles.begin, tiles.end, in_features, out_features, /*accumulate=*/false);
+    launch(grouped_rows_kernel<T, kWeightTransposed>, grid, kGemmThreads, 0, static_cast<T*>(out.data),
+           static_cast<const T*>(a.data), static_cast<const T*>(w.data), tiles.group, tiles.begin, tiles.end, depth,
+           width, accumulate);
   });
+}
+}  // namespace
+
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets, MoeKernel kernel) {
+  const int64_t out_features = w.dim(1), in_features = w.dim(2);
+  grouped_rows<true>(out, x, w, offsets, in_features, out_features, /*accumulate=*/false, kernel,
+                     "grouped_matmul_forward");
+}
+
+void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets, bool accumulate_dx,
+                             MoeKernel kernel) {
+  const int64_t groups = w.dim(0), out_features = w.dim(1), in_features = w.dim(2), rows = x.numel() / in_features;
+  const char* op = "grouped_matmul_backward";
+  if (!dx.empty()) grouped_rows<false>(dx, dout, w, offsets, out_features, in_features, accumulate_dx, kernel, op);
+  if (dw.empty()) return;
+  // The gradient may be f32 for bf16 inputs: expert e's block starts e * O * I elements of dw's own type in.
+  if (kernel == MoeKernel::TensorCores) check_tensor_core_moe(op, x.dtype);
+  dispatch_gradient(x.dtype, dw.dtype, op, [&](auto input_tag, auto grad_tag) {
+    using T = typename decltype(input_tag)::type;
+    using G = typename decltype(grad_tag)::type;
+    const dim3 grid(column_tiles(in_features), column_tiles(out_features), static_cast<unsigned>(groups));
+    const auto* offsets_data = static_cast<const int32_t*>(offsets.data);
+    if (kernel == MoeKernel::TensorCores)  // bf16 inputs (checked above)
+      launch(grouped_weight_grad_wmma_kernel<G>, grid, kWmmaThreads, kWmmaSharedBytes, static_cast<G*>(dw.data),
+             static_cast<const bf16*>(dout.data), static_cast<const bf16*>(x.data), offsets_data, rows, out_features,
+             in_features);
+    else
+      launch(grouped_weight_grad_kernel<T, G>, grid, kGemmThreads, 0, static_cast<G*>(dw.data),
+             static_cast<const T*>(dout.data), static_cast<const T*>(x.data), offsets_data, rows, out_features,
+             in_features);
+  });
+}
+
+void grouped_matmul_forward(Tensor out, Tensor x, Tensor w, Tensor offsets) {
+  grouped_matmul_forward(out, x, w, offsets, moe_kernel_for(x.dtype));
 }
 
 void grouped_matmul_backward(Tensor dx, Tensor dw, Tensor dout, Tensor x, Tensor w, Tensor offsets,
                              bool accumulate_dx) {
-  const int64_t groups = w.dim(0), out_features = w.dim(1), in_features = w.dim(2), rows = x.numel() / in_features;
-  if (!dx.empty()) {
-    const RowTiles tiles = lay_out_row_tiles(offsets, groups, rows);
-    dispatch_float(x.dtype, "grouped_matmul_backward", [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      launch(grouped_rows_kernel<T, false>, dim3(static_cast<unsigned>(tiles.slots), column_tiles(in_features)),
-             kGemmThreads, 0, static_cast<T*>(dx.data), static_cast<const T*>(dout.data),
-             static_cast<const T*>(w.data), tiles.group, tiles.begin, tiles.end, out_features, in_features,
-             accumulate_dx);
-    });
-  }
-  if (!dw.empty()) {
-    // The gradient may be f32 for bf16 inputs: expert e's block starts e * O * I elements of dw's own type in.
-    dispatch_gradient(x.dtype, dw.dtype, "grouped_matmul_backward", [&](auto input_tag, auto grad_tag) {
-      using T = typename decltype(input_tag)::type;
-      using G = typename decltype(grad_tag)::type;
-      const dim3 grid(column_tiles(in_features), column_tiles(out_features), static_cast<unsigned>(groups));
-      launch(grouped_weight_grad_kernel<T, G>, grid, kGemmThreads, 0, static_cast<G*>(dw.data),
-             static_cast<const T*>(dout.data), static_cast<const T*>(x.data), static_cast<const int32_t*>(offsets.data),
-             rows, out_features, in_features);
-    });
-  }
+  grouped_matmul_backward(dx, dw, dout, x, w, offsets, accumulate_dx, moe_kernel_for(x.dtype));
 }
 
 void moe_combine_forward(Tensor out, Tensor rows, Tensor weights, Tensor row_of_pair, bool accumulate) {
