@@ -333,9 +333,10 @@ __global__ void grouped_weight_grad_kernel(G* __restrict__ dw, const T* __restri
 // is written by one thread, rounded once, and added to what is there when the contract says so.
 //
 // Shared memory: two operand slices of 64 x 32 or 32 x 64 bf16 with padded rows (5 KB and 4.5 KB), and then, in
-// the same bytes, the 64 x 64 f32 output tile (17 KB): 17.5 KB a block, far below the static 48 KB, so that several
-// blocks share an SM (H100 / H200: 228 KB of shared memory, 2048 threads) and hide each other's global loads (no
-// double buffering or asynchronous copies yet: the next step if a profile asks for it).
+// the same bytes, the 64 x 64 f32 output tile (17 KB): 17.5 KB of dynamic shared memory a block, far below the 48 KB
+// a kernel gets without opting in (allow_shared_bytes), so that several blocks share an SM (H100 / H200: 228 KB of
+// shared memory, 2048 threads; at 56 to 66 registers a thread on sm_90, 7 or 8 blocks of 128) and hide each
+// other's loads (no double buffering or asynchronous copies yet: the next step if a profile asks for it).
 constexpr int kWmmaWarps = 4;
 constexpr int kWmmaThreads = 32 * kWmmaWarps;
 constexpr int kWmmaDepth = 32;                 // depth of a staged slice: two 16-deep fragment steps
@@ -352,7 +353,7 @@ static_assert(sizeof(bf16) * kWmmaDepth * kLdWide <= kSliceBytes && kSliceBytes 
 constexpr size_t kOutTileBytes = sizeof(float) * kTileRows * kLdOut;
 static_assert(kOutTileBytes % 128 == 0, "the output tile keeps the alignment");
 constexpr size_t kWmmaSharedBytes = (2 * kSliceBytes > kOutTileBytes ? 2 * kSliceBytes : kOutTileBytes) + 128;
-static_assert(kWmmaSharedBytes <= 48 * 1024, "within the static shared-memory limit");
+static_assert(kWmmaSharedBytes <= 48 * 1024, "within the shared memory a kernel gets without opting in");
 
 using Accumulator = wmma::fragment<wmma::accumulator, kFrag, kFrag, kFrag, float>;
 using WarpAccumulators = Accumulator[kWarpFrags][kWarpFrags];
