@@ -188,13 +188,20 @@ void add_mean(Tensor sum, Tensor values) {
 }
 
 // ---- AdamW --------------------------------------------------------------------------------------------
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step) {
+// A gate of the ops contract (update_gate's output, or the sums it reads): f64 (2) with memory.
+void require_gate_values(const char* op, const char* name, const Tensor& t) {
+  L3C_CHECK(t.numel() == 2 && t.dtype == DType::F64, "ops::{}: {} {} {} must be (2) f64", op, name, t.shape_string(),
+            dtype_name(t.dtype));
+  require_data(op, {&t});
+}
+
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step, Tensor gate) {
   const char* op = "adamw_update";
   const int64_t n = param.numel();
   L3C_CHECK(grad.numel() == n && m.numel() == n && v.numel() == n && (master.empty() || master.numel() == n),
             "ops::{}: param {}, grad {}, m {}, v {} and master {} must have one size", op, param.shape_string(),
             grad.shape_string(), m.shape_string(), v.shape_string(), master.shape_string());
-  const Device device = device_of(op, {&param, &grad, &m, &v, &master});
+  const Device device = device_of(op, {&param, &grad, &m, &v, &master, &gate});
   require_float(op, device, {&param});
   require_param_grad(op, param.dtype, {&grad});
   if (device == Device::CUDA) {
@@ -206,10 +213,21 @@ void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, 
     require_float(op, device, {&param, &grad, &m, &v});
     L3C_CHECK(master.empty(), "ops::{}: master weights are for bf16 parameters on CUDA", op);
   }
+  if (!gate.empty()) require_gate_values(op, "gate", gate);
   if (n == 0) return;
   require_data(op, {&param, &grad, &m, &v});
-  if (device == Device::CUDA) L3C_RUN_ON_CUDA(adamw_update(param, grad, m, v, master, step));
-  cpu::adamw_update(param, grad, m, v, step);
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(adamw_update(param, grad, m, v, master, step, gate));
+  cpu::adamw_update(param, grad, m, v, step, gate);
+}
+
+void update_gate(Tensor gate, Tensor sums, double max_norm) {
+  const char* op = "update_gate";
+  require_gate_values(op, "gate", gate);
+  require_gate_values(op, "sums", sums);
+  L3C_CHECK(max_norm >= 0.0, "ops::{}: max_norm {} is negative", op, max_norm);
+  const Device device = device_of(op, {&gate, &sums});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(update_gate(gate, sums, max_norm));
+  cpu::update_gate(gate, sums, max_norm);
 }
 
 // ---- embedding ------------------------------------------------------------------------------------

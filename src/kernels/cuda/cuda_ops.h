@@ -175,7 +175,9 @@ void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor row
                           Tensor row_of_pair);
 
 // ---- AdamW (optimizer.cu) ----------------------------------------------------------------------------
-// See ops::adamw_update: param and grad (f32 or bf16, alike), m, v (f32), master (f32; empty when param is f32).
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step);
+// See ops::adamw_update: param and grad (f32 or bf16, alike), m, v (f32), master (f32; empty when param is f32),
+// gate (f64 (2) or empty).
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step, Tensor gate);
+void update_gate(Tensor gate, Tensor sums, double max_norm);
 
 }  // namespace l3c::ops::cuda
