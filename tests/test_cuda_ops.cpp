@@ -614,11 +614,12 @@ TEST_CASE("cuda: the update gate is computed on the device; AdamW reads its fact
   // Sums of a step that clips (norm 8 against 2), then of a non-finite one: the gate's bits equal the CPU's.
   for (const double loss : {3.25, std::numeric_limits<double>::quiet_NaN()}) {
     INFO("loss " << loss);
-    const TestTensor sums_host = TestTensor::from_values(DType::F64, {2}, {loss, 64.0});
+    const TestTensor loss_host = TestTensor::from_values(DType::F64, {1}, {loss});
+    const TestTensor squares_host = TestTensor::from_values(DType::F64, {1}, {64.0});
     TestTensor gate_host(DType::F64, {2});
-    DeviceTensor sums(sums_host), gate(gate_host);
-    ops::update_gate(gate, sums, 2.0);
-    ops::update_gate(gate_host, sums_host, 2.0);
+    DeviceTensor loss_sum(loss_host), squares(squares_host), gate(gate_host);
+    ops::update_gate(gate, loss_sum, squares, 2.0);
+    ops::update_gate(gate_host, loss_host, squares_host, 2.0);
     CHECK(gate.host().values() == gate_host.values());
     // f32 AdamW through the device gate against the CPU's through the host gate.
     AdamwOperands operands(n, 60);

@@ -90,7 +90,7 @@ namespace {
 std::vector<double> gate_of(double loss, double squares, double max_norm) {
   FlatBuffer sums(2, DType::F64), gate(2, DType::F64);
   test::set_values(sums.all(), {loss, squares});
-  ops::update_gate(gate.all(), sums.all(), max_norm);
+  ops::update_gate(gate.all(), sums.all().rows(0, 1), sums.all().rows(1, 2), max_norm);
   return {test::get_value(gate.all(), 0), test::get_value(gate.all(), 1)};
 }
 }  // namespace
@@ -106,8 +106,10 @@ TEST_CASE("the update gate clips to the max norm as clip_grad_norm_ does, and cl
   CHECK(gate_of(2.0, inf, 1.0)[1] == 0.0);
   CHECK(gate_of(2.0, nan, 0.0)[1] == 0.0);
   FlatBuffer sums(2, DType::F64), short_gate(1, DType::F64);
-  CHECK_THROWS_WITH(ops::update_gate(short_gate.all(), sums.all(), 1.0), Catch::Contains("must be (2) f64"));
-  CHECK_THROWS_WITH(ops::update_gate(sums.all(), sums.all(), -1.0), Catch::Contains("negative"));
+  const Tensor loss = sums.all().rows(0, 1), squares = sums.all().rows(1, 2);
+  CHECK_THROWS_WITH(ops::update_gate(short_gate.all(), loss, squares, 1.0), Catch::Contains("must be (2) f64"));
+  CHECK_THROWS_WITH(ops::update_gate(sums.all(), sums.all(), squares, 1.0), Catch::Contains("loss_sum"));
+  CHECK_THROWS_WITH(ops::update_gate(sums.all(), loss, squares, -1.0), Catch::Contains("negative"));
 }
 
 TEST_CASE("AdamW through the gate: the bits of clipping the gradients first, and nothing when it is closed",
@@ -121,7 +123,7 @@ TEST_CASE("AdamW through the gate: the bits of clipping the gradients first, and
   for (double x : g) squares += static_cast<double>(static_cast<float>(x) * static_cast<float>(x));
   FlatBuffer sums(2, DType::F64), gate(2, DType::F64);
   test::set_values(sums.all(), {1.5, squares});
-  ops::update_gate(gate.all(), sums.all(), 1.0);
+  ops::update_gate(gate.all(), sums.all().rows(0, 1), sums.all().rows(1, 2), 1.0);
   const double clip = test::get_value(gate.all(), 0);
   REQUIRE(clip < 1.0);
   const AdamWSettings s{0.9, 0.95, 1e-8, 0.1};
@@ -144,7 +146,7 @@ TEST_CASE("AdamW through the gate: the bits of clipping the gradients first, and
 
   // A closed gate: weights and moments as they were; undo_step takes the count back.
   test::set_values(sums.all(), {std::numeric_limits<double>::quiet_NaN(), squares});
-  ops::update_gate(gate.all(), sums.all(), 1.0);
+  ops::update_gate(gate.all(), sums.all().rows(0, 1), sums.all().rows(1, 2), 1.0);
   const std::vector<double> weights = test::to_double_vector(gated.all()), moments = test::to_double_vector(through_gate.first_moment().all());
   through_gate.step(gated, grads, 0.01, nullptr, gate.all());
   CHECK(test::to_double_vector(gated.all()) == weights);

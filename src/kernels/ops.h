@@ -33,6 +33,9 @@ void sum_squares_into(Tensor out, Tensor x);
 // divided by N (a micro-batch's mean loss, accumulated over micro-batches where it lives: on a GPU nothing is read
 // back, and the bits are those of the same sum computed on the host).
 void add_mean(Tensor sum, Tensor values);
+// sums (n) f64 += values (n, f32, or f64 on the CPU), element by element in double, where they live (a step's MoE
+// routing statistics summed over its micro-batches, read back once).
+void add_to_sums(Tensor sums, Tensor values);
 
 // ---- AdamW over flat buffers (MODEL.md "Optimizer", PyTorch order) --------------------------------
 struct AdamWStep {
@@ -49,11 +52,11 @@ struct AdamWStep {
 void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step,
                   Tensor gate = Tensor());
 // The gate of a training step's update, computed where the step's sums are, so that on a GPU the update is queued
-// without the host waiting for the norm. sums (f64 (2)): the step's loss sum and its gradients' sum of squares.
-// gate (f64 (2)) receives [0] the clipping factor, max_norm / (sqrt(sums[1]) + 1e-6) where that is below 1, else 1
-// (and 1 when max_norm is 0: PyTorch's clip_grad_norm_), and [1] 1 when both sums are finite (the update applies),
-// else 0.
-void update_gate(Tensor gate, Tensor sums, double max_norm);
+// without the host waiting for the norm. loss_sum, grad_squares (f64 (1)): the step's loss sum and its gradients'
+// sum of squares. gate (f64 (2)) receives [0] the clipping factor, max_norm / (sqrt(grad_squares) + 1e-6) where that
+// is below 1, else 1 (and 1 when max_norm is 0: PyTorch's clip_grad_norm_), and [1] 1 when both sums are finite
+// (the update applies), else 0.
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm);
 
 // ---- embedding ------------------------------------------------------------------------------------
 // out (N, d) = table (V, d)[tokens (N)]. Token ids are checked by the caller (data loading).

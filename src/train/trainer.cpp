@@ -19,44 +19,6 @@ namespace l3c {
 
 namespace {
 
-// Per-layer MoE statistics summed over micro-batches, then scaled to their mean. The load extremes
-// average too: the step reports the mean of each micro-batch's max and min.
-void add_moe_stats(std::vector<MoeLayerStats>& sum, const std::vector<MoeLayerStats>& more) {
-  for (size_t j = 0; j < sum.size(); ++j) {
-    sum[j].load_balance_loss += more[j].load_balance_loss;
-    sum[j].z_loss += more[j].z_loss;
-    sum[j].load_max += more[j].load_max;
-    sum[j].load_min += more[j].load_min;
-    sum[j].router_entropy += more[j].router_entropy;
-  }
-}
-void scale_moe_stats(std::vector<MoeLayerStats>& stats, double s) {
-  for (MoeLayerStats& m : stats) {
-    m.load_balance_loss *= s;
-    m.z_loss *= s;
-    m.load_max *= s;
-    m.load_min *= s;
-    m.router_entropy *= s;
-  }
-}
-
-// The step's host-side sums over micro-batches as one vector (aux loss, then 5 values per MoE layer), to be summed
-// over ranks in one all-reduce, and back. (The loss is summed where the model computes: see TrainingState::step.)
-std::vector<double> host_step_sums(const StepResult& r) {
-  std::vector<double> v = {r.aux_loss};
-  for (const MoeLayerStats& m : r.moe)
-    v.insert(v.end(), {m.load_balance_loss, m.z_loss, m.load_max, m.load_min, m.router_entropy});
-  return v;
-}
-void set_host_step_sums(StepResult& r, const std::vector<double>& v) {
-  r.aux_loss = v[0];
-  for (size_t j = 0; j < r.moe.size(); ++j) {
-    const double* m = &v[1 + 5 * j];
-    r.moe[j].load_balance_loss = m[0], r.moe[j].z_loss = m[1], r.moe[j].load_max = m[2], r.moe[j].load_min = m[3];
-    r.moe[j].router_entropy = m[4];
-  }
-}
-
 // The number of elements the parameter and gradient buffers hold: the registry's, padded for ZeRO-1.
 int64_t buffer_elements(const Config& config, const ParamRegistry& registry, const Communicator& comm) {
   const bool sharded = config.train.zero == 1 && comm.size() > 1;
@@ -123,7 +85,9 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
          "the global batch is split evenly over the {} ranks", config.train.batch_tokens, config.train.micro_batch,
          config.data.seq_len, ranks, micro_tokens * ranks, ranks);
   accum_steps_ = config.train.grad_accum_steps(config.data.seq_len, ranks);
-  step_sums_ = FlatBuffer(4, DType::F64, device_.device);
+  // [0] the gradients' sum of squares, [1] the loss sum, the MoE statistics, then the update gate (2): see step().
+  step_sums_ = FlatBuffer(4 + static_cast<int64_t>(model_.moe_layers().size()) * ops::kMoeStatistics, DType::F64,
+                          device_.device);
   if (device_.device == Device::CUDA) {
     // Every micro-batch of a step has its own pinned tokens and targets, so that no upload waits: the host fills
     // micro-batch m + 1 while the copy of m may still be queued, and the step's read-back (which follows every
@@ -188,12 +152,15 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   using Clock = std::chrono::steady_clock;
   auto update_start = Clock::now();
   ops::fill_zero(grads_.all());
-  // [0] the sum of the micro-batches' mean losses, [1] the gradients' sum of squares, [2, 3] the update gate
-  // computed from them (ops::update_gate): computed where the model computes, the update queued behind them, and
-  // read back together after it, the step's one read-back (on a GPU nothing else waits, see docs/design.md).
+  // Where the model computes: [0] the gradients' sum of squares, [1] the sum of the micro-batches' mean losses,
+  // [2, 2 + 5 * MoE layers) the sums of their MoE statistics, and last the update gate computed from the first two
+  // (ops::update_gate). The update is queued behind them, and all are read back together after it: the step's one
+  // read-back (on a GPU nothing else waits, see docs/design.md).
   ops::fill_zero(step_sums_.all());
-  const Tensor loss_sum = step_sums_.all().rows(0, 1), grad_squares = step_sums_.all().rows(1, 2);
-  const Tensor sums = step_sums_.all().rows(0, 2), gate = step_sums_.all().rows(2, 4);
+  const Tensor all_sums = step_sums_.all();
+  const int64_t moe_end = all_sums.numel() - 2;
+  const Tensor grad_squares = all_sums.rows(0, 1), gate = all_sums.rows(moe_end, moe_end + 2);
+  const StepSums sums{all_sums.rows(1, 2), all_sums.rows(2, moe_end)};
   result.update_seconds = std::chrono::duration<double>(Clock::now() - update_start).count();
   sync_->begin_step();
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
@@ -202,10 +169,7 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
     batches(first_sequence(step * accum_steps_ + micro, B, rank, ranks), tokens, targets);
     sync_->note_tokens(tokens);
     const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens_, device_targets_);
-    const LossReport report = model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_, loss_sum);
-    result.aux_loss += report.aux_loss;
-    if (micro == 0) result.moe = report.moe;
-    else add_moe_stats(result.moe, report.moe);
+    model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_, &sums);
   }
   update_start = Clock::now();
   // Frozen parameters (train.trainable) take no part in the norm, the clipping or the update.
@@ -214,10 +178,10 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   result.reduce = sync_->reduce(grads_, shard_grads_.all());
   // Each rank holds all of the summed gradients, or (ZeRO-1) its shard.
   ops::sum_squares_into(grad_squares, sync_->sharded() ? shard_grads_.all() : grads_.all());
-  // The gate's inputs, summed over the ranks where they differ, so that every rank opens or closes the same gate:
-  // the loss always, the sum of squares when each rank holds a shard.
-  if (ranks > 1) comm_.all_reduce(step_sums_.all().rows(0, sync_->sharded() ? 2 : 1));
-  ops::update_gate(gate, sums, config_.train.grad_clip);
+  // Summed over the ranks in one collective: the loss and MoE statistics, and the sum of squares when each rank
+  // holds a shard (else every rank has the same), so that every rank opens or closes the same gate.
+  if (ranks > 1) comm_.all_reduce(all_sums.rows(sync_->sharded() ? 0 : 1, moe_end));
+  ops::update_gate(gate, sums.loss, grad_squares, config_.train.grad_clip);
   // The update, queued behind the gate without waiting for it: clipped by its factor, or (a non-finite loss or
   // norm) nothing, leaving weights and AdamW state as they were (on every rank: same values). Frozen parameters
   // (train.trainable) are not in the optimizer's runs.
@@ -232,19 +196,21 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   }
   result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
   // On a GPU the host waits here for the step's queued work (not counted in update_seconds).
-  double read_back[4] = {0.0, 0.0, 0.0, 0.0};
-  ops::copy(Tensor(read_back, DType::F64, {4}), step_sums_.all());
+  std::vector<double> read_back(static_cast<size_t>(all_sums.numel()));
+  ops::copy(Tensor(read_back.data(), DType::F64, {all_sums.numel()}), all_sums);
   update_start = Clock::now();
-  // Means over the micro-batches of all ranks (the loss is already summed over them).
-  set_host_step_sums(result, all_reduce_values(comm_, host_step_sums(result)));
+  // Means over the micro-batches of all ranks (the MoE load extremes too: the mean of each micro-batch's).
   const double micro_batches = static_cast<double>(accum_steps_ * ranks);
-  result.loss = read_back[0] / micro_batches;
-  result.aux_loss /= micro_batches;
-  scale_moe_stats(result.moe, 1.0 / micro_batches);
-  result.grad_norm = std::sqrt(read_back[1]);  // of the summed gradients
+  for (int64_t i = 1; i < moe_end; ++i) read_back[i] /= micro_batches;
+  result.loss = read_back[1];
+  LossReport moe;
+  model_.moe_report(read_back.data() + 2, moe);
+  result.aux_loss = moe.aux_loss;
+  result.moe = std::move(moe.moe);
+  result.grad_norm = std::sqrt(read_back[0]);  // of the summed gradients
   // The gate saw the loss and the norm. The aux loss comes from the MoE routers' logits, which also feed the loss:
   // it is not non-finite while the loss is finite.
-  result.skipped = read_back[3] == 0.0;
+  result.skipped = read_back[moe_end + 1] == 0.0;
   if (result.skipped) optimizer_.undo_step();  // nothing was updated
   if ((result.skipped || !std::isfinite(result.aux_loss)) && config_.train.on_nonfinite == NonFinitePolicy::Stop)
     fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps, or set "

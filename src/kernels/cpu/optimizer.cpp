@@ -74,8 +74,8 @@ void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep
   });
 }
 
-void update_gate(Tensor gate, Tensor sums, double max_norm) {
-  update_gate_values(gate.ptr<double>(), sums.ptr<double>(), max_norm);
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm) {
+  update_gate_values(gate.ptr<double>(), *loss_sum.ptr<double>(), *grad_squares.ptr<double>(), max_norm);
 }
 
 void convert(Tensor dst, Tensor src) {

@@ -40,14 +40,16 @@ __global__ void adamw_kernel(P* __restrict__ param, const G* __restrict__ grad, 
   }
 }
 
-__global__ void update_gate_kernel(double* __restrict__ gate, const double* __restrict__ sums, double max_norm) {
-  if (blockIdx.x == 0 && threadIdx.x == 0) update_gate_values(gate, sums, max_norm);
+__global__ void update_gate_kernel(double* __restrict__ gate, const double* __restrict__ loss_sum,
+                                   const double* __restrict__ grad_squares, double max_norm) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) update_gate_values(gate, *loss_sum, *grad_squares, max_norm);
 }
 
 }  // namespace
 
-void update_gate(Tensor gate, Tensor sums, double max_norm) {
-  launch(update_gate_kernel, 1, 1, 0, static_cast<double*>(gate.data), static_cast<const double*>(sums.data), max_norm);
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm) {
+  launch(update_gate_kernel, 1, 1, 0, static_cast<double*>(gate.data), static_cast<const double*>(loss_sum.data),
+         static_cast<const double*>(grad_squares.data), max_norm);
 }
 
 void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& s, Tensor gate) {
