@@ -633,10 +633,12 @@ TEST_CASE("cuda: 32 micro-batches accumulate the same gradients on the GPU as on
   }
 }
 
-TEST_CASE("cuda: a bf16 training step of the L3 model reads back once, and its loss and norm are the host sums' bits",
-          "[cuda][bf16]") {
+TEST_CASE("cuda: a bf16 training step of the L3 or MoE model reads back once, and its loss and norm are the host sums' "
+          "bits", "[cuda][bf16]") {
   require_gpu();
-  const SafetensorsFile golden(golden_path("l3_tiny.safetensors"));
+  const std::string file = GENERATE(as<std::string>{}, "l3_tiny.safetensors", "moe_tiny.safetensors");
+  INFO(file);
+  const SafetensorsFile golden(golden_path(file));
   const Tensor tokens = golden.get("input.tokens"), targets = golden.get("input.targets");
   const int64_t B = tokens.dim(0), T = tokens.dim(1);
   Config config = config_of(golden, B, T);
@@ -658,20 +660,26 @@ TEST_CASE("cuda: a bf16 training step of the L3 model reads back once, and its l
   for (int64_t step = 0; step < 2; ++step) {
     INFO("step " << step);
     ops::fill_zero(grads.all());
-    double loss = 0.0;
+    double loss = 0.0, aux_loss = 0.0;
     for (int micro = 0; micro < 2; ++micro) {
       arena.reset();
-      loss += model.forward_backward(state->params(), &grads, tok.all().view({B, T}), tgt.all().view({B, T}),
-                                     grad_scale, arena).cross_entropy;
+      const LossReport report = model.forward_backward(state->params(), &grads, tok.all().view({B, T}),
+                                                       tgt.all().view({B, T}), grad_scale, arena);
+      loss += report.cross_entropy;
+      aux_loss += report.aux_loss;
     }
     const double norm = std::sqrt(ops::sum_squares(grads.all()));
 
     const int64_t waits_before = cuda_host_synchronizations();
     const StepResult result = state->step(step, same_batch);
     const int64_t waits = cuda_host_synchronizations() - waits_before;
-    CHECK(waits == 1);  // the loss and the gradient's sum of squares, read together
+    CHECK(waits == 1);  // the loss, the MoE statistics, the gradient's sum of squares and the gate, read together
     CHECK(result.loss == loss / 2);
     CHECK(result.grad_norm == norm);
+    // The MoE statistics are summed on the device before they are scaled: the same up to rounding.
+    CHECK(result.aux_loss == Approx(aux_loss / 2).epsilon(1e-12));
+    CHECK(result.moe.size() == model.moe_layers().size());
+    if (!model.moe_layers().empty()) CHECK(result.aux_loss > 0.0);
     CHECK(!result.skipped);
   }
 }

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <tuple>
@@ -556,23 +557,42 @@ TEST_CASE("cuda: L3 lookup forward and backward match the CPU: one row, k rows, 
 // AdamW
 // =====================================================================================================
 
-TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f32 master", "[cuda][grids]") {
-  require_gpu();
-  const int64_t n = 1000;
+namespace {
+// AdamW's second step at lr 1e-2, weight decay 0.1 and the default betas.
+ops::AdamWStep second_adamw_step() {
   ops::AdamWStep s;
   s.lr = 1e-2;
   s.weight_decay = 0.1;
   s.bias1 = 1 - 0.9 * 0.9;
   s.bias2 = 1 - 0.95 * 0.95;
-  Pair w = random_pair(DType::F32, {n}, 50), g = random_pair(DType::F32, {n}, 51);
-  Pair m = random_pair(DType::F32, {n}, 52, 0.1), v = random_pair(DType::F32, {n}, 53, 0.1);
-  for (int64_t i = 0; i < n; ++i) v.cpu.set(i, std::abs(v.cpu[i]));
-  v.gpu = DeviceTensor(v.cpu);
-  ops::adamw_update(w.gpu, g.gpu, m.gpu, v.gpu, Tensor(), s);
-  ops::adamw_update(w.cpu, g.cpu, m.cpu, v.cpu, Tensor(), s);
-  CHECK(gpu_error(w.gpu, w.cpu) <= kF32);
-  CHECK(gpu_error(m.gpu, m.cpu) <= kF32);
-  CHECK(gpu_error(v.gpu, v.cpu) <= kF32);
+  return s;
+}
+
+// The f32 operands of an AdamW update (weights, gradients, moments; v non-negative), from seeds seed .. seed + 3.
+struct AdamwOperands {
+  Pair w, g, m, v;
+  AdamwOperands(int64_t n, uint64_t seed)
+      : w(random_pair(DType::F32, {n}, seed)), g(random_pair(DType::F32, {n}, seed + 1)),
+        m(random_pair(DType::F32, {n}, seed + 2, 0.1)), v(random_pair(DType::F32, {n}, seed + 3, 0.1)) {
+    for (int64_t i = 0; i < n; ++i) v.cpu.set(i, std::abs(v.cpu[i]));
+    v.gpu = DeviceTensor(v.cpu);
+  }
+  // The same update on the GPU (through gpu_gate) and on the CPU (through cpu_gate); the results within f32 error.
+  void update_and_compare(const ops::AdamWStep& s, Tensor gpu_gate = Tensor(), Tensor cpu_gate = Tensor()) {
+    ops::adamw_update(w.gpu, g.gpu, m.gpu, v.gpu, Tensor(), s, gpu_gate);
+    ops::adamw_update(w.cpu, g.cpu, m.cpu, v.cpu, Tensor(), s, cpu_gate);
+    CHECK(gpu_error(w.gpu, w.cpu) <= kF32);
+    CHECK(gpu_error(m.gpu, m.cpu) <= kF32);
+    CHECK(gpu_error(v.gpu, v.cpu) <= kF32);
+  }
+};
+}  // namespace
+
+TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f32 master", "[cuda][grids]") {
+  require_gpu();
+  const int64_t n = 1000;
+  const ops::AdamWStep s = second_adamw_step();
+  AdamwOperands(n, 50).update_and_compare(s);
 
   // Mixed precision: the master (f32) follows the f32 update from the same gradient; the parameter is its
   // rounding to bf16.
@@ -585,6 +605,28 @@ TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f3
   ops::adamw_update(master_host, grad.cpu, m2_cpu, v2_cpu, Tensor(), s);
   CHECK(gpu_error(master, master_host) <= kF32);
   CHECK(param.values() == master.host().converted(DType::BF16).values());
+}
+
+TEST_CASE("cuda: the update gate is computed on the device; AdamW reads its factor there, or skips", "[cuda]") {
+  require_gpu();
+  const int64_t n = 300;
+  const ops::AdamWStep s = second_adamw_step();
+  // Sums of a step that clips (norm 8 against 2), then of a non-finite one: the gate's bits equal the CPU's.
+  for (const double loss : {3.25, std::numeric_limits<double>::quiet_NaN()}) {
+    INFO("loss " << loss);
+    const TestTensor loss_host = TestTensor::from_values(DType::F64, {1}, {loss});
+    const TestTensor squares_host = TestTensor::from_values(DType::F64, {1}, {64.0});
+    TestTensor gate_host(DType::F64, {2});
+    DeviceTensor loss_sum(loss_host), squares(squares_host), gate(gate_host);
+    ops::update_gate(gate, loss_sum, squares, 2.0);
+    ops::update_gate(gate_host, loss_host, squares_host, 2.0);
+    CHECK(gate.host().values() == gate_host.values());
+    // f32 AdamW through the device gate against the CPU's through the host gate.
+    AdamwOperands operands(n, 60);
+    const std::vector<double> before = operands.w.cpu.values();
+    operands.update_and_compare(s, gate, gate_host);
+    if (std::isnan(loss)) CHECK(operands.w.gpu.values() == before);  // closed: nothing written
+  }
 }
 
 // =====================================================================================================

@@ -2,7 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 
+#include "kernels/ops.h"
 #include "optim/adamw.h"
 #include "optim/schedule.h"
 #include "test_util.h"
@@ -83,19 +85,75 @@ TEST_CASE("L3 tables train with their own learning-rate factor and weight decay,
   }
 }
 
-TEST_CASE("clipping scales gradients to the max norm, as clip_grad_norm_ does", "[optim]") {
+namespace {
+// The update gate of a step whose loss sum is `loss` and gradient sum of squares `squares`: {factor, open}.
+std::vector<double> gate_of(double loss, double squares, double max_norm) {
+  FlatBuffer sums(2, DType::F64), gate(2, DType::F64);
+  test::set_values(sums.all(), {loss, squares});
+  ops::update_gate(gate.all(), sums.all().rows(0, 1), sums.all().rows(1, 2), max_norm);
+  return {test::get_value(gate.all(), 0), test::get_value(gate.all(), 1)};
+}
+}  // namespace
+
+TEST_CASE("the update gate clips to the max norm as clip_grad_norm_ does, and closes on a non-finite step",
+          "[optim]") {
+  CHECK(gate_of(2.0, 25.0, 10.0) == std::vector<double>{1.0, 1.0});  // norm 5, below the max: not scaled
+  CHECK(gate_of(2.0, 25.0, 1.0) == std::vector<double>{1.0 / (5.0 + 1e-6), 1.0});
+  CHECK(gate_of(2.0, 1e18, 0.0) == std::vector<double>{1.0, 1.0});  // 0 disables clipping
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK(gate_of(nan, 25.0, 1.0)[1] == 0.0);
+  CHECK(gate_of(inf, 25.0, 1.0)[1] == 0.0);
+  CHECK(gate_of(2.0, inf, 1.0)[1] == 0.0);
+  CHECK(gate_of(2.0, nan, 0.0)[1] == 0.0);
+  FlatBuffer sums(2, DType::F64), short_gate(1, DType::F64);
+  const Tensor loss = sums.all().rows(0, 1), squares = sums.all().rows(1, 2);
+  CHECK_THROWS_WITH(ops::update_gate(short_gate.all(), loss, squares, 1.0), Catch::Contains("must be (2) f64"));
+  CHECK_THROWS_WITH(ops::update_gate(sums.all(), sums.all(), squares, 1.0), Catch::Contains("loss_sum"));
+  CHECK_THROWS_WITH(ops::update_gate(sums.all(), loss, squares, -1.0), Catch::Contains("negative"));
+}
+
+TEST_CASE("AdamW through the gate: the bits of clipping the gradients first, and nothing when it is closed",
+          "[optim]") {
   ParamRegistry r;
-  r.add("w", {2, 2}, InitKind::Normal, 1.0, "ffn");
-  FlatBuffer grads(r.total(), DType::F32);
-  test::set_values(grads.all(), {3.0, 0.0, 0.0, 4.0});
-  const double norm = global_grad_norm(grads);
-  CHECK(norm == Approx(5.0));
-  CHECK(clip_grad_norm(grads, norm, 10.0) == 1.0);  // below the max: untouched
-  CHECK(test::get_value(grads.all(), 0) == 3.0);
-  const double factor = clip_grad_norm(grads, norm, 1.0);
-  CHECK(factor == Approx(1.0 / (5.0 + 1e-6)));
-  CHECK(global_grad_norm(grads) == Approx(1.0).epsilon(1e-5));
-  CHECK(clip_grad_norm(grads, 1e9, 0.0) == 1.0);  // 0 disables clipping
+  r.add("w", {2, 3}, InitKind::Normal, 1.0, "ffn");
+  r.add("g", {3}, InitKind::Ones, 0.0, "norm");
+  const std::vector<double> w0 = {0.5, -1.0, 2.0, 0.1, -0.3, 0.7, 1.0, 1.5, -0.5};
+  const std::vector<double> g = {3.0, -2.0, 0.3, 0.0, 1.0, -2.0, 0.5, 4.0, -1.5};
+  double squares = 0.0;
+  for (double x : g) squares += static_cast<double>(static_cast<float>(x) * static_cast<float>(x));
+  FlatBuffer sums(2, DType::F64), gate(2, DType::F64);
+  test::set_values(sums.all(), {1.5, squares});
+  ops::update_gate(gate.all(), sums.all().rows(0, 1), sums.all().rows(1, 2), 1.0);
+  const double clip = test::get_value(gate.all(), 0);
+  REQUIRE(clip < 1.0);
+  const AdamWSettings s{0.9, 0.95, 1e-8, 0.1};
+  // Through the gate, against scaling the gradients in place first (the order PyTorch's clip_grad_norm_ and step
+  // take): the same bits in f32.
+  FlatBuffer gated(r.total(), DType::F32), clipped(r.total(), DType::F32), grads(r.total(), DType::F32),
+      scaled(r.total(), DType::F32);
+  for (FlatBuffer* p : {&gated, &clipped}) test::set_values(p->all(), w0);
+  test::set_values(grads.all(), g);
+  test::set_values(scaled.all(), g);
+  ops::scale_inplace(scaled.all(), clip);
+  AdamW through_gate(r, DType::F32, s), after_scaling(r, DType::F32, s);
+  for (int step = 0; step < 2; ++step) {
+    through_gate.step(gated, grads, 0.01, nullptr, gate.all());
+    after_scaling.step(clipped, scaled, 0.01);
+  }
+  CHECK(test::to_double_vector(gated.all()) == test::to_double_vector(clipped.all()));
+  CHECK(test::to_double_vector(through_gate.first_moment().all()) == test::to_double_vector(after_scaling.first_moment().all()));
+  CHECK(test::to_double_vector(through_gate.second_moment().all()) == test::to_double_vector(after_scaling.second_moment().all()));
+
+  // A closed gate: weights and moments as they were; undo_step takes the count back.
+  test::set_values(sums.all(), {std::numeric_limits<double>::quiet_NaN(), squares});
+  ops::update_gate(gate.all(), sums.all().rows(0, 1), sums.all().rows(1, 2), 1.0);
+  const std::vector<double> weights = test::to_double_vector(gated.all()), moments = test::to_double_vector(through_gate.first_moment().all());
+  through_gate.step(gated, grads, 0.01, nullptr, gate.all());
+  CHECK(test::to_double_vector(gated.all()) == weights);
+  CHECK(test::to_double_vector(through_gate.first_moment().all()) == moments);
+  CHECK(through_gate.steps_taken() == 3);
+  through_gate.undo_step();
+  CHECK(through_gate.steps_taken() == 2);
 }
 
 TEST_CASE("cosine schedule: linear warmup, then cosine from lr to min_lr at the last step", "[optim]") {

@@ -187,14 +187,34 @@ void add_mean(Tensor sum, Tensor values) {
   cpu::add_mean(sum, values);
 }
 
+void add_to_sums(Tensor sums, Tensor values) {
+  const char* op = "add_to_sums";
+  L3C_CHECK(sums.dtype == DType::F64 && values.numel() == sums.numel(), "ops::{}: sums {} {} must be f64 with one "
+            "element per value ({})", op, sums.shape_string(), dtype_name(sums.dtype), values.shape_string());
+  const Device device = device_of(op, {&sums, &values});
+  L3C_CHECK(values.dtype == DType::F32 || (device == Device::CPU && values.dtype == DType::F64),
+            "ops::{}: values are f32 (or f64 on the CPU), got {}", op, dtype_name(values.dtype));
+  if (sums.numel() == 0) return;
+  require_data(op, {&sums, &values});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(add_to_sums(sums, values));
+  cpu::add_to_sums(sums, values);
+}
+
 // ---- AdamW --------------------------------------------------------------------------------------------
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step) {
+// A step sum of the ops contract (update_gate's output and inputs): f64 (n) with memory.
+void require_f64_sums(const char* op, const char* name, const Tensor& t, int64_t n) {
+  L3C_CHECK(t.numel() == n && t.dtype == DType::F64, "ops::{}: {} {} {} must be ({}) f64", op, name, t.shape_string(),
+            dtype_name(t.dtype), n);
+  require_data(op, {&t});
+}
+
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step, Tensor gate) {
   const char* op = "adamw_update";
   const int64_t n = param.numel();
   L3C_CHECK(grad.numel() == n && m.numel() == n && v.numel() == n && (master.empty() || master.numel() == n),
             "ops::{}: param {}, grad {}, m {}, v {} and master {} must have one size", op, param.shape_string(),
             grad.shape_string(), m.shape_string(), v.shape_string(), master.shape_string());
-  const Device device = device_of(op, {&param, &grad, &m, &v, &master});
+  const Device device = device_of(op, {&param, &grad, &m, &v, &master, &gate});
   require_float(op, device, {&param});
   require_param_grad(op, param.dtype, {&grad});
   if (device == Device::CUDA) {
@@ -206,10 +226,22 @@ void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, 
     require_float(op, device, {&param, &grad, &m, &v});
     L3C_CHECK(master.empty(), "ops::{}: master weights are for bf16 parameters on CUDA", op);
   }
+  if (!gate.empty()) require_f64_sums(op, "gate", gate, 2);
   if (n == 0) return;
   require_data(op, {&param, &grad, &m, &v});
-  if (device == Device::CUDA) L3C_RUN_ON_CUDA(adamw_update(param, grad, m, v, master, step));
-  cpu::adamw_update(param, grad, m, v, step);
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(adamw_update(param, grad, m, v, master, step, gate));
+  cpu::adamw_update(param, grad, m, v, step, gate);
+}
+
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm) {
+  const char* op = "update_gate";
+  require_f64_sums(op, "gate", gate, 2);
+  require_f64_sums(op, "loss_sum", loss_sum, 1);
+  require_f64_sums(op, "grad_squares", grad_squares, 1);
+  L3C_CHECK(max_norm >= 0.0, "ops::{}: max_norm {} is negative", op, max_norm);
+  const Device device = device_of(op, {&gate, &loss_sum, &grad_squares});
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(update_gate(gate, loss_sum, grad_squares, max_norm));
+  cpu::update_gate(gate, loss_sum, grad_squares, max_norm);
 }
 
 // ---- embedding ------------------------------------------------------------------------------------

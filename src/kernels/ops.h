@@ -33,6 +33,9 @@ void sum_squares_into(Tensor out, Tensor x);
 // divided by N (a micro-batch's mean loss, accumulated over micro-batches where it lives: on a GPU nothing is read
 // back, and the bits are those of the same sum computed on the host).
 void add_mean(Tensor sum, Tensor values);
+// sums (n) f64 += values (n, f32, or f64 on the CPU), element by element in double, where they live (a step's MoE
+// routing statistics summed over its micro-batches, read back once).
+void add_to_sums(Tensor sums, Tensor values);
 
 // ---- AdamW over flat buffers (MODEL.md "Optimizer", PyTorch order) --------------------------------
 struct AdamWStep {
@@ -44,7 +47,16 @@ struct AdamWStep {
 // share a dtype and master is empty, except in mixed precision (CUDA): then theta is master (n, f32), m and v
 // are f32, grad is param's dtype, and param (bf16) receives master rounded to nearest. Overwrites param, m, v
 // (and master).
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step);
+// gate: empty, or the f64 (2) an update_gate wrote, on param's device: when gate[1] is 0 nothing is written; else
+// grad enters multiplied by gate[0] and rounded to its dtype (the bits of clipping the gradients in place first).
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step,
+                  Tensor gate = Tensor());
+// The gate of a training step's update, computed where the step's sums are, so that on a GPU the update is queued
+// without the host waiting for the norm. loss_sum, grad_squares (f64 (1)): the step's loss sum and its gradients'
+// sum of squares. gate (f64 (2)) receives [0] the clipping factor, max_norm / (sqrt(grad_squares) + 1e-6) where that
+// is below 1, else 1 (and 1 when max_norm is 0: PyTorch's clip_grad_norm_), and [1] 1 when both sums are finite
+// (the update applies), else 0.
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm);
 
 // ---- embedding ------------------------------------------------------------------------------------
 // out (N, d) = table (V, d)[tokens (N)]. Token ids are checked by the caller (data loading).

@@ -1,15 +1,9 @@
 // The MoE router's top-k selection for one token, shared by the CPU op (kernels/cpu/moe.cpp) and the CUDA kernel
-// (kernels/cuda/moe.cu) so that both choose the same experts with the same weights. It compiles as host and device
-// code under nvcc and as plain C++ elsewhere (the CPU backend, and the .cu files built against the host emulation of
-// CUDA, where __CUDACC__ is not defined).
+// (kernels/cuda/moe.cu) so that both choose the same experts with the same weights.
 #pragma once
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define L3C_HOST_DEVICE __host__ __device__
-#else
-#define L3C_HOST_DEVICE
-#endif
+#include "kernels/host_device.h"
 
 namespace l3c::ops {
 

@@ -318,7 +318,7 @@ void Llama::backward_trunk(const Weights& w, const Weights& g, Activations& a, S
 }
 
 LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
-                                   double grad_scale, Arena& arena, Tensor loss_sum) const {
+                                   double grad_scale, Arena& arena, const StepSums* sums) const {
   const int64_t B = tokens.dim(0), T = tokens.dim(1), N = B * T;
   const DType dtype = params.dtype();
   L3C_CHECK(params.device() == device_ && arena.device() == device_ && tokens.device == device_ &&
@@ -341,17 +341,19 @@ LossReport Llama::forward_backward(const FlatBuffer& params, FlatBuffer* grads, 
     backward_trunk(w, g, a, s, tokens, B, T, grad_scale * static_cast<double>(N));
   }
   LossReport report;
-  if (loss_sum.empty()) report.cross_entropy = mean_loss(a.losses);
-  else ops::add_mean(loss_sum, a.losses);  // left where the model computes, for the caller to read
-  read_moe_statistics(a, report);
+  if (sums != nullptr) {  // left where the model computes, for the caller to read once per step
+    ops::add_mean(sums->loss, a.losses);
+    if (!moe_layers_.empty()) ops::add_to_sums(sums->moe_statistics, a.moe_statistics.view({a.moe_statistics.numel()}));
+    return report;
+  }
+  report.cross_entropy = mean_loss(a.losses);
+  if (!moe_layers_.empty()) moe_report(MoeLayer::read_statistics(a.moe_statistics).data(), report);
   return report;
 }
 
-void Llama::read_moe_statistics(const Activations& a, LossReport& report) const {
-  if (moe_layers_.empty()) return;
-  const std::vector<double> values = MoeLayer::read_statistics(a.moe_statistics);
+void Llama::moe_report(const double* statistics, LossReport& report) const {
   for (size_t j = 0; j < moe_layers_.size(); ++j) {
-    const MoeLayerStats stats = moe_layers_[j].statistics(values.data() + j * ops::kMoeStatistics);
+    const MoeLayerStats stats = moe_layers_[j].statistics(statistics + j * ops::kMoeStatistics);
     report.aux_loss += stats.load_balance_loss + stats.z_loss;
     report.moe.push_back(stats);
   }

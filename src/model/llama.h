@@ -43,6 +43,15 @@ struct LossReport {
   double total() const { return cross_entropy + aux_loss; }  // what the backward differentiates
 };
 
+// Where a training step sums what its micro-batches report, on the model's device (f64), so that the host reads
+// them once per step instead of once per micro-batch: loss (1), the mean cross-entropies (ops::add_mean: the bits
+// of the host's sum); moe_statistics (MoE layers * ops::kMoeStatistics, or empty without MoE layers), each MoE
+// layer's routing statistics (ops::moe_routing_stats), to be turned into a report by Llama::moe_report.
+struct StepSums {
+  Tensor loss;
+  Tensor moe_statistics;
+};
+
 // Activations recomputed in the backward instead of kept for it (train.recompute): the SwiGLU product and/or the
 // attention output of every layer live in one buffer shared by all layers, and the backward recomputes a layer's
 // from what it keeps (gate and up; q, k, v) just before using it.
@@ -85,12 +94,14 @@ class Llama {
   // One micro-batch. tokens and targets (B, T) i32, on the model's device like params, grads and the arena.
   // Returns the mean cross-entropy over the B*T positions and the auxiliary losses. When grads is given,
   // also runs the backward of grad_scale * (sum of per-position losses + B*T * aux_loss), i.e.
-  // grad_scale * B*T * total(), and accumulates into grads. With loss_sum (an f64 (1) tensor on the model's
-  // device), the mean cross-entropy is added to it there (ops::add_mean: the same bits) instead of being read back,
-  // and report.cross_entropy is 0: a training step reads the sum of its micro-batches once (on a GPU the host then
-  // does not wait for each micro-batch).
+  // grad_scale * B*T * total(), and accumulates into grads. With sums, the micro-batch's mean cross-entropy and MoE
+  // statistics are added to them where the model computes instead of being read back, and the report is empty: a
+  // training step reads the sums of its micro-batches once (on a GPU the host then does not wait for each one).
   LossReport forward_backward(const FlatBuffer& params, FlatBuffer* grads, Tensor tokens, Tensor targets,
-                              double grad_scale, Arena& arena, Tensor loss_sum = Tensor()) const;
+                              double grad_scale, Arena& arena, const StepSums* sums = nullptr) const;
+  // The MoE part of a report (per layer, and the auxiliary loss) from routing statistics read back from the device
+  // (moe_layers().size() * ops::kMoeStatistics values, as StepSums::moe_statistics holds them).
+  void moe_report(const double* statistics, LossReport& report) const;
 
   // Logits (B*T, V) for every position: for generation and reference tests.
   void forward_logits(const FlatBuffer& params, Tensor tokens, Tensor logits, Arena& arena) const;
@@ -155,8 +166,6 @@ class Llama {
   // Runs everything up to the final norm (each MoE layer leaves its routing statistics in a.moe_statistics).
   void forward_trunk(const Weights& w, Activations& a, Tensor tokens, int64_t B, int64_t T,
                      const ResidualObserver& observe = {}) const;
-  // Reads every MoE layer's routing statistics back (one copy) into report: per layer, and the auxiliary loss.
-  void read_moe_statistics(const Activations& a, LossReport& report) const;
   // aux_scale: the weight of the MoE auxiliary losses in the differentiated objective.
   void backward_trunk(const Weights& w, const Weights& g, Activations& a, Scratch& s, Tensor tokens,
                       int64_t B, int64_t T, double aux_scale) const;

@@ -1,4 +1,4 @@
-// AdamW update and gradient clipping over flat buffers.
+// AdamW update over flat buffers.
 #include "optim/adamw.h"
 
 #include <algorithm>
@@ -40,12 +40,12 @@ void AdamW::build_runs(const std::vector<uint8_t>& trainable) {
   }
 }
 
-void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master) {
+void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master, Tensor gate) {
   step_range(params, grads.all().rows(range_.begin, range_.end), lr,
-             master != nullptr ? master->all().rows(range_.begin, range_.end) : Tensor());
+             master != nullptr ? master->all().rows(range_.begin, range_.end) : Tensor(), gate);
 }
 
-void AdamW::step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor range_master) {
+void AdamW::step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor range_master, Tensor gate) {
   L3C_CHECK(range_grads.numel() == range_.size(), "AdamW: {} gradients for a range of {}", range_grads.numel(),
             range_.size());
   const bool has_master = range_master.data != nullptr;
@@ -65,18 +65,8 @@ void AdamW::step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor
     const int64_t local_begin = begin - range_.begin, local_end = end - range_.begin;  // in the range
     ops::adamw_update(p.rows(begin, end), range_grads.rows(local_begin, local_end), m.rows(local_begin, local_end),
                       v.rows(local_begin, local_end),
-                      has_master ? range_master.rows(local_begin, local_end) : Tensor(), s);
+                      has_master ? range_master.rows(local_begin, local_end) : Tensor(), s, gate);
   }
-}
-
-double global_grad_norm(const FlatBuffer& grads) { return std::sqrt(ops::sum_squares(grads.all())); }
-
-double clip_grad_norm(FlatBuffer& grads, double norm, double max_norm) {
-  if (max_norm <= 0.0) return 1.0;
-  const double clip = max_norm / (norm + 1e-6);
-  if (clip >= 1.0) return 1.0;
-  ops::scale_inplace(grads.all(), clip);
-  return clip;
 }
 
 }  // namespace l3c

@@ -1,4 +1,5 @@
-// AdamW with PyTorch semantics over flat buffers (MODEL.md "Optimizer"), and global-norm clipping.
+// AdamW with PyTorch semantics over flat buffers (MODEL.md "Optimizer"), with global-norm clipping through the
+// step's update gate (ops::update_gate).
 // Moments are fp32 (or f64 when the parameters are f64) buffers with the parameters' layout, on the parameters'
 // device; weight decay applies to the parameters whose ParamInfo::decay is set (2-D weights by default). The
 // update itself is ops::adamw_update, over runs of consecutive parameters that share a decay setting. With bf16
@@ -37,12 +38,18 @@ class AdamW {
   AdamW(const ParamRegistry& registry, DType dtype, AdamWSettings settings, Device device = Device::CPU,
         BufferRange range = {});
 
-  // One update with learning rate lr; grads are used as they are (clip them first). step_ counts from 1.
-  // master: the f32 weights behind bf16 parameters (mixed precision), else null.
-  void step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master = nullptr);
+  // One update with learning rate lr. step_ counts from 1. master: the f32 weights behind bf16 parameters (mixed
+  // precision), else null. gate: empty (grads are used as they are), or the step's update gate (ops::update_gate,
+  // on the parameters' device): the gradients enter scaled by its clipping factor, and a closed gate leaves
+  // everything untouched (call undo_step() once that is known on the host, so that step_ counts updates).
+  void step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master = nullptr,
+            Tensor gate = Tensor());
   // The same over range() only: range_grads (range().size()) are the gradients of the range, range_master
   // (range().size(), or empty) its f32 master weights; params is the whole buffer.
-  void step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor range_master = Tensor());
+  void step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor range_master = Tensor(),
+                  Tensor gate = Tensor());
+  // Takes back the count of the last step, whose gate turned out closed (nothing was updated).
+  void undo_step() { --step_; }
   const BufferRange& range() const { return range_; }
 
   int64_t steps_taken() const { return step_; }
@@ -69,12 +76,5 @@ class AdamW {
   void build_runs(const std::vector<uint8_t>& trainable);
   int64_t step_ = 0;
 };
-
-// The L2 norm of all gradients, accumulated in double.
-double global_grad_norm(const FlatBuffer& grads);
-
-// Scales grads so their global norm is at most max_norm (clip = max_norm / (norm + 1e-6) when below 1,
-// as PyTorch's clip_grad_norm_). Returns the factor applied (1 when not clipped or max_norm is 0).
-double clip_grad_norm(FlatBuffer& grads, double norm, double max_norm);
 
 }  // namespace l3c

@@ -19,45 +19,6 @@ namespace l3c {
 
 namespace {
 
-// Per-layer MoE statistics summed over micro-batches, then scaled to their mean. The load extremes
-// average too: the step reports the mean of each micro-batch's max and min.
-void add_moe_stats(std::vector<MoeLayerStats>& sum, const std::vector<MoeLayerStats>& more) {
-  for (size_t j = 0; j < sum.size(); ++j) {
-    sum[j].load_balance_loss += more[j].load_balance_loss;
-    sum[j].z_loss += more[j].z_loss;
-    sum[j].load_max += more[j].load_max;
-    sum[j].load_min += more[j].load_min;
-    sum[j].router_entropy += more[j].router_entropy;
-  }
-}
-void scale_moe_stats(std::vector<MoeLayerStats>& stats, double s) {
-  for (MoeLayerStats& m : stats) {
-    m.load_balance_loss *= s;
-    m.z_loss *= s;
-    m.load_max *= s;
-    m.load_min *= s;
-    m.router_entropy *= s;
-  }
-}
-
-// The step's sums over micro-batches as one vector (loss, aux loss, then 5 values per MoE layer), to be summed
-// over ranks in one all-reduce, and back.
-std::vector<double> step_sums(const StepResult& r) {
-  std::vector<double> v = {r.loss, r.aux_loss};
-  for (const MoeLayerStats& m : r.moe)
-    v.insert(v.end(), {m.load_balance_loss, m.z_loss, m.load_max, m.load_min, m.router_entropy});
-  return v;
-}
-void set_step_sums(StepResult& r, const std::vector<double>& v) {
-  r.loss = v[0];
-  r.aux_loss = v[1];
-  for (size_t j = 0; j < r.moe.size(); ++j) {
-    const double* m = &v[2 + 5 * j];
-    r.moe[j].load_balance_loss = m[0], r.moe[j].z_loss = m[1], r.moe[j].load_max = m[2], r.moe[j].load_min = m[3];
-    r.moe[j].router_entropy = m[4];
-  }
-}
-
 // The number of elements the parameter and gradient buffers hold: the registry's, padded for ZeRO-1.
 int64_t buffer_elements(const Config& config, const ParamRegistry& registry, const Communicator& comm) {
   const bool sharded = config.train.zero == 1 && comm.size() > 1;
@@ -124,7 +85,9 @@ TrainingState::TrainingState(const Config& config, const std::vector<int32_t>* l
          "the global batch is split evenly over the {} ranks", config.train.batch_tokens, config.train.micro_batch,
          config.data.seq_len, ranks, micro_tokens * ranks, ranks);
   accum_steps_ = config.train.grad_accum_steps(config.data.seq_len, ranks);
-  step_sums_ = FlatBuffer(2, DType::F64, device_.device);
+  // [0] the gradients' sum of squares, [1] the loss sum, the MoE statistics, then the update gate (2): see step().
+  step_sums_ = FlatBuffer(4 + static_cast<int64_t>(model_.moe_layers().size()) * ops::kMoeStatistics, DType::F64,
+                          device_.device);
   if (device_.device == Device::CUDA) {
     // Every micro-batch of a step has its own pinned tokens and targets, so that no upload waits: the host fills
     // micro-batch m + 1 while the copy of m may still be queued, and the step's read-back (which follows every
@@ -189,10 +152,15 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   using Clock = std::chrono::steady_clock;
   auto update_start = Clock::now();
   ops::fill_zero(grads_.all());
-  // [0] the sum of the micro-batches' mean losses, [1] the gradients' sum of squares: computed where the model
-  // computes and read back together, the step's one read-back (on a GPU nothing else waits, see docs/design.md).
+  // Where the model computes: [0] the gradients' sum of squares, [1] the sum of the micro-batches' mean losses,
+  // [2, 2 + 5 * MoE layers) the sums of their MoE statistics, and last the update gate computed from the first two
+  // (ops::update_gate). The update is queued behind them, and all are read back together after it: the step's one
+  // read-back (on a GPU nothing else waits, see docs/design.md).
   ops::fill_zero(step_sums_.all());
-  const Tensor loss_sum = step_sums_.all().rows(0, 1), grad_squares = step_sums_.all().rows(1, 2);
+  const Tensor all_sums = step_sums_.all();
+  const int64_t moe_end = all_sums.numel() - 2;
+  const Tensor grad_squares = all_sums.rows(0, 1), gate = all_sums.rows(moe_end, moe_end + 2);
+  const StepSums sums{all_sums.rows(1, 2), all_sums.rows(2, moe_end)};
   result.update_seconds = std::chrono::duration<double>(Clock::now() - update_start).count();
   sync_->begin_step();
   for (int64_t micro = 0; micro < accum_steps_; ++micro) {
@@ -201,10 +169,7 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
     batches(first_sequence(step * accum_steps_ + micro, B, rank, ranks), tokens, targets);
     sync_->note_tokens(tokens);
     const auto [tok, tgt] = batch_on_device(tokens, targets, device_tokens_, device_targets_);
-    const LossReport report = model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_, loss_sum);
-    result.aux_loss += report.aux_loss;
-    if (micro == 0) result.moe = report.moe;
-    else add_moe_stats(result.moe, report.moe);
+    model_.forward_backward(params_, &grads_, tok, tgt, grad_scale, arena_, &sums);
   }
   update_start = Clock::now();
   // Frozen parameters (train.trainable) take no part in the norm, the clipping or the update.
@@ -213,38 +178,43 @@ StepResult TrainingState::step(int64_t step, const BatchSource& batches) {
   result.reduce = sync_->reduce(grads_, shard_grads_.all());
   // Each rank holds all of the summed gradients, or (ZeRO-1) its shard.
   ops::sum_squares_into(grad_squares, sync_->sharded() ? shard_grads_.all() : grads_.all());
-  result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
-  // On a GPU the host waits here for the step's queued work (not counted in update_seconds).
-  double sums[2] = {0.0, 0.0};
-  ops::copy(Tensor(sums, DType::F64, {2}), step_sums_.all());
-  update_start = Clock::now();
-  result.loss = sums[0];
-  // Means over the micro-batches of all ranks.
-  set_step_sums(result, all_reduce_values(comm_, step_sums(result)));
-  const double micro_batches = static_cast<double>(accum_steps_ * ranks);
-  result.loss /= micro_batches;
-  result.aux_loss /= micro_batches;
-  scale_moe_stats(result.moe, 1.0 / micro_batches);
-  // The norm of the summed gradients.
-  result.grad_norm = std::sqrt(sync_->sharded() ? all_reduce_value(comm_, sums[1]) : sums[1]);
-  if (!std::isfinite(result.loss + result.aux_loss) || !std::isfinite(result.grad_norm)) {
-    if (config_.train.on_nonfinite == NonFinitePolicy::Stop)
-      fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps, or set "
-           "train.on_nonfinite=skip to skip such steps", step + 1, result.loss + result.aux_loss, result.grad_norm);
-    result.skipped = true;  // no update: weights and AdamW state stay as they were (on every rank: same values)
-    return result;
-  }
+  // Summed over the ranks in one collective: the loss and MoE statistics, and the sum of squares when each rank
+  // holds a shard (else every rank has the same), so that every rank opens or closes the same gate.
+  if (ranks > 1) comm_.all_reduce(all_sums.rows(sync_->sharded() ? 0 : 1, moe_end));
+  ops::update_gate(gate, sums.loss, grad_squares, config_.train.grad_clip);
+  // The update, queued behind the gate without waiting for it: clipped by its factor, or (a non-finite loss or
+  // norm) nothing, leaving weights and AdamW state as they were (on every rank: same values). Frozen parameters
+  // (train.trainable) are not in the optimizer's runs.
   if (!sync_->sharded()) {
-    clip_grad_norm(grads_, result.grad_norm, config_.train.grad_clip);
-    optimizer_.step(params_, grads_, result.lr, device_.mixed_precision ? &master_ : nullptr);
+    optimizer_.step(params_, grads_, result.lr, device_.mixed_precision ? &master_ : nullptr, gate);
   } else {
-    // ZeRO-1: clip and update this rank's shard, then every rank gathers the others' shards of the parameters.
-    const double clip = config_.train.grad_clip > 0 ? config_.train.grad_clip / (result.grad_norm + 1e-6) : 1.0;
-    if (clip < 1.0) ops::scale_inplace(shard_grads_.all(), clip);
-    optimizer_.step_range(params_, shard_grads_.all(), result.lr, device_.mixed_precision ? master_.all() : Tensor());
+    // ZeRO-1: update this rank's shard, then every rank gathers the others' shards of the parameters.
+    optimizer_.step_range(params_, shard_grads_.all(), result.lr, device_.mixed_precision ? master_.all() : Tensor(),
+                          gate);
     const int64_t chunk = params_.numel() / ranks;
     comm_.all_gather(params_.all().rows(rank * chunk, (rank + 1) * chunk), params_.all());
   }
+  result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
+  // On a GPU the host waits here for the step's queued work (not counted in update_seconds).
+  std::vector<double> read_back(static_cast<size_t>(all_sums.numel()));
+  ops::copy(Tensor(read_back.data(), DType::F64, {all_sums.numel()}), all_sums);
+  update_start = Clock::now();
+  // Means over the micro-batches of all ranks (the MoE load extremes too: the mean of each micro-batch's).
+  const double micro_batches = static_cast<double>(accum_steps_ * ranks);
+  for (int64_t i = 1; i < moe_end; ++i) read_back[i] /= micro_batches;
+  result.loss = read_back[1];
+  LossReport moe;
+  model_.moe_report(read_back.data() + 2, moe);
+  result.aux_loss = moe.aux_loss;
+  result.moe = std::move(moe.moe);
+  result.grad_norm = std::sqrt(read_back[0]);  // of the summed gradients
+  // The gate saw the loss and the norm. The aux loss comes from the MoE routers' logits, which also feed the loss:
+  // it is not non-finite while the loss is finite.
+  result.skipped = read_back[moe_end + 1] == 0.0;
+  if (result.skipped) optimizer_.undo_step();  // nothing was updated
+  if ((result.skipped || !std::isfinite(result.aux_loss)) && config_.train.on_nonfinite == NonFinitePolicy::Stop)
+    fail("step {}: non-finite loss ({}) or gradient norm ({}); lower train.lr or raise train.warmup_steps, or set "
+         "train.on_nonfinite=skip to skip such steps", step + 1, result.loss + result.aux_loss, result.grad_norm);
   result.update_seconds += std::chrono::duration<double>(Clock::now() - update_start).count();
   return result;
 }

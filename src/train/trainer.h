@@ -119,7 +119,7 @@ class TrainingState {
   std::vector<uint8_t> trainable_;  // per parameter (registry order), from train.trainable
   DeviceMemory pinned_batches_;  // on a GPU: the step's (tokens, targets) per micro-batch, pinned for the uploads
   FlatBuffer device_tokens_, device_targets_;  // the micro-batch on the GPU
-  FlatBuffer step_sums_;  // (2) f64 where the model computes: the step's loss sum and gradient sum of squares
+  FlatBuffer step_sums_;  // (4) f64 where the model computes: the step's loss sum, gradient sum of squares, update gate
   FlatBuffer host_copy_;
   int64_t accum_steps_ = 1;
   int64_t tokens_per_step_ = 0;

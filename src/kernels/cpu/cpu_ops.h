@@ -32,9 +32,12 @@ void scale_inplace(Tensor y, double s);
 double sum_squares(Tensor x);
 // sum[0] (f64) += (values added in index order in double) / N.
 void add_mean(Tensor sum, Tensor values);
+void add_to_sums(Tensor sums, Tensor values);
 
 // ---- AdamW and dtype conversion (optimizer.cpp) ---------------------------------------------------------
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step);  // one dtype, f32 or f64
+// One dtype, f32 or f64; gate empty or host f64 (2) (see ops::adamw_update).
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step, Tensor gate);
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm);
 void convert(Tensor dst, Tensor src);  // between f32, f64 and bf16 (round to nearest even)
 
 // ---- embedding (embedding.cpp) ------------------------------------------------------------------------

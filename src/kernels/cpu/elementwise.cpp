@@ -119,4 +119,13 @@ void add_mean(Tensor sum, Tensor values) {
   sum.ptr<double>()[0] += total / static_cast<double>(n);
 }
 
+void add_to_sums(Tensor sums, Tensor values) {
+  double* s = sums.ptr<double>();
+  dispatch_float(values.dtype, "add_to_sums", [&](auto tag) {
+    using T = decltype(tag);
+    const T* v = values.ptr<T>();
+    for (int64_t i = 0; i < values.numel(); ++i) s[i] += static_cast<double>(v[i]);
+  });
+}
+
 }  // namespace l3c::ops::cpu

@@ -4,13 +4,15 @@
 #include <cstring>
 
 #include "kernels/cpu/cpu_ops.h"
+#include "kernels/update_gate.h"
 
 namespace l3c::ops::cpu {
 namespace {
 
+// clip: the factor the gradients enter with (the update gate's).
 template <typename T>
 void adamw_impl(T* __restrict w, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t n,
-                const AdamWStep& s) {
+                const AdamWStep& s, T clip) {
   const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
   const T step_size = static_cast<T>(s.lr / s.bias1);
   const T inv_sqrt_bias2 = static_cast<T>(1.0 / std::sqrt(s.bias2));
@@ -19,8 +21,9 @@ void adamw_impl(T* __restrict w, const T* __restrict g, T* __restrict m, T* __re
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const T wi = w[i] * decay;
-    const T mi = b1 * m[i] + (T(1) - b1) * g[i];
-    const T vi = b2 * v[i] + (T(1) - b2) * g[i] * g[i];
+    const T gi = g[i] * clip;
+    const T mi = b1 * m[i] + (T(1) - b1) * gi;
+    const T vi = b2 * v[i] + (T(1) - b2) * gi * gi;
     m[i] = mi;
     v[i] = vi;
     w[i] = wi - step_size * mi / (std::sqrt(vi) * inv_sqrt_bias2 + eps);
@@ -61,11 +64,18 @@ void store(const Tensor& t, int64_t i, double value) {
 
 }  // namespace
 
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step) {
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step, Tensor gate) {
+  const double* g = gate.empty() ? nullptr : gate.ptr<double>();
+  if (g != nullptr && g[1] == 0.0) return;
   dispatch_float(param.dtype, "adamw_update", [&](auto tag) {
     using T = decltype(tag);
-    adamw_impl(param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), param.numel(), step);
+    adamw_impl(param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), param.numel(), step,
+               static_cast<T>(g != nullptr ? g[0] : 1.0));
   });
+}
+
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm) {
+  update_gate_values(gate.ptr<double>(), *loss_sum.ptr<double>(), *grad_squares.ptr<double>(), max_norm);
 }
 
 void convert(Tensor dst, Tensor src) {

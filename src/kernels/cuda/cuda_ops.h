@@ -65,6 +65,7 @@ void sum_squares_into(Tensor out, Tensor x);
 // sum[0] (f64) += (values (N) f32 added in index order in double) / N: one thread, so that the bits are the host's
 // (N dependent double adds: about 0.2 ms for N = 64K, against a read-back that would stall the queue).
 void add_mean(Tensor sum, Tensor values);
+void add_to_sums(Tensor sums, Tensor values);  // values f32
 
 // ---- embedding (embedding.cu) --------------------------------------------------------------------------
 void embedding_forward(Tensor out, Tensor table, Tensor tokens);
@@ -190,7 +191,9 @@ void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor row
                           Tensor row_of_pair);
 
 // ---- AdamW (optimizer.cu) ----------------------------------------------------------------------------
-// See ops::adamw_update: param and grad (f32 or bf16, alike), m, v (f32), master (f32; empty when param is f32).
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step);
+// See ops::adamw_update: param and grad (f32 or bf16, alike), m, v (f32), master (f32; empty when param is f32),
+// gate (f64 (2) or empty).
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step, Tensor gate);
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm);
 
 }  // namespace l3c::ops::cuda

@@ -63,6 +63,12 @@ __global__ void add_mean_kernel(double* __restrict__ sum, const float* __restric
   *sum += acc / static_cast<double>(n);
 }
 
+__global__ void add_to_sums_kernel(double* __restrict__ sums, const float* __restrict__ values, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    sums[i] += static_cast<double>(values[i]);
+}
+
 // The two passes of the sum of squares of x into *result (device memory outside the workspace's first
 // kSumBlocks doubles, where the partials go).
 void launch_sum_squares(double* result, Tensor x) {
@@ -140,6 +146,12 @@ double sum_squares(Tensor x) {
 void sum_squares_into(Tensor out, Tensor x) {
   if (x.numel() == 0) return fill_zero(out);
   launch_sum_squares(static_cast<double*>(out.data), x);
+}
+
+void add_to_sums(Tensor sums, Tensor values) {
+  const int64_t n = sums.numel();
+  launch(add_to_sums_kernel, capped_blocks(n, kThreads), kThreads, 0, static_cast<double*>(sums.data),
+         static_cast<const float*>(values.data), n);
 }
 
 void add_mean(Tensor sum, Tensor values) {

@@ -1,9 +1,12 @@
 // CUDA AdamW over a flat range of elements, one thread per element, f32 arithmetic in PyTorch's order. In mixed
-// precision the f32 master weight is updated and the bf16 parameter receives its rounded copy.
+// precision the f32 master weight is updated and the bf16 parameter receives its rounded copy. The step's update
+// gate (clipping factor, finite or not) is computed and read on the device: the host queues the update without
+// waiting for the gradient norm.
 #include <cmath>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/update_gate.h"
 
 namespace l3c::ops::cuda {
 namespace {
@@ -14,13 +17,18 @@ struct AdamWConstants {
   float beta1, beta2, step_size, inv_sqrt_bias2, eps, decay;
 };
 
-// theta: master (f32) when given, else param. param receives theta in its own dtype.
+// theta: master (f32) when given, else param. param receives theta in its own dtype. gate: null, or the update
+// gate (ops::update_gate): a closed gate leaves everything as it is; else the gradient enters scaled by gate[0] and
+// rounded to G, the bits of scaling it in place first.
 template <typename P, typename G>
 __global__ void adamw_kernel(P* __restrict__ param, const G* __restrict__ grad, float* __restrict__ m,
-                             float* __restrict__ v, float* __restrict__ master, AdamWConstants k, int64_t n) {
+                             float* __restrict__ v, float* __restrict__ master, const double* __restrict__ gate,
+                             AdamWConstants k, int64_t n) {
+  if (gate != nullptr && gate[1] == 0.0) return;
+  const float clip = gate != nullptr ? static_cast<float>(gate[0]) : 1.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = to_float(grad[i]);
+    const float g = to_float(from_float<G>(to_float(grad[i]) * clip));
     const float w = (master ? master[i] : to_float(param[i])) * k.decay;
     const float mi = k.beta1 * m[i] + (1.0f - k.beta1) * g;
     const float vi = k.beta2 * v[i] + (1.0f - k.beta2) * g * g;
@@ -32,9 +40,19 @@ __global__ void adamw_kernel(P* __restrict__ param, const G* __restrict__ grad, 
   }
 }
 
+__global__ void update_gate_kernel(double* __restrict__ gate, const double* __restrict__ loss_sum,
+                                   const double* __restrict__ grad_squares, double max_norm) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) update_gate_values(gate, *loss_sum, *grad_squares, max_norm);
+}
+
 }  // namespace
 
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& s) {
+void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm) {
+  launch(update_gate_kernel, 1, 1, 0, static_cast<double*>(gate.data), static_cast<const double*>(loss_sum.data),
+         static_cast<const double*>(grad_squares.data), max_norm);
+}
+
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& s, Tensor gate) {
   const AdamWConstants k{static_cast<float>(s.beta1), static_cast<float>(s.beta2), static_cast<float>(s.lr / s.bias1),
                          static_cast<float>(1.0 / std::sqrt(s.bias2)), static_cast<float>(s.eps),
                          static_cast<float>(1.0 - s.lr * s.weight_decay)};
@@ -44,7 +62,8 @@ void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, 
     using T = typename decltype(tag)::type;
     using G = typename decltype(grad_tag)::type;
     launch(adamw_kernel<T, G>, capped_blocks(n, kThreads), kThreads, 0, static_cast<T*>(param.data),
-           static_cast<const G*>(grad.data), static_cast<float*>(m.data), static_cast<float*>(v.data), master_data, k, n);
+           static_cast<const G*>(grad.data), static_cast<float*>(m.data), static_cast<float*>(v.data), master_data,
+           gate.empty() ? nullptr : static_cast<const double*>(gate.data), k, n);
   });
 }
 
