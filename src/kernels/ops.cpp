@@ -85,6 +85,13 @@ void require_data(const char* op, std::initializer_list<const Tensor*> tensors) 
               t->shape_string());
 }
 
+// A sum of the ops contract (sum_squares_into's output, update_gate's output and inputs): f64 (n) with memory.
+void require_f64_sums(const char* op, const char* name, const Tensor& t, int64_t n) {
+  L3C_CHECK(t.numel() == n && t.dtype == DType::F64, "ops::{}: {} {} {} must be ({}) f64", op, name, t.shape_string(),
+            dtype_name(t.dtype), n);
+  require_data(op, {&t});
+}
+
 }  // namespace
 
 // Runs `call` on the CUDA backend and returns from the op (only reached for CUDA tensors, which device_of
@@ -165,11 +172,9 @@ double sum_squares(Tensor x) {
 
 void sum_squares_into(Tensor out, Tensor x) {
   const char* op = "sum_squares_into";
-  L3C_CHECK(out.numel() == 1 && out.dtype == DType::F64, "ops::{}: out {} {} must be (1) f64", op,
-            out.shape_string(), dtype_name(out.dtype));
+  require_f64_sums(op, "out", out, 1);
   const Device device = device_of(op, {&out, &x});
   require_float(op, device, {&x});
-  require_data(op, {&out});
   if (x.numel() > 0) require_data(op, {&x});
   if (device == Device::CUDA) L3C_RUN_ON_CUDA(sum_squares_into(out, x));
   out.ptr<double>()[0] = x.numel() == 0 ? 0.0 : cpu::sum_squares(x);
@@ -201,13 +206,6 @@ void add_to_sums(Tensor sums, Tensor values) {
 }
 
 // ---- AdamW --------------------------------------------------------------------------------------------
-// A step sum of the ops contract (update_gate's output and inputs): f64 (n) with memory.
-void require_f64_sums(const char* op, const char* name, const Tensor& t, int64_t n) {
-  L3C_CHECK(t.numel() == n && t.dtype == DType::F64, "ops::{}: {} {} {} must be ({}) f64", op, name, t.shape_string(),
-            dtype_name(t.dtype), n);
-  require_data(op, {&t});
-}
-
 void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step, Tensor gate) {
   const char* op = "adamw_update";
   const int64_t n = param.numel();
