@@ -4,12 +4,13 @@
 // CPU's losses; the MoE model in bf16 within 4%), recomputation giving the same bits, the activation arena's
 // peak equal to the estimate, bit-exact resume through a checkpoint (10 steps straight == 5, checkpoint,
 // load, 5), bf16 gradients accumulated in f32 over 32 micro-batches, and 32 micro-batches of fp32 gradients against
-// the CPU's, and a bf16 step of the L3 model that reads back once with the loss and norm of the host sums. Without a
-// GPU every test exits with code 4 (CTest: skipped).
+// the CPU's, and a bf16 step of the L3 model that reads back once with the loss and norm of the host sums and queues
+// the same launches at every step. Without a GPU every test exits with code 4 (CTest: skipped).
 #include <catch2/catch.hpp>
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <memory>
@@ -657,6 +658,7 @@ TEST_CASE("cuda: a bf16 training step of the L3 or MoE model reads back once, an
     ops::copy(x, tokens);
     ops::copy(y, targets);
   };
+  std::vector<std::vector<std::string>> launches;  // what each step queued on the GPU
   for (int64_t step = 0; step < 2; ++step) {
     INFO("step " << step);
     ops::fill_zero(grads.all());
@@ -671,7 +673,10 @@ TEST_CASE("cuda: a bf16 training step of the L3 or MoE model reads back once, an
     const double norm = std::sqrt(ops::sum_squares(grads.all()));
 
     const int64_t waits_before = cuda_host_synchronizations();
+    cuda_record_launches(true);
     const StepResult result = state->step(step, same_batch);
+    cuda_record_launches(false);
+    launches.push_back(cuda_take_launch_record());
     const int64_t waits = cuda_host_synchronizations() - waits_before;
     CHECK(waits == 1);  // the loss, the MoE statistics, the gradient's sum of squares and the gate, read together
     CHECK(result.loss == loss / 2);
@@ -682,4 +687,13 @@ TEST_CASE("cuda: a bf16 training step of the L3 or MoE model reads back once, an
     if (!model.moe_layers().empty()) CHECK(result.aux_loss > 0.0);
     CHECK(!result.skipped);
   }
+  // The two steps (the second at another learning rate, in warmup) queue the same launches with the same
+  // arguments: a step captured in a CUDA graph could be replayed, with AdamW's constants written before it.
+  REQUIRE(config.train.warmup_steps >= 2);
+  REQUIRE(!launches[0].empty());
+  REQUIRE(launches[0].size() == launches[1].size());
+  const auto differ = std::mismatch(launches[0].begin(), launches[0].end(), launches[1].begin());
+  INFO("first difference at launch " << differ.first - launches[0].begin() << " of " << launches[0].size());
+  CHECK((differ.first == launches[0].end() ? std::string() : *differ.first) ==
+        (differ.second == launches[1].end() ? std::string() : *differ.second));
 }

@@ -19,6 +19,7 @@
 #include "kernels/cpu/cpu_ops.h"
 #include "kernels/ops.h"
 #include "model/params.h"
+#include "optim/adamw.h"
 #include "cuda_test_util.h"
 
 using namespace l3c;
@@ -577,13 +578,21 @@ struct AdamwOperands {
     for (int64_t i = 0; i < n; ++i) v.cpu.set(i, std::abs(v.cpu[i]));
     v.gpu = DeviceTensor(v.cpu);
   }
-  // The same update on the GPU (through gpu_gate) and on the CPU (through cpu_gate); the results within f32 error.
+  // The same update on the GPU (through gpu_gate) and on the CPU (through cpu_gate), each reading the step's
+  // constants where it runs; the results within f32 error.
   void update_and_compare(const ops::AdamWStep& s, Tensor gpu_gate = Tensor(), Tensor cpu_gate = Tensor()) {
-    ops::adamw_update(w.gpu, g.gpu, m.gpu, v.gpu, Tensor(), s, gpu_gate);
-    ops::adamw_update(w.cpu, g.cpu, m.cpu, v.cpu, Tensor(), s, cpu_gate);
+    const TestTensor constants = adamw_constants_of(s);
+    ops::adamw_update(w.gpu, g.gpu, m.gpu, v.gpu, Tensor(), DeviceTensor(constants), gpu_gate);
+    ops::adamw_update(w.cpu, g.cpu, m.cpu, v.cpu, Tensor(), constants, cpu_gate);
     CHECK(gpu_error(w.gpu, w.cpu) <= kF32);
     CHECK(gpu_error(m.gpu, m.cpu) <= kF32);
     CHECK(gpu_error(v.gpu, v.cpu) <= kF32);
+  }
+  // The step's f32 constants (ops::write_adamw_constants) in host memory.
+  static TestTensor adamw_constants_of(const ops::AdamWStep& s) {
+    TestTensor constants(DType::F32, {ops::kAdamWConstants});
+    ops::write_adamw_constants(constants, s);
+    return constants;
   }
 };
 }  // namespace
@@ -601,8 +610,9 @@ TEST_CASE("cuda: adamw_update matches the CPU in f32, and in bf16 updates the f3
   Pair grad = random_pair(DType::BF16, {n}, 55);
   DeviceTensor m2(TestTensor(DType::F32, {n})), v2(TestTensor(DType::F32, {n}));
   TestTensor m2_cpu(DType::F32, {n}), v2_cpu(DType::F32, {n});
-  ops::adamw_update(param, grad.gpu, m2, v2, master, s);
-  ops::adamw_update(master_host, grad.cpu, m2_cpu, v2_cpu, Tensor(), s);
+  const TestTensor constants = AdamwOperands::adamw_constants_of(s);
+  ops::adamw_update(param, grad.gpu, m2, v2, master, DeviceTensor(constants));
+  ops::adamw_update(master_host, grad.cpu, m2_cpu, v2_cpu, Tensor(), constants);
   CHECK(gpu_error(master, master_host) <= kF32);
   CHECK(param.values() == master.host().converted(DType::BF16).values());
 }
@@ -627,6 +637,59 @@ TEST_CASE("cuda: the update gate is computed on the device; AdamW reads its fact
     operands.update_and_compare(s, gate, gate_host);
     if (std::isnan(loss)) CHECK(operands.w.gpu.values() == before);  // closed: nothing written
   }
+}
+
+TEST_CASE("cuda: AdamW's launches are the same at every step: its constants follow the schedule at one device "
+          "address", "[cuda]") {
+  require_gpu();
+  ParamRegistry r;
+  r.add("w", {4, 8}, InitKind::Normal, 1.0, "ffn");  // decayed
+  r.add("g", {8}, InitKind::Ones, 0.0, "norm");      // not decayed: a second run
+  const int64_t n = r.total();
+  const AdamWSettings settings{0.9, 0.95, 1e-8, 0.1};
+  FlatBuffer params(n, DType::F32, Device::CUDA), grads(n, DType::F32, Device::CUDA), host_params(n, DType::F32),
+      host_grads(n, DType::F32);
+  random_fill(host_params.all(), 80);
+  random_fill(host_grads.all(), 81);
+  ops::copy(params.all(), host_params.all());
+  ops::copy(grads.all(), host_grads.all());
+  AdamW gpu(r, DType::F32, settings, Device::CUDA), cpu(r, DType::F32, settings);
+  const void* address = gpu.constants().all().data;
+  std::vector<std::vector<std::string>> launches;
+  for (const double lr : {1e-2, 3e-3}) {
+    INFO("lr " << lr);
+    cuda_record_launches(true);
+    gpu.step(params, grads, lr);
+    cuda_record_launches(false);
+    launches.push_back(cuda_take_launch_record());
+    cpu.step(host_params, host_grads, lr);
+    CHECK(gpu.constants().all().data == address);
+    // Each run's constants, from this step's learning rate and count.
+    const double t = static_cast<double>(gpu.steps_taken());
+    std::vector<double> expected;
+    for (const double decay : {0.1, 0.0}) {
+      const ops::AdamWStep step{lr, 0.9, 0.95, 1e-8, decay, 1.0 - std::pow(0.9, t), 1.0 - std::pow(0.95, t)};
+      const ops::AdamWConstants<float> k = ops::adamw_constants<float>(step);
+      expected.insert(expected.end(), {k.beta1, k.beta2, k.step_size, k.inv_sqrt_bias2, k.eps, k.decay});
+    }
+    TestTensor constants(DType::F32, {gpu.constants().numel()});
+    ops::copy(constants, gpu.constants().all());
+    CHECK(constants.values() == expected);
+    TestTensor updated(DType::F32, {n});
+    ops::copy(updated, params.all());
+    CHECK(norm_relative_error(updated.values(), to_double_vector(host_params.all())) <= kF32);
+  }
+  REQUIRE(launches[0].size() == 3);  // the constants' one upload, then the update of each run
+  CHECK(launches[0][0].rfind("upload", 0) == 0);
+  CHECK(launches[0] == launches[1]);
+
+  // The staging memory is rewritten only once the device has read the last copy from it: after a wait (the copies
+  // above), a step waits for nothing; right after a step, the next one waits first.
+  const int64_t before = cuda_host_synchronizations();
+  gpu.step(params, grads, 1e-3);
+  CHECK(cuda_host_synchronizations() == before);
+  gpu.step(params, grads, 1e-3);
+  CHECK(cuda_host_synchronizations() == before + 1);
 }
 
 // =====================================================================================================

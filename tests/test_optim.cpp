@@ -156,6 +156,30 @@ TEST_CASE("AdamW through the gate: the bits of clipping the gradients first, and
   CHECK(through_gate.steps_taken() == 2);
 }
 
+TEST_CASE("adamw_update reads the step's constants from a tensor, and checks it", "[optim]") {
+  ops::AdamWStep step{0.01, 0.9, 0.95, 1e-8, 0.1, 1.0 - 0.9 * 0.9, 1.0 - 0.95 * 0.95};
+  // Computed in double and rounded once to the moments' dtype.
+  FlatBuffer constants(ops::kAdamWConstants, DType::F64), narrow(ops::kAdamWConstants, DType::F32);
+  ops::write_adamw_constants(constants.all(), step);
+  ops::write_adamw_constants(narrow.all(), step);
+  const std::vector<double> expected = {0.9, 0.95, 0.01 / step.bias1, 1.0 / std::sqrt(step.bias2), 1e-8,
+                                        1.0 - 0.01 * 0.1};
+  CHECK(test::to_double_vector(constants.all()) == expected);
+  for (int64_t i = 0; i < ops::kAdamWConstants; ++i)
+    CHECK(test::get_value(narrow.all(), i) == static_cast<double>(static_cast<float>(expected[i])));
+
+  FlatBuffer w(4, DType::F64), g(4, DType::F64), m(4, DType::F64), v(4, DType::F64), short_constants(5, DType::F64);
+  CHECK_NOTHROW(ops::adamw_update(w.all(), g.all(), m.all(), v.all(), Tensor(), constants.all()));
+  CHECK_THROWS_WITH(ops::adamw_update(w.all(), g.all(), m.all(), v.all(), Tensor(), narrow.all()),
+                    Catch::Contains("constants (6) f32 must be the step's (6) AdamWConstants in the moments' dtype (f64)"));
+  CHECK_THROWS_WITH(ops::adamw_update(w.all(), g.all(), m.all(), v.all(), Tensor(), short_constants.all()),
+                    Catch::Contains("constants (5) f64"));
+  CHECK_THROWS_WITH(ops::adamw_update(w.all(), g.all(), m.all(), v.all(), Tensor(), Tensor()),
+                    Catch::Contains("ops::adamw_update: constants"));
+  CHECK_THROWS_WITH(ops::write_adamw_constants(short_constants.all(), step),
+                    Catch::Contains("must be (6) f32 or f64 host memory"));
+}
+
 TEST_CASE("cosine schedule: linear warmup, then cosine from lr to min_lr at the last step", "[optim]") {
   const TrainConfig t = schedule_of(Schedule::Cosine, 110, 10, 1.0, 0.1);
   CHECK(learning_rate(t, 0) == Approx(0.1));

@@ -16,6 +16,9 @@ namespace l3c::ops::cuda {
 size_t workspace_bytes_for(const l3c::CudaWorkspaceShape& shape);
 void reserve_workspace(size_t bytes);
 int64_t host_synchronizations();
+void synchronize();
+void record_launches(bool on);
+std::vector<std::string> take_launch_record();
 }  // namespace l3c::ops::cuda
 namespace l3c::cuda {
 int device_count();
@@ -168,6 +171,30 @@ int64_t cuda_host_synchronizations() {
   return ops::cuda::host_synchronizations();
 #else
   return 0;
+#endif
+}
+
+void cuda_synchronize() {
+#ifdef L3C_WITH_CUDA
+  ops::cuda::synchronize();
+#else
+  L3C_CHECK(false, "cuda_synchronize: the CUDA backend is not part of this build");
+#endif
+}
+
+void cuda_record_launches(bool on) {
+#ifdef L3C_WITH_CUDA
+  ops::cuda::record_launches(on);
+#else
+  (void)on;
+#endif
+}
+
+std::vector<std::string> cuda_take_launch_record() {
+#ifdef L3C_WITH_CUDA
+  return ops::cuda::take_launch_record();
+#else
+  return {};
 #endif
 }
 

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -51,7 +52,18 @@ void cuda_copy_stream_record(void* stream);
 void cuda_default_stream_wait(void* stream);
 // How many times so far the host has waited for the GPU (blocking copies either way, read-backs, synchronisations,
 // frees); 0 without the backend. A test reads it before and after a piece of code to show that it never waits.
+// Each of these waits for all the work queued before it, so a count that has grown since an upload shows that the
+// device has passed it.
 int64_t cuda_host_synchronizations();
+// Waits until the GPU has run everything queued so far (one of the waits counted above).
+void cuda_synchronize();
+// A record of what the host queues on the ops' stream, for tests that show that a training step queues the same
+// work with the same arguments at every step (what replaying a step captured in a CUDA graph needs): while it is on,
+// every kernel launch, cuBLAS product, asynchronous copy and memset adds a line (the place in the source that
+// queued it, its grid and the bytes of each argument; blocking copies are waits, counted above, not queued work).
+// cuda_take_launch_record returns the lines added since it was last called and clears them.
+void cuda_record_launches(bool on);
+std::vector<std::string> cuda_take_launch_record();
 
 // The CUDA ops' workspace: scratch shared by the ops (the classifier's logits block, L3's softmax gradients,
 // partial sums, the RoPE table). cuda_workspace_bytes is what the largest call of a training step needs for a

@@ -206,13 +206,22 @@ void add_to_sums(Tensor sums, Tensor values) {
 }
 
 // ---- AdamW --------------------------------------------------------------------------------------------
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step, Tensor gate) {
+void write_adamw_constants(Tensor out, const AdamWStep& step) {
+  L3C_CHECK(out.numel() == kAdamWConstants && (out.dtype == DType::F32 || out.dtype == DType::F64) &&
+                out.device == Device::CPU && !out.empty(),
+            "ops::write_adamw_constants: out {} {} on {} must be ({}) f32 or f64 host memory", out.shape_string(),
+            dtype_name(out.dtype), device_name(out.device), kAdamWConstants);
+  if (out.dtype == DType::F32) *static_cast<AdamWConstants<float>*>(out.data) = adamw_constants<float>(step);
+  else *static_cast<AdamWConstants<double>*>(out.data) = adamw_constants<double>(step);
+}
+
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, Tensor constants, Tensor gate) {
   const char* op = "adamw_update";
   const int64_t n = param.numel();
   L3C_CHECK(grad.numel() == n && m.numel() == n && v.numel() == n && (master.empty() || master.numel() == n),
             "ops::{}: param {}, grad {}, m {}, v {} and master {} must have one size", op, param.shape_string(),
             grad.shape_string(), m.shape_string(), v.shape_string(), master.shape_string());
-  const Device device = device_of(op, {&param, &grad, &m, &v, &master, &gate});
+  const Device device = device_of(op, {&param, &grad, &m, &v, &master, &constants, &gate});
   require_float(op, device, {&param});
   require_param_grad(op, param.dtype, {&grad});
   if (device == Device::CUDA) {
@@ -224,11 +233,15 @@ void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, 
     require_float(op, device, {&param, &grad, &m, &v});
     L3C_CHECK(master.empty(), "ops::{}: master weights are for bf16 parameters on CUDA", op);
   }
+  L3C_CHECK(constants.numel() == kAdamWConstants && constants.dtype == m.dtype && !constants.empty(),
+            "ops::{}: constants {} {} must be the step's ({}) AdamWConstants in the moments' dtype ({}), on their "
+            "device (ops::write_adamw_constants)", op, constants.shape_string(), dtype_name(constants.dtype),
+            kAdamWConstants, dtype_name(m.dtype));
   if (!gate.empty()) require_f64_sums(op, "gate", gate, 2);
   if (n == 0) return;
   require_data(op, {&param, &grad, &m, &v});
-  if (device == Device::CUDA) L3C_RUN_ON_CUDA(adamw_update(param, grad, m, v, master, step, gate));
-  cpu::adamw_update(param, grad, m, v, step, gate);
+  if (device == Device::CUDA) L3C_RUN_ON_CUDA(adamw_update(param, grad, m, v, master, constants, gate));
+  cpu::adamw_update(param, grad, m, v, constants, gate);
 }
 
 void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm) {

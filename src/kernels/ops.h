@@ -12,6 +12,8 @@
 //    its caller (rstd, lse, losses, L3 probs) are f32 even when the call is bf16: fp32 norms, softmax, loss.
 //  - All tensors of one call live on one device; ops::copy alone moves data between host and device.
 #pragma once
+#include <cmath>
+
 #include "core/tensor.h"
 
 namespace l3c::ops {
@@ -42,14 +44,38 @@ struct AdamWStep {
   double lr = 0.0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.0;
   double bias1 = 1.0, bias2 = 1.0;  // 1 - beta1^t and 1 - beta2^t at step t (counted from 1)
 };
+// The scalars an update computes with, each computed from the step in double and rounded once to T (the moments'
+// dtype). The update reads them from memory on its device, so that on a GPU its launches take the same arguments
+// at every step (a step captured in a CUDA graph replays with only these rewritten).
+template <typename T>
+struct AdamWConstants {
+  T beta1, beta2;
+  T step_size;       // lr / bias1
+  T inv_sqrt_bias2;  // 1 / sqrt(bias2)
+  T eps;
+  T decay;           // 1 - lr * weight_decay
+};
+inline constexpr int64_t kAdamWConstants = 6;  // the values of AdamWConstants, in this order
+static_assert(sizeof(AdamWConstants<float>) == kAdamWConstants * sizeof(float) &&
+              sizeof(AdamWConstants<double>) == kAdamWConstants * sizeof(double));
+template <typename T>
+AdamWConstants<T> adamw_constants(const AdamWStep& s) {
+  return {static_cast<T>(s.beta1), static_cast<T>(s.beta2), static_cast<T>(s.lr / s.bias1),
+          static_cast<T>(1.0 / std::sqrt(s.bias2)), static_cast<T>(s.eps),
+          static_cast<T>(1.0 - s.lr * s.weight_decay)};
+}
+// Writes adamw_constants of the step into out (kAdamWConstants), f32 or f64, in host memory.
+void write_adamw_constants(Tensor out, const AdamWStep& step);
 // One update of every element: theta *= 1 - lr * wd (decoupled decay first); m = b1 m + (1 - b1) g;
 // v = b2 v + (1 - b2) g^2; theta -= (lr / bias1) m / (sqrt(v) / sqrt(bias2) + eps). param, grad, m, v (n)
 // share a dtype and master is empty, except in mixed precision (CUDA): then theta is master (n, f32), m and v
 // are f32, grad is param's dtype, and param (bf16) receives master rounded to nearest. Overwrites param, m, v
 // (and master).
+// constants: the step's AdamWConstants (kAdamWConstants) in m's dtype, on param's device (write_adamw_constants
+// on the host, then copied to the GPU).
 // gate: empty, or the f64 (2) an update_gate wrote, on param's device: when gate[1] is 0 nothing is written; else
 // grad enters multiplied by gate[0] and rounded to its dtype (the bits of clipping the gradients in place first).
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step,
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, Tensor constants,
                   Tensor gate = Tensor());
 // The gate of a training step's update, computed where the step's sums are, so that on a GPU the update is queued
 // without the host waiting for the norm. loss_sum, grad_squares (f64 (1)): the step's loss sum and its gradients'

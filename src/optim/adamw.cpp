@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "core/errors.h"
-
+#include "kernels/device.h"
 #include "kernels/ops.h"
 
 namespace l3c {
@@ -38,6 +38,11 @@ void AdamW::build_runs(const std::vector<uint8_t>& trainable) {
     else
       runs_.push_back({begin, end - begin, decay, lr_scale});
   }
+  const int64_t values = static_cast<int64_t>(runs_.size()) * ops::kAdamWConstants;
+  constants_ = FlatBuffer(values, m_.dtype(), m_.device());
+  if (m_.device() == Device::CUDA)
+    staging_ = DeviceMemory(static_cast<size_t>(values) * dtype_size(m_.dtype()), MemoryKind::PinnedHost,
+                            "AdamW's constants");
 }
 
 void AdamW::step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master, Tensor gate) {
@@ -57,15 +62,33 @@ void AdamW::step_range(FlatBuffer& params, Tensor range_grads, double lr, Tensor
   s.eps = settings_.eps;
   s.bias1 = 1.0 - std::pow(settings_.beta1, static_cast<double>(step_));
   s.bias2 = 1.0 - std::pow(settings_.beta2, static_cast<double>(step_));
-  const Tensor p = params.all(), m = m_.all(), v = v_.all();
-  for (const Run& run : runs_) {
-    s.lr = lr * run.lr_scale;
-    s.weight_decay = run.weight_decay;
+  // Every run's constants, written on the host in one block (on a GPU, into the pinned staging memory once the
+  // device has read the last step's copy from it) and copied to the device in one asynchronous copy.
+  const bool on_gpu = constants_.device() == Device::CUDA;
+  if (on_gpu && waits_at_upload_ == cuda_host_synchronizations()) cuda_synchronize();
+  const Tensor host_constants = on_gpu ? Tensor(staging_.data(), constants_.dtype(), {constants_.numel()})
+                                       : constants_.all();
+  const int64_t k = ops::kAdamWConstants;
+  for (size_t r = 0; r < runs_.size(); ++r) {
+    s.lr = lr * runs_[r].lr_scale;
+    s.weight_decay = runs_[r].weight_decay;
+    const int64_t row = static_cast<int64_t>(r) * k;
+    ops::write_adamw_constants(host_constants.rows(row, row + k), s);
+  }
+  if (on_gpu && !runs_.empty()) {
+    cuda_upload_async(constants_.all().data, host_constants.data, host_constants.bytes());
+    waits_at_upload_ = cuda_host_synchronizations();
+  }
+  const Tensor p = params.all(), m = m_.all(), v = v_.all(), constants = constants_.all();
+  for (size_t r = 0; r < runs_.size(); ++r) {
+    const Run& run = runs_[r];
     const int64_t begin = run.offset, end = run.offset + run.numel;  // in the parameters
     const int64_t local_begin = begin - range_.begin, local_end = end - range_.begin;  // in the range
+    const int64_t row = static_cast<int64_t>(r) * k;
     ops::adamw_update(p.rows(begin, end), range_grads.rows(local_begin, local_end), m.rows(local_begin, local_end),
                       v.rows(local_begin, local_end),
-                      has_master ? range_master.rows(local_begin, local_end) : Tensor(), s, gate);
+                      has_master ? range_master.rows(local_begin, local_end) : Tensor(), constants.rows(row, row + k),
+                      gate);
   }
 }
 

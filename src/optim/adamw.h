@@ -4,6 +4,9 @@
 // device; weight decay applies to the parameters whose ParamInfo::decay is set (2-D weights by default). The
 // update itself is ops::adamw_update, over runs of consecutive parameters that share a decay setting. With bf16
 // parameters (CUDA) the update runs on f32 master weights and writes their rounded copy into the parameters.
+// The step's constants (learning rate, bias corrections, decay) live in a small buffer on the moments' device, one
+// row per run, rewritten before each update (on a GPU: one asynchronous copy from pinned host memory), so that the
+// update's launches take the same arguments at every step.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -42,6 +45,9 @@ class AdamW {
   // precision), else null. gate: empty (grads are used as they are), or the step's update gate (ops::update_gate,
   // on the parameters' device): the gradients enter scaled by its clipping factor, and a closed gate leaves
   // everything untouched (call undo_step() once that is known on the host, so that step_ counts updates).
+  // On a GPU the step's constants are copied from pinned memory that the next step rewrites: a step that finds no
+  // wait for the device since the last one's copy (a training step reads its sums back after the update) waits
+  // first, so the copy has been read before the memory changes.
   void step(FlatBuffer& params, const FlatBuffer& grads, double lr, FlatBuffer* master = nullptr,
             Tensor gate = Tensor());
   // The same over range() only: range_grads (range().size()) are the gradients of the range, range_master
@@ -60,6 +66,8 @@ class AdamW {
   void set_steps_taken(int64_t steps) { step_ = steps; }
   // Per parameter (registry order): 0 freezes it (no update, no weight decay, its moments untouched).
   void set_trainable(const std::vector<uint8_t>& mask) { build_runs(mask); }
+  // The last step's constants: ops::kAdamWConstants per run (the update's launches read them there).
+  const FlatBuffer& constants() const { return constants_; }
 
  private:
   const ParamRegistry& registry_;
@@ -75,6 +83,11 @@ class AdamW {
   std::vector<Run> runs_;
   void build_runs(const std::vector<uint8_t>& trainable);
   int64_t step_ = 0;
+  // The runs' constants (ops::AdamWConstants, in the moments' dtype) where the update reads them; on a GPU, written
+  // in staging_ (pinned host memory) and copied over, with the count of host waits at that copy.
+  FlatBuffer constants_;
+  DeviceMemory staging_;
+  int64_t waits_at_upload_ = -1;
 };
 
 }  // namespace l3c

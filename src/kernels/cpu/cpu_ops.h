@@ -36,7 +36,7 @@ void add_to_sums(Tensor sums, Tensor values);
 
 // ---- AdamW and dtype conversion (optimizer.cpp) ---------------------------------------------------------
 // One dtype, f32 or f64; gate empty or host f64 (2) (see ops::adamw_update).
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step, Tensor gate);
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor constants, Tensor gate);
 void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm);
 void convert(Tensor dst, Tensor src);  // between f32, f64 and bf16 (round to nearest even)
 

@@ -9,15 +9,12 @@
 namespace l3c::ops::cpu {
 namespace {
 
-// clip: the factor the gradients enter with (the update gate's).
+// k: the step's constants (ops::adamw_constants); clip: the factor the gradients enter with (the update gate's).
 template <typename T>
 void adamw_impl(T* __restrict w, const T* __restrict g, T* __restrict m, T* __restrict v, int64_t n,
-                const AdamWStep& s, T clip) {
-  const T b1 = static_cast<T>(s.beta1), b2 = static_cast<T>(s.beta2);
-  const T step_size = static_cast<T>(s.lr / s.bias1);
-  const T inv_sqrt_bias2 = static_cast<T>(1.0 / std::sqrt(s.bias2));
-  const T eps = static_cast<T>(s.eps);
-  const T decay = static_cast<T>(1.0 - s.lr * s.weight_decay);
+                const AdamWConstants<T>& k, T clip) {
+  const T b1 = k.beta1, b2 = k.beta2, step_size = k.step_size, inv_sqrt_bias2 = k.inv_sqrt_bias2, eps = k.eps,
+          decay = k.decay;
 #pragma omp parallel for simd schedule(static)
   for (int64_t i = 0; i < n; ++i) {
     const T wi = w[i] * decay;
@@ -64,12 +61,14 @@ void store(const Tensor& t, int64_t i, double value) {
 
 }  // namespace
 
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, const AdamWStep& step, Tensor gate) {
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor constants, Tensor gate) {
   const double* g = gate.empty() ? nullptr : gate.ptr<double>();
   if (g != nullptr && g[1] == 0.0) return;
   dispatch_float(param.dtype, "adamw_update", [&](auto tag) {
     using T = decltype(tag);
-    adamw_impl(param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), param.numel(), step,
+    AdamWConstants<T> k;
+    std::memcpy(&k, constants.ptr<T>(), sizeof k);
+    adamw_impl(param.ptr<T>(), grad.ptr<T>(), m.ptr<T>(), v.ptr<T>(), param.numel(), k,
                static_cast<T>(g != nullptr ? g[0] : 1.0));
   });
 }

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "core/tensor.h"
 
@@ -58,12 +59,45 @@ void check_launch(const char* file, int line);
 // The stream every op runs on (device.cu; created on first use).
 cudaStream_t stream();
 
+// The launch record (kernels/device.h, cuda_record_launches; device.cu): whether it is on, and adding a line for
+// `what` queued at file:line with the bytes of its arguments (record_bytes).
+bool recording_launches();
+void add_launch_record(const char* what, const char* file, int line, const std::string& arguments);
+// The bytes of each value in hex, a space before each. The kernels' arguments are scalars, pointers and structs
+// without padding, so equal bytes are equal arguments.
+template <typename... Values>
+std::string record_bytes(const Values&... values) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string text;
+  auto add = [&text](const auto& value) {
+    const auto* bytes = reinterpret_cast<const unsigned char*>(&value);
+    text += ' ';
+    for (size_t i = 0; i < sizeof value; ++i) {
+      text += kDigits[bytes[i] >> 4];
+      text += kDigits[bytes[i] & 15];
+    }
+  };
+  (add(values), ...);
+  return text;
+}
+// Adds `what` (a string literal) with the values to the launch record when it is on.
+#define L3C_RECORD_QUEUED(what, ...)                                                     \
+  do {                                                                                   \
+    if (::l3c::ops::cuda::recording_launches())                                          \
+      ::l3c::ops::cuda::add_launch_record(what, __FILE__, __LINE__,                      \
+                                          ::l3c::ops::cuda::record_bytes(__VA_ARGS__));  \
+  } while (0)
+
 // Launches kernel<<<grid, block, shared_bytes>>>(args...) on the run's stream and checks the launch.
 // Arguments convert to the kernel's parameter types here, so a launch reads like a call.
 template <typename... Params, typename... Args>
 void launch(void (*kernel)(Params...), LaunchGrid grid, dim3 block, size_t shared_bytes, Args... args) {
   const dim3 blocks = grid.blocks;
   if (blocks.x == 0 || blocks.y == 0 || blocks.z == 0) return;  // nothing to do
+  if (recording_launches())
+    add_launch_record("kernel", grid.file, grid.line,
+                      record_bytes(reinterpret_cast<uintptr_t>(kernel), blocks.x, blocks.y, blocks.z, block.x, block.y,
+                                   block.z, shared_bytes, static_cast<Params>(args)...));
 #ifdef L3C_CUDA_EMULATION
   l3c_emu::launch(blocks, block, shared_bytes, [=] { kernel(static_cast<Params>(args)...); });
 #else

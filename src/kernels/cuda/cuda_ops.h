@@ -14,6 +14,8 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "kernels/ops.h"
@@ -48,6 +50,9 @@ void synchronize();
 // How many times so far the host has waited for the device: blocking copies in either direction, read-backs,
 // synchronize, frees. Tests count them over a piece of code (the MoE layer makes none).
 int64_t host_synchronizations();
+// The record of the work queued on the stream (kernels/device.h, cuda_record_launches).
+void record_launches(bool on);
+std::vector<std::string> take_launch_record();
 
 // ---- elementwise (elementwise.cu) ----------------------------------------------------------------------
 void fill_zero(Tensor t);                 // any dtype
@@ -192,8 +197,8 @@ void moe_combine_backward(Tensor drows, Tensor dweights, Tensor dout, Tensor row
 
 // ---- AdamW (optimizer.cu) ----------------------------------------------------------------------------
 // See ops::adamw_update: param and grad (f32 or bf16, alike), m, v (f32), master (f32; empty when param is f32),
-// gate (f64 (2) or empty).
-void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, const AdamWStep& step, Tensor gate);
+// constants (the step's AdamWConstants<float>, in device memory), gate (f64 (2) or empty).
+void adamw_update(Tensor param, Tensor grad, Tensor m, Tensor v, Tensor master, Tensor constants, Tensor gate);
 void update_gate(Tensor gate, Tensor loss_sum, Tensor grad_squares, double max_norm);
 
 }  // namespace l3c::ops::cuda

@@ -1,11 +1,14 @@
 // CUDA runtime: GPU discovery, device memory with errors that say what to change, the ops' workspace, the
-// cuBLAS handle, the GPU's tensor-core check, and the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros.
+// cuBLAS handle, the GPU's tensor-core check, the error reporting of the L3C_CUDA_CHECK / L3C_CUBLAS_CHECK macros,
+// and the record of the work queued (cuda_record_launches).
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/errors.h"
 #include "kernels/cuda/common.cuh"
@@ -121,6 +124,7 @@ void default_stream_wait(void* handle) {
 
 void upload_async(void* dst, const void* src, size_t bytes) {
   if (bytes == 0) return;
+  L3C_RECORD_QUEUED("upload", dst, src, bytes);
   L3C_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ops::cuda::stream()));
 }
 
@@ -151,6 +155,26 @@ std::string asynchronous_hint() {
                "to name the kernel that failed)";
 }
 }  // namespace
+
+namespace {
+std::atomic<bool> g_recording{false};
+std::mutex g_record_mutex;
+std::vector<std::string> g_record;  // guarded by g_record_mutex
+}  // namespace
+
+bool recording_launches() { return g_recording.load(std::memory_order_relaxed); }
+
+void add_launch_record(const char* what, const char* file, int line, const std::string& arguments) {
+  const std::lock_guard<std::mutex> lock(g_record_mutex);
+  g_record.push_back(fmt::format("{} at {}:{}:{}", what, file_name(file), line, arguments));
+}
+
+void record_launches(bool on) { g_recording.store(on, std::memory_order_relaxed); }
+
+std::vector<std::string> take_launch_record() {
+  const std::lock_guard<std::mutex> lock(g_record_mutex);
+  return std::exchange(g_record, {});
+}
 
 CurrentOp::CurrentOp(const char* call) : previous_(t_current_op) { t_current_op = call; }
 CurrentOp::~CurrentOp() { t_current_op = previous_; }

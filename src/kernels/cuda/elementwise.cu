@@ -86,10 +86,14 @@ void launch_sum_squares(double* result, Tensor x) {
 
 }  // namespace
 
-void fill_zero(Tensor t) { L3C_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream())); }
+void fill_zero(Tensor t) {
+  L3C_RECORD_QUEUED("memset", t.data, t.bytes());
+  L3C_CUDA_CHECK(cudaMemsetAsync(t.data, 0, t.bytes(), stream()));
+}
 
 void copy(Tensor dst, Tensor src) {
   if (dst.data == src.data) return;
+  L3C_RECORD_QUEUED("copy", dst.data, src.data, dst.bytes());
   L3C_CUDA_CHECK(cudaMemcpyAsync(dst.data, src.data, dst.bytes(), cudaMemcpyDeviceToDevice, stream()));
 }
 

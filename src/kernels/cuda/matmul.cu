@@ -29,6 +29,7 @@ int as_int(int64_t v, const char* what) {
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const void* a, DType a_type,
           int64_t lda, const void* b, DType b_type, int64_t ldb, float beta, void* c, DType c_type, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  L3C_RECORD_QUEUED("gemm", trans_a, trans_b, m, n, k, alpha, a, a_type, lda, b, b_type, ldb, beta, c, c_type, ldc);
   L3C_CUBLAS_CHECK(cublasGemmEx(cublas(), trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                 as_int(m, "m"), as_int(n, "n"), as_int(k, "k"), &alpha, a, data_type(a_type),
                                 as_int(lda, "lda"), b, data_type(b_type), as_int(ldb, "ldb"), &beta, c,
