@@ -3,8 +3,9 @@
 # package registry, that fits in 8 minutes. It needs the checkout and the folder .gpu_deps/ that
 # scripts/gpu_deps.sh fills here (packages and prebuilt binaries, under 60 MB). In order, each part bounded in time:
 #   machine     nvidia-smi, nvcc, compute-sanitizer: what is there
-#   binaries    the carried .gpu_deps/bin when they start there and were built for this GPU, else a build from
-#               source (l3c and the real-GPU tests only, for this GPU's architecture) against .gpu_deps/root
+#   binaries    the carried .gpu_deps/bin.tar.xz, unpacked, when they start there and were built for this GPU,
+#               else a build from source (l3c and the real-GPU tests only, for this GPU's architecture) against
+#               .gpu_deps/root
 #   tests       every real-GPU test executable (each CUDA op against the CPU op, the whole model against the CPU,
 #               bf16 gradient accumulation, resume, inference, evaluation, NCCL)
 #   bench       l3c bench of the 124M dense, L3 and MoE configs in bf16 (3 steps of 8 micro-batches after 1 warm-up)
@@ -71,15 +72,31 @@ fi
 # --- binaries ---------------------------------------------------------------------------------------------------
 part_start=$SECONDS
 bin=""
-carried_arch="$(sed -n 's/^cuda_arch: //p' "$deps/bin/MANIFEST" 2>/dev/null)"
-if [ "${GPU_CHECK_BUILD:-0}" != 1 ] && [ -x "$deps/bin/l3c" ]; then
-  if [ -n "$compute_cap" ] && [ "$carried_arch" != "$compute_cap" ]; then
-    echo "carried binaries are for sm_$carried_arch, this GPU is sm_$compute_cap: building" > "$logs/carried.log"
-  elif "$deps/bin/l3c" inspect configs/gpu/dense_124m.json > "$logs/carried.log" 2>&1 &&
-       # (Catch2 exits with the number of tests it lists: the listing itself says whether the executable started)
-       { "$deps/bin/test_cuda_ops" --list-test-names-only >> "$logs/carried.log" 2>&1; grep -q "^cuda: " "$logs/carried.log"; }; then
-    bin="$deps/bin"
-    row binaries "carried" $(( SECONDS - part_start )) "$(sed -n 's/^commit: //p' "$deps/bin/MANIFEST" | cut -c1-12), sm_$carried_arch, built $(sed -n 's/^built: //p' "$deps/bin/MANIFEST")"
+# unpack_carried ARCHIVE DIR: the carried executables into DIR/bin, with xz where the machine has it, else Python's
+unpack_carried() {
+  rm -rf "$2" && mkdir -p "$2" || return 1
+  if command -v xz > /dev/null; then
+    tar -C "$2" -xJf "$1"
+  else
+    python3 -c 'import sys, tarfile
+safe = {"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}
+tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2], **safe)' "$1" "$2"
+  fi
+}
+carried="$build/carried"
+if [ "${GPU_CHECK_BUILD:-0}" != 1 ] && [ -f "$deps/bin.tar.xz" ]; then
+  if ! unpack_carried "$deps/bin.tar.xz" "$carried" > "$logs/carried.log" 2>&1 || [ ! -x "$carried/bin/l3c" ]; then
+    echo "unpacking $deps/bin.tar.xz into $carried failed: building" >> "$logs/carried.log"
+  else
+    carried_arch="$(sed -n 's/^cuda_arch: //p' "$carried/bin/MANIFEST" 2>/dev/null)"
+    if [ -n "$compute_cap" ] && [ "$carried_arch" != "$compute_cap" ]; then
+      echo "carried binaries are for sm_$carried_arch, this GPU is sm_$compute_cap: building" >> "$logs/carried.log"
+    elif "$carried/bin/l3c" inspect configs/gpu/dense_124m.json >> "$logs/carried.log" 2>&1 &&
+         # (Catch2 exits with the number of tests it lists: the listing itself says whether the executable started)
+         { "$carried/bin/test_cuda_ops" --list-test-names-only >> "$logs/carried.log" 2>&1; grep -q "^cuda: " "$logs/carried.log"; }; then
+      bin="$carried/bin"
+      row binaries "carried" $(( SECONDS - part_start )) "$(sed -n 's/^commit: //p' "$bin/MANIFEST" | cut -c1-12), sm_$carried_arch, built $(sed -n 's/^built: //p' "$bin/MANIFEST")"
+    fi
   fi
 fi
 if [ -z "$bin" ]; then
@@ -133,8 +150,9 @@ if [ -n "$bin" ]; then
       summary="$(python3 -c '
 import json, sys
 j = json.loads(sys.argv[1]); mfu = j.get("mfu")
-print(f"{j[\"tokens_per_second\"]:.0f} tokens/s, {1e3 * j[\"step_seconds\"]:.0f} ms/step of {j[\"tokens_per_step\"]} tokens, "
-      f"MFU {\"?\" if mfu is None else f\"{100 * mfu:.1f}%\"}")' "$line")"
+tokens_per_second, step_ms, tokens = j["tokens_per_second"], 1e3 * j["step_seconds"], j["tokens_per_step"]
+mfu_text = "?" if mfu is None else "%.1f%%" % (100 * mfu)
+print(f"{tokens_per_second:.0f} tokens/s, {step_ms:.0f} ms/step of {tokens} tokens, MFU {mfu_text}")' "$line")"
       row "bench ${model}_124m bf16" ok $(( SECONDS - part_start )) "$summary"
     elif [ "$code" = 124 ] || [ "$code" = 137 ]; then
       fail_row "bench ${model}_124m bf16" "timed out" $(( SECONDS - part_start )) "see logs/$(basename "$log")"
@@ -201,8 +219,8 @@ else
        --precision bf16 --steps 3 --warmup 1 --batch-tokens 131072 && line="$(json_last_line < "$log" 2>/dev/null)"; then
     row "torch dense_124m bf16" ok $(( SECONDS - part_start )) "$(python3 -c '
 import json, sys
-j = json.loads(sys.argv[1])
-print(f"{j[\"tokens_per_second\"]:.0f} tokens/s (eager PyTorch, same config)")' "$line")"
+tokens_per_second = json.loads(sys.argv[1])["tokens_per_second"]
+print(f"{tokens_per_second:.0f} tokens/s (eager PyTorch, same config)")' "$line")"
   else
     row "torch dense_124m bf16" "not run" $(( SECONDS - part_start )) "see logs/$(basename "$log")"
   fi

@@ -4,10 +4,13 @@
 #   .gpu_deps/root  the Debian packages of Eigen, nlohmann/json, spdlog, fmt and Catch2, downloaded here with
 #                   `apt-get download` and unpacked with `dpkg -x` (headers, CMake package files, the spdlog and fmt
 #                   libraries): what building l3c needs beyond the CUDA toolkit;
-#   .gpu_deps/bin   the l3c binary, the real-GPU test executables and the kernel ladders (dev/), built here against .gpu_deps/root (not the
-#                   system's packages: the build shows that the folder suffices) for CUDA_ARCH (default 90, the
-#                   H100/H200) and stripped, with MANIFEST (commit, architecture, date): gpu_check.sh runs them when
-#                   they start there, and builds from source when they do not.
+#   .gpu_deps/bin.tar.xz
+#                   the l3c binary, the real-GPU test executables and the kernel ladders (dev/), built here against
+#                   .gpu_deps/root (not the system's packages: the build shows that the folder suffices) for
+#                   CUDA_ARCH (default 90, the H100/H200), stripped, with bin/MANIFEST (commit, architecture, date),
+#                   in one solid xz archive: each executable links the same kernels, so the 60 MB of executables
+#                   pack into about 5 MB. gpu_check.sh unpacks and runs them when they start there, and builds from
+#                   source when they do not.
 # The folder must stay under 60 MB (it travels with the checkout); the script fails when it does not.
 # Usage: scripts/gpu_deps.sh [--no-binaries]   Environment: CUDA_ARCH (90), BUILD_DIR (build-gpu-deps).
 # Run again after changing the code: the packages are kept, the binaries rebuilt.
@@ -45,6 +48,7 @@ fi
 
 if [ "$binaries" = 1 ]; then
   command -v nvcc >/dev/null || die "nvcc not found: the carried binaries need the CUDA toolkit (or use --no-binaries)"
+  command -v xz >/dev/null || die "xz not found: the carried binaries are packed with it (apt-get install xz-utils)"
   arch="${CUDA_ARCH:-90}"
   build="${BUILD_DIR:-build-gpu-deps}"
   mapfile -t cmake_args < <(gpu_cmake_args "$(pwd)/$deps/root" "$arch")
@@ -55,18 +59,22 @@ if [ "$binaries" = 1 ]; then
     die "configuring $build failed (the whole log: $build/configure.log)"
   }
   cmake --build "$build" -j "$(nproc)" --target gpu_check_binaries
-  rm -rf "$deps/bin"
-  mkdir -p "$deps/bin"
-  cp "$build/l3c" "$build"/dev_* "$deps/bin/"
+  staging="$build/carried"
+  rm -rf "$staging" "$deps/bin" "$deps/bin.tar.xz"
+  mkdir -p "$staging/bin"
+  cp "$build/l3c" "$build"/dev_* "$staging/bin/"
   find "$build/tests" -maxdepth 1 -type f -executable \( -name 'test_cuda_*' -o -name test_nccl \) \
-    -exec cp {} "$deps/bin/" \;
-  strip "$deps"/bin/*
+    -exec cp {} "$staging/bin/" \;
+  strip "$staging"/bin/*
   {
     echo "commit: $(git rev-parse HEAD)$(git diff --quiet HEAD -- src tools tests dev CMakeLists.txt || echo ' (with local changes)')"
     echo "cuda_arch: $arch"
     echo "nvcc: $(nvcc --version | tail -n 1)"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(. /etc/os-release && echo "$PRETTY_NAME")"
-  } > "$deps/bin/MANIFEST"
+  } > "$staging/bin/MANIFEST"
+  echo "gpu_deps: packing $(du -sm "$staging/bin" | cut -f1) MB of executables into $deps/bin.tar.xz"
+  tar -C "$staging" -cf - bin | xz -6 -T 1 > "$deps/bin.tar.xz.partial"
+  mv "$deps/bin.tar.xz.partial" "$deps/bin.tar.xz"
 fi
 
 size_mb=$(du -sm "$deps" | cut -f1)
