@@ -317,7 +317,8 @@ repro_train() {
 
 # --- evaluation ---------------------------------------------------------------------------------------------
 # Held-out text (loss, perplexity, bits per byte), the zero-shot tasks and, where the experiment sets
-# REPRO_LENS=1, the logit lens, in one l3c eval per run: RUN/eval.json (its last line).
+# REPRO_LENS=1, the logit lens, in one l3c eval per run: RUN/eval.json (its last line). A run shared by several
+# experiments is evaluated once, and again (with the lens) when an experiment wants the lens its evaluation lacks.
 REPRO_TASKS="${REPRO_TASKS:-arc_easy,arc_challenge,piqa,winogrande,openbook_qa,copa,lambada}"
 repro_eval() {
   local name seed run jobs=()
@@ -325,7 +326,11 @@ repro_eval() {
     for name in "${REPRO_NAMES[@]}"; do
       run="$OUT/$name-s$seed"
       [ -f "$run/model.safetensors" ] || die "$run is not trained (run the train phase first)"
-      [ -s "$run/eval.json" ] && continue
+      if [ -s "$run/eval.json" ]; then
+        [ "${REPRO_LENS:-0}" = 1 ] || continue
+        python3 -c 'import json, sys; sys.exit(0 if json.load(open(sys.argv[1])).get("lens") else 1)' "$run/eval.json" &&
+          continue
+      fi
       jobs+=("$name:$seed")
     done
   done
@@ -348,10 +353,11 @@ repro_eval_one() {
   [ "${REPRO_LENS:-0}" = 1 ] && command+=(--lens)
   echo "   $(date +%H:%M:%S) evaluating $1 seed $2"
   echo "${command[*]}" >> "$run/commands.txt"
-  if "${command[@]}" 2> "$run/eval.log" | json_last_line > "$run/eval.json.tmp"; then
-    mv "$run/eval.json.tmp" "$run/eval.json"
+  local partial="$run/eval.json.$BASHPID.tmp"  # (two experiments may evaluate a shared run at once)
+  if "${command[@]}" 2> "$run/eval.log" | json_last_line > "$partial"; then
+    mv "$partial" "$run/eval.json"
   else
-    rm -f "$run/eval.json.tmp"
+    rm -f "$partial"
     echo "error: evaluating $1 (seed $2) failed: $(tail -n 1 "$run/eval.log")" >&2
     return 1
   fi

@@ -176,7 +176,9 @@ def main():
     # --- results.md ---
     lines = [f"# {spec['experiment']}: {spec['description']}", "",
              f"Scale `{spec['scale']}`, seeds {', '.join(map(str, seeds))}; runs in `{out}`. "
-             "Each figure is the mean over seeds, ± the standard deviation between seeds where there are several.", ""]
+             "Each figure is the mean over seeds, ± the standard deviation between seeds where there are several. "
+             "Tokens/s is the training run's own, as it ran: it depends on what else the machine was running "
+             "(`l3c bench` compares speeds).", ""]
     lines += ["| model | active | total | tokens | val loss | Δ val vs " + str(baseline) + " | held-out ppl | "
               "held-out bits/byte | Δ bpb | zero-shot avg | tokens/s |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -272,18 +274,25 @@ def main():
     lens_models = [(m["name"], runs[(m["name"], seeds[0])]["lens"]) for m in models if runs[(m["name"], seeds[0])]["lens"]]
     if lens_models:
         fig, ax = plt.subplots(figsize=(7, 4))
+        # x: depth in the stack, decoder layer i at i and an L3 layer after decoder layer i at i + 0.5, so that
+        # models with and without L3 layers line up; the last layer's lens is the final distribution (KL 0), which a
+        # log scale cannot show, so points with KL 0 are left out.
+        depth = lambda l, k: l.get("layer", k) + (0.5 if l.get("l3") else 0.0)
+        decoder_layers = set()
         for i, (name, lens) in enumerate(lens_models):
-            layers = lens.get("layers", [])
-            ax.plot(range(len(layers)), [l["kl"] for l in layers], "o-", color=colors[i % len(colors)], label=name)
-            for k, l in enumerate(layers):
-                if l.get("l3"):
-                    ax.plot([k], [l["kl"]], "s", color=colors[i % len(colors)], markersize=9, fillstyle="none")
-        names = [str(l.get("name", k)) for k, l in enumerate(lens_models[0][1].get("layers", []))]
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+            layers = [(depth(l, k), l) for k, l in enumerate(lens.get("layers", []))]
+            decoder_layers.update(int(x) for x, l in layers if not l.get("l3"))
+            shown = [(x, l["kl"]) for x, l in layers if l["kl"] > 0]
+            ax.plot([x for x, _ in shown], [kl for _, kl in shown], "o-", color=colors[i % len(colors)], label=name)
+            for x, l in layers:
+                if l.get("l3") and l["kl"] > 0:
+                    ax.plot([x], [l["kl"]], "s", color=colors[i % len(colors)], markersize=9, fillstyle="none")
+        ticks = sorted(decoder_layers)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"layer {t}" for t in ticks], fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel("KL(final || lens) (nats)")
-        save_plot(fig, ax, "logit lens: KL to the final distribution after each layer (squares: L3 layers)", "lens.png",
+        save_plot(fig, ax, "logit lens: KL to the final distribution (squares: L3 layers)", "lens.png",
                   "the logit lens", plots, results_dir)
 
     if plots:
