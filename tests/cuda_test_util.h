@@ -100,13 +100,9 @@ inline double gpu_error(const DeviceTensor& gpu, const TestTensor& cpu) {
   return norm_relative_error(gpu.values(), cpu.values());
 }
 
-// ||gpu - cpu|| <= tol ||cpu|| + floor sqrt(n): relative, with an absolute floor per element for references that
-// are (nearly) zero, where only rounding noise is left to compare.
+// close_values (test_util.h) of the GPU values read back against the CPU's.
 inline bool close_to(const DeviceTensor& gpu, const TestTensor& cpu, double tol, double floor = 1e-6) {
-  const std::vector<double> a = gpu.values(), b = cpu.values();
-  double diff = 0.0;
-  for (size_t i = 0; i < a.size(); ++i) diff += (a[i] - b[i]) * (a[i] - b[i]);
-  return std::sqrt(diff) <= tol * norm2(b) + floor * std::sqrt(static_cast<double>(b.size()));
+  return close_values(gpu.values(), cpu.values(), tol, floor);
 }
 
 }  // namespace l3c::test

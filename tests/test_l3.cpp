@@ -719,6 +719,10 @@ TEST_CASE("uniform and unigram allocations", "[l3][lzw]") {
   CHECK(unigram_allocation({5, 9, 0, 9}, 6, 3) == std::vector<int32_t>{1, 2, 1, 2});
   CHECK(unigram_allocation({5, 9, 0, 9}, 7, 3) == std::vector<int32_t>{2, 2, 1, 2});
   CHECK(unigram_allocation({5, 9, 0, 9}, 10, 3) == std::vector<int32_t>{2, 3, 2, 3});
+  // v a multiple of V: the walk ends after whole passes, and unigram is uniform whatever the counts (the CPU
+  // study's v = 32 x 8192, docs/results.md)
+  CHECK(unigram_allocation({5, 9, 0, 9}, 8, 3) == uniform_allocation(4, 8, 3));
+  CHECK(unigram_allocation({1, 1000, 7, 0}, 12, 5) == uniform_allocation(4, 12, 5));
   // sizes outside V <= v <= V*k are refused
   CHECK_THROWS_WITH(uniform_allocation(4, 3, 2), Contains("v = 3 is smaller than the vocabulary size 4"));
   CHECK_THROWS_WITH(uniform_allocation(4, 9, 2), Contains("v = 9 is larger than vocabulary size * k = 4 * 2 = 8"));

@@ -197,6 +197,15 @@ inline double norm_relative_error(const std::vector<double>& a, const std::vecto
   return std::sqrt(diff) / std::max(norm2(b), std::numeric_limits<double>::min());
 }
 
+// ||a - b|| <= tol ||b|| + floor sqrt(n): relative, with an absolute floor per element for references that are
+// (nearly) zero, where only rounding noise is left to compare.
+inline bool close_values(const std::vector<double>& a, const std::vector<double>& b, double tol, double floor) {
+  L3C_CHECK(a.size() == b.size(), "close_values: sizes {} and {}", a.size(), b.size());
+  double diff = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) diff += (a[i] - b[i]) * (a[i] - b[i]);
+  return std::sqrt(diff) <= tol * norm2(b) + floor * std::sqrt(static_cast<double>(b.size()));
+}
+
 // max_i |a_i - b_i| / max(|b_i|, floor): the worst elementwise relative error, where `floor` keeps
 // elements of b near zero from dominating (default: 1e-3 of the largest |b_i|; never below tiny).
 inline double max_relative_error(const std::vector<double>& a, const std::vector<double>& b,
